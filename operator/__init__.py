@@ -1,0 +1,1 @@
+"""grpo_operator: the Kubernetes operator for GRPOJob resources."""

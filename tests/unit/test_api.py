@@ -1,0 +1,112 @@
+"""The GRPOJob API's pydantic layer: the seed round-trips, bad input is named."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from grpo_operator.api import InvalidJob, parse_job
+from grpo_operator.api.translate import Layout, trainer_config
+from support.jobdocs import INVALID_CASES, ROOT, load_example, mutated
+
+SEED = ROOT / "tests" / "data" / "rl_papillon_seed.py"
+
+
+def _seed_call() -> tuple[dict, dict]:
+    """train_kwargs and the ArborGRPO(...) keyword arguments, read from the tutorial's code."""
+    tree = ast.parse(SEED.read_text())
+    train_kwargs: dict = {}
+    arbor: dict = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "train_kwargs":
+            train_kwargs = ast.literal_eval(node.value)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "ArborGRPO":
+            arbor = {kw.arg: kw.value for kw in node.keywords}
+    assert train_kwargs and arbor, "seed snippet not understood"
+    return train_kwargs, arbor
+
+
+def test_seed_train_kwargs_arrive_unchanged():
+    job = parse_job(load_example())
+    seed_kwargs, _ = _seed_call()
+    model = job.spec.train_kwargs
+    for key, value in seed_kwargs.items():
+        if key == "lora_config":
+            for lkey, lvalue in value.items():
+                assert getattr(model.lora_config, lkey) == lvalue, lkey
+        else:
+            assert getattr(model, key) == value, key
+
+
+def test_seed_arbor_arguments_arrive_unchanged():
+    job = parse_job(load_example())
+    _, arbor = _seed_call()
+    for key, node in arbor.items():
+        if key in ("metric", "train_kwargs"):
+            continue
+        assert getattr(job.spec.grpo, key) == ast.literal_eval(node), key
+    assert ast.unparse(arbor["metric"]) == job.spec.metric.builtin == "compute_overall_score"
+    assert job.spec.model.name == "Qwen/Qwen2.5-1.5B-Instruct"
+    assert job.spec.untrusted_model.model == job.spec.judge.model == "gpt-4.1-mini"
+    assert job.spec.data.train.hub.split == "train[:225]"
+    assert job.spec.data.validation.hub.split == "train[225:450]"
+
+
+def test_seed_translates_to_trainer_config():
+    job = parse_job(load_example())
+    cfg = trainer_config("papillon", job.spec, Layout("/workspace", "/workspace", "http://papillon-inference:8000/v1"))
+    assert cfg.train.num_training_gpus == 3 and cfg.train.lora_config.r == 8
+    assert cfg.untrusted.api_key_env == "GRPO_UNTRUSTED_API_KEY"
+    assert cfg.vllm.adapter_dir == "/workspace/adapters"
+    assert cfg.train_data.source == "hub" and cfg.train_data.config == "pupa_new"
+    # no secret value anywhere in the contract, only variable names
+    assert "sk-" not in cfg.to_json()
+
+
+def test_enough_invalid_cases():
+    assert len(INVALID_CASES) >= 30
+    assert len({c["name"] for c in INVALID_CASES}) == len(INVALID_CASES)
+
+
+@pytest.mark.parametrize("case", INVALID_CASES, ids=[c["name"] for c in INVALID_CASES])
+def test_invalid_job_rejected_naming_field(case):
+    with pytest.raises(InvalidJob) as err:
+        parse_job(mutated(case))
+    text = str(err.value)
+    assert case["field"] in text, text
+    # every problem line starts with the path of the offending object
+    assert all(re.match(r"^[A-Za-z_.\[\]0-9]+: ", line) for line in err.value.problems), err.value.problems
+
+
+def test_inline_key_message_says_how_to_fix():
+    case = next(c for c in INVALID_CASES if c["name"] == "inline-api-key")
+    with pytest.raises(InvalidJob, match="apiKeySecretRef"):
+        parse_job(mutated(case))
+
+
+def test_minimal_job_gets_defaults():
+    job = parse_job(
+        {
+            "apiVersion": "grpo.dev/v1alpha1",
+            "kind": "GRPOJob",
+            "metadata": {"name": "tiny"},
+            "spec": {
+                "program": {"builtin": "papillon"},
+                "metric": {"builtin": "papillon_offline"},
+                "model": {"path": "/models/tiny"},
+                "data": {"train": {"file": {"path": "/data/train.jsonl"}}, "validation": {"file": {"path": "/data/val.jsonl"}}},
+            },
+        }
+    )
+    assert job.spec.grpo.num_samples_per_input == 8
+    assert job.spec.train_kwargs.lora_config.r == 8
+    assert job.spec.storage.access_mode == "ReadWriteOnce"
+    assert job.spec.run_policy.backoff_limit == 3
+
+
+def test_examples_all_valid():
+    for path in sorted((ROOT / "examples").glob("*.yaml")):
+        parse_job(load_example(path.name))

@@ -1,0 +1,99 @@
+"""The committed CRD is the generator's output, and it is a structural apiextensions/v1 schema."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterator
+
+import yaml
+
+from grpo_operator.api.crd import build_crd, render_crd
+from support.jobdocs import ROOT
+
+CRD_FILE = ROOT / "charts" / "grpo-operator" / "files" / "crd.yaml"
+ALLOWED = {
+    "type", "description", "properties", "required", "items", "additionalProperties", "enum", "default",
+    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "pattern",
+    "minItems", "maxItems", "maxProperties", "format", "x-kubernetes-validations", "x-kubernetes-int-or-string",
+    "x-kubernetes-preserve-unknown-fields", "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
+}
+
+
+def _nodes(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    yield path, schema
+    for name, sub in schema.get("properties", {}).items():
+        yield from _nodes(sub, f"{path}.{name}")
+    if isinstance(schema.get("items"), dict):
+        yield from _nodes(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        yield from _nodes(schema["additionalProperties"], f"{path}{{}}")
+
+
+def _root() -> dict[str, Any]:
+    return build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def test_committed_crd_matches_models():
+    assert CRD_FILE.read_text() == render_crd(), (
+        "charts/grpo-operator/files/crd.yaml is stale: run `grpo-operator-crd -o charts/grpo-operator/files/crd.yaml`"
+    )
+
+
+def test_schema_is_structural():
+    for path, node in _nodes(_root()):
+        unknown = set(node) - ALLOWED
+        assert not unknown, f"{path}: keywords not allowed in a structural schema: {unknown}"
+        assert "type" in node or node.get("x-kubernetes-int-or-string"), f"{path}: every node needs a type"
+        assert not ("properties" in node and "additionalProperties" in node), path
+        for req in node.get("required", []):
+            assert req in node.get("properties", {}), f"{path}: required {req} is not a property"
+        if "default" in node and node.get("type") == "object":
+            assert isinstance(node["default"], dict), path
+
+
+def test_every_spec_field_is_documented_for_kubectl_explain():
+    spec = _root()["properties"]["spec"]
+    undocumented = [p for p, n in _nodes(spec) if p and not p.endswith("[]") and not p.endswith("}") and not n.get("description")]
+    # toleration subfields carry their core/v1 meaning
+    allowed = re.compile(r"\.tolerations\[\]\.(key|operator|value|effect|tolerationSeconds)$")
+    missing = [p for p in undocumented if not allowed.search(p)]
+    assert not missing, f"fields without a description: {missing}"
+    assert "train_kwargs" in spec["properties"]["trainKwargs"]["description"]
+
+
+def test_cel_rules_name_existing_fields():
+    for path, node in _nodes(_root()):
+        for rule in node.get("x-kubernetes-validations", []):
+            assert rule["message"]
+            field = rule.get("fieldPath")
+            if field:
+                target = node
+                for part in field.strip(".").split("."):
+                    assert part in target.get("properties", {}), f"{path}: fieldPath {field} not in schema"
+                    target = target["properties"][part]
+            for ref in re.findall(r"self\.([A-Za-z_]+)", rule["rule"]):
+                assert ref in node.get("properties", {}), f"{path}: rule references unknown field {ref}"
+
+
+def test_printer_columns_read_declared_status_fields():
+    version = build_crd()["spec"]["versions"][0]
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    for col in version["additionalPrinterColumns"]:
+        assert "[-1:]" not in col["jsonPath"], "use a [?(@.status==\"True\")] filter, not the last condition"
+        m = re.match(r"\.status\.(\w+)", col["jsonPath"])
+        if m:
+            assert m.group(1) in status, f"printer column {col['name']} reads undeclared status.{m.group(1)}"
+    assert [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")] == [
+        "State", "Step", "Max", "Reward", "Val", "Age"
+    ]
+
+
+def test_status_subresource_and_immutable_spec_fields():
+    doc = yaml.safe_load(CRD_FILE.read_text())
+    version = doc["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    for field in ("program", "metric", "model", "data", "grpo", "trainKwargs", "storage"):
+        assert any(r["rule"] == "self == oldSelf" for r in spec[field]["x-kubernetes-validations"]), field
+    for mutable in ("suspend", "runPolicy", "trainer", "inference"):
+        assert not any("oldSelf" in r["rule"] for r in spec[mutable].get("x-kubernetes-validations", [])), mutable

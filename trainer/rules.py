@@ -1,0 +1,86 @@
+"""Declarative cross-field rules, checked by pydantic and emitted as CEL.
+
+Every cross-field rule is declared once as a :class:`Rule`: the pydantic layer
+evaluates its Python predicate, and the CRD generator emits its CEL expression
+into ``x-kubernetes-validations``. The two cannot drift because they live side by
+side, and the tests feed the same invalid documents to both layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A cross-field invariant of one object of the API.
+
+    ``cel`` runs in the API server with ``self`` bound to the object;
+    ``check`` runs in pydantic on the model instance and returns True when the
+    object is valid. ``field`` is the offending field's path relative to the
+    object (used for ``fieldPath`` in the CRD and for the pydantic message).
+    """
+
+    cel: str
+    message: str
+    check: Callable[[Any], bool]
+    field: str = ""
+    # Transition rules (those that reference oldSelf) are enforced only by the
+    # API server; pydantic has no previous object to compare against.
+    transition: bool = False
+
+    def to_cel(self) -> dict[str, str]:
+        """The rule as an entry of x-kubernetes-validations."""
+        entry = {"rule": self.cel, "message": self.message}
+        if self.field:
+            entry["fieldPath"] = "." + self.field
+        return entry
+
+
+class RuleViolation(ValueError):
+    """Raised inside validators so pydantic reports the field and the fix."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class RuledModel(BaseModel):
+    """A pydantic model whose ``rules`` are checked on validation and emitted as CEL."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", validate_default=True)
+
+    rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema = handler(core_schema)
+        if cls.rules:
+            target = handler.resolve_ref_schema(schema)
+            target["x-kubernetes-validations"] = [rule.to_cel() for rule in cls.rules]
+        return schema
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> "RuledModel":
+        for rule in type(self).rules:
+            if rule.transition:
+                continue
+            if not rule.check(self):
+                raise RuleViolation(rule.field, rule.message)
+        return self
+
+
+def nested(model: type[BaseModel], description: str, **kwargs: Any) -> Any:
+    """A sub-object that is always present, filled with its own defaults.
+
+    ``default: {}`` in the CRD lets the API server apply the nested defaults, so
+    CEL rules and readers of the stored object see every defaulted field.
+    """
+    extra = dict(kwargs.pop("json_schema_extra", None) or {})
+    extra["default"] = {}
+    return Field(
+        default_factory=model, description=description, json_schema_extra=extra, **kwargs
+    )
