@@ -76,11 +76,10 @@ class RuledModel(BaseModel):
 def nested(model: type[BaseModel], description: str, **kwargs: Any) -> Any:
     """A sub-object that is always present, filled with its own defaults.
 
-    ``default: {}`` in the CRD lets the API server apply the nested defaults, so
-    CEL rules and readers of the stored object see every defaulted field.
+    The CRD's ``default`` is the fully defaulted object (not ``{}``): the API server
+    checks a default against the object's CEL rules as written, and readers of the
+    stored object then see every defaulted field.
     """
     extra = dict(kwargs.pop("json_schema_extra", None) or {})
-    extra["default"] = {}
-    return Field(
-        default_factory=model, description=description, json_schema_extra=extra, **kwargs
-    )
+    extra["default"] = model().model_dump(mode="json", by_alias=True, exclude_none=True)
+    return Field(default_factory=model, description=description, json_schema_extra=extra, **kwargs)

@@ -53,7 +53,13 @@ fi
 
 command -v go >/dev/null || { echo "build.sh: go is not installed" >&2; exit 1; }
 mkdir -p "$BIN_DIR" "$WORK"
-export GOTOOLCHAIN=local GOFLAGS="-mod=mod" CGO_ENABLED=0
+# one build at a time per cache key (another session or test run may be building)
+if command -v flock >/dev/null; then
+  exec 9>"$WORK.lock"
+  flock -n 9 || { echo "build.sh: waiting for another build of $BIN_DIR" >&2; flock 9; }
+  if all_present; then echo "cluster binaries: built by another run" >&2; echo "$BIN_DIR"; exit 0; fi
+fi
+export GOTOOLCHAIN=local GOFLAGS="-mod=mod -buildvcs=false" CGO_ENABLED=0
 echo "=== build $(date -Is) $KEY_TEXT" >>"$LOG"
 START=$(date +%s)
 

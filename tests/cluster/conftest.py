@@ -22,7 +22,7 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:  # --import-mode=importlib: make `import controlplane` work
     sys.path.insert(0, _HERE)
 
-import controlplane  # noqa: E402
+import controlplane
 
 _LOGS_KEY = pytest.StashKey[str]()
 
@@ -44,11 +44,14 @@ def control_plane(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     env_logs = os.environ.get("GRPO_CLUSTER_LOGS")
     logs_dir = Path(env_logs) if env_logs else tmp_path_factory.mktemp("cluster-logs", numbered=True)
     request.config.stash[_LOGS_KEY] = str(logs_dir)
+    error = None
     try:
         bin_dir = controlplane.find_bin_dir()
         cp = controlplane.ControlPlane.start(logs_dir=logs_dir, bin_dir=bin_dir)
     except controlplane.ControlPlaneError as exc:
-        pytest.fail(f"test control plane unavailable: {exc}", pytrace=False)
+        error = str(exc)
+    if error is not None:  # outside the except block: no chained traceback
+        pytest.fail(f"test control plane unavailable: {error}", pytrace=False)
     try:
         yield cp
     finally:
@@ -70,5 +73,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = outcome.get_result()
     if report.failed and "control_plane" in getattr(item, "fixturenames", ()):
         logs = item.config.stash.get(_LOGS_KEY, None)
-        if logs:
+        if logs and Path(logs).is_dir() and any(Path(logs).iterdir()):
             report.sections.append(("cluster logs", f"control-plane component logs: {logs}"))
+
+
+CRD_FILE = Path(__file__).resolve().parents[2] / "charts" / "grpo-operator" / "files" / "crd.yaml"
+
+
+@pytest.fixture(scope="session")
+def grpojob_crd(control_plane: controlplane.ControlPlane) -> str:
+    """The generated GRPOJob CRD, applied and Established; yields its name."""
+    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/grpojobs.grpo.dev")
+    return "grpojobs.grpo.dev"

@@ -45,8 +45,9 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -62,6 +63,12 @@ GPU_NODES = ("gpu-node-0", "gpu-node-1")
 SERVICE_CIDR = "10.96.0.0/16"  # virtual; nothing is ever routed there
 POD_CIDR = "127.100.0.0/16"  # KWOK hands out pod IPs from loopback
 STORAGE_CLASS = "standard"
+ADMISSION_PLUGINS = (
+    "NamespaceLifecycle", "LimitRanger", "ServiceAccount", "NodeRestriction", "PodSecurity",
+    "DefaultStorageClass", "DefaultTolerationSeconds", "StorageObjectInUseProtection",
+    "PersistentVolumeClaimResize", "RuntimeClass", "Priority", "TaintNodesByCondition",
+    "MutatingAdmissionWebhook", "ValidatingAdmissionWebhook", "ValidatingAdmissionPolicy", "ResourceQuota",
+)  # fmt: skip
 
 T = TypeVar("T")
 
@@ -82,12 +89,12 @@ class KubectlError(subprocess.CalledProcessError):
 def find_bin_dir(build: bool = False) -> Path:
     """The directory holding the built binaries.
 
-    ``$GRPO_CLUSTER_BIN_DIR`` wins; otherwise ``build.sh --check`` names the cache
+    ``$GRPO_CLUSTER_BIN_DIR`` (or ``$GRPO_K8S_BIN``, set by scripts/test.sh) wins; otherwise ``build.sh --check`` names the cache
     directory for the pinned versions. With ``build=True`` (or env
     ``GRPO_CLUSTER_BUILD=1``) a missing build is made now (a cold build takes long).
     Raises :class:`ControlPlaneError` with instructions when binaries are missing.
     """
-    env_dir = os.environ.get("GRPO_CLUSTER_BIN_DIR")
+    env_dir = os.environ.get("GRPO_CLUSTER_BIN_DIR") or os.environ.get("GRPO_K8S_BIN")
     if env_dir:
         d = Path(env_dir)
         missing = [b for b in BINARIES if not os.access(d / b, os.X_OK)]
@@ -96,11 +103,13 @@ def find_bin_dir(build: bool = False) -> Path:
         return d
     build = build or os.environ.get("GRPO_CLUSTER_BUILD") == "1"
     args = ["bash", str(BUILD_SCRIPT)] + ([] if build else ["--check"])
-    proc = subprocess.run(args, capture_output=True, text=True)
+    proc = subprocess.run(args, check=False, capture_output=True, text=True)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode == 0 and lines:
         return Path(lines[-1])
-    expected = subprocess.run(["bash", str(BUILD_SCRIPT), "--print"], capture_output=True, text=True).stdout.strip()
+    expected = subprocess.run(
+        ["bash", str(BUILD_SCRIPT), "--print"], check=False, capture_output=True, text=True
+    ).stdout.strip()
     raise ControlPlaneError(
         "the test control plane's binaries are not built"
         + (f" (expected in {expected})" if expected else "")
@@ -127,9 +136,7 @@ def _free_ports(n: int) -> list[int]:
     return sorted(ports)
 
 
-def wait_until(
-    fn: Callable[[], T], timeout: float = 30.0, interval: float = 0.2, what: str = "condition"
-) -> T:
+def wait_until(fn: Callable[[], T], timeout: float = 30.0, interval: float = 0.2, what: str = "condition") -> T:
     """Call ``fn`` until it returns something truthy (returned) or ``timeout`` passes.
 
     Exceptions raised by ``fn`` count as "not yet"; the last one is reported on timeout.
@@ -176,14 +183,25 @@ class _CA:
         self.key = self._genkey("ca")
         self.cert = d / "ca.crt"
         self._run(
-            "req", "-x509", "-new", "-key", self.key, "-subj", "/CN=grpo-test-ca", "-days", "3650",
-            "-out", self.cert, "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
-        )  # fmt: skip
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            self.key,
+            "-subj",
+            "/CN=grpo-test-ca",
+            "-days",
+            "3650",
+            "-out",
+            self.cert,
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+        )
         self._serial = int(time.time() * 1000)
 
     @staticmethod
     def _run(*args: Any) -> None:
-        proc = subprocess.run(["openssl", *map(str, args)], capture_output=True, text=True)
+        proc = subprocess.run(["openssl", *map(str, args)], check=False, capture_output=True, text=True)
         if proc.returncode != 0:
             raise ControlPlaneError(f"openssl {' '.join(map(str, args))} failed: {proc.stderr.strip()}")
 
@@ -210,16 +228,37 @@ class _CA:
         ext.write_text("\n".join(lines) + "\n")
         self._serial += 1
         self._run(
-            "x509", "-req", "-in", csr, "-CA", self.cert, "-CAkey", self.key, "-set_serial", self._serial,
-            "-days", "365", "-out", cert, "-extfile", ext,
-        )  # fmt: skip
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            self.cert,
+            "-CAkey",
+            self.key,
+            "-set_serial",
+            self._serial,
+            "-days",
+            "365",
+            "-out",
+            cert,
+            "-extfile",
+            ext,
+        )
         return cert, key
 
 
 def write_kubeconfig(
-    path: Path, server: str, ca: Path, user: str, *, cert: Path | None = None, key: Path | None = None,
-    token: str | None = None, namespace: str | None = None,
-) -> Path:  # fmt: skip
+    path: Path,
+    server: str,
+    ca: Path,
+    user: str,
+    *,
+    cert: Path | None = None,
+    key: Path | None = None,
+    token: str | None = None,
+    namespace: str | None = None,
+) -> Path:
     user_entry: dict[str, Any] = {}
     if cert and key:
         user_entry = {"client-certificate": str(cert), "client-key": str(key)}
@@ -294,18 +333,22 @@ def kwok_stages() -> str:
     alive = {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"}
     delay = {"durationMilliseconds": 0, "durationFrom": {"jq": {"expression": delay_key}}}
     docs: list[dict[str, Any]] = [
-        {
-            "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
-            "kind": "KwokConfiguration",
-            "options": {},
-        },
         _stage(
-            "node-initialize", "Node",
-            [{"key": '.status.conditions.[] | select( .type == "Ready" ) | .status', "operator": "NotIn", "values": ["True"]}],
+            "node-initialize",
+            "Node",
+            [
+                {
+                    "key": '.status.conditions.[] | select( .type == "Ready" ) | .status',
+                    "operator": "NotIn",
+                    "values": ["True"],
+                }
+            ],
             """\
       {{ $now := Now }}
       {{ $lastTransitionTime := or .metadata.creationTimestamp $now }}
-""" + node_conditions + """\
+"""
+            + node_conditions
+            + """\
       addresses:
       - address: {{ NodeIP | Quote }}
         type: InternalIP
@@ -345,22 +388,38 @@ def kwok_stages() -> str:
         systemUUID: ""
       phase: Running
 """,
-        ),  # fmt: skip
+        ),
         _stage(
-            "node-heartbeat", "Node",
-            [{"key": ".status.phase", "operator": "In", "values": ["Running"]},
-             {"key": '.status.conditions.[] | select( .type == "Ready" ) | .status', "operator": "In", "values": ["True"]}],
+            "node-heartbeat",
+            "Node",
+            [
+                {"key": ".status.phase", "operator": "In", "values": ["Running"]},
+                {
+                    "key": '.status.conditions.[] | select( .type == "Ready" ) | .status',
+                    "operator": "In",
+                    "values": ["True"],
+                },
+            ],
             """\
       {{ $now := Now }}
       {{ $lastTransitionTime := or .metadata.creationTimestamp $now }}
-""" + node_conditions,
+"""
+            + node_conditions,
             delay={"durationMilliseconds": 20000, "jitterDurationMilliseconds": 25000},
             immediate=True,
-        ),  # fmt: skip
+        ),
         _stage(
-            "pod-ready", "Pod",
-            [alive, {"key": ".status.phase", "operator": "In", "values": ["Pending"]},
-             {"key": '.status.conditions.[] | select( .type == "Ready" ) | .status', "operator": "NotIn", "values": ["True"]}],
+            "pod-ready",
+            "Pod",
+            [
+                alive,
+                {"key": ".status.phase", "operator": "In", "values": ["Pending"]},
+                {
+                    "key": '.status.conditions.[] | select( .type == "Ready" ) | .status',
+                    "operator": "NotIn",
+                    "values": ["True"],
+                },
+            ],
             """\
       {{ $now := Now }}
       conditions:
@@ -427,20 +486,26 @@ def kwok_stages() -> str:
       phase: Running
       startTime: {{ $now | Quote }}
 """,
-        ),  # fmt: skip
+        ),
         _stage(
-            "pod-exit-succeeded", "Pod",
+            "pod-exit-succeeded",
+            "Pod",
             [alive, running, {"key": exit_key, "operator": "In", "values": ["0"]}],
             terminated("Succeeded", "0", "Completed"),
             delay=delay,
-        ),  # fmt: skip
+        ),
         _stage(
-            "pod-exit-failed", "Pod",
-            [alive, running, {"key": exit_key, "operator": "Exists"},
-             {"key": exit_key, "operator": "NotIn", "values": ["0"]}],
+            "pod-exit-failed",
+            "Pod",
+            [
+                alive,
+                running,
+                {"key": exit_key, "operator": "Exists"},
+                {"key": exit_key, "operator": "NotIn", "values": ["0"]},
+            ],
             terminated("Failed", f'{{{{ index $root.metadata.annotations "{EXIT_ANNOTATION}" }}}}', "Error"),
             delay=delay,
-        ),  # fmt: skip
+        ),
         {
             "apiVersion": "kwok.x-k8s.io/v1alpha1",
             "kind": "Stage",
@@ -455,8 +520,15 @@ def kwok_stages() -> str:
     return yaml.safe_dump_all(docs, sort_keys=False, width=1000)
 
 
-def _stage(name: str, kind: str, exprs: list[dict[str, Any]], template: str, *,
-           delay: dict[str, Any] | None = None, immediate: bool = False) -> dict[str, Any]:  # fmt: skip
+def _stage(
+    name: str,
+    kind: str,
+    exprs: list[dict[str, Any]],
+    template: str,
+    *,
+    delay: dict[str, Any] | None = None,
+    immediate: bool = False,
+) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "resourceRef": {"apiGroup": "v1", "kind": kind},
         "selector": {"matchExpressions": exprs},
@@ -554,7 +626,7 @@ class ControlPlane:
         bin_dir: Path | None = None,
         work_dir: Path | None = None,
         timeout: float = 90.0,
-    ) -> "ControlPlane":
+    ) -> ControlPlane:
         """Start everything and wait until nodes are Ready and the default ServiceAccount exists.
 
         ``logs_dir`` defaults to ``$GRPO_CLUSTER_LOGS`` or a new temp dir. Raises
@@ -577,9 +649,15 @@ class ControlPlane:
         pki = work_dir / "pki"
         ca = _CA(pki)
         cp = cls(
-            bin_dir=bin_dir, work_dir=work_dir, logs_dir=logs_dir, server=server,
-            kubeconfig=work_dir / "admin.kubeconfig", ca_file=ca.cert, _ca=ca, _keep_work_dir=keep,
-        )  # fmt: skip
+            bin_dir=bin_dir,
+            work_dir=work_dir,
+            logs_dir=logs_dir,
+            server=server,
+            kubeconfig=work_dir / "admin.kubeconfig",
+            ca_file=ca.cert,
+            _ca=ca,
+            _keep_work_dir=keep,
+        )
         atexit.register(cp.stop)
         try:
             cp._start_all(etcd_port, etcd_peer, api_port, kwok_port, timeout)
@@ -593,93 +671,151 @@ class ControlPlane:
     def _start_all(self, etcd_port: int, etcd_peer: int, api_port: int, kwok_port: int, timeout: float) -> None:
         ca, w = self._ca, self.work_dir
         assert ca is not None
+        pki = ca.dir
         deadline = time.monotonic() + timeout
         apiserver_cert, apiserver_key = ca.issue(
-            "apiserver", "kube-apiserver",
-            sans=["IP:127.0.0.1", "IP:10.96.0.1", "DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default",
-                  "DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local"],
-        )  # fmt: skip
+            "apiserver",
+            "kube-apiserver",
+            sans=[
+                "IP:127.0.0.1",
+                "IP:10.96.0.1",
+                "DNS:localhost",
+                "DNS:kubernetes",
+                "DNS:kubernetes.default",
+                "DNS:kubernetes.default.svc",
+                "DNS:kubernetes.default.svc.cluster.local",
+            ],
+        )
         kubelet_client = ca.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ["system:masters"])
         admin = ca.issue("admin", "grpo-test-admin", ["system:masters"])
         kcm = ca.issue("controller-manager", "system:kube-controller-manager")
         sched = ca.issue("scheduler", "system:kube-scheduler")
         kwok_client = ca.issue("kwok", "kwok-controller", ["system:masters"])
-        kwok_serving = ca.issue("kwok-serving", "kwok", sans=["IP:127.0.0.1", "DNS:localhost"] + [f"DNS:{n}" for n in GPU_NODES])
+        kwok_serving = ca.issue(
+            "kwok-serving", "kwok", sans=["IP:127.0.0.1", "DNS:localhost"] + [f"DNS:{n}" for n in GPU_NODES]
+        )
         sa_key = ca._genkey("service-account")
+        sa_pub = pki / "service-account.pub"
+        ca._run("pkey", "-in", sa_key, "-pubout", "-out", sa_pub)
 
         write_kubeconfig(self.kubeconfig, self.server, ca.cert, "admin", cert=admin[0], key=admin[1])
-        kcm_kc = write_kubeconfig(w / "controller-manager.kubeconfig", self.server, ca.cert,
-                                  "system:kube-controller-manager", cert=kcm[0], key=kcm[1])  # fmt: skip
-        sched_kc = write_kubeconfig(w / "scheduler.kubeconfig", self.server, ca.cert,
-                                    "system:kube-scheduler", cert=sched[0], key=sched[1])  # fmt: skip
-        kwok_kc = write_kubeconfig(w / "kwok.kubeconfig", self.server, ca.cert, "kwok",
-                                   cert=kwok_client[0], key=kwok_client[1])  # fmt: skip
+        kcm_kc = write_kubeconfig(
+            w / "controller-manager.kubeconfig",
+            self.server,
+            ca.cert,
+            "system:kube-controller-manager",
+            cert=kcm[0],
+            key=kcm[1],
+        )
+        sched_kc = write_kubeconfig(
+            w / "scheduler.kubeconfig", self.server, ca.cert, "system:kube-scheduler", cert=sched[0], key=sched[1]
+        )
+        kwok_kc = write_kubeconfig(
+            w / "kwok.kubeconfig", self.server, ca.cert, "kwok", cert=kwok_client[0], key=kwok_client[1]
+        )
 
         # -- etcd
         etcd_url = f"http://127.0.0.1:{etcd_port}"
         peer_url = f"http://127.0.0.1:{etcd_peer}"
-        self._spawn("etcd", [
-            "--name=grpo-test", f"--data-dir={w / 'etcd'}",
-            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
-            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
-            f"--initial-cluster=grpo-test={peer_url}", "--initial-cluster-state=new",
-            "--unsafe-no-fsync=true", "--quota-backend-bytes=4294967296",
-            "--log-level=warn", "--logger=zap",
-        ])  # fmt: skip
+        self._spawn(
+            "etcd",
+            [
+                "--name=grpo-test",
+                f"--data-dir={w / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=grpo-test={peer_url}",
+                "--initial-cluster-state=new",
+                "--unsafe-no-fsync=true",
+                "--quota-backend-bytes=4294967296",
+                "--log-level=warn",
+                "--logger=zap",
+            ],
+        )
         self._wait(lambda: _http_ok(f"{etcd_url}/health"), deadline, "etcd /health")
 
         # -- kube-apiserver
-        self._spawn("kube-apiserver", [
-            f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
-            f"--tls-cert-file={apiserver_cert}", f"--tls-private-key-file={apiserver_key}",
-            f"--client-ca-file={ca.cert}",
-            "--authorization-mode=Node,RBAC",
-            "--anonymous-auth=true",  # /healthz-style probes; RBAC grants anonymous nothing else
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={sa_key}", f"--service-account-signing-key-file={sa_key}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,NodeRestriction,"
-            "PodSecurity,DefaultStorageClass,DefaultTolerationSeconds,StorageObjectInUseProtection,"
-            "PersistentVolumeClaimResize,RuntimeClass,Priority,TaintNodesByCondition,"
-            "MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy,ResourceQuota",
-            "--allow-privileged=true",  # so that a privileged pod is refused by PodSecurity, not by validation
-            "--endpoint-reconciler-type=none",  # 127.0.0.1 may not be an Endpoints address
-            f"--kubelet-client-certificate={kubelet_client[0]}", f"--kubelet-client-key={kubelet_client[1]}",
-            f"--kubelet-certificate-authority={ca.cert}",
-            "--kubelet-preferred-address-types=InternalIP",
-            "--profiling=false",
-            "--v=1",
-        ])  # fmt: skip
+        self._spawn(
+            "kube-apiserver",
+            [
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={api_port}",
+                f"--tls-cert-file={apiserver_cert}",
+                f"--tls-private-key-file={apiserver_key}",
+                f"--client-ca-file={ca.cert}",
+                "--authorization-mode=Node,RBAC",
+                "--anonymous-auth=true",  # /healthz-style probes; RBAC grants anonymous nothing else
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={sa_pub}",
+                f"--service-account-signing-key-file={sa_key}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--enable-admission-plugins=" + ",".join(ADMISSION_PLUGINS),
+                "--allow-privileged=true",  # so that a privileged pod is refused by PodSecurity, not by validation
+                "--endpoint-reconciler-type=none",  # 127.0.0.1 may not be an Endpoints address
+                f"--kubelet-client-certificate={kubelet_client[0]}",
+                f"--kubelet-client-key={kubelet_client[1]}",
+                f"--kubelet-certificate-authority={ca.cert}",
+                "--kubelet-preferred-address-types=InternalIP",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
         self._wait(lambda: self._api_get("/readyz") == 200, deadline, "kube-apiserver /readyz")
 
         # -- controller-manager, scheduler, kwok (in parallel)
         kwok_cfg = w / "kwok.yaml"
         kwok_cfg.write_text(kwok_stages())
-        self._spawn("kube-controller-manager", [
-            f"--kubeconfig={kcm_kc}", f"--authentication-kubeconfig={kcm_kc}", f"--authorization-kubeconfig={kcm_kc}",
-            "--controllers=*",
-            "--use-service-account-credentials=true",
-            f"--service-account-private-key-file={sa_key}", f"--root-ca-file={ca.cert}",
-            f"--cluster-signing-cert-file={ca.cert}", f"--cluster-signing-key-file={ca.key}",
-            "--enable-hostpath-provisioner=true",
-            "--pvclaimbinder-sync-period=2s",
-            "--leader-elect=false", "--secure-port=0",
-            "--concurrent-gc-syncs=10",
-            "--v=2",
-        ])  # fmt: skip
-        self._spawn("kube-scheduler", [
-            f"--kubeconfig={sched_kc}", f"--authentication-kubeconfig={sched_kc}", f"--authorization-kubeconfig={sched_kc}",
-            "--leader-elect=false", "--secure-port=0", "--v=1",
-        ])  # fmt: skip
-        self._spawn("kwok", [
-            f"--config={kwok_cfg}", f"--kubeconfig={kwok_kc}",
-            "--manage-all-nodes=false", f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
-            "--node-ip=127.0.0.1", f"--cidr={POD_CIDR}",
-            f"--node-port={kwok_port}", f"--server-address=127.0.0.1:{kwok_port}",
-            f"--tls-cert-file={kwok_serving[0]}", f"--tls-private-key-file={kwok_serving[1]}",
-            "--node-lease-duration-seconds=40",
-        ])  # fmt: skip
+        self._spawn(
+            "kube-controller-manager",
+            [
+                f"--kubeconfig={kcm_kc}",
+                f"--authentication-kubeconfig={kcm_kc}",
+                f"--authorization-kubeconfig={kcm_kc}",
+                "--controllers=*",
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={sa_key}",
+                f"--root-ca-file={ca.cert}",
+                f"--cluster-signing-cert-file={ca.cert}",
+                f"--cluster-signing-key-file={ca.key}",
+                "--enable-hostpath-provisioner=true",
+                "--pvclaimbinder-sync-period=2s",
+                "--leader-elect=false",
+                "--secure-port=0",
+                "--concurrent-gc-syncs=10",
+                "--v=2",
+            ],
+        )
+        self._spawn(
+            "kube-scheduler",
+            [
+                f"--kubeconfig={sched_kc}",
+                f"--authentication-kubeconfig={sched_kc}",
+                f"--authorization-kubeconfig={sched_kc}",
+                "--leader-elect=false",
+                "--secure-port=0",
+                "--v=1",
+            ],
+        )
+        self._spawn(
+            "kwok",
+            [
+                f"--config={kwok_cfg}",
+                f"--kubeconfig={kwok_kc}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+                "--node-ip=127.0.0.1",
+                f"--cidr={POD_CIDR}",
+                f"--node-port={kwok_port}",
+                f"--server-address=127.0.0.1:{kwok_port}",
+                f"--tls-cert-file={kwok_serving[0]}",
+                f"--tls-private-key-file={kwok_serving[1]}",
+                "--node-lease-duration-seconds=40",
+            ],
+        )
         self.kubectl("apply", "-f", "-", input=bootstrap_manifests())
 
         def nodes_ready() -> bool:
@@ -687,7 +823,9 @@ class ControlPlane:
             ready = {
                 n["metadata"]["name"]
                 for n in items
-                if any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
+                if any(
+                    c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", [])
+                )
             }
             return set(GPU_NODES) <= ready
 
@@ -702,6 +840,7 @@ class ControlPlane:
         """Stop every component (SIGTERM, then SIGKILL after 10 s); keep the logs."""
         if self._stopped:
             return
+        hostpath_dirs = self._hostpath_volumes() if self._procs and self._procs[0].popen.poll() is None else []
         self._stopped = True
         with contextlib.suppress(Exception):
             atexit.unregister(self.stop)
@@ -716,11 +855,25 @@ class ControlPlane:
                 with contextlib.suppress(ProcessLookupError):
                     p.popen.kill()
                 p.popen.wait(timeout=10)
+        for d in hostpath_dirs:  # volumes the hostpath provisioner made under /tmp/hostpath_pv
+            shutil.rmtree(d, ignore_errors=True)
         if not self._keep_work_dir:
-            for sub in ("etcd", "pki", "helm"):
-                shutil.rmtree(self.work_dir / sub, ignore_errors=True)
+            if self.work_dir in self.logs_dir.parents:
+                for child in self.work_dir.iterdir():
+                    if child not in self.logs_dir.parents and child != self.logs_dir:
+                        shutil.rmtree(child) if child.is_dir() else child.unlink()
+            else:
+                shutil.rmtree(self.work_dir, ignore_errors=True)
 
-    def __enter__(self) -> "ControlPlane":
+    def _hostpath_volumes(self) -> list[Path]:
+        try:
+            pvs = self.get_json("persistentvolumes")["items"]
+        except Exception:  # noqa: BLE001 - best effort at shutdown
+            return []
+        paths = [Path(pv["spec"].get("hostPath", {}).get("path", "")) for pv in pvs]
+        return [p for p in paths if p.parent == Path("/tmp/hostpath_pv")]
+
+    def __enter__(self) -> ControlPlane:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -728,26 +881,31 @@ class ControlPlane:
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log = self.logs_dir / f"{name}.log"
-        fh = open(log, "ab")
-        try:
+        with open(log, "ab") as fh:
             popen = subprocess.Popen(
                 [str(self.bin_dir / name), *args],
-                stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                cwd=self.work_dir, preexec_fn=_set_pdeathsig, env=self._env(),
-            )  # fmt: skip
-        finally:
-            fh.close()
+                stdin=subprocess.DEVNULL,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                cwd=self.work_dir,
+                preexec_fn=_set_pdeathsig,  # noqa: PLW1509 - prctl only, no locks taken
+                env=self._env(),
+            )
         self._procs.append(_Proc(name, popen, log))
 
     def _wait(self, fn: Callable[[], Any], deadline: float, what: str) -> None:
-        def check() -> Any:
-            self.check_alive()
-            return fn()
-
-        try:
-            wait_until(check, timeout=max(0.0, deadline - time.monotonic()), interval=0.1, what=what)
-        except TimeoutError as exc:
-            raise ControlPlaneError(f"{exc}\n{self.describe_logs()}") from None
+        last_exc: BaseException | None = None
+        while True:
+            self.check_alive()  # a dead component ends the wait at once
+            try:
+                if fn():
+                    return
+            except Exception as exc:  # noqa: BLE001 - retried, then reported
+                last_exc = exc
+            if time.monotonic() >= deadline:
+                detail = f" (last error: {last_exc})" if last_exc else ""
+                raise ControlPlaneError(f"timed out waiting for {what}{detail}\n{self.describe_logs()}")
+            time.sleep(0.1)
 
     def check_alive(self) -> None:
         """Raise :class:`ControlPlaneError` naming any component that has exited."""
@@ -770,6 +928,7 @@ class ControlPlane:
         env.setdefault("HELM_CACHE_HOME", str(helm_home / "cache"))
         env.setdefault("HELM_CONFIG_HOME", str(helm_home / "config"))
         env.setdefault("HELM_DATA_HOME", str(helm_home / "data"))
+        env["KUBECACHEDIR"] = str(self.work_dir / "kube-cache")  # kubectl's discovery cache, not ~/.kube
         env.pop("HTTPS_PROXY", None)
         env.pop("https_proxy", None)
         env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
@@ -794,17 +953,32 @@ class ControlPlane:
 
     # ------------------------------------------------------------------ clients
 
-    def _run(self, binary: str, args: Iterable[Any], *, input: str | None, check: bool, timeout: float,
-             kubeconfig: Path | None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    def _run(
+        self,
+        binary: str,
+        args: Iterable[Any],
+        *,
+        input: str | None,
+        check: bool,
+        timeout: float,
+        kubeconfig: Path | None,
+    ) -> subprocess.CompletedProcess[str]:
         cmd = [str(self.bin_dir / binary), *map(str, args)]
-        proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout,
-                              env=self._env(kubeconfig), cwd=self.work_dir)  # fmt: skip
+        proc = subprocess.run(
+            cmd, input=input, check=False, capture_output=True, text=True, timeout=timeout, env=self._env(kubeconfig)
+        )
         if check and proc.returncode != 0:
             raise KubectlError(proc.returncode, [binary, *map(str, args)], proc.stdout, proc.stderr)
         return proc
 
-    def kubectl(self, *args: Any, input: str | None = None, check: bool = True, timeout: float = 60,
-                kubeconfig: Path | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    def kubectl(
+        self,
+        *args: Any,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 60,
+        kubeconfig: Path | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """Run the built kubectl with the admin kubeconfig (or ``kubeconfig``).
 
         Returns the CompletedProcess (``.stdout``, ``.stderr``, ``.returncode``); with
@@ -812,8 +986,14 @@ class ControlPlane:
         """
         return self._run("kubectl", args, input=input, check=check, timeout=timeout, kubeconfig=kubeconfig)
 
-    def helm(self, *args: Any, input: str | None = None, check: bool = True, timeout: float = 180,
-             kubeconfig: Path | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    def helm(
+        self,
+        *args: Any,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 180,
+        kubeconfig: Path | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """Run the built helm against this cluster (HELM_*_HOME under the work dir)."""
         return self._run("helm", args, input=input, check=check, timeout=timeout, kubeconfig=kubeconfig)
 
@@ -822,14 +1002,25 @@ class ControlPlane:
         ns = ["-n", namespace] if namespace else []
         return json.loads(self.kubectl("get", *args, *ns, "-o", "json", kubeconfig=kubeconfig).stdout)
 
-    def apply_yaml(self, text: str, namespace: str | None = None, *, server_side: bool = False,
-                   check: bool = True, kubeconfig: Path | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
-        """``kubectl apply -f -`` with ``text``; ``check=False`` to look at a rejection's stderr."""
-        args = ["apply", "-f", "-"]
+    def apply_yaml(
+        self,
+        text: str,
+        namespace: str | None = None,
+        *args: str,
+        server_side: bool = False,
+        check: bool = True,
+        kubeconfig: Path | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """``kubectl apply -f - [ARGS]`` with ``text``; ``check=False`` to look at a rejection's stderr.
+
+        kubectl asks for strict field validation: unknown fields are errors (pass
+        ``"--validate=ignore"`` to see the API server prune them instead).
+        """
+        args = ("apply", "-f", "-", *args)
         if namespace:
-            args += ["-n", namespace]
+            args += ("-n", namespace)
         if server_side:
-            args += ["--server-side", "--force-conflicts"]
+            args += ("--server-side", "--force-conflicts")
         return self.kubectl(*args, input=text, check=check, kubeconfig=kubeconfig)
 
     def create_namespace(self, name: str, labels: dict[str, str] | None = None, timeout: float = 30) -> str:
@@ -838,15 +1029,17 @@ class ControlPlane:
         self.kubectl("create", "-f", "-", input=yaml.safe_dump(doc))
         wait_until(
             lambda: self.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
-            timeout=timeout, what=f"ServiceAccount {name}/default",
-        )  # fmt: skip
+            timeout=timeout,
+            what=f"ServiceAccount {name}/default",
+        )
         return name
 
     def delete_namespace(self, name: str, wait: bool = False) -> None:
         self.kubectl("delete", "namespace", name, "--ignore-not-found", f"--wait={str(wait).lower()}", check=False)
 
-    def kubeconfig_for_serviceaccount(self, namespace: str, name: str, *, create: bool = True,
-                                      duration: str = "2h") -> Path:  # fmt: skip
+    def kubeconfig_for_serviceaccount(
+        self, namespace: str, name: str, *, create: bool = True, duration: str = "2h"
+    ) -> Path:
         """A kubeconfig that authenticates as ServiceAccount ``namespace/name``.
 
         The token comes from the TokenRequest API (``kubectl create token``). With
@@ -860,8 +1053,14 @@ class ControlPlane:
         token = self.kubectl("create", "token", name, "-n", namespace, f"--duration={duration}").stdout.strip()
         path = self.work_dir / "kubeconfigs" / f"sa-{namespace}-{name}.kubeconfig"
         path.parent.mkdir(exist_ok=True)
-        return write_kubeconfig(path, self.server, self.ca_file, f"system:serviceaccount:{namespace}:{name}",
-                                token=token, namespace=namespace)  # fmt: skip
+        return write_kubeconfig(
+            path,
+            self.server,
+            self.ca_file,
+            f"system:serviceaccount:{namespace}:{name}",
+            token=token,
+            namespace=namespace,
+        )
 
     def wait_for_pod_phase(self, namespace: str, name: str, phase: str, timeout: float = 30) -> dict[str, Any]:
         """Wait until the pod's ``status.phase`` is ``phase``; returns the pod."""

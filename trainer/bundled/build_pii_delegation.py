@@ -4,7 +4,7 @@ Each example is a user request that carries personal details (names, addresses,
 health, money, work) which a privacy-conscious delegate should keep out of the
 request it sends to an external model. Columns follow PUPA: user_query,
 target_response, pii_units ('||'-separated). Regenerate with
-``python -m grpo_trainer.datasets.build_pii_delegation``.
+``python -m grpo_trainer.bundled.build_pii_delegation``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,67 @@
+"""The generated CRD in a real API server: applies, accepts the seed, rejects bad jobs itself."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from controlplane import wait_until
+from support.jobdocs import INVALID_CASES, load_example, mutated
+
+SERVER_CASES = [c for c in INVALID_CASES if c.get("server")]
+
+
+def test_crd_established_with_printer_columns(control_plane, grpojob_crd):
+    crd = control_plane.get_json("crd", grpojob_crd)
+    conditions = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
+    assert conditions["Established"] == "True" and conditions["NamesAccepted"] == "True"
+    # the OpenAPI document that `kubectl explain` reads is published a moment after Established
+    explained = wait_until(
+        lambda: control_plane.kubectl("explain", "grpojob.spec.trainKwargs", check=False).stdout,
+        timeout=60,
+        what="kubectl explain grpojob.spec.trainKwargs",
+    )
+    assert "train_kwargs" in explained and "lora_config" in explained
+
+
+def test_seed_example_accepted_and_defaulted(control_plane, grpojob_crd, namespace):
+    control_plane.apply_yaml(yaml.safe_dump(load_example()), namespace)
+    job = control_plane.get_json("grpojob", "papillon", namespace=namespace)
+    assert job["spec"]["trainKwargs"]["lora_config"]["r"] == 8
+    assert job["spec"]["trainKwargs"]["num_training_gpus"] == 3
+    # defaults the API server filled in from the schema
+    assert job["spec"]["grpo"]["failure_score"] == 0
+    assert job["spec"]["inference"]["resources"] == {"requests": {}, "limits": {}}
+    # null in the tutorial's style means "unset"
+    assert "max_prompt_length" not in job["spec"]["trainKwargs"]
+    table = control_plane.kubectl("get", "grpojobs", "-n", namespace).stdout
+    assert table.split("\n")[0].split() == ["NAME", "STATE", "STEP", "MAX", "REWARD", "VAL", "AGE"]
+
+
+def test_enough_server_side_cases():
+    assert len(SERVER_CASES) >= 10
+
+
+@pytest.mark.parametrize("case", SERVER_CASES, ids=[c["name"] for c in SERVER_CASES])
+def test_api_server_rejects_invalid_job(control_plane, grpojob_crd, namespace, case):
+    doc = mutated(case)
+    result = control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert result.returncode != 0, f"API server accepted {case['name']}"
+    assert case["field"] in result.stderr, result.stderr
+    listed = json.loads(control_plane.kubectl("get", "grpojobs", "-n", namespace, "-o", "json").stdout)
+    assert listed["items"] == [], "a rejected job must not be stored"
+
+
+def test_run_defining_fields_are_immutable(control_plane, grpojob_crd, namespace):
+    control_plane.apply_yaml(yaml.safe_dump(load_example()), namespace)
+    patch = json.dumps({"spec": {"trainKwargs": {"learning_rate": 0.001}}})
+    result = control_plane.kubectl(
+        "patch", "grpojob", "papillon", "-n", namespace, "--type=merge", "-p", patch, check=False
+    )
+    assert result.returncode != 0 and "immutable" in result.stderr, result.stderr
+    ok = control_plane.kubectl(
+        "patch", "grpojob", "papillon", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}', check=False
+    )
+    assert ok.returncode == 0, ok.stderr
