@@ -1,0 +1,245 @@
+"""Adapters on the volume and their hot-swap into a real vLLM (CPU build) serving a tiny generated model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from grpo_trainer.adapters import AdapterStore, VLLMAdapterSync, VLLMUnavailableError, version_name
+from grpo_trainer.config import VLLMEndpoint
+from grpo_trainer.tinymodel import ensure_tiny_model
+from grpo_trainer.vllm_server import VLLMProcess, VLLMServerSpec
+
+PROMPT = "please write an email to maria garcia about the"
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Path:
+    return ensure_tiny_model()
+
+
+def peft_model(model_dir: Path) -> PeftModel:
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])
+    return get_peft_model(base, config)  # lora_B starts at zero: the adapter is the base model
+
+
+def randomize_lora_b(model: PeftModel, seed: int) -> None:
+    """Large LoRA B weights: a version whose outputs differ from the base model's."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- the volume -------------------------------------------------------------------------
+
+
+def test_saved_adapter_is_complete_and_names_the_served_base(model_dir: Path, tmp_path: Path) -> None:
+    store = AdapterStore(tmp_path, base_model_name="/models/base")
+    saved = store.save(peft_model(model_dir), 1)
+    assert saved.path == tmp_path / "adapters" / "step-1" and not saved.replaced and saved.seconds > 0
+    config = json.loads((saved.path / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "/models/base"
+    assert (saved.path / "adapter_model.safetensors").stat().st_size > 0
+    assert store.save(peft_model(model_dir), 1).replaced
+    assert store.steps() == [1]
+    assert [p.name for p in store.root.iterdir()] == ["step-1"]  # no staging leftovers
+
+
+def test_interrupted_save_never_shows_a_partial_directory(model_dir: Path, tmp_path: Path) -> None:
+    store = AdapterStore(tmp_path, base_model_name="base")
+    model = peft_model(model_dir)
+
+    class CrashAfterWeights:
+        """Stands in for a process killed while PEFT writes: the weights file exists, then it dies."""
+
+        peft_config = model.peft_config
+        active_adapter = "default"
+
+        def save_pretrained(self, out: str, **kwargs: object) -> None:
+            model.save_pretrained(out, **kwargs)
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        store.save(CrashAfterWeights(), 2)
+    assert not store.path(2).exists() and store.steps() == []
+    assert list(store.root.iterdir()) == []
+
+
+def test_best_pointer_survives_copying_and_pruning(model_dir: Path, tmp_path: Path) -> None:
+    store = AdapterStore(tmp_path / "run", base_model_name="base")
+    model = peft_model(model_dir)
+    for step in range(1, 7):
+        store.save(model, step)
+    store.set_best(2, score=0.7)
+    assert store.prune(keep_last=2, protect=[4]) == [1, 3]
+    assert store.steps() == [2, 4, 5, 6]
+
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")  # e.g. a backup of the volume
+    best = AdapterStore(tmp_path / "copy", base_model_name="base").best()
+    assert best is not None and best.step == 2 and best.score == 0.7
+    assert best.path == tmp_path / "copy" / "adapters" / "step-2" and (best.path / "adapter_config.json").is_file()
+
+
+def test_publish_without_vllm_times_out_with_a_clear_error(tmp_path: Path) -> None:
+    port = free_port()
+    endpoint = VLLMEndpoint(
+        base_url=f"http://127.0.0.1:{port}/v1", served_model_name="base", adapter_dir=str(tmp_path), wait_timeout_seconds=2.0
+    )
+    sync = VLLMAdapterSync.from_endpoint(endpoint)
+    start = time.monotonic()
+    with pytest.raises(VLLMUnavailableError, match=rf"127\.0\.0\.1:{port} unavailable for 2 s .*publish policy-v1"):
+        sync.publish(1)
+    assert 1.5 < time.monotonic() - start < 10
+
+
+# -- a real vLLM ----------------------------------------------------------------------------
+
+
+class Server:
+    """The module's vLLM; a test may kill it and start a new one on the same port."""
+
+    def __init__(self, model_dir: Path, log_dir: Path) -> None:
+        self.spec = VLLMServerSpec(
+            model=str(model_dir),
+            served_model_name="tiny-base",
+            port=free_port(),
+            host="127.0.0.1",
+            lora_rank=8,
+            max_loras=4,
+            dtype="float32",
+            device="cpu",
+            max_model_len=512,
+            python=sys.executable,
+        )
+        self.log_dir = log_dir
+        self.starts = 0
+        self.process = self._new_process()
+
+    def _new_process(self) -> VLLMProcess:
+        self.starts += 1
+        return VLLMProcess(self.spec, self.log_dir / f"vllm-{self.starts}.log", start_timeout=300)
+
+    @property
+    def base_url(self) -> str:
+        return self.process.openai_base_url
+
+    def kill9(self) -> None:
+        proc = self.process.proc
+        assert proc is not None
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        self.process.proc = None
+
+    def start_later(self, delay: float) -> threading.Thread:
+        self.process = self._new_process()
+        thread = threading.Thread(target=lambda: (time.sleep(delay), self.process.start()), daemon=True)
+        thread.start()
+        return thread
+
+    def complete(self, model: str) -> list[int]:
+        """Greedy continuation token ids of PROMPT under ``model``."""
+        body = {"model": model, "prompt": PROMPT, "max_tokens": 8, "temperature": 0.0, "return_token_ids": True}
+        response = httpx.post(f"{self.base_url}/completions", json=body, timeout=60)
+        response.raise_for_status()
+        return list(response.json()["choices"][0]["token_ids"])
+
+    def served(self) -> set[str]:
+        response = httpx.get(f"{self.base_url}/models", timeout=10)
+        response.raise_for_status()
+        return {card["id"] for card in response.json()["data"]}
+
+
+@pytest.fixture(scope="module")
+def vllm(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = Server(model_dir, tmp_path_factory.mktemp("vllm-logs"))
+    server.process.start()
+    try:
+        yield server
+    finally:
+        server.process.stop()
+
+
+@pytest.mark.vllm
+def test_publish_hot_swaps_versions_and_unloads_old_ones(vllm: Server, model_dir: Path, tmp_path: Path) -> None:
+    store = AdapterStore(tmp_path, base_model_name=str(model_dir))
+    model = peft_model(model_dir)
+    sync = VLLMAdapterSync(vllm.base_url, str(store.root), max_loras=4, wait_timeout_seconds=60)
+
+    store.save(model, 1)  # zero LoRA B: same outputs as the base model
+    first = sync.publish(1)
+    assert first.name == "policy-v1" and not first.already_loaded
+    assert first.first_request_seconds > 0 and first.load_seconds > 0
+    assert "policy-v1" in vllm.served()
+
+    randomize_lora_b(model, seed=1)
+    store.save(model, 2)
+    second = sync.publish(2)
+    assert {"policy-v1", "policy-v2"} <= vllm.served()  # the previous version stays for in-flight rollouts
+    assert vllm.complete("policy-v1") == vllm.complete("tiny-base")
+    assert vllm.complete("policy-v2") != vllm.complete("policy-v1")
+    assert second.unloaded == []
+
+    randomize_lora_b(model, seed=2)
+    store.save(model, 3)
+    sync.set_best(2)
+    third = sync.publish(3)
+    assert third.unloaded == ["policy-v1"]
+    assert {name for name in vllm.served() if name.startswith("policy-")} == {"policy-v2", "policy-v3"}
+
+    store.save(model, 4)
+    fourth = sync.publish(4)
+    assert fourth.unloaded == []  # v2 is the best, v3 the previous
+    sync.set_best(4)
+    again = sync.publish(4)
+    assert again.already_loaded and again.unloaded == ["policy-v2"]
+    assert {name for name in vllm.served() if name.startswith("policy-")} == {"policy-v3", "policy-v4"}
+
+    # a restarted trainer publishes the version it resumed at: vLLM already has it
+    restarted = VLLMAdapterSync(vllm.base_url, str(store.root), max_loras=4, keep_previous=False, wait_timeout_seconds=60)
+    resumed = restarted.publish(4)
+    assert resumed.already_loaded and resumed.unloaded == ["policy-v3"]
+    assert {name for name in vllm.served() if name.startswith("policy-")} == {"policy-v4"}
+
+
+@pytest.mark.vllm
+def test_killed_vllm_gets_the_current_adapter_back_after_restart(vllm: Server, model_dir: Path, tmp_path: Path) -> None:
+    store = AdapterStore(tmp_path, base_model_name=str(model_dir))
+    model = peft_model(model_dir)
+    randomize_lora_b(model, seed=7)
+    sync = VLLMAdapterSync(vllm.base_url, str(store.root), max_loras=4, wait_timeout_seconds=300)
+    store.save(model, 7)
+    sync.publish(7)
+    before = vllm.complete(version_name(7))
+
+    vllm.kill9()
+    starter = vllm.start_later(delay=2.0)
+    results = sync.ensure_current()  # waits for the new server, then loads policy-v7 again
+    starter.join(timeout=300)
+    assert [r.name for r in results] == ["policy-v7"]
+    assert results[0].waited_seconds > 2.0 and not results[0].already_loaded
+    assert "policy-v7" in vllm.served()
+    assert vllm.complete("policy-v7") == before
+    assert sync.ensure_current() == []  # nothing missing any more

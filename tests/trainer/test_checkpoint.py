@@ -1,0 +1,165 @@
+"""Full checkpoints: exact resume of adapter, optimizer, scheduler and RNG; atomicity; pruning.
+
+Real torch/transformers/PEFT on CPU with a tiny random Llama built in memory (no
+tokenizer needed: the "loss" is a function of the logits of random token ids).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from grpo_trainer.checkpoint import COMPLETE_MARKER, CheckpointManager, TrainingState
+from grpo_trainer.hparams import LoraConfig, TrainKwargs
+from grpo_trainer.optim import build_optimizer, build_scheduler
+from grpo_trainer.policy import Policy, wrap_policy
+
+TRAIN = TrainKwargs(
+    learning_rate=1e-2,
+    lr_scheduler_type="cosine",
+    warmup_steps=2,
+    max_steps=10,
+    lora_config=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "v_proj"]),
+)
+
+
+def make_run(seed: int) -> tuple[Policy, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Base weights are always the same (as when reloading the base model); LoRA init depends on ``seed``."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    base = LlamaForCausalLM(config)
+    torch.manual_seed(seed)
+    policy = wrap_policy(base, TRAIN, torch.device("cpu"))
+    optimizer = build_optimizer(policy.trainable_parameters(), TRAIN)
+    return policy, optimizer, build_scheduler(optimizer, TRAIN)
+
+
+def train_step(policy: Policy, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """One update whose result depends on every RNG: python/numpy pick the data, torch draws dropout masks."""
+    length = random.randint(4, 8)
+    offset = int(np.random.randint(0, 32))
+    ids = (torch.randint(0, 32, (2, length)) + offset) % 64
+    loss = policy.model(input_ids=ids).logits.float().pow(2).mean()
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+
+
+def lora_weights(policy: Policy) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in policy.named_trainable_parameters()}
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
+    random.seed(1)
+    np.random.seed(1)
+    policy, optimizer, scheduler = make_run(seed=1)
+    for _ in range(2):
+        train_step(policy, optimizer, scheduler)
+    manager = CheckpointManager(tmp_path, keep=2)
+    state = TrainingState(step=2, sampler={"epoch": 0, "position": 5, "order": [3, 1, 2]}, best_score=0.4, best_step=1)
+    path = manager.save(state, policy, optimizer, scheduler, base_model_name="tiny-base")
+    assert path == tmp_path / "checkpoints" / "step-2" and (path / COMPLETE_MARKER).is_file()
+    config = json.loads((path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "tiny-base"
+
+    # the uninterrupted run continues for two more steps
+    for _ in range(2):
+        train_step(policy, optimizer, scheduler)
+    expected_weights = lora_weights(policy)
+    expected_lr = scheduler.get_last_lr()
+    expected_draws = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+
+    # a fresh process: other LoRA init, other RNG positions
+    random.seed(99)
+    np.random.seed(99)
+    torch.manual_seed(99)
+    policy2, optimizer2, scheduler2 = make_run(seed=2)
+    assert not torch.equal(next(iter(lora_weights(policy2).values())), next(iter(expected_weights.values())))
+    restored = manager.restore(policy2, optimizer2, scheduler2)
+    assert restored == state
+    for _ in range(2):
+        train_step(policy2, optimizer2, scheduler2)
+
+    for name, weight in lora_weights(policy2).items():
+        torch.testing.assert_close(weight, expected_weights[name], rtol=0, atol=1e-6, msg=name)
+    assert scheduler2.get_last_lr() == pytest.approx(expected_lr, abs=0)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected_draws
+    for p1, p2 in zip(optimizer.param_groups[0]["params"], optimizer2.param_groups[0]["params"]):
+        torch.testing.assert_close(optimizer2.state[p2]["exp_avg_sq"], optimizer.state[p1]["exp_avg_sq"], rtol=0, atol=0)
+
+
+def test_restore_sets_scheduler_lr_and_optimizer_state(tmp_path: Path) -> None:
+    policy, optimizer, scheduler = make_run(seed=1)
+    for _ in range(3):
+        train_step(policy, optimizer, scheduler)
+    manager = CheckpointManager(tmp_path, keep=1)
+    manager.save(TrainingState(step=3), policy, optimizer, scheduler)
+
+    policy2, optimizer2, scheduler2 = make_run(seed=2)
+    assert scheduler2.get_last_lr() != scheduler.get_last_lr()  # warm-up starts at 0
+    manager.restore(policy2, optimizer2, scheduler2)
+    assert scheduler2.get_last_lr() == scheduler.get_last_lr()
+    assert scheduler2.last_epoch == 3
+    assert optimizer2.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
+    for p1, p2 in zip(optimizer.param_groups[0]["params"], optimizer2.param_groups[0]["params"]):
+        assert torch.equal(optimizer2.state[p2]["exp_avg"], optimizer.state[p1]["exp_avg"])
+        assert optimizer2.state[p2]["exp_avg"].device == p2.device
+
+
+def test_partial_checkpoint_is_ignored(tmp_path: Path) -> None:
+    policy, optimizer, scheduler = make_run(seed=1)
+    manager = CheckpointManager(tmp_path, keep=3)
+    manager.save(TrainingState(step=1, sampler={"position": 1}), policy, optimizer, scheduler)
+    # an interrupted copy of the volume: the newest directory lacks its marker
+    shutil.copytree(manager.path(1), manager.path(2))
+    (manager.path(2) / COMPLETE_MARKER).unlink()
+    assert manager.latest() == manager.path(1)
+    restored = manager.restore(*make_run(seed=2))
+    assert restored is not None and restored.sampler == {"position": 1}
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        manager.restore(*make_run(seed=2), path=manager.path(2))
+
+
+def test_failed_save_leaves_no_visible_checkpoint(tmp_path: Path) -> None:
+    policy, optimizer, scheduler = make_run(seed=1)
+    manager = CheckpointManager(tmp_path, keep=2)
+
+    class BrokenScheduler:
+        """Raises half-way through a save, after the adapter and optimizer files were written."""
+
+        def state_dict(self) -> dict:
+            raise OSError("disk full")
+
+        def load_state_dict(self, state: dict) -> None:
+            raise AssertionError("unused")
+
+    with pytest.raises(OSError, match="disk full"):
+        manager.save(TrainingState(step=1), policy, optimizer, BrokenScheduler())
+    assert manager.latest() is None
+    assert list((tmp_path / "checkpoints").iterdir()) == []
+    assert manager.restore(policy, optimizer, scheduler) is None
+
+
+def test_prune_keeps_the_newest(tmp_path: Path) -> None:
+    policy, optimizer, scheduler = make_run(seed=1)
+    manager = CheckpointManager(tmp_path, keep=2)
+    for step in range(1, 5):
+        manager.save(TrainingState(step=step), policy, optimizer, scheduler)
+    assert manager.complete_steps() == [3, 4]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-3", "step-4"]

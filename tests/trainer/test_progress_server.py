@@ -1,0 +1,133 @@
+"""The progress document (file + /progress) and the Prometheus /metrics of a trainer."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from grpo_trainer.progress import PROGRESS_FILE, Progress, ProgressBoard
+from grpo_trainer.server import ProgressServer
+
+
+def get(port: int, path: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.headers["Content-Type"], resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers["Content-Type"], err.read().decode()
+
+
+def metric(text: str, line_start: str) -> float:
+    """Value of the sample line starting with ``line_start`` (name plus labels)."""
+    for line in text.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {line_start!r} in /metrics")
+
+
+def run_one_step(board: ProgressBoard, step: int) -> None:
+    with board.timed("rollout"):
+        time.sleep(0.01)
+    board.record_timings(reward=0.02)
+    with board.timed("train"):
+        pass
+    board.record_timings(save=0.1, load=0.004, first_request=0.015)
+    board.adapter(step, f"policy-v{step}")
+    board.step_done(
+        step,
+        reward_mean=0.25 * step,
+        reward_std=0.1,
+        tokens_generated=100,
+        tokens_trained=80,
+        rollout_failures={"format": 2, "external": 1} if step == 1 else {"format": 1},
+        skipped_groups=3,
+    )
+
+
+def test_progress_and_metrics_show_the_step_after_an_update(tmp_path: Path) -> None:
+    board = ProgressBoard(tmp_path, job="demo", max_steps=5)
+    with ProgressServer(board, port=0, host="127.0.0.1") as server:
+        status, ctype, body = get(server.port, "/progress")
+        assert status == 200 and ctype == "application/json"
+        assert json.loads(body)["phase"] == "starting" and json.loads(body)["step"] == 0
+
+        board.set_phase("baseline")
+        assert board.validation(0, 0.40, baseline=True) is True
+        run_one_step(board, 1)
+        run_one_step(board, 2)
+        board.set_phase("validate")
+        assert board.validation(2, 0.55) is True
+        assert board.validation(2, 0.50) is False  # a worse score does not move the best
+
+        doc = json.loads(get(server.port, "/progress")[2])
+        assert doc["step"] == 2 and doc["max_steps"] == 5 and doc["phase"] == "validate"
+        assert doc["reward_mean"] == 0.5 and doc["reward_std"] == 0.1
+        assert doc["val_scores"] == {"0": 0.4, "2": 0.5}
+        assert (doc["baseline_val_score"], doc["val_score"], doc["best_val_score"], doc["best_step"]) == (0.4, 0.5, 0.55, 2)
+        assert doc["adapter_version"] == "policy-v2" and doc["adapter_step"] == 2
+        assert doc["tokens_generated"] == 200 and doc["tokens_trained"] == 160
+        assert doc["rollout_failures"] == {"format": 3, "external": 1} and doc["skipped_groups"] == 6
+        assert doc["timings"]["rollout"] >= 0.01 and doc["timings"]["load"] == 0.004 and doc["timings"]["validate"] is None
+        assert doc["eta_seconds"] is not None and doc["eta_seconds"] > 0
+        # the local runner reads the same document from the volume
+        assert json.loads((tmp_path / PROGRESS_FILE).read_text()) == doc
+
+        status, ctype, text = get(server.port, "/metrics")
+        assert status == 200 and ctype.startswith("text/plain")
+        assert metric(text, "grpo_trainer_step") == 2
+        assert metric(text, "grpo_trainer_reward_mean") == 0.5
+        assert metric(text, "grpo_trainer_val_score") == 0.5
+        assert metric(text, "grpo_trainer_best_val_score") == 0.55
+        assert metric(text, "grpo_trainer_adapter_version") == 2
+        assert metric(text, "grpo_trainer_tokens_generated_total") == 200
+        assert metric(text, "grpo_trainer_tokens_trained_total") == 160
+        assert metric(text, 'grpo_trainer_rollout_failures_total{kind="format"}') == 3
+        assert metric(text, 'grpo_trainer_rollout_failures_total{kind="external"}') == 1
+        assert metric(text, "grpo_trainer_skipped_groups_total") == 6
+        assert metric(text, 'grpo_trainer_phase_seconds_count{phase="rollout"}') == 2
+        assert metric(text, 'grpo_trainer_phase_seconds_count{phase="first_request"}') == 2
+        assert metric(text, 'grpo_trainer_phase{phase="validate"}') == 1
+        assert metric(text, 'grpo_trainer_phase{phase="train"}') == 0
+
+        status, _, body = get(server.port, "/healthz")
+        assert status == 200 and json.loads(body)["status"] == "ok"
+        assert get(server.port, "/nope")[0] == 404
+
+        board.finish()
+        doc = json.loads(get(server.port, "/progress")[2])
+        assert doc["finished"] is True and doc["phase"] == "done" and doc["eta_seconds"] == 0
+        assert metric(get(server.port, "/metrics")[2], "grpo_trainer_finished") == 1
+
+
+def test_resumed_board_keeps_history_and_totals(tmp_path: Path) -> None:
+    board = ProgressBoard(tmp_path, job="demo", max_steps=4)
+    board.validation(0, 0.3, baseline=True)
+    run_one_step(board, 1)
+    board.fail("killed")
+
+    previous = Progress.read(tmp_path)
+    assert previous is not None and previous.phase == "failed" and previous.error == "killed"
+    resumed = ProgressBoard(tmp_path, job="demo", max_steps=4, initial=previous)
+    assert resumed.snapshot().phase == "starting"
+    with ProgressServer(resumed, port=0, host="127.0.0.1") as server:
+        run_one_step(resumed, 2)
+        doc = json.loads(get(server.port, "/progress")[2])
+        text = get(server.port, "/metrics")[2]
+    assert doc["step"] == 2 and doc["error"] is None and doc["finished"] is False
+    assert doc["baseline_val_score"] == 0.3 and doc["tokens_generated"] == 200
+    assert doc["started_at"] == previous.model_dump(mode="json")["started_at"]
+    # counters start from the run totals of the restored document, not from zero
+    assert metric(text, "grpo_trainer_tokens_generated_total") == 200
+
+
+def test_unknown_phase_is_refused(tmp_path: Path) -> None:
+    board = ProgressBoard(tmp_path, job="demo", max_steps=1)
+    with pytest.raises(ValueError, match="unknown phase"):
+        board.set_phase("training")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown timed phases"):
+        board.record_timings(sync=1.0)
