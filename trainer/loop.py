@@ -1,0 +1,360 @@
+"""The GRPO loop: rollouts → rewards → groups → LoRA update → adapter on the volume → vLLM.
+
+Only the main rank talks to vLLM, runs the DSPy program and reports progress; every
+rank holds the policy and takes part in the data-parallel update. Each step ends
+with the adapter saved and served, so a crash loses at most the step in progress
+(checkpoints every ``grpo.checkpoint_every_steps`` make the resume exact).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import dspy
+import torch
+import torch.distributed as torch_dist
+
+from .adapters import AdapterStore, VLLMAdapterSync, version_name
+from .checkpoint import CheckpointManager, TrainingState, capture_rng
+from .config import TrainerConfig
+from .data import load_examples
+from .distributed import DistContext, broadcast_object
+from .groups import build_groups
+from .lms import PolicyLM, derive_seed, external_lm
+from .optim import build_optimizer, build_scheduler
+from .policy import Policy, load_policy
+from .progress import Progress, ProgressBoard
+from .registry import data_defaults, resolve_metric, resolve_program
+from .rollout import ExampleSampler, Rollout, run_rollouts
+from .samples import TrainSample
+from .server import ProgressServer, TrainerMetrics
+from .tracking import CompletionLog, make_tracker
+from .update import train_on_samples
+
+log = logging.getLogger(__name__)
+
+STOP = "stop"  # broadcast instead of samples when the main rank decides to stop
+
+
+@dataclass
+class StepPlan:
+    """What the main rank hands every rank for one step."""
+
+    samples: list[TrainSample]
+    predictor: str
+
+
+@dataclass
+class Sampling:
+    """The main rank's side of a run: program, data, LMs and the served adapter."""
+
+    program: dspy.Module
+    metric: Any
+    lm: PolicyLM
+    train: list[dspy.Example]
+    val: list[dspy.Example]
+    sampler: ExampleSampler
+    sync: VLLMAdapterSync
+    store: AdapterStore
+    board: ProgressBoard
+    completions: Optional[CompletionLog] = None
+    tracker: Any = None
+    server: Optional[ProgressServer] = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class StopFlag:
+    """SIGTERM/SIGINT ask the run to stop at the next step boundary (after a checkpoint)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        log.warning("signal %s: stopping after the current step", signal.Signals(signum).name)
+        self.event.set()
+
+    @property
+    def requested(self) -> bool:
+        return self.event.is_set()
+
+
+class GRPORun:
+    """One trainer process's part of a run."""
+
+    def __init__(self, cfg: TrainerConfig, dist: DistContext, stop: Optional[StopFlag] = None) -> None:
+        self.cfg = cfg
+        self.dist = dist
+        self.stop = stop or StopFlag()
+        self.run_dir = cfg.run_path
+        self.max_steps = cfg.grpo.num_train_steps
+        self.ckpt = CheckpointManager(self.run_dir, keep=cfg.grpo.keep_checkpoints)
+        self.policy: Policy
+        self.sampling: Optional[Sampling] = None
+
+    # -- set-up -----------------------------------------------------------------------
+
+    def _setup_policy(self) -> Optional[TrainingState]:
+        self.policy = load_policy(self.cfg.model, self.cfg.train, self.cfg.device)
+        self.optimizer = build_optimizer(self.policy.trainable_parameters(), self.cfg.train)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg.train)
+        state = self.ckpt.restore(self.policy.model, self.optimizer, self.scheduler, rank=self.dist.rank)
+        if state is not None:
+            log.info("resumed from checkpoint", extra={"step": state.step})
+        return state
+
+    def _setup_sampling(self, state: Optional[TrainingState]) -> Sampling:
+        cfg = self.cfg
+        for sub in ("adapters", "checkpoints", "logs"):
+            (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
+        initial = None
+        if state is not None and "progress" in state.history:
+            initial = Progress.model_validate(state.history["progress"])
+        board = ProgressBoard(self.run_dir, cfg.job_name, self.max_steps, initial=initial)
+        server = None
+        if cfg.port:
+            server = ProgressServer(board, cfg.port, metrics=TrainerMetrics()).start()
+        untrusted = external_lm(cfg.untrusted, role="untrusted", vllm=cfg.vllm, default_max_tokens=cfg.train.max_completion_length)
+        judge = external_lm(cfg.judge or cfg.untrusted, role="judge", vllm=cfg.vllm, default_max_tokens=cfg.train.max_completion_length)
+        program = resolve_program(cfg.program, untrusted_lm=untrusted, exclude_demos=cfg.grpo.exclude_demos)
+        metric = resolve_metric(cfg.metric, judge_lm=judge)
+        defaults = data_defaults(cfg.program, program)
+        train = load_examples(cfg.train_data, default_fields=defaults.fields, default_inputs=defaults.inputs)
+        if cfg.grpo.use_train_as_val or cfg.val_data is None:
+            val = train
+        else:
+            val = load_examples(cfg.val_data, default_fields=defaults.fields, default_inputs=defaults.inputs)
+        if state is not None and state.sampler:
+            sampler = ExampleSampler.from_state(len(train), state.sampler)
+        else:
+            sampler = ExampleSampler(len(train), seed=cfg.grpo.seed)
+        sync = VLLMAdapterSync.from_endpoint(cfg.vllm)
+        store = AdapterStore(self.run_dir, cfg.vllm.served_model_name)
+        lm = PolicyLM.from_config(cfg.vllm, cfg.vllm.served_model_name, cfg.train)
+        program.set_lm(lm)
+        return Sampling(
+            program=program,
+            metric=metric,
+            lm=lm,
+            train=train,
+            val=val,
+            sampler=sampler,
+            sync=sync,
+            store=store,
+            board=board,
+            completions=CompletionLog(self.run_dir) if cfg.train.log_completions else None,
+            tracker=make_tracker(cfg.train.report_to, self.run_dir, cfg.job_name, cfg.model_dump(mode="json")),
+            server=server,
+        )
+
+    # -- the main rank's phases ----------------------------------------------------------
+
+    def _serve(self, s: Sampling, step: int, *, replaced: bool = False) -> None:
+        """Make vLLM serve the adapter of ``step`` (the base model at step 0) to rollouts."""
+        if step == 0:
+            s.sync.wait_ready()
+            s.lm.set_adapter(self.cfg.vllm.served_model_name)
+            return
+        result = s.sync.publish(step, reload=replaced)
+        s.lm.set_adapter(result.name)
+        s.board.record_timings(load=result.load_seconds, first_request=result.first_request_seconds)
+        s.board.adapter(step, result.name)
+
+    def _evaluate(self, s: Sampling, examples: list[dspy.Example], tag: str) -> float:
+        """Mean metric score, one seeded sample per example (failures score failure_score)."""
+        g = self.cfg.grpo
+        rollouts = run_rollouts(
+            s.program, s.metric, examples, 1, g.num_threads, s.lm, g.failure_score, g.format_failure_score,
+            seed=derive_seed(g.seed, tag),
+        )
+        scores = [r.score if r.score is not None else g.failure_score for r in rollouts]
+        return statistics.fmean(scores) if scores else math.nan
+
+    def _validate(self, s: Sampling, step: int) -> None:
+        s.board.set_phase("validate" if step else "baseline")
+        with s.board.timed("validate"):
+            score = self._evaluate(s, s.val, "val")
+            train_score = self._evaluate(s, s.train, "train") if self.cfg.grpo.report_train_scores else None
+        is_best = s.board.validation(step, score, baseline=step == 0, train_score=train_score)
+        if is_best:
+            if step > 0:
+                s.store.set_best(step, score)
+                s.board.best_adapter(version_name(step))
+            else:
+                s.board.best_adapter(None)
+            s.sync.set_best(step or None)
+        if s.tracker is not None:
+            metrics = {"val/score": score}
+            if train_score is not None:
+                metrics["train/score"] = train_score
+            s.tracker.log(metrics, step)
+        log.info("validation", extra={"step": step, "score": score, "best": is_best})
+
+    def _rollouts(self, s: Sampling, step: int) -> tuple[StepPlan, list[Rollout], dict[str, Any]]:
+        g, t = self.cfg.grpo, self.cfg.train
+        s.board.set_phase("rollout")
+        s.sync.ensure_current()
+        indices = s.sampler.next_batch(g.num_dspy_examples_per_grpo_step)
+        examples = [s.train[i] for i in indices]
+        with s.board.timed("rollout"):
+            rollouts = run_rollouts(
+                s.program, s.metric, examples, g.num_samples_per_input, g.num_threads, s.lm,
+                g.failure_score, g.format_failure_score,
+                example_indices=indices, seed=derive_seed(g.seed, "step", step),
+            )
+        grouped = build_groups(rollouts, multitask=g.multitask, scale_rewards=t.scale_rewards)
+        if g.multitask or not grouped.batches:
+            predictor, samples = (grouped.batches[0] if grouped.batches else ("all", []))
+        else:
+            predictor, samples = grouped.batches[(step - 1) % len(grouped.batches)]
+        if s.completions is not None:
+            for r in rollouts:
+                for call in r.calls:
+                    s.completions.write(step, r.example_index, call.predictor, call.text, r.reward, failure=r.failure)
+        rewards = [r.reward for r in rollouts]
+        failures: dict[str, int] = {}
+        for r in rollouts:
+            if r.failure:
+                failures[r.failure] = failures.get(r.failure, 0) + 1
+        info = {
+            "reward_mean": statistics.fmean(rewards) if rewards else 0.0,
+            "reward_std": statistics.pstdev(rewards) if len(rewards) > 1 else 0.0,
+            "tokens_generated": sum(len(c.completion_ids) for r in rollouts for c in r.calls),
+            "rollout_failures": failures,
+            "skipped_groups": grouped.zero_variance_groups,
+        }
+        return StepPlan(samples=samples, predictor=predictor), rollouts, info
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def _gather_rng(self) -> list[dict[str, Any]]:
+        mine = capture_rng()
+        if not self.dist.is_distributed:
+            return [mine]
+        gathered: list[Any] = [None] * self.dist.world_size
+        torch_dist.all_gather_object(gathered, mine)
+        return gathered
+
+    def _checkpoint(self, step: int) -> None:
+        rngs = self._gather_rng()  # every rank takes part
+        if not self.dist.is_main:
+            return
+        s = self.sampling
+        assert s is not None
+        snapshot = s.board.snapshot()
+        state = TrainingState(
+            step=step,
+            sampler=s.sampler.state_dict(),
+            best_score=snapshot.best_val_score,
+            best_step=snapshot.best_step,
+            history={"progress": snapshot.model_dump(mode="json")},
+        )
+        self.ckpt.save(
+            state, self.policy.model, self.optimizer, self.scheduler,
+            rng_states=rngs, base_model_name=self.cfg.vllm.served_model_name,
+        )
+        s.store.prune(self.cfg.grpo.keep_checkpoints + 1, protect=s.sync.wanted())
+
+    # -- the run ------------------------------------------------------------------------------
+
+    def run(self) -> str:
+        """Train to the end (or until stopped); returns the final phase: done or stopped."""
+        state = self._setup_policy()
+        step = state.step if state is not None else 0
+        if self.dist.is_main:
+            self.sampling = s = self._setup_sampling(state)
+            if state is not None and state.best_step:
+                s.sync.set_best(state.best_step)
+            self._serve(s, step)
+            if step == 0 and s.board.snapshot().baseline_val_score is None:
+                self._validate(s, 0)
+        last_checkpoint = step
+        try:
+            while step < self.max_steps:
+                plan: StepPlan | str | None = None
+                info: dict[str, Any] = {}
+                if self.dist.is_main:
+                    assert self.sampling is not None
+                    if self.stop.requested:
+                        plan = STOP
+                    else:
+                        plan, _, info = self._rollouts(self.sampling, step + 1)
+                if self.dist.is_distributed:
+                    plan = broadcast_object(plan, self.dist)
+                if isinstance(plan, str) or plan is None:
+                    break
+                step += 1
+                self._train_step(step, plan, info)
+                if step % self.cfg.grpo.checkpoint_every_steps == 0 or step == self.max_steps:
+                    self._checkpoint(step)
+                    last_checkpoint = step
+            if step != last_checkpoint:
+                self._checkpoint(step)
+        except BaseException as exc:
+            if self.dist.is_main and self.sampling is not None:
+                self.sampling.board.fail(f"{type(exc).__name__}: {exc}")
+            raise
+        phase = "done" if step >= self.max_steps else "stopped"
+        if self.dist.is_main and self.sampling is not None:
+            s = self.sampling
+            if phase == "done":
+                s.board.finish()
+            else:
+                s.board.set_phase("stopped")
+            if s.tracker is not None:
+                s.tracker.close()
+            if s.completions is not None:
+                s.completions.close()
+        return phase
+
+    def _train_step(self, step: int, plan: StepPlan, info: dict[str, Any]) -> None:
+        s = self.sampling
+        if s is not None:
+            s.board.set_phase("train")
+        started = time.monotonic()
+        stats = train_on_samples(self.policy, self.optimizer, self.scheduler, plan.samples, self.cfg.train, self.dist)
+        train_seconds = time.monotonic() - started
+        if s is None:
+            return
+        s.board.record_timings(train=train_seconds)
+        s.board.set_phase("sync")
+        saved = s.store.save(self.policy.model, step)
+        s.board.record_timings(save=saved.seconds)
+        self._serve(s, step, replaced=saved.replaced)
+        s.board.step_done(
+            step,
+            reward_mean=info.get("reward_mean", 0.0),
+            reward_std=info.get("reward_std", 0.0),
+            tokens_generated=info.get("tokens_generated", 0),
+            tokens_trained=stats.tokens,
+            rollout_failures=info.get("rollout_failures", {}),
+            skipped_groups=info.get("skipped_groups", 0),
+        )
+        if s.tracker is not None:
+            s.tracker.log({"train/reward_mean": info.get("reward_mean", 0.0), "train/loss": stats.loss, "train/lr": stats.lr}, step)
+        g = self.cfg.grpo
+        if step % g.num_steps_for_val == 0 or step == self.max_steps:
+            self._validate(s, step)
+        log.info(
+            "step done",
+            extra={"step": step, "reward_mean": info.get("reward_mean"), "samples": len(plan.samples), "loss": stats.loss},
+        )
+
+    def close(self) -> None:
+        s = self.sampling
+        if s is not None:
+            if s.server is not None:
+                s.server.stop()
+            s.sync.close()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
