@@ -1,0 +1,5 @@
+"""``python -m grpo_operator``."""
+
+from .main import main
+
+raise SystemExit(main())

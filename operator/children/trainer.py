@@ -1,0 +1,83 @@
+"""The trainer pod: one data-parallel process per GPU (torchrun), config from the ConfigMap,
+API keys from the job's Secret references, a port for /progress and /metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from grpo_operator.api.spec import ExternalLM
+from grpo_operator.settings import OperatorSettings
+from grpo_trainer.config import CONFIG_ENV, JUDGE_API_KEY_ENV, UNTRUSTED_API_KEY_ENV
+
+from .config import CONFIG_MOUNT, CONFIG_PATH
+from .meta import TRAINER, Job, config_map_name, trainer_pod_name
+from .podspec import CACHE_ENV, Mount, data_mounts, env_list, model_mounts, pod, resources, run_mount, scratch_mounts
+
+TRAINER_MODULE = "grpo_trainer.main"
+PORT_NAME = "http"
+
+
+def trainer_command(num_gpus: int) -> list[str]:
+    """torchrun with one process per GPU; a plain process for one GPU or CPU."""
+    if num_gpus <= 1:
+        return ["python", "-m", TRAINER_MODULE, "--config", CONFIG_PATH]
+    return [
+        "torchrun", "--standalone", "--nnodes", "1", "--nproc-per-node", str(num_gpus),
+        "-m", TRAINER_MODULE, "--config", CONFIG_PATH,
+    ]  # fmt: skip
+
+
+def secret_env(job: Job) -> list[dict[str, Any]]:
+    """API keys as environment variables read from Secrets; never in the ConfigMap."""
+    pairs: list[tuple[str, ExternalLM | None]] = [
+        (UNTRUSTED_API_KEY_ENV, job.spec.untrusted_model),
+        (JUDGE_API_KEY_ENV, job.spec.judge),
+    ]
+    env = []
+    for var, lm in pairs:
+        if lm is not None and lm.api_key_secret_ref is not None:
+            ref = lm.api_key_secret_ref
+            env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    return env
+
+
+def referenced_secrets(job: Job) -> list[tuple[str, str]]:
+    """(secret, key) pairs the trainer pod needs, each once."""
+    refs = [
+        lm.api_key_secret_ref
+        for lm in (job.spec.untrusted_model, job.spec.judge)
+        if lm is not None and lm.api_key_secret_ref is not None
+    ]
+    return list(dict.fromkeys((r.name, r.key) for r in refs))
+
+
+def trainer_pod(job: Job, settings: OperatorSettings, attempt: int) -> dict[str, Any]:
+    spec = job.spec
+    options = spec.trainer
+    gpus = spec.train_kwargs.num_training_gpus
+    container: dict[str, Any] = {
+        "name": "trainer",
+        "image": options.image or settings.trainer_image,
+        "command": trainer_command(gpus),
+        "env": env_list(CACHE_ENV, {CONFIG_ENV: CONFIG_PATH, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}, options.env)
+        + secret_env(job),
+        "ports": [{"name": PORT_NAME, "containerPort": settings.trainer_port, "protocol": "TCP"}],
+        "resources": resources(options, gpus),
+    }
+    pull = options.image_pull_policy or settings.image_pull_policy
+    if pull:
+        container["imagePullPolicy"] = pull
+    config = Mount({"name": "config", "configMap": {"name": config_map_name(job)}}, CONFIG_MOUNT, read_only=True)
+    mounts = [run_mount(job), config, *model_mounts(job), *data_mounts(job), *scratch_mounts()]
+    return pod(
+        job,
+        name=trainer_pod_name(job, attempt),
+        component=TRAINER,
+        attempt=attempt,
+        options=options,
+        container=container,
+        mounts=mounts,
+        # The operator counts trainer failures against backoffLimit and recreates the pod.
+        restart_policy="Never",
+        termination_grace_seconds=60,
+    )

@@ -1,0 +1,370 @@
+"""One reconcile of one GRPOJob: observe the cluster, :func:`lifecycle.decide`, carry out the plan.
+
+Every API call here corresponds to one verb the chart's ClusterRole grants; the
+:class:`Cluster` methods are the complete list. Creation is idempotent (names
+are deterministic, 409 AlreadyExists is success), deletion tolerates 404, and a
+refused creation (quota, Pod Security, RBAC) becomes a condition and a Warning
+event rather than a crash loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Optional
+
+from grpo_operator.api.job import API_VERSION, GROUP, KIND, PLURAL, VERSION, InvalidJob, parse_spec
+from grpo_operator.settings import OperatorSettings
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from . import children
+from .children import JOB_LABEL, MANAGED_BY_LABEL, OPERATOR_NAME, TRAINER
+from .lifecycle import Event, Observed, Plan, decide
+from .metrics import OperatorMetrics
+from .progress import fetch_progress, progress_status, progress_url
+from .status import Cond, conditions, now_utc, pod_view, rfc3339, transitions
+
+log = logging.getLogger(__name__)
+
+
+class Cluster:
+    """The operator's API calls (official kubernetes client), returning plain camelCase dicts."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.api_client = api_client
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+
+    def _dict(self, obj: Any) -> dict[str, Any]:
+        return self.api_client.sanitize_for_serialization(obj)
+
+    def get_job(self, namespace: str, name: str) -> Optional[dict[str, Any]]:
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def pvc_exists(self, namespace: str, name: str) -> bool:
+        try:
+            self.core.read_namespaced_persistent_volume_claim(name, namespace)
+            return True
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    def config_map_data(self, namespace: str, name: str) -> Optional[dict[str, str]]:
+        try:
+            return dict(self.core.read_namespaced_config_map(name, namespace).data or {})
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def service_exists(self, namespace: str, name: str) -> bool:
+        try:
+            self.core.read_namespaced_service(name, namespace)
+            return True
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    def job_pods(self, namespace: str, job: str, uid: str) -> list[dict[str, Any]]:
+        """The job's pods (all attempts), only those this very job owns."""
+        selector = f"{JOB_LABEL}={job},{MANAGED_BY_LABEL}={OPERATOR_NAME}"
+        pods = self._dict(self.core.list_namespaced_pod(namespace, label_selector=selector))["items"]
+        return [p for p in pods if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])]
+
+    def secret_keys(self, namespace: str, name: str) -> Optional[set[str]]:
+        """Keys of a Secret, or None when it does not exist. Raises PermissionError without RBAC get."""
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            if exc.status == 403:
+                raise PermissionError(exc.reason) from None
+            raise
+        return set((secret.data or {}).keys()) | set((secret.string_data or {}).keys())
+
+    def create(self, manifest: Mapping[str, Any]) -> bool:
+        """Create a child; False when it already exists (an earlier reconcile made it)."""
+        kind, ns = manifest["kind"], manifest["metadata"]["namespace"]
+        create = {
+            "Pod": self.core.create_namespaced_pod,
+            "Service": self.core.create_namespaced_service,
+            "ConfigMap": self.core.create_namespaced_config_map,
+            "PersistentVolumeClaim": self.core.create_namespaced_persistent_volume_claim,
+        }[kind]
+        try:
+            create(ns, manifest)
+            return True
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+
+    def replace_config_map(self, manifest: Mapping[str, Any]) -> None:
+        meta = manifest["metadata"]
+        self.core.patch_namespaced_config_map(meta["name"], meta["namespace"], {"data": manifest["data"]})
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        try:
+            self.core.delete_namespaced_pod(name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        try:
+            self.custom.delete_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, body=client.V1DeleteOptions(propagation_policy="Background")
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def post_event(self, job: Mapping[str, Any], event: Event) -> None:
+        meta = job["metadata"]
+        now = rfc3339(now_utc())
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": event.type,
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "source": {"component": OPERATOR_NAME},
+            "reportingComponent": OPERATOR_NAME,
+            "reportingInstance": socket.gethostname()[:128],
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body)
+        except ApiException as exc:  # events are best-effort
+            log.warning(
+                "could not post event %s on %s/%s: %s", event.reason, meta["namespace"], meta["name"], exc.reason
+            )
+
+
+@dataclass
+class _ProgressMemo:
+    fetched_at: float = 0.0
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+class Reconciler:
+    """Serialises reconciles per job (pod events, timers and spec changes arrive concurrently)."""
+
+    def __init__(self, cluster: Cluster, settings: OperatorSettings, metrics: OperatorMetrics) -> None:
+        self.cluster = cluster
+        self.settings = settings
+        self.metrics = metrics
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+        self._progress: dict[tuple[str, str], _ProgressMemo] = {}
+        self._check_secrets = settings.check_secrets
+
+    def _lock(self, key: tuple[str, str]) -> threading.Lock:
+        with self._locks_lock:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The job is gone: drop its metrics and memory."""
+        self.metrics.forget(namespace, name)
+        self._progress.pop((namespace, name), None)
+        with self._locks_lock:
+            self._locks.pop((namespace, name), None)
+
+    def reconcile_named(self, namespace: str, name: str) -> Optional[Plan]:
+        """Reconcile a job known only by name (a pod changed); nothing when it is gone."""
+        body = self.cluster.get_job(namespace, name)
+        if body is None:
+            return None
+        return self.reconcile(body)
+
+    def reconcile(self, body: Mapping[str, Any]) -> Optional[Plan]:
+        """Reconcile a job; None when it is gone or being deleted (garbage collection does the rest)."""
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        with self._lock(key):
+            # Read again under the lock: the body a handler got may predate our own last
+            # status patch, and acting on a stale attempt counter would restart twice.
+            fresh = self.cluster.get_job(*key)
+            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                return None
+            started = time.monotonic()
+            self.metrics.reconciles.labels(*key).inc()
+            try:
+                return self._reconcile(fresh)
+            except Exception:
+                self.metrics.errors.labels(*key).inc()
+                raise  # Kopf logs it, posts a Warning event on the job and retries
+            finally:
+                self.metrics.latency.observe(time.monotonic() - started)
+
+    # ------------------------------------------------------------------ observe
+
+    def _missing(self, job: children.Job) -> list[str]:
+        """Referenced objects that do not exist, each named with what to do."""
+        missing: list[str] = []
+        ns = job.namespace
+        if self._check_secrets:
+            for secret, key in children.referenced_secrets(job):
+                try:
+                    keys = self.cluster.secret_keys(ns, secret)
+                except PermissionError:
+                    log.warning("no RBAC permission to get Secrets; Secret references are not checked")
+                    self._check_secrets = False
+                    break
+                if keys is None:
+                    missing.append(f"Secret {secret!r} not found in namespace {ns!r} (needed for key {key!r})")
+                elif key not in keys:
+                    missing.append(f"Secret {secret!r} has no key {key!r}")
+        for claim in children.user_claims(job):
+            if not self.cluster.pvc_exists(ns, claim):
+                missing.append(f"PersistentVolumeClaim {claim!r} not found in namespace {ns!r}")
+        return missing
+
+    def _poll_progress(
+        self, key: tuple[str, str], pods: list[Any], trainer_pod: Optional[str]
+    ) -> Optional[dict[str, Any]]:
+        memo = self._progress.setdefault(key, _ProgressMemo())
+        pod = next((p for p in pods if p.name == trainer_pod and p.component == TRAINER), None)
+        due = time.monotonic() - memo.fetched_at >= self.settings.progress_poll_seconds
+        if pod is not None and pod.running and pod.ip and due:
+            memo.fetched_at = time.monotonic()
+            doc = fetch_progress(
+                progress_url(pod.ip, self.settings.trainer_port), self.settings.progress_timeout_seconds
+            )
+            if doc is not None:
+                memo.fields = progress_status(doc, now_utc())
+        return memo.fields or None
+
+    def observe(self, body: Mapping[str, Any], now: Optional[datetime] = None) -> Observed:
+        meta = body["metadata"]
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        status = dict(body.get("status") or {})
+        try:
+            spec = parse_spec(dict(body.get("spec") or {}))
+            error = None
+        except InvalidJob as exc:
+            spec, error = None, "; ".join(exc.problems)
+        pods = tuple(pod_view(p) for p in self.cluster.job_pods(ns, name, uid))
+        if spec is None:
+            return Observed(name, ns, uid, meta.get("generation"), None, error, status, False, None, False, pods,
+                            now=now or now_utc())  # fmt: skip
+        job = children.Job(name, ns, uid, spec)
+        trainer_pod = status.get("trainerPod") or children.trainer_pod_name(job, int(status.get("restarts") or 0))
+        return Observed(
+            name=name,
+            namespace=ns,
+            uid=uid,
+            generation=meta.get("generation"),
+            spec=spec,
+            spec_error=None,
+            status=status,
+            pvc_exists=self.cluster.pvc_exists(ns, children.pvc_name(job)),
+            config_map_data=self.cluster.config_map_data(ns, children.config_map_name(job)),
+            service_exists=self.cluster.service_exists(ns, children.service_name(job)),
+            pods=pods,
+            missing=tuple(self._missing(job)),
+            progress=self._poll_progress((ns, name), list(pods), trainer_pod),
+            now=now or now_utc(),
+        )
+
+    # ------------------------------------------------------------------ act
+
+    def _reconcile(self, body: Mapping[str, Any]) -> Plan:
+        meta = body["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        obs = self.observe(body)
+        plan = decide(obs, self.settings)
+        old_status = dict(body.get("status") or {})
+        if plan.status != old_status:
+            self.cluster.patch_status(ns, name, plan.status)
+        for pod in plan.delete_pods:
+            self.cluster.delete_pod(ns, pod)
+        for manifest in plan.replace:
+            self.cluster.replace_config_map(manifest)
+        failures: list[str] = []
+        created: list[str] = []
+        for manifest in plan.create:
+            what = f"{manifest['kind']} {manifest['metadata']['name']}"
+            try:
+                if self.cluster.create(manifest):
+                    created.append(what)
+            except ApiException as exc:
+                failures.append(f"{what}: {_api_message(exc)}")
+        if failures:
+            self._record_create_failure(ns, name, plan, failures, old_status.get("conditions") or [])
+        for t in plan.transitions:
+            plan.events.append(Event("Warning" if t.warning else "Normal", t.reason, t.event_message()))
+        if created:
+            plan.events.append(Event("Normal", "Created", "created " + ", ".join(created)))
+        for event in plan.events:
+            self.cluster.post_event(body, event)
+        self.metrics.cache.update(ns, name, plan.status, _info(obs))
+        if plan.delete_job:
+            log.info("deleting %s/%s: ttlSecondsAfterFinished has passed", ns, name)
+            self.cluster.delete_job(ns, name)
+            self.forget(ns, name)
+        return plan
+
+    def _record_create_failure(
+        self, ns: str, name: str, plan: Plan, failures: list[str], old_conditions: list[Mapping[str, Any]]
+    ) -> None:
+        """A refused creation (Pod Security, quota, RBAC) is reported as Created=False/CreateFailed."""
+        message = "could not create " + "; ".join(failures)
+        log.warning("%s/%s: %s", ns, name, message)
+        # computed against the stored conditions, so lastTransitionTime moves only on a real change
+        failed = conditions(old_conditions, {"Created": Cond.false("CreateFailed", message)}, now_utc(),
+                            plan.status.get("observedGeneration"))  # fmt: skip
+        created = next(c for c in failed if c["type"] == "Created")
+        plan.status["conditions"] = [created if c["type"] == "Created" else c for c in plan.status["conditions"]]
+        plan.transitions = transitions(old_conditions, plan.status["conditions"])
+        self.cluster.patch_status(ns, name, plan.status)
+
+
+def _api_message(exc: ApiException) -> str:
+    """The API server's own message (e.g. the Pod Security violation), not the HTTP boilerplate."""
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except ValueError:
+        return str(exc.reason)
+
+
+def _info(obs: Observed) -> dict[str, str]:
+    if obs.spec is None:
+        return {}
+    spec = obs.spec
+    return {
+        "program": spec.program.builtin or spec.program.import_path or "",
+        "model": spec.model.name or spec.model.path or "",
+        "queue": spec.queue_name or "",
+        "training_gpus": str(spec.train_kwargs.num_training_gpus),
+        "inference_gpus": str(spec.train_kwargs.num_inference_gpus),
+    }

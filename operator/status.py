@@ -1,0 +1,239 @@
+"""Reading pods and writing conditions: the vocabulary of GRPOJob.status.
+
+Pure functions only. A pod's real trouble (unschedulable, image pull, missing
+Secret key) is read from its conditions and container states so the job's
+conditions can say what is wrong instead of a bare "Pending".
+
+Conditions are always the full list in CONDITION_ORDER (merge patches replace
+lists), and ``lastTransitionTime`` moves only when a condition's status changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from grpo_operator.api.status import CONDITION_ORDER, ConditionType
+
+# Container waiting reasons that mean the pod will not start on its own.
+CONTAINER_PROBLEMS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+        "CrashLoopBackOff",
+    }
+)
+# Reasons worth a Warning event when a condition turns to them.
+WARNING_REASONS = frozenset(
+    CONTAINER_PROBLEMS
+    | {
+        "Unschedulable",
+        "MissingReference",
+        "InvalidSpec",
+        "CreateFailed",
+        "BackoffLimitExceeded",
+        "DeadlineExceeded",
+        "TrainerFailed",
+        "InferenceFailed",
+        "Evicted",
+    }
+)
+PENDING_STATE = "Pending"
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def rfc3339(t: datetime) -> str:
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: Optional[str]) -> Optional[datetime]:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+# --------------------------------------------------------------------------- pods
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the operator needs to know about one of a job's pods."""
+
+    name: str
+    component: str
+    phase: str
+    ready: bool = False
+    deleting: bool = False
+    node: Optional[str] = None
+    ip: Optional[str] = None
+    start_time: Optional[str] = None
+    problem_reason: Optional[str] = None
+    problem_message: str = ""
+    exit_code: Optional[int] = None
+    exit_reason: Optional[str] = None
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+    @property
+    def running(self) -> bool:
+        return self.phase == "Running" and not self.deleting
+
+    def describe_exit(self) -> str:
+        parts = [f"pod {self.name} {self.phase.lower()}"]
+        if self.exit_code is not None:
+            parts.append(f"exit code {self.exit_code}")
+        if self.exit_reason:
+            parts.append(self.exit_reason)
+        if self.problem_message:
+            parts.append(self.problem_message)
+        return ", ".join(parts)
+
+
+def _problem(pod: Mapping[str, Any]) -> tuple[Optional[str], str]:
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            reason = cond.get("reason") or "Unschedulable"
+            return reason, cond.get("message") or ""
+    statuses = list(status.get("initContainerStatuses") or []) + list(status.get("containerStatuses") or [])
+    for cs in statuses:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in CONTAINER_PROBLEMS:
+            return waiting["reason"], f"container {cs.get('name')}: {waiting.get('message') or waiting['reason']}"
+    if status.get("phase") == "Failed" and status.get("reason"):
+        return status["reason"], status.get("message") or ""
+    return None, ""
+
+
+def _exit(pod: Mapping[str, Any]) -> tuple[Optional[int], Optional[str]]:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        terminated = (cs.get("state") or {}).get("terminated")
+        if terminated:
+            return terminated.get("exitCode"), terminated.get("reason")
+    return None, None
+
+
+def pod_view(pod: Mapping[str, Any], component_label: str = "app.kubernetes.io/component") -> PodView:
+    """Summarise a pod (as the API returns it, camelCase dict)."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    spec = pod.get("spec") or {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    reason, message = _problem(pod)
+    code, exit_reason = _exit(pod)
+    return PodView(
+        name=meta.get("name", ""),
+        component=(meta.get("labels") or {}).get(component_label, ""),
+        phase=status.get("phase") or "Pending",
+        ready=ready,
+        deleting=bool(meta.get("deletionTimestamp")),
+        node=spec.get("nodeName"),
+        ip=status.get("podIP"),
+        start_time=status.get("startTime"),
+        problem_reason=reason,
+        problem_message=message,
+        exit_code=code,
+        exit_reason=exit_reason,
+    )
+
+
+# --------------------------------------------------------------------------- conditions
+
+
+@dataclass(frozen=True)
+class Cond:
+    """A condition as a decision states it (the time is filled in by :func:`conditions`)."""
+
+    status: str  # "True" | "False" | "Unknown"
+    reason: str
+    message: str = ""
+
+    @classmethod
+    def true(cls, reason: str, message: str = "") -> Cond:
+        return cls("True", reason, message)
+
+    @classmethod
+    def false(cls, reason: str, message: str = "") -> Cond:
+        return cls("False", reason, message)
+
+
+def conditions(
+    old: list[Mapping[str, Any]], new: Mapping[ConditionType, Cond], now: datetime, generation: Optional[int]
+) -> list[dict[str, Any]]:
+    """The full condition list in CONDITION_ORDER; types not in ``new`` keep their old value."""
+    previous = {c["type"]: c for c in old}
+    out: list[dict[str, Any]] = []
+    for ctype in CONDITION_ORDER:
+        cond = new.get(ctype)
+        before = previous.get(ctype)
+        if cond is None:
+            if before is not None:
+                out.append(dict(before))
+            continue
+        changed = before is None or before.get("status") != cond.status
+        out.append(
+            {
+                "type": ctype,
+                "status": cond.status,
+                "reason": cond.reason,
+                "message": cond.message[:32768],
+                "lastTransitionTime": rfc3339(now) if changed else before["lastTransitionTime"],  # type: ignore[index]
+                "observedGeneration": generation,
+            }
+        )
+    return out
+
+
+def condition(status: Mapping[str, Any], ctype: str) -> Optional[Mapping[str, Any]]:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == ctype), None)
+
+
+def is_true(status: Mapping[str, Any], ctype: str) -> bool:
+    c = condition(status, ctype)
+    return c is not None and c.get("status") == "True"
+
+
+def state(status: Mapping[str, Any]) -> str:
+    """What the State printer column shows: the first True condition, else Pending."""
+    for c in status.get("conditions") or []:
+        if c.get("status") == "True":
+            return str(c["type"])
+    return PENDING_STATE
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A condition that changed status or reason (each becomes an Event)."""
+
+    ctype: str
+    status: str
+    reason: str
+    message: str
+
+    @property
+    def warning(self) -> bool:
+        return self.reason in WARNING_REASONS
+
+    def event_message(self) -> str:
+        return f"{self.ctype}={self.status}" + (f": {self.message}" if self.message else "")
+
+
+def transitions(old: list[Mapping[str, Any]], new: list[Mapping[str, Any]]) -> list[Transition]:
+    before = {c["type"]: (c.get("status"), c.get("reason")) for c in old}
+    out = []
+    for c in new:
+        if before.get(c["type"]) != (c["status"], c["reason"]):
+            out.append(Transition(c["type"], c["status"], c["reason"], c.get("message", "")))
+    return out

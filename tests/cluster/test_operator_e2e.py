@@ -1,0 +1,435 @@
+"""The operator end to end on the real control plane (tests/cluster/controlplane.py).
+
+The chart is installed with helm; the operator runs as a local process with the
+chart ServiceAccount's token (no image can run here), watching one namespace
+that enforces Pod Security "restricted". Pods land on KWOK fake GPU nodes; KWOK
+makes a pod Succeed/Fail when it is annotated ``grpo.test/exit``. Fakes and why:
+KWOK nodes stand in for GPU nodes (no GPU here), and the trainer's /progress is
+served by a small local HTTP server bound to the fake pod's IP (no trainer image
+runs on a fake node).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from controlplane import EXIT_ANNOTATION, ControlPlane, wait_until
+from support.jobdocs import ROOT, load_example
+from support.latency import DelayProxy, upstream_of
+from support.operator import OperatorProcess, free_port, operator_env
+
+pytestmark = pytest.mark.cluster
+
+CHART = ROOT / "charts" / "grpo-operator"
+RELEASE = "grpo-e2e"
+RELEASE_NS = "grpo-e2e-system"
+SERVICE_ACCOUNT = f"{RELEASE}-grpo-operator"
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+CHILD_KINDS = "pods,services,configmaps,persistentvolumeclaims"
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def operator_kubeconfig(control_plane: ControlPlane) -> Iterator[Path]:
+    """Install the chart; a kubeconfig for its ServiceAccount (what the operator runs as)."""
+    control_plane.create_namespace(RELEASE_NS, labels=RESTRICTED)
+    crd_exists = control_plane.kubectl("get", "crd", "grpojobs.grpo.dev", check=False).returncode == 0
+    control_plane.helm(
+        "install", RELEASE, str(CHART), "--namespace", RELEASE_NS,
+        "--set", f"crds.install={str(not crd_exists).lower()}",
+    )  # fmt: skip
+    control_plane.kubectl("wait", "--for=condition=Established", "crd/grpojobs.grpo.dev", "--timeout=60s")
+    # the chart's operator pod passes Pod Security "restricted" (it runs on a fake node; no image runs here)
+    wait_until(
+        lambda: control_plane.get_json("pods", namespace=RELEASE_NS)["items"], timeout=30, what="the operator pod"
+    )
+    yield control_plane.kubeconfig_for_serviceaccount(RELEASE_NS, SERVICE_ACCOUNT, create=False)
+    control_plane.helm("uninstall", RELEASE, "--namespace", RELEASE_NS, check=False)
+    control_plane.delete_namespace(RELEASE_NS)
+
+
+@pytest.fixture
+def job_ns(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A namespace that enforces Pod Security "restricted"."""
+    base = request.node.name.lower().replace("_", "-")[:40].strip("-")
+    name = control_plane.create_namespace(f"{base}-{uuid.uuid4().hex[:5]}", labels=RESTRICTED)
+    yield name
+    control_plane.delete_namespace(name)
+
+
+def start_operator(cp: ControlPlane, kubeconfig: Path, ns: str, log: Path) -> OperatorProcess:
+    settings = {
+        "GRPO_RESYNC_SECONDS": "2",
+        "GRPO_PROGRESS_POLL_SECONDS": "1",
+        "GRPO_TRAINER_PORT": str(free_port()),
+        "GRPO_LOG_LEVEL": "INFO",
+    }
+    return OperatorProcess(operator_env(cp.env(kubeconfig=kubeconfig)), [ns], log, settings).start()
+
+
+def check_operator_log(proc: OperatorProcess) -> None:
+    proc.stop()
+    errors = [line for line in proc.log_text().splitlines() if "Traceback" in line or "Forbidden" in line]
+    assert not errors, "operator logged errors:\n" + proc.log_tail(80)
+
+
+@pytest.fixture
+def operator(
+    control_plane: ControlPlane, operator_kubeconfig: Path, job_ns: str, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    """The operator as the chart's ServiceAccount, watching the test's namespace."""
+    proc = start_operator(control_plane, operator_kubeconfig, job_ns, tmp_path / "operator.log")
+    try:
+        yield proc
+    finally:
+        check_operator_log(proc)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def job_manifest(name: str = "papillon", **spec_changes: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(load_example())
+    doc["metadata"]["name"] = name
+    for key, value in spec_changes.items():
+        if isinstance(value, dict) and isinstance(doc["spec"].get(key), dict):
+            doc["spec"][key].update(value)
+        else:
+            doc["spec"][key] = value
+    return doc
+
+
+def apply_job(cp: ControlPlane, ns: str, doc: dict[str, Any], secret: bool = True) -> None:
+    if secret:
+        cp.kubectl("create", "secret", "generic", "openai-api-key", "--from-literal=api-key=sk-test", "-n", ns)
+    cp.apply_yaml(yaml.safe_dump(doc), ns)
+
+
+def get_job(cp: ControlPlane, ns: str, name: str = "papillon") -> dict[str, Any]:
+    return cp.get_json("grpojob", name, namespace=ns)
+
+
+def cond(job: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next((c for c in job.get("status", {}).get("conditions", []) if c["type"] == ctype), {})
+
+
+def wait_job(
+    cp: ControlPlane,
+    ns: str,
+    pred: Callable[[dict[str, Any]], Any],
+    what: str,
+    timeout: float = 30,
+    name: str = "papillon",
+) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        job = get_job(cp, ns, name)
+        return job if pred(job) else None
+
+    return wait_until(check, timeout=timeout, interval=0.3, what=what)
+
+
+def pods(cp: ControlPlane, ns: str) -> dict[str, dict[str, Any]]:
+    return {p["metadata"]["name"]: p for p in cp.get_json("pods", namespace=ns)["items"]}
+
+
+def children(cp: ControlPlane, ns: str) -> list[str]:
+    items = cp.get_json(CHILD_KINDS, namespace=ns)["items"]
+    return sorted(
+        f"{i['kind']}/{i['metadata']['name']}"
+        for i in items
+        if i["kind"] != "ConfigMap" or i["metadata"]["name"] != "kube-root-ca.crt"
+    )
+
+
+def running(cp: ControlPlane, ns: str, name: str) -> dict[str, Any]:
+    return cp.wait_for_pod_phase(ns, name, "Running", timeout=30)
+
+
+def exit_pod(cp: ControlPlane, ns: str, name: str, code: int) -> None:
+    cp.kubectl("annotate", "pod", name, f"{EXIT_ANNOTATION}={code}", "-n", ns)
+
+
+def events(cp: ControlPlane, ns: str) -> list[dict[str, Any]]:
+    return cp.get_json("events", namespace=ns)["items"]
+
+
+class _Progress(BaseHTTPRequestHandler):
+    document: dict[str, Any] = {}
+
+    def do_GET(self) -> None:
+        body = json.dumps(self.document).encode()
+        self.send_response(200 if self.path == "/progress" else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_papillon_job_runs_reports_progress_and_succeeds(
+    control_plane: ControlPlane, job_ns: str, operator: OperatorProcess
+):
+    cp, ns = control_plane, job_ns
+    apply_job(cp, ns, job_manifest())
+    job = wait_job(cp, ns, lambda j: cond(j, "Training").get("status") == "True", "Training=True")
+    uid = job["metadata"]["uid"]
+
+    assert children(cp, ns) == [
+        "ConfigMap/papillon-config",
+        "PersistentVolumeClaim/papillon-run",
+        "Pod/papillon-inference-0",
+        "Pod/papillon-trainer-0",
+        "Service/papillon-vllm",
+    ]
+    for kind in CHILD_KINDS.split(","):
+        for item in cp.get_json(kind, namespace=ns)["items"]:
+            if item["metadata"]["name"] == "kube-root-ca.crt":
+                continue
+            (owner,) = item["metadata"]["ownerReferences"]
+            assert owner["uid"] == uid and owner["controller"] is True, item["metadata"]["name"]
+    trainer, vllm = running(cp, ns, "papillon-trainer-0"), running(cp, ns, "papillon-inference-0")
+    assert trainer["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "3"
+    assert vllm["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert trainer["spec"]["nodeName"] == vllm["spec"]["nodeName"] in cp.nodes  # RWO: one node
+    assert (
+        yaml.safe_load(cp.get_json("configmap", "papillon-config", namespace=ns)["data"]["config.json"])["job_name"]
+        == "papillon"
+    )
+
+    # kubectl get grpojobs shows the state columns
+    table = cp.kubectl("get", "grpojobs", "-n", ns).stdout.splitlines()
+    assert table[0].split()[:5] == ["NAME", "STATE", "STEP", "MAX", "REWARD"]
+    assert table[1].split()[:2] == ["papillon", "Training"]
+
+    # the trainer reports progress on its pod IP; the operator copies it into status and metrics
+    port = int(operator.env["GRPO_TRAINER_PORT"])
+    handler = type(
+        "Progress",
+        (_Progress,),
+        {
+            "document": {
+                "step": 7,
+                "max_steps": 500,
+                "train_reward": 0.42,
+                "val_score": 0.5,
+                "adapter_version": "policy-v7",
+            }
+        },
+    )
+    server = ThreadingHTTPServer((trainer["status"]["podIP"], port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        job = wait_job(cp, ns, lambda j: j["status"].get("step") == 7, "status.step from /progress")
+        assert job["status"]["trainReward"] == 0.42 and job["status"]["adapterVersion"] == "policy-v7"
+        assert cond(job, "Training")["message"] == "step 7/500"
+
+        def scraped_step() -> str | None:
+            text = operator.metrics()
+            return text if f'grpo_job_step{{name="papillon",namespace="{ns}"}} 7.0' in text else None
+
+        metrics = wait_until(scraped_step, timeout=15, what="step in /metrics")
+        assert f'grpo_job_state{{name="papillon",namespace="{ns}",state="Training"}} 1.0' in metrics
+        assert f'grpo_job_train_reward{{name="papillon",namespace="{ns}"}} 0.42' in metrics
+        assert "grpo_operator_reconcile_duration_seconds_count" in metrics
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    exit_pod(cp, ns, "papillon-trainer-0", 0)
+    job = wait_job(cp, ns, lambda j: cond(j, "Succeeded").get("status") == "True", "Succeeded=True")
+    assert job["status"]["completionTime"]
+    assert cp.kubectl("get", "grpojobs", "-n", ns).stdout.splitlines()[1].split()[1] == "Succeeded"
+    wait_until(lambda: "papillon-inference-0" not in pods(cp, ns), timeout=20, what="vLLM pod freed")
+    reasons = {e["reason"] for e in events(cp, ns) if e["involvedObject"].get("kind") == "GRPOJob"}
+    assert {"Created", "ChildrenCreated", "Running", "TrainerSucceeded"} <= reasons
+    cp.kubectl("wait", "--for=condition=Succeeded", "grpojob/papillon", "-n", ns, "--timeout=10s")
+
+
+def test_trainer_failure_is_retried_then_fails_at_backoff_limit(
+    control_plane: ControlPlane, job_ns: str, operator: OperatorProcess
+):
+    cp, ns = control_plane, job_ns
+    apply_job(cp, ns, job_manifest(runPolicy={"backoffLimit": 1}))
+    wait_until(lambda: "papillon-trainer-0" in pods(cp, ns), timeout=30, what="trainer-0")
+    running(cp, ns, "papillon-trainer-0")
+    exit_pod(cp, ns, "papillon-trainer-0", 1)
+    job = wait_job(
+        cp, ns, lambda j: j["status"].get("restarts") == 1 and "papillon-trainer-1" in pods(cp, ns), "restart 1"
+    )
+    assert job["status"]["trainerPod"] == "papillon-trainer-1"
+    wait_until(lambda: "papillon-trainer-0" not in pods(cp, ns), timeout=20, what="failed attempt removed")
+    running(cp, ns, "papillon-trainer-1")
+    exit_pod(cp, ns, "papillon-trainer-1", 137)
+    job = wait_job(cp, ns, lambda j: cond(j, "Failed").get("status") == "True", "Failed=True")
+    assert cond(job, "Failed")["reason"] == "BackoffLimitExceeded"
+    assert "exit code 137" in cond(job, "Failed")["message"]
+    assert job["status"]["restarts"] == 1 and job["status"]["completionTime"]
+    assert cp.kubectl("get", "grpojobs", "-n", ns).stdout.splitlines()[1].split()[1] == "Failed"
+    warnings = {e["reason"] for e in events(cp, ns) if e["type"] == "Warning"}
+    assert {"TrainerFailed", "BackoffLimitExceeded"} <= warnings
+
+
+def test_operator_killed_mid_creation_makes_exactly_one_set_of_children(
+    control_plane: ControlPlane, operator_kubeconfig: Path, job_ns: str, tmp_path: Path
+):
+    """SIGKILL the operator five times, each time right after it created another child.
+
+    The operator reaches the API server through a proxy that delays each request
+    by 150 ms (a slow API server), so its creations are spread over seconds and
+    the kills land between them.
+    """
+    cp, ns = control_plane, job_ns
+    proxy = DelayProxy(upstream_of(operator_kubeconfig), delay=0.15)
+    slow = proxy.kubeconfig(operator_kubeconfig, tmp_path / "slow.kubeconfig")
+    apply_job(cp, ns, job_manifest())
+    proc = start_operator(cp, slow, ns, tmp_path / "operator.log")
+    seen_at_kill: list[int] = []
+    try:
+        for _ in range(5):
+            before = len(children(cp, ns))
+            if before < 5:
+                wait_until(lambda n=before: len(children(cp, ns)) > n, timeout=30, interval=0.05, what="the next child")
+            proc.kill()
+            seen_at_kill.append(len(children(cp, ns)))
+            proc.start(wait=False)
+        proc.wait_healthy()
+        wait_job(
+            cp, ns, lambda j: cond(j, "Training").get("status") == "True", "Training=True after the kills", timeout=60
+        )
+        time.sleep(3)  # more reconciles: nothing new may appear
+    finally:
+        check_operator_log(proc)
+        proxy.close()
+    assert any(0 < n < 5 for n in seen_at_kill), f"no kill landed mid-creation: children at each kill {seen_at_kill}"
+    assert children(cp, ns) == [
+        "ConfigMap/papillon-config",
+        "PersistentVolumeClaim/papillon-run",
+        "Pod/papillon-inference-0",
+        "Pod/papillon-trainer-0",
+        "Service/papillon-vllm",
+    ]
+    assert get_job(cp, ns)["status"]["restarts"] == 0
+
+
+def test_suspend_deletes_pods_keeps_volume_and_resume_recreates(
+    control_plane: ControlPlane, job_ns: str, operator: OperatorProcess
+):
+    cp, ns = control_plane, job_ns
+    apply_job(cp, ns, job_manifest())
+    wait_job(cp, ns, lambda j: cond(j, "Training").get("status") == "True", "Training=True")
+    pvc_uid = cp.get_json("pvc", "papillon-run", namespace=ns)["metadata"]["uid"]
+    cp.kubectl("patch", "grpojob", "papillon", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    wait_job(cp, ns, lambda j: cond(j, "Suspended").get("status") == "True", "Suspended=True")
+    wait_until(lambda: not pods(cp, ns), timeout=20, what="pods deleted")
+    assert cp.get_json("pvc", "papillon-run", namespace=ns)["metadata"]["uid"] == pvc_uid
+    assert cp.kubectl("get", "grpojobs", "-n", ns).stdout.splitlines()[1].split()[1] == "Suspended"
+    cp.kubectl("patch", "grpojob", "papillon", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    job = wait_job(cp, ns, lambda j: cond(j, "Training").get("status") == "True", "Training=True after resume")
+    assert cond(job, "Suspended")["status"] == "False"
+    assert set(pods(cp, ns)) == {"papillon-trainer-0", "papillon-inference-0"}
+    assert cp.get_json("pvc", "papillon-run", namespace=ns)["metadata"]["uid"] == pvc_uid
+
+
+def test_unschedulable_job_says_why_within_a_minute(
+    control_plane: ControlPlane, job_ns: str, operator: OperatorProcess
+):
+    cp, ns = control_plane, job_ns
+    doc = job_manifest()
+    doc["spec"]["trainKwargs"]["num_training_gpus"] = 8  # no node has 8 GPUs
+    apply_job(cp, ns, doc)
+    started = time.monotonic()
+    job = wait_job(
+        cp,
+        ns,
+        lambda j: cond(j, "Training").get("reason") == "Unschedulable",
+        "Training=False/Unschedulable",
+        timeout=60,
+    )
+    assert time.monotonic() - started < 60
+    message = cond(job, "Training")["message"]
+    assert "papillon-trainer-0" in message and "nvidia.com/gpu" in message
+    assert any(e["reason"] == "Unschedulable" and e["type"] == "Warning" for e in events(cp, ns))
+
+
+def test_missing_secret_and_claim_are_named_until_they_appear(
+    control_plane: ControlPlane, job_ns: str, operator: OperatorProcess
+):
+    cp, ns = control_plane, job_ns
+    apply_job(cp, ns, job_manifest(storage={"existingClaim": "shared-runs"}), secret=False)
+    job = wait_job(
+        cp, ns, lambda j: cond(j, "Created").get("reason") == "MissingReference", "Created=False/MissingReference"
+    )
+    message = cond(job, "Created")["message"]
+    assert "Secret 'openai-api-key'" in message and "PersistentVolumeClaim 'shared-runs'" in message
+    assert not pods(cp, ns)
+    cp.kubectl("create", "secret", "generic", "openai-api-key", "--from-literal=api-key=sk-test", "-n", ns)
+    job = wait_job(cp, ns, lambda j: "openai-api-key" not in cond(j, "Created")["message"], "the Secret is found")
+    assert "shared-runs" in cond(job, "Created")["message"] and not pods(cp, ns)
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "shared-runs"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    cp.apply_yaml(yaml.safe_dump(claim), ns)
+    wait_job(cp, ns, lambda j: cond(j, "Training").get("status") == "True", "Training=True once both exist")
+    volumes = pods(cp, ns)["papillon-trainer-0"]["spec"]["volumes"]
+    assert {"name": "run", "persistentVolumeClaim": {"claimName": "shared-runs"}} in volumes
+    assert "PersistentVolumeClaim/papillon-run" not in children(cp, ns)
+
+
+def test_deleting_the_job_leaves_no_children(control_plane: ControlPlane, job_ns: str, operator: OperatorProcess):
+    cp, ns = control_plane, job_ns
+    apply_job(cp, ns, job_manifest())
+    wait_job(cp, ns, lambda j: cond(j, "Training").get("status") == "True", "Training=True")
+    assert operator.metrics().count(f'namespace="{ns}"') > 0
+    cp.kubectl("delete", "grpojob", "papillon", "-n", ns, "--wait=true", "--timeout=30s")
+    wait_until(lambda: children(cp, ns) == [], timeout=45, what="garbage collection of every child")
+    wait_until(lambda: f'namespace="{ns}"' not in operator.metrics(), timeout=10, what="job metrics dropped")
+
+
+def test_lost_vllm_pod_is_recreated_while_the_trainer_waits(
+    control_plane: ControlPlane, job_ns: str, operator: OperatorProcess
+):
+    cp, ns = control_plane, job_ns
+    apply_job(cp, ns, job_manifest())
+    wait_job(cp, ns, lambda j: cond(j, "InferenceReady").get("status") == "True", "InferenceReady=True")
+    exit_pod(cp, ns, "papillon-inference-0", 1)
+    job = wait_job(cp, ns, lambda j: j["status"].get("inferenceRestarts") == 1, "inferenceRestarts=1")
+    assert cond(job, "Failed").get("status") == "False" and job["status"]["restarts"] == 0
+    job = wait_job(cp, ns, lambda j: cond(j, "InferenceReady").get("status") == "True", "vLLM ready again")
+    assert set(pods(cp, ns)) == {"papillon-trainer-0", "papillon-inference-1"}
+    assert pods(cp, ns)["papillon-trainer-0"]["status"]["phase"] == "Running"
+
+
+def test_deadline_fails_the_job_and_ttl_deletes_it(control_plane: ControlPlane, job_ns: str, operator: OperatorProcess):
+    cp, ns = control_plane, job_ns
+    apply_job(cp, ns, job_manifest(runPolicy={"activeDeadlineSeconds": 3, "ttlSecondsAfterFinished": 3}))
+    job = wait_job(cp, ns, lambda j: cond(j, "Failed").get("status") == "True", "Failed=True", timeout=30)
+    assert cond(job, "Failed")["reason"] == "DeadlineExceeded"
+    wait_until(
+        lambda: cp.kubectl("get", "grpojob", "papillon", "-n", ns, check=False).returncode != 0,
+        timeout=30,
+        what="TTL deletion",
+    )
+    wait_until(lambda: children(cp, ns) == [], timeout=45, what="garbage collection after TTL")

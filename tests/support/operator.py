@@ -1,0 +1,122 @@
+"""The operator as a real process (``python -m grpo_operator``) for cluster tests.
+
+It runs with whatever kubeconfig it is given — in the e2e tests, the chart's
+ServiceAccount's — so RBAC is exercised exactly as in a cluster. No image runs
+here, hence a local process instead of the chart's Deployment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Optional
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class OperatorProcess:
+    """Start, kill (SIGKILL, as a crash), restart and scrape one operator process."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        namespaces: Sequence[str],
+        log_path: Path,
+        settings: Optional[Mapping[str, str]] = None,
+    ) -> None:
+        self.metrics_port = free_port()
+        self.health_port = free_port()
+        self.namespaces = list(namespaces)
+        self.log_path = log_path
+        self.env = {**env, **(settings or {}), "PYTHONUNBUFFERED": "1"}
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.starts = 0
+
+    def start(self, wait: bool = True, timeout: float = 30.0) -> OperatorProcess:
+        args = [sys.executable, "-m", "grpo_operator", "--metrics-port", str(self.metrics_port),
+                "--health-port", str(self.health_port)]  # fmt: skip
+        for ns in self.namespaces:
+            args += ["--namespace", ns]
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n===== start #{self.starts} =====\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        self.starts += 1
+        if wait:
+            self.wait_healthy(timeout)
+        return self
+
+    def _get(self, port: int, path: str) -> Optional[str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
+                return resp.read().decode() if resp.status == 200 else None
+        except (urllib.error.URLError, OSError):
+            return None
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if self._get(self.health_port, "/healthz") is not None:
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"operator not healthy after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def metrics(self) -> str:
+        text = self._get(self.metrics_port, "/metrics")
+        if text is None:
+            raise RuntimeError("operator /metrics not reachable")
+        return text
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up, as when a node dies or the OOM killer strikes."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 60) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return "(no log)"
+
+    def log_text(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")
+        return ""
+
+
+def operator_env(base: Mapping[str, str]) -> dict[str, str]:
+    """The parent environment without variables that would redirect the operator elsewhere."""
+    env = dict(base)
+    for key in list(env):
+        if key.startswith("GRPO_") and key not in ("GRPO_CLUSTER_BIN_DIR",):
+            env.pop(key)
+    env.setdefault("PATH", os.environ.get("PATH", ""))
+    return env

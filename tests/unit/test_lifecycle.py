@@ -1,0 +1,259 @@
+"""The lifecycle rules of a GRPOJob, decided from observed snapshots (no cluster needed).
+
+Pod documents here are shaped like the API server's; the cluster e2e tests run
+the same rules against a real control plane.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from grpo_operator.api import parse_job
+from grpo_operator.api.status import GRPOJobStatus
+from grpo_operator.children import Job, config_map
+from grpo_operator.lifecycle import Observed, Plan, decide
+from grpo_operator.settings import OperatorSettings
+from grpo_operator.status import pod_view, state
+from support.jobdocs import load_example
+
+SETTINGS = OperatorSettings()
+T0 = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
+
+
+def spec(**changes: Any):
+    doc = copy.deepcopy(load_example())
+    for key, value in changes.items():
+        doc["spec"][key] = value
+    return parse_job(doc).spec
+
+
+def a_pod(name: str, component: str, phase: str = "Running", ready: bool = True, **status: Any) -> Any:
+    conds = [{"type": "Ready", "status": "True" if ready and phase == "Running" else "False"}]
+    conds += status.pop("conditions", [])
+    return pod_view(
+        {
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/component": component}},
+            "spec": {"nodeName": "gpu-node-0"},
+            "status": {"phase": phase, "conditions": conds, "podIP": "127.100.0.7", **status},
+        }
+    )
+
+
+def observe(status: dict | None = None, pods: tuple = (), now: datetime = T0, job_spec=None, **kw: Any) -> Observed:
+    s = job_spec or spec()
+    defaults: dict[str, Any] = dict(
+        pvc_exists=True,
+        config_map_data=config_map(Job("papillon", "ns", "uid", s), SETTINGS)["data"],
+        service_exists=True,
+    )
+    defaults.update(kw)
+    return Observed(
+        name="papillon",
+        namespace="ns",
+        uid="uid",
+        generation=1,
+        spec=s,
+        spec_error=None,
+        status=status or {},
+        pods=tuple(pods),
+        now=now,
+        **defaults,
+    )
+
+
+def created_names(plan: Plan) -> list[str]:
+    return [f"{m['kind']}/{m['metadata']['name']}" for m in plan.create]
+
+
+def cond(plan: Plan, ctype: str) -> dict:
+    return next(c for c in plan.status["conditions"] if c["type"] == ctype)
+
+
+def running_pair(trainer: str = "papillon-trainer-0", inference: str = "papillon-inference-0") -> tuple:
+    return a_pod(trainer, "trainer"), a_pod(inference, "inference")
+
+
+def test_new_job_creates_every_child_once():
+    plan = decide(observe(pvc_exists=False, config_map_data=None, service_exists=False), SETTINGS)
+    assert created_names(plan) == [
+        "PersistentVolumeClaim/papillon-run",
+        "ConfigMap/papillon-config",
+        "Service/papillon-vllm",
+        "Pod/papillon-inference-0",
+        "Pod/papillon-trainer-0",
+    ]
+    assert plan.delete_pods == [] and not plan.delete_job
+    assert cond(plan, "Created")["status"] == "True"
+    assert cond(plan, "Training")["reason"] == "Creating"
+    assert plan.status["startTime"] == "2026-11-25T12:00:00Z"
+    assert plan.status["maxSteps"] == 500 and plan.status["restarts"] == 0
+    assert state(plan.status) == "Created"
+    GRPOJobStatus.model_validate(plan.status)  # everything we write is declared in the CRD
+
+
+def test_running_job_is_left_alone_and_reports_training():
+    first = decide(observe(pods=running_pair()), SETTINGS)
+    assert first.create == [] and first.delete_pods == []
+    assert state(first.status) == "Training"
+    assert cond(first, "InferenceReady")["status"] == "True"
+    # the same observation again: nothing to do, nothing to report
+    again = decide(observe(status=first.status, pods=running_pair(), now=T0 + timedelta(minutes=1)), SETTINGS)
+    assert again.create == [] and again.delete_pods == [] and again.transitions == []
+    assert again.status == first.status
+
+
+def test_progress_lands_in_status_and_the_training_message():
+    progress = {
+        "step": 12,
+        "trainReward": 0.6,
+        "valScore": 0.5,
+        "adapterVersion": "policy-v12",
+        "lastProgressTime": "2026-11-25T12:00:00Z",
+    }
+    plan = decide(observe(pods=running_pair(), progress=progress), SETTINGS)
+    assert plan.status["step"] == 12 and plan.status["adapterVersion"] == "policy-v12"
+    assert cond(plan, "Training")["message"] == "step 12/500"
+
+
+def test_trainer_failure_recreates_the_next_attempt_and_counts_it():
+    failed = a_pod(
+        "papillon-trainer-0",
+        "trainer",
+        "Failed",
+        containerStatuses=[{"name": "trainer", "state": {"terminated": {"exitCode": 1}}}],
+    )
+    plan = decide(observe(pods=(failed, a_pod("papillon-inference-0", "inference"))), SETTINGS)
+    assert plan.status["restarts"] == 1
+    assert plan.delete_pods == ["papillon-trainer-0"]
+    assert created_names(plan) == ["Pod/papillon-trainer-1"]
+    assert plan.status["trainerPod"] == "papillon-trainer-1"
+    assert cond(plan, "Training")["reason"] == "TrainerRestarting"
+    assert "exit code 1" in plan.events[0].message and plan.events[0].type == "Warning"
+    assert cond(plan, "Failed")["status"] == "False"
+
+
+def test_stale_attempt_left_by_a_crash_is_removed_not_duplicated():
+    # restarts was written, then the operator died before deleting trainer-0 / creating trainer-1
+    failed_old = a_pod("papillon-trainer-0", "trainer", "Failed")
+    plan = decide(
+        observe(status={"restarts": 1}, pods=(failed_old, a_pod("papillon-inference-0", "inference"))), SETTINGS
+    )
+    assert plan.delete_pods == ["papillon-trainer-0"]
+    assert created_names(plan) == ["Pod/papillon-trainer-1"]
+    assert plan.status["restarts"] == 1
+
+
+def test_trainer_failure_beyond_backoff_limit_fails_the_job():
+    s = spec(runPolicy={"backoffLimit": 1})
+    failed = a_pod("papillon-trainer-1", "trainer", "Failed")
+    plan = decide(observe({"restarts": 1}, (failed, a_pod("papillon-inference-0", "inference")), job_spec=s), SETTINGS)
+    assert state(plan.status) == "Failed"
+    assert cond(plan, "Failed")["reason"] == "BackoffLimitExceeded"
+    assert plan.status["restarts"] == 1 and plan.status["completionTime"] == "2026-11-25T12:00:00Z"
+    assert plan.delete_pods == ["papillon-inference-0"]  # GPU freed; the trainer's logs stay
+    assert plan.create == []
+    # once Failed, later reconciles change nothing
+    later = decide(observe(plan.status, (failed,), T0 + timedelta(hours=1), job_spec=s), SETTINGS)
+    assert later.create == [] and later.delete_pods == [] and state(later.status) == "Failed"
+
+
+def test_succeeded_trainer_completes_the_job_and_frees_vllm():
+    done = a_pod("papillon-trainer-0", "trainer", "Succeeded")
+    plan = decide(observe(pods=(done, a_pod("papillon-inference-0", "inference"))), SETTINGS)
+    assert state(plan.status) == "Succeeded"
+    assert plan.status["completionTime"] == "2026-11-25T12:00:00Z"
+    assert plan.delete_pods == ["papillon-inference-0"]
+    assert cond(plan, "Training")["status"] == "False"
+    assert any(t.ctype == "Succeeded" and t.status == "True" for t in plan.transitions)
+
+
+def test_vllm_loss_recreates_it_while_the_trainer_keeps_running():
+    lost = a_pod("papillon-inference-0", "inference", "Failed", reason="Evicted", message="node pressure")
+    plan = decide(observe(pods=(a_pod("papillon-trainer-0", "trainer"), lost)), SETTINGS)
+    assert plan.status["inferenceRestarts"] == 1
+    assert plan.delete_pods == ["papillon-inference-0"]
+    assert created_names(plan) == ["Pod/papillon-inference-1"]
+    assert cond(plan, "InferenceReady")["reason"] == "InferenceRestarting"
+    assert state(plan.status) == "Training" and plan.status["restarts"] == 0
+
+
+def test_suspend_deletes_pods_keeps_volume_and_resume_recreates():
+    s = spec(suspend=True)
+    plan = decide(observe(pods=running_pair(), job_spec=s), SETTINGS)
+    assert sorted(plan.delete_pods) == ["papillon-inference-0", "papillon-trainer-0"]
+    assert plan.create == []  # PVC, ConfigMap and Service exist and stay
+    assert state(plan.status) == "Suspended"
+    resumed = decide(observe(plan.status, ()), SETTINGS)
+    assert created_names(resumed) == ["Pod/papillon-inference-0", "Pod/papillon-trainer-0"]
+    assert cond(resumed, "Suspended")["status"] == "False"
+
+
+def test_active_deadline_fails_the_job():
+    s = spec(runPolicy={"activeDeadlineSeconds": 600})
+    status = {"startTime": "2026-11-25T12:00:00Z"}
+    before = decide(observe(status, running_pair(), T0 + timedelta(seconds=599), job_spec=s), SETTINGS)
+    assert state(before.status) == "Training"
+    after = decide(observe(status, running_pair(), T0 + timedelta(seconds=600), job_spec=s), SETTINGS)
+    assert cond(after, "Failed")["reason"] == "DeadlineExceeded"
+    assert sorted(after.delete_pods) == ["papillon-inference-0", "papillon-trainer-0"]
+
+
+def test_ttl_after_finished_deletes_the_job():
+    s = spec(runPolicy={"ttlSecondsAfterFinished": 60})
+    done = decide(observe(pods=(a_pod("papillon-trainer-0", "trainer", "Succeeded"),), job_spec=s), SETTINGS)
+    assert not done.delete_job
+    soon = decide(observe(done.status, (), T0 + timedelta(seconds=59), job_spec=s), SETTINGS)
+    assert not soon.delete_job
+    late = decide(observe(done.status, (), T0 + timedelta(seconds=60), job_spec=s), SETTINGS)
+    assert late.delete_job
+
+
+def test_missing_secret_and_claim_are_named_and_no_pod_is_created():
+    missing = ("Secret 'openai-api-key' not found in namespace 'ns' (needed for key 'api-key')",)
+    plan = decide(observe(pvc_exists=False, config_map_data=None, service_exists=False, missing=missing), SETTINGS)
+    assert plan.create == []
+    created = cond(plan, "Created")
+    assert created["status"] == "False" and created["reason"] == "MissingReference"
+    assert "openai-api-key" in created["message"]
+    assert cond(plan, "Training")["reason"] == "MissingReference"
+    assert any(t.warning for t in plan.transitions)
+
+
+def test_unschedulable_trainer_is_reported_with_the_schedulers_words():
+    msg = "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."
+    pending = a_pod(
+        "papillon-trainer-0", "trainer", "Pending", ready=False,
+        conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg}],
+    )  # fmt: skip
+    plan = decide(observe(pods=(pending, a_pod("papillon-inference-0", "inference"))), SETTINGS)
+    training = cond(plan, "Training")
+    assert training["reason"] == "Unschedulable" and msg in training["message"]
+    assert plan.create == [] and plan.delete_pods == []
+    assert any(t.reason == "Unschedulable" and t.warning for t in plan.transitions)
+
+
+def test_kueue_gated_pods_wait_for_admission():
+    gated = a_pod(
+        "papillon-inference-0", "inference", "Pending", ready=False,
+        conditions=[{"type": "PodScheduled", "status": "False", "reason": "SchedulingGated", "message": "Scheduling is blocked due to non-empty scheduling gates"}],
+    )  # fmt: skip
+    plan = decide(observe(pods=(gated,)), SETTINGS)
+    assert cond(plan, "InferenceReady")["reason"] == "WaitingForAdmission"
+
+
+def test_config_map_drift_is_replaced():
+    plan = decide(observe(pods=running_pair(), config_map_data={"config.json": "{}"}), SETTINGS)
+    assert [m["metadata"]["name"] for m in plan.replace] == ["papillon-config"]
+
+
+def test_invalid_spec_is_a_condition_not_a_crash():
+    obs = Observed(
+        "papillon", "ns", "uid", 3, None, "spec.grpo.num_train_steps: must be >= 1", {}, False, None, False, (), now=T0
+    )
+    plan = decide(obs, SETTINGS)
+    created = cond(plan, "Created")
+    assert (created["status"], created["reason"]) == ("False", "InvalidSpec")
+    assert "num_train_steps" in created["message"] and plan.create == []
+    assert plan.status["observedGeneration"] == 3

@@ -1,0 +1,242 @@
+"""Status vocabulary: pod trouble read from real pod documents, the condition list, the
+trainer's progress over HTTP, and the operator's metrics at scrape time."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from grpo_operator.api.status import CONDITION_ORDER, GRPOJobStatus
+from grpo_operator.metrics import OperatorMetrics
+from grpo_operator.progress import fetch_progress, progress_status, progress_url
+from grpo_operator.status import Cond, conditions, pod_view, state, transitions
+from grpo_trainer.progress import Progress
+from prometheus_client import generate_latest
+
+T0 = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
+
+
+def pod(phase: str = "Pending", conditions_: list | None = None, containers: list | None = None, **status) -> dict:
+    return {
+        "metadata": {"name": "job-trainer-0", "labels": {"app.kubernetes.io/component": "trainer"}},
+        "spec": {"nodeName": status.pop("node", None)},
+        "status": {"phase": phase, "conditions": conditions_ or [], "containerStatuses": containers or [], **status},
+    }
+
+
+# --------------------------------------------------------------------------- pods
+
+
+def test_unschedulable_pod_names_the_scheduler_reason():
+    msg = "0/2 nodes are available: 2 Insufficient nvidia.com/gpu. preemption: 0/2 nodes are available"
+    view = pod_view(
+        pod(conditions_=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg}])
+    )
+    assert (view.problem_reason, view.problem_message) == ("Unschedulable", msg)
+    assert view.component == "trainer" and not view.running
+
+
+@pytest.mark.parametrize(
+    "reason", ["ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError", "CrashLoopBackOff"]
+)
+def test_container_that_cannot_start_is_a_problem(reason):
+    waiting = {"name": "trainer", "state": {"waiting": {"reason": reason, "message": 'secret "k" not found'}}}
+    view = pod_view(pod(containers=[waiting], node="gpu-node-0"))
+    assert view.problem_reason == reason
+    assert 'secret "k" not found' in view.problem_message and "trainer" in view.problem_message
+
+
+def test_normal_waiting_is_not_a_problem():
+    waiting = {"name": "trainer", "state": {"waiting": {"reason": "ContainerCreating"}}}
+    assert pod_view(pod(containers=[waiting])).problem_reason is None
+
+
+def test_running_ready_and_exit_codes():
+    running = pod_view(
+        pod(
+            "Running",
+            [{"type": "Ready", "status": "True"}],
+            podIP="10.0.0.5",
+            node="n1",
+            startTime="2026-11-25T12:00:00Z",
+        )
+    )
+    assert running.running and running.ready and running.ip == "10.0.0.5" and running.node == "n1"
+    failed = pod_view(
+        pod("Failed", containers=[{"name": "t", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}])
+    )
+    assert failed.finished and failed.exit_code == 137
+    assert "exit code 137" in failed.describe_exit() and "OOMKilled" in failed.describe_exit()
+    evicted = pod_view(pod("Failed", reason="Evicted", message="The node was low on resource: memory."))
+    assert evicted.problem_reason == "Evicted" and "low on resource" in evicted.describe_exit()
+
+
+# --------------------------------------------------------------------------- conditions
+
+
+def test_conditions_are_a_full_list_in_the_declared_order():
+    new = {t: Cond.false("NotYet") for t in reversed(CONDITION_ORDER)}
+    new["Training"] = Cond.true("Running", "step 3/10")
+    out = conditions([], new, T0, 4)
+    assert [c["type"] for c in out] == list(CONDITION_ORDER)
+    assert all(c["observedGeneration"] == 4 and c["lastTransitionTime"] == "2026-11-25T12:00:00Z" for c in out)
+    GRPOJobStatus.model_validate({"conditions": out})  # what the CRD schema accepts
+    assert state({"conditions": out}) == "Training"
+    assert state({"conditions": []}) == "Pending"
+
+
+def test_last_transition_time_moves_only_when_status_changes():
+    first = conditions([], {"Training": Cond.false("Pending"), "Created": Cond.true("ChildrenCreated")}, T0, 1)
+    later = T0 + timedelta(minutes=5)
+    # reason and message change, status does not: the time stays
+    second = conditions(
+        first, {"Training": Cond.false("Unschedulable", "no GPUs"), "Created": Cond.true("ChildrenCreated")}, later, 1
+    )
+    assert second[0]["lastTransitionTime"] == "2026-11-25T12:00:00Z"
+    assert second[0]["reason"] == "Unschedulable"
+    third = conditions(second, {"Training": Cond.true("Running")}, later, 2)
+    assert third[0]["lastTransitionTime"] == "2026-11-25T12:05:00Z"
+    # conditions not restated keep their old value
+    assert third[1] == second[1]
+    changed = transitions(first, third)
+    assert [(t.ctype, t.status, t.reason) for t in changed] == [("Training", "True", "Running")]
+    assert transitions(second, third)[0].warning is False
+    assert transitions(first, second)[0].warning is True  # turned Unschedulable
+
+
+def test_failed_first_makes_state_failed_even_with_created_true():
+    conds = conditions(
+        [],
+        {
+            "Created": Cond.true("ChildrenCreated"),
+            "Failed": Cond.true("BackoffLimitExceeded"),
+            "Training": Cond.false("JobFailed"),
+        },
+        T0,
+        1,
+    )
+    assert state({"conditions": conds}) == "Failed"
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class _ProgressHandler(BaseHTTPRequestHandler):
+    document: dict = {}
+
+    def do_GET(self) -> None:
+        if self.path != "/progress":
+            self.send_error(404)
+            return
+        body = json.dumps(self.document).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def progress_server() -> Iterator[tuple[str, int, type[_ProgressHandler]]]:
+    handler = type("Handler", (_ProgressHandler,), {"document": {}})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield "127.0.0.1", server.server_address[1], handler
+    server.shutdown()
+    server.server_close()
+
+
+def test_progress_is_read_from_the_trainer_over_http(progress_server):
+    """The trainer's own progress document (grpo_trainer.progress.Progress), served over HTTP."""
+    host, port, handler = progress_server
+    doc = Progress(
+        job="papillon",
+        max_steps=500,
+        step=12,
+        reward_mean=0.61,
+        reward_std=0.2,
+        val_score=0.55,
+        best_val_score=0.58,
+        baseline_val_score=0.41,
+        adapter_version="policy-v12",
+        best_adapter_version="policy-v10",
+        best_step=10,
+        eta_seconds=300.7,
+        updated_at=datetime(2026, 11, 25, 12, 3, tzinfo=timezone.utc),
+        val_scores={0: 0.41, 10: 0.58},
+    )
+    handler.document = json.loads(doc.model_dump_json())
+    fields = progress_status(fetch_progress(progress_url(host, port), timeout=2), T0)
+    assert fields == {
+        "step": 12,
+        "maxSteps": 500,
+        "trainReward": 0.61,
+        "trainRewardStd": 0.2,
+        "valScore": 0.55,
+        "bestValScore": 0.58,
+        "baselineValScore": 0.41,
+        "adapterVersion": "policy-v12",
+        "bestAdapterVersion": "policy-v10",
+        "bestStep": 10,
+        "estimatedRemainingSeconds": 300,
+        "progressPercentage": 2,
+        "lastProgressTime": "2026-11-25T12:03:00Z",
+    }
+    GRPOJobStatus.model_validate(fields)  # every field is declared in the CRD
+
+
+def test_progress_accepts_camel_case_and_skips_bad_values():
+    fields = progress_status({"step": "3", "maxSteps": 4, "valScore": "nan", "trainReward": "x", "time": 1.7e9}, T0)
+    assert fields["step"] == 3 and fields["progressPercentage"] == 75
+    assert "valScore" not in fields and "trainReward" not in fields
+    assert fields["lastProgressTime"] == "2023-11-14T22:13:20Z"
+    assert progress_status({}, T0) == {"lastProgressTime": "2026-11-25T12:00:00Z"}
+
+
+def test_unreachable_or_broken_trainer_is_not_an_error(progress_server):
+    host, port, handler = progress_server
+    assert fetch_progress(f"http://{host}:{port}/nothing-here", timeout=1) is None  # 404
+    handler.document = ["not", "an", "object"]  # type: ignore[assignment]
+    assert fetch_progress(progress_url(host, port), timeout=1) is None
+    # a port nothing listens on
+    assert fetch_progress(progress_url("127.0.0.1", 9), timeout=1) is None
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_metrics_show_job_state_and_progress_at_scrape_time():
+    metrics = OperatorMetrics()
+    conds = conditions([], {"Training": Cond.true("Running"), "Created": Cond.true("ChildrenCreated")}, T0, 1)
+    status = {
+        "conditions": conds,
+        "step": 7,
+        "maxSteps": 20,
+        "trainReward": 0.5,
+        "restarts": 1,
+        "progressPercentage": 35,
+    }
+    metrics.cache.update("ns1", "papillon", status, {"model": "Qwen/Qwen2.5-1.5B-Instruct"})
+    metrics.reconciles.labels("ns1", "papillon").inc()
+    text = generate_latest(metrics.registry).decode()
+    assert 'grpo_job_state{name="papillon",namespace="ns1",state="Training"} 1.0' in text
+    assert 'grpo_job_state{name="papillon",namespace="ns1",state="Created"} 0.0' in text
+    assert 'grpo_job_step{name="papillon",namespace="ns1"} 7.0' in text
+    assert 'grpo_job_max_steps{name="papillon",namespace="ns1"} 20.0' in text
+    assert 'grpo_job_restarts{name="papillon",namespace="ns1"} 1.0' in text
+    assert 'grpo_job_progress_ratio{name="papillon",namespace="ns1"} 0.35' in text
+    assert 'grpo_job_info{model="Qwen/Qwen2.5-1.5B-Instruct",name="papillon",namespace="ns1"} 1.0' in text
+    assert 'grpo_operator_reconcile_total{name="papillon",namespace="ns1"} 1.0' in text
+    assert "grpo_operator_reconcile_duration_seconds_bucket" in text
+    assert "grpo_job_val_score{" not in text  # unknown values are absent, not 0
+    metrics.forget("ns1", "papillon")
+    text = generate_latest(metrics.registry).decode()
+    assert 'name="papillon"' not in text
