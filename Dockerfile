@@ -38,8 +38,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # PyPI's torch wheel for Linux carries its CUDA runtime (nvidia-* wheels); the
 # driver comes from the node through the NVIDIA container runtime.
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-compile -c requirements/constraints.txt ".[trainer]" \
- && /opt/venv/bin/pip install --no-compile wandb tensorboard
+ && /opt/venv/bin/pip install --no-compile -c requirements/constraints.txt ".[trainer]"
 
 FROM ${PYTHON_IMAGE} AS trainer
 COPY --from=trainer-build /opt/venv /opt/venv
