@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import statistics
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import dspy
 import torch
@@ -32,9 +31,10 @@ from .optim import build_optimizer, build_scheduler
 from .policy import Policy, load_policy
 from .progress import Progress, ProgressBoard
 from .registry import data_defaults, resolve_metric, resolve_program
-from .rollout import ExampleSampler, Rollout, run_rollouts
+from .rollout import ExampleSampler, PolicyCallError, Rollout, run_rollouts
 from .samples import TrainSample
 from .server import ProgressServer, TrainerMetrics
+from .stopflag import StopFlag
 from .tracking import CompletionLog, make_tracker
 from .update import train_on_samples
 
@@ -68,25 +68,6 @@ class Sampling:
     tracker: Any = None
     server: Optional[ProgressServer] = None
     extras: dict[str, Any] = field(default_factory=dict)
-
-
-class StopFlag:
-    """SIGTERM/SIGINT ask the run to stop at the next step boundary (after a checkpoint)."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        log.warning("signal %s: stopping after the current step", signal.Signals(signum).name)
-        self.event.set()
-
-    @property
-    def requested(self) -> bool:
-        return self.event.is_set()
 
 
 class GRPORun:
@@ -170,13 +151,31 @@ class GRPORun:
         s.board.record_timings(load=result.load_seconds, first_request=result.first_request_seconds)
         s.board.adapter(step, result.name)
 
+    def _sample_until_served(self, s: Sampling, sample: Callable[[], list[Rollout]]) -> list[Rollout]:
+        """Run ``sample``; if vLLM went away mid-batch, wait for it, re-serve the adapter and redo the batch.
+
+        Seeded sampling makes the redone batch the one that was lost, so a vLLM
+        restart changes nothing but the wall time. Gives up after the endpoint's
+        wait timeout (the sync's own backoff raises VLLMUnavailableError).
+        """
+        deadline = time.monotonic() + self.cfg.vllm.wait_timeout_seconds
+        while True:
+            try:
+                return sample()
+            except PolicyCallError as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("policy sampling failed; waiting for vLLM", extra={"error": str(exc)[:300]})
+                s.sync.wait_ready()
+                s.sync.ensure_current()
+
     def _evaluate(self, s: Sampling, examples: list[dspy.Example], tag: str) -> float:
         """Mean metric score, one seeded sample per example (failures score failure_score)."""
         g = self.cfg.grpo
-        rollouts = run_rollouts(
+        rollouts = self._sample_until_served(s, lambda: run_rollouts(
             s.program, s.metric, examples, 1, g.num_threads, s.lm, g.failure_score, g.format_failure_score,
             seed=derive_seed(g.seed, tag),
-        )
+        ))
         scores = [r.score if r.score is not None else g.failure_score for r in rollouts]
         return statistics.fmean(scores) if scores else math.nan
 
@@ -207,11 +206,11 @@ class GRPORun:
         indices = s.sampler.next_batch(g.num_dspy_examples_per_grpo_step)
         examples = [s.train[i] for i in indices]
         with s.board.timed("rollout"):
-            rollouts = run_rollouts(
+            rollouts = self._sample_until_served(s, lambda: run_rollouts(
                 s.program, s.metric, examples, g.num_samples_per_input, g.num_threads, s.lm,
                 g.failure_score, g.format_failure_score,
                 example_indices=indices, seed=derive_seed(g.seed, "step", step),
-            )
+            ))
         grouped = build_groups(rollouts, multitask=g.multitask, scale_rewards=t.scale_rewards)
         if g.multitask or not grouped.batches:
             predictor, samples = (grouped.batches[0] if grouped.batches else ("all", []))

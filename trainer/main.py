@@ -21,11 +21,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from .config import CONFIG_ENV, TrainerConfig  # noqa: E402
 from .logs import configure_logging  # noqa: E402
+from .stopflag import StopFlag  # noqa: E402
 
 log = logging.getLogger("grpo_trainer")
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before torch and DSPy load (below): a SIGTERM during start-up stops the run instead of killing it.
+    stop = StopFlag().install()
     parser = argparse.ArgumentParser(prog="grpo-trainer", description="Run GRPO on a DSPy program (one rank).")
     parser.add_argument("--config", default=os.environ.get(CONFIG_ENV), help=f"trainer config JSON (or ${CONFIG_ENV})")
     parser.add_argument("--log-format", choices=["json", "text"], default=None)
@@ -36,10 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainerConfig.load(args.config)
 
     from .distributed import init_distributed, shutdown
-    from .loop import GRPORun, StopFlag
+    from .loop import GRPORun
 
-    stop = StopFlag()
-    stop.install()
     dist = init_distributed(cfg.device)
     run = GRPORun(cfg, dist, stop)
     try:

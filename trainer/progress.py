@@ -66,6 +66,7 @@ class Progress(_Doc):
     max_steps: int
     reward_mean: Optional[float] = Field(None, description="Mean rollout reward of the last step.")
     reward_std: Optional[float] = None
+    reward_means: dict[int, float] = Field(default_factory=dict, description="Mean rollout reward per step.")
     train_scores: dict[int, float] = Field(default_factory=dict)
     val_scores: dict[int, float] = Field(default_factory=dict)
     baseline_val_score: Optional[float] = None
@@ -189,6 +190,8 @@ class ProgressBoard:
             doc = self._doc
             doc.step = step
             doc.reward_mean, doc.reward_std = reward_mean, reward_std
+            if reward_mean is not None:
+                doc.reward_means[step] = reward_mean
             doc.tokens_generated += tokens_generated
             doc.tokens_trained += tokens_trained
             for kind, count in (rollout_failures or {}).items():
