@@ -1,0 +1,205 @@
+"""``grpo-local`` end to end on the embedded default: real vLLM (CPU build), the real trainer, the tiny model.
+
+These prove the runner's contract (completion, report, Ctrl-C → checkpoint → resume,
+no process left behind); whether the tiny model learns is the learning test's job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from grpo_trainer.progress import Progress
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+RUN_TIMEOUT = 1500.0
+
+
+def steps_done(trainer_log: str) -> list[int]:
+    """Steps the trainer reports finishing, in order (its JSON log lines: msg "step done")."""
+    done = []
+    for line in trainer_log.splitlines():
+        if '"step done"' in line:
+            try:
+                done.append(int(json.loads(line)["step"]))
+            except (ValueError, KeyError):
+                match = re.search(r'"step": (\d+)', line)
+                assert match, line
+                done.append(int(match.group(1)))
+    return done
+
+
+def test_default_job_runs_to_completion_with_a_report(
+    cli, tmp_path: Path, ports: tuple[int, int], survivors: Callable[[], list[str]]
+) -> None:
+    run_dir = tmp_path / "run"
+    result = cli(
+        "--steps",
+        "2",
+        "--run-dir",
+        str(run_dir),
+        "--port",
+        str(ports[0]),
+        "--trainer-port",
+        str(ports[1]),
+        timeout=RUN_TIMEOUT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    progress = Progress.read(run_dir)
+    assert progress is not None
+    assert (progress.phase, progress.step, progress.finished, progress.error) == ("done", 2, True, None)
+    assert progress.baseline_val_score is not None and 2 in progress.val_scores
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["outcome"] == "finished" and summary["steps"] == 2
+    assert summary["baseline_val_score"] == progress.baseline_val_score
+    assert summary["tokens_generated"] > 0
+    assert sorted(int(s) for s in summary["reward_means"]) == [1, 2]  # the runner saw every step
+    assert (run_dir / "report.png").read_bytes()[:4] == b"\x89PNG"
+    assert "validation score, baseline" in result.stdout and "finished" in result.stdout
+    assert (run_dir / "adapters" / "step-2" / "adapter_config.json").is_file()
+    assert (run_dir / "checkpoints" / "step-2" / "COMPLETE").is_file()
+    assert survivors() == []
+
+
+def test_ctrl_c_checkpoints_and_a_rerun_resumes_from_that_step(
+    cli,
+    start_cli,
+    tmp_path: Path,
+    ports: tuple[int, int],
+    survivors: Callable[[], list[str]],
+) -> None:
+    steps = 4
+    run_dir = tmp_path / "run"
+    args = ["--steps", str(steps), "--run-dir", str(run_dir), "--port", str(ports[0]), "--trainer-port", str(ports[1])]
+    runner = start_cli(*args, out=tmp_path / "first.out")
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while True:
+            progress = Progress.read(run_dir) if (run_dir / "progress.json").is_file() else None
+            if progress is not None and progress.step >= 1:
+                break
+            assert runner.poll() is None, (tmp_path / "first.out").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no step finished in time"
+            time.sleep(0.5)
+        runner.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C delivers to the runner
+        code = runner.wait(RUN_TIMEOUT)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    first_output = (tmp_path / "first.out").read_text()
+    assert code == 0, first_output[-3000:]
+    assert survivors() == []
+
+    stopped = Progress.read(run_dir)
+    assert stopped is not None and stopped.phase == "stopped", stopped
+    assert 1 <= stopped.step < steps
+    assert (run_dir / "checkpoints" / f"step-{stopped.step}" / "COMPLETE").is_file()
+    assert "stopped" in first_output and "resume" in first_output
+    trainer_log = run_dir / "logs" / "trainer.log"
+    first_log_size = trainer_log.stat().st_size
+    assert steps_done(trainer_log.read_text()) == list(range(1, stopped.step + 1))
+
+    result = cli(*args, timeout=RUN_TIMEOUT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"resuming {run_dir} from the checkpoint of step {stopped.step}" in result.stdout
+    with open(trainer_log) as f:
+        f.seek(first_log_size)
+        second_log = f.read()
+    assert steps_done(second_log) == list(range(stopped.step + 1, steps + 1)), (
+        "the rerun did not continue where it stopped"
+    )
+    final = Progress.read(run_dir)
+    assert final is not None and (final.phase, final.step, final.finished) == ("done", steps, True)
+    assert final.baseline_val_score == stopped.baseline_val_score  # the baseline was not re-measured
+    assert survivors() == []
+
+
+def vllm_server_pid(marker: str) -> int | None:
+    """The vLLM API server started by this test's runner (found by the marker in its environment)."""
+    needle = f"GRPO_LOCAL_TEST_MARKER={marker}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if b"vllm.entrypoints.openai.api_server" in cmdline and needle in environ.split(b"\0"):
+            return int(entry.name)
+    return None
+
+
+def test_vllm_killed_mid_run_is_restarted_and_the_run_finishes(
+    start_cli,
+    tmp_path: Path,
+    ports: tuple[int, int],
+    marker: str,
+    survivors: Callable[[], list[str]],
+) -> None:
+    run_dir = tmp_path / "run"
+    args = ["--steps", "3", "--run-dir", str(run_dir), "--port", str(ports[0]), "--trainer-port", str(ports[1])]
+    runner = start_cli(*args, out=tmp_path / "out")
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while True:
+            progress = Progress.read(run_dir) if (run_dir / "progress.json").is_file() else None
+            if progress is not None and progress.step >= 1:
+                break
+            assert runner.poll() is None, (tmp_path / "out").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no step finished in time"
+            time.sleep(0.5)
+        server = vllm_server_pid(marker)
+        assert server is not None
+        os.kill(server, signal.SIGKILL)  # a crash: its engine core is left behind for the runner to clean up
+        code = runner.wait(RUN_TIMEOUT)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    output = (tmp_path / "out").read_text()
+    # the runner's part: the crash is noticed, vLLM restarted with the same command, nothing left behind
+    assert "vLLM exited with code -9; restarting it with the same command (1/" in output
+    assert "vLLM is serving again" in output
+    assert vllm_server_pid(marker) is None and survivors() == []
+    # the trainer's part: it waits for vLLM to come back (wait_timeout_seconds) and finishes
+    if code != 0 and "could not sample the policy" in output and "Connection error" in output:
+        pytest.xfail("the trainer fails its rollouts while vLLM restarts instead of waiting for it")
+    assert code == 0, output[-4000:]
+    final = Progress.read(run_dir)
+    assert final is not None and (final.phase, final.step, final.finished) == ("done", 3, True)
+
+
+def test_second_ctrl_c_kills_everything_at_once(
+    start_cli, tmp_path: Path, ports: tuple[int, int], survivors: Callable[[], list[str]]
+) -> None:
+    run_dir = tmp_path / "run"
+    runner = start_cli(
+        "--run-dir", str(run_dir), "--port", str(ports[0]), "--trainer-port", str(ports[1]), out=tmp_path / "out"
+    )
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while not (run_dir / "progress.json").exists():  # the trainer is set up and starts its baseline validation
+            assert runner.poll() is None, (tmp_path / "out").read_text()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        runner.send_signal(signal.SIGINT)
+        time.sleep(1.0)
+        runner.send_signal(signal.SIGINT)
+        code = runner.wait(60)  # no waiting for a step or a checkpoint
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    output = (tmp_path / "out").read_text()
+    assert code == 130, output[-3000:]
+    assert "second interrupt: killing the trainer and vLLM" in output
+    assert survivors() == []
