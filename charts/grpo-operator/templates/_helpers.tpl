@@ -73,3 +73,18 @@ operator/reconcile.py (Cluster) and operator/handlers.py.
   verbs: ["get"]
 {{- end }}
 {{- end -}}
+
+{{/* The trainer image of every job that names none: the chart's appVersion by default. */}}
+{{- define "grpo-operator.trainerImage" -}}
+{{- .Values.jobDefaults.trainerImage | default (printf "ghcr.io/grpo-operator/grpo-trainer:%s" .Chart.AppVersion) -}}
+{{- end -}}
+
+{{/* The namespaces a namespaced monitor looks in: the watched ones, or any. */}}
+{{- define "grpo-operator.jobNamespaceSelector" -}}
+{{- if .Values.watchNamespaces }}
+matchNames:
+  {{- toYaml .Values.watchNamespaces | nindent 2 }}
+{{- else }}
+any: true
+{{- end }}
+{{- end -}}
