@@ -1,20 +1,28 @@
 """Kopf handlers: when to reconcile. What to do is in lifecycle.py, how in reconcile.py.
 
 * create / resume (operator restart) / spec update of a GRPOJob → reconcile it;
-* a timer → reconcile every job periodically (progress, deadline, TTL, missed events);
+* a background task (:class:`Resync`) → reconcile every job periodically (progress,
+  deadline, TTL, missed events), the jobs known from a Kopf index;
 * any change of a pod the operator manages → reconcile its job at once
   (so a failed trainer or an unschedulable pod is reported within seconds);
-* deletion (the watch's DELETED event) → forget the job's metrics; the children
-  go by garbage collection, so no finalizer is needed and a dead operator never
-  blocks a deletion.
+* deletion (the watch's DELETED event) → forget the job's metrics.
+
+No handler needs a finalizer, so Kopf puts none on a job, and removes the one an
+older version (which used a ``@kopf.timer``) left: with the operator stopped,
+``kubectl delete grpojob`` still completes, and the children go by garbage
+collection (ownerReferences). Kopf timers and daemons, and deletion handlers that
+are not ``optional=True``, would each bring the finalizer back.
 
 Handlers are registered on an explicit registry by :func:`register`, so nothing
-happens at import time and the settings decide the timer interval.
+happens at import time and the settings decide the resync interval.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -27,6 +35,7 @@ from .reconcile import Reconciler
 log = logging.getLogger(__name__)
 
 ANNOTATION_PREFIX = "grpo.dev"
+JOB_INDEX = "grpojobs"  # the Kopf index of live jobs: (namespace, name) → uid
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
@@ -43,20 +52,66 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.watching.server_timeout = 300
 
 
+@dataclass
+class Resync:
+    """Reconcile every known job every ``interval`` seconds, from one background task.
+
+    This is what a ``@kopf.timer`` would do, without the finalizer Kopf puts on
+    every object a timer serves (which makes deletions hang while no operator runs).
+    """
+
+    reconciler: Reconciler
+    interval: float
+    _task: asyncio.Task[None] | None = field(default=None, init=False)
+
+    def start(self, jobs: kopf.Index[tuple[str, str], str]) -> None:
+        self._task = asyncio.create_task(self._run(jobs), name="grpojob resync")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self, jobs: kopf.Index[tuple[str, str], str]) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.once(list(jobs))  # a snapshot: the index changes while we await
+
+    async def once(self, keys: list[tuple[str, str]]) -> None:
+        """Reconcile these jobs concurrently (blocking API calls, hence threads); log failures, retry next time."""
+        results = await asyncio.gather(
+            *(asyncio.to_thread(self.reconciler.reconcile_named, ns, name) for ns, name in keys),
+            return_exceptions=True,
+        )
+        for (ns, name), result in zip(keys, results):
+            if isinstance(result, Exception):
+                log.error("resync of %s/%s failed; retried in %.0fs", ns, name, self.interval, exc_info=result)
+
+
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, settings: OperatorSettings) -> None:
     """Register every handler of the operator on ``registry``."""
 
     kopf.on.login(registry=registry)(kopf.login_via_client)
+    resync = Resync(reconciler, min(settings.resync_seconds, settings.progress_poll_seconds))
+
+    @kopf.index(GROUP, VERSION, PLURAL, id=JOB_INDEX, registry=registry)
+    async def index_job(namespace: str, name: str, uid: str, **_: Any) -> dict[tuple[str, str], str]:
+        return {(namespace, name): uid}
+
+    @kopf.on.startup(registry=registry)
+    async def start_resync(**kwargs: Any) -> None:
+        resync.start(kwargs[JOB_INDEX])  # the live index: filled by Kopf as the watch streams
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_resync(**_: Any) -> None:
+        await resync.stop()
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=registry)
     def on_job(body: kopf.Body, **_: Any) -> None:
-        reconciler.reconcile(body)
-
-    @kopf.timer(GROUP, VERSION, PLURAL, interval=min(settings.resync_seconds, settings.progress_poll_seconds),
-                registry=registry)  # fmt: skip
-    def resync(body: kopf.Body, **_: Any) -> None:
         reconciler.reconcile(body)
 
     @kopf.on.event("v1", "pods", labels={MANAGED_BY_LABEL: OPERATOR_NAME, JOB_LABEL: kopf.PRESENT}, registry=registry)

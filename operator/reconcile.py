@@ -177,42 +177,46 @@ class _ProgressMemo:
 
 
 class Reconciler:
-    """Serialises reconciles per job (pod events, timers and spec changes arrive concurrently)."""
+    """Serialises reconciles per job (pod events, the resync and spec changes arrive concurrently)."""
 
     def __init__(self, cluster: Cluster, settings: OperatorSettings, metrics: OperatorMetrics) -> None:
         self.cluster = cluster
         self.settings = settings
         self.metrics = metrics
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks: dict[tuple[str, str], threading.RLock] = {}
         self._locks_lock = threading.Lock()
         self._progress: dict[tuple[str, str], _ProgressMemo] = {}
         self._check_secrets = settings.check_secrets
 
-    def _lock(self, key: tuple[str, str]) -> threading.Lock:
+    def _lock(self, key: tuple[str, str]) -> threading.RLock:
+        # reentrant: a reconcile that deletes its job (TTL) forgets it while holding the lock
         with self._locks_lock:
-            return self._locks.setdefault(key, threading.Lock())
+            return self._locks.setdefault(key, threading.RLock())
 
     def forget(self, namespace: str, name: str) -> None:
-        """The job is gone: drop its metrics and memory."""
-        self.metrics.forget(namespace, name)
-        self._progress.pop((namespace, name), None)
-        with self._locks_lock:
-            self._locks.pop((namespace, name), None)
+        """The job is gone: drop its metrics and memory.
 
-    def reconcile_named(self, namespace: str, name: str) -> Optional[Plan]:
-        """Reconcile a job known only by name (a pod changed); nothing when it is gone."""
-        body = self.cluster.get_job(namespace, name)
-        if body is None:
-            return None
-        return self.reconcile(body)
+        Under the job's lock: a reconcile still in flight (begun before the deletion)
+        would otherwise write the metrics back after they were dropped.
+        """
+        key = (namespace, name)
+        with self._lock(key):
+            self.metrics.forget(namespace, name)
+            self._progress.pop(key, None)
+            with self._locks_lock:
+                self._locks.pop(key, None)
 
     def reconcile(self, body: Mapping[str, Any]) -> Optional[Plan]:
-        """Reconcile a job; None when it is gone or being deleted (garbage collection does the rest)."""
+        """Reconcile the job a handler was given (only its name counts: see :meth:`reconcile_named`)."""
         meta = body["metadata"]
-        key = (meta["namespace"], meta["name"])
+        return self.reconcile_named(meta["namespace"], meta["name"])
+
+    def reconcile_named(self, namespace: str, name: str) -> Optional[Plan]:
+        """Reconcile a job; None when it is gone or being deleted (garbage collection does the rest)."""
+        key = (namespace, name)
         with self._lock(key):
-            # Read again under the lock: the body a handler got may predate our own last
-            # status patch, and acting on a stale attempt counter would restart twice.
+            # Read under the lock: a handler's body may predate our own last status
+            # patch, and acting on a stale attempt counter would restart twice.
             fresh = self.cluster.get_job(*key)
             if fresh is None or fresh["metadata"].get("deletionTimestamp"):
                 return None
@@ -222,7 +226,7 @@ class Reconciler:
                 return self._reconcile(fresh)
             except Exception:
                 self.metrics.errors.labels(*key).inc()
-                raise  # Kopf logs it, posts a Warning event on the job and retries
+                raise  # the caller (a Kopf handler or the resync) logs it and retries
             finally:
                 self.metrics.latency.observe(time.monotonic() - started)
 

@@ -15,25 +15,30 @@ from __future__ import annotations
 import copy
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from controlplane import EXIT_ANNOTATION, ControlPlane, wait_until
+from controlplane import ControlPlane, wait_until
 from gitops.luahealth import evaluate
-from support.jobdocs import ROOT, load_example
+from support.cluster_jobs import (
+    CHART,
+    RESTRICTED,
+    apply_jobs,
+    cond,
+    exit_running_pod,
+    get_job,
+    is_true,
+    job_manifest,
+    wait_job,
+)
 from support.operator import OperatorProcess, operator_env
 
 pytestmark = pytest.mark.cluster
 
-CHART = ROOT / "charts" / "grpo-operator"
 CRD = "crd/grpojobs.grpo.dev"
-RESTRICTED = {
-    "pod-security.kubernetes.io/enforce": "restricted",
-    "pod-security.kubernetes.io/enforce-version": "latest",
-}
 # Faster than the chart's defaults so the tests take seconds; everything else is the Deployment's.
 FAST = {"GRPO_RESYNC_SECONDS": "2", "GRPO_PROGRESS_POLL_SECONDS": "1"}
 
@@ -69,58 +74,6 @@ def start_operator_like_deployment(
     namespaces = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--namespace=")]
     kubeconfig = cp.kubeconfig_for_serviceaccount(release_ns, service_account, create=False)
     return OperatorProcess(operator_env(cp.env(kubeconfig=kubeconfig)), namespaces, log, settings).start()
-
-
-def stop_and_check_log(proc: OperatorProcess) -> None:
-    proc.stop()
-    errors = [line for line in proc.log_text().splitlines() if "Traceback" in line or "Forbidden" in line]
-    assert not errors, "operator logged errors:\n" + proc.log_tail(80)
-
-
-def job_manifest(name: str = "papillon", **spec: Any) -> dict[str, Any]:
-    doc = copy.deepcopy(load_example())
-    doc["metadata"]["name"] = name
-    for key, value in spec.items():
-        doc["spec"][key] = value
-    return doc
-
-
-def apply_jobs(cp: ControlPlane, ns: str, *docs: dict[str, Any]) -> None:
-    """The example's Secret, then the jobs."""
-    cp.kubectl("create", "secret", "generic", "openai-api-key", "--from-literal=api-key=sk-test", "-n", ns)
-    cp.apply_yaml(yaml.safe_dump_all(docs), ns)
-
-
-def cond(job: dict[str, Any], ctype: str) -> dict[str, Any]:
-    return next((c for c in job.get("status", {}).get("conditions", []) if c["type"] == ctype), {})
-
-
-def wait_job(
-    cp: ControlPlane, ns: str, name: str, pred: Callable[[dict[str, Any]], Any], what: str, timeout: float = 30
-) -> dict[str, Any]:
-    last: dict[str, Any] = {}
-
-    def check() -> dict[str, Any] | None:
-        last.update(cp.get_json("grpojob", name, namespace=ns))
-        return last if pred(last) else None
-
-    try:
-        return wait_until(check, timeout=timeout, interval=0.3, what=f"{name} {what}")
-    except TimeoutError as exc:
-        conditions = [
-            (c["type"], c["status"], c["reason"], c.get("message"))
-            for c in last.get("status", {}).get("conditions", [])
-        ]
-        raise TimeoutError(f"{exc}; last conditions: {conditions}") from None
-
-
-def is_true(ctype: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda job: cond(job, ctype).get("status") == "True"
-
-
-def exit_running_pod(cp: ControlPlane, ns: str, pod: str, code: int) -> None:
-    cp.wait_for_pod_phase(ns, pod, "Running", timeout=30)
-    cp.kubectl("annotate", "pod", pod, f"{EXIT_ANNOTATION}={code}", "-n", ns)
 
 
 def delete_jobs(cp: ControlPlane, ns: str) -> None:
@@ -170,7 +123,7 @@ def cluster_operator(
     try:
         yield proc
     finally:
-        stop_and_check_log(proc)
+        proc.stop_and_check_log()
 
 
 # --------------------------------------------------------------------------- tests
@@ -213,8 +166,7 @@ def test_namespace_mode_install_runs_a_job_with_roles_only(
             vllm = cp.wait_for_pod_phase(job_ns, "papillon-inference-0", "Running")
             assert vllm["spec"]["containers"][0]["image"] == "registry.example.com/ml/vllm:0.32.0"
         finally:
-            delete_jobs(cp, job_ns)  # while the operator runs: it holds Kopf's finalizer on them
-            stop_and_check_log(proc)
+            proc.stop_and_check_log()  # job_ns deletes the job after: no finalizer waits for this operator
     finally:
         cp.helm("uninstall", release, "-n", release_ns, check=False)
         cp.delete_namespace(release_ns)
@@ -314,7 +266,7 @@ def test_crd_is_updated_by_helm_upgrade_and_kept_by_uninstall(control_plane: Con
         assert cp.helm("status", release, "-n", release_ns, check=False).returncode != 0
         assert cp.get_json("deployments", namespace=release_ns)["items"] == []
         assert crd_exists(cp)
-        assert cp.get_json("grpojob", "papillon", namespace=jobs_ns)["spec"]["suspend"] is True
+        assert get_job(cp, jobs_ns, "papillon")["spec"]["suspend"] is True
     finally:
         cp.helm("uninstall", release, "-n", release_ns, check=False)
         delete_jobs(cp, jobs_ns)

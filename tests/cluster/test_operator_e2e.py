@@ -11,34 +11,47 @@ runs on a fake node).
 
 from __future__ import annotations
 
-import copy
 import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from controlplane import EXIT_ANNOTATION, ControlPlane, wait_until
-from support.jobdocs import ROOT, load_example
+from controlplane import ControlPlane, wait_until
+from support.cluster_jobs import (
+    CHART,
+    RESTRICTED,
+    apply_jobs,
+    cond,
+    exit_running_pod,
+    get_job,
+    is_true,
+    job_exists,
+    job_manifest,
+    wait_job,
+)
 from support.latency import DelayProxy, upstream_of
 from support.operator import OperatorProcess, free_port, operator_env
 
 pytestmark = pytest.mark.cluster
 
-CHART = ROOT / "charts" / "grpo-operator"
 RELEASE = "grpo-e2e"
 RELEASE_NS = "grpo-e2e-system"
 SERVICE_ACCOUNT = f"{RELEASE}-grpo-operator"
-RESTRICTED = {
-    "pod-security.kubernetes.io/enforce": "restricted",
-    "pod-security.kubernetes.io/enforce-version": "latest",
-}
 CHILD_KINDS = "pods,services,configmaps,persistentvolumeclaims"
+PAPILLON_CHILDREN = [
+    "ConfigMap/papillon-config",
+    "PersistentVolumeClaim/papillon-run",
+    "Pod/papillon-inference-0",
+    "Pod/papillon-trainer-0",
+    "Service/papillon-vllm",
+]
+KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"  # earlier operator versions put it on every job
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -82,12 +95,6 @@ def start_operator(cp: ControlPlane, kubeconfig: Path, ns: str, log: Path) -> Op
     return OperatorProcess(operator_env(cp.env(kubeconfig=kubeconfig)), [ns], log, settings).start()
 
 
-def check_operator_log(proc: OperatorProcess) -> None:
-    proc.stop()
-    errors = [line for line in proc.log_text().splitlines() if "Traceback" in line or "Forbidden" in line]
-    assert not errors, "operator logged errors:\n" + proc.log_tail(80)
-
-
 @pytest.fixture
 def operator(
     control_plane: ControlPlane, operator_kubeconfig: Path, job_ns: str, tmp_path: Path
@@ -97,50 +104,10 @@ def operator(
     try:
         yield proc
     finally:
-        check_operator_log(proc)
+        proc.stop_and_check_log()
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def job_manifest(name: str = "papillon", **spec_changes: Any) -> dict[str, Any]:
-    doc = copy.deepcopy(load_example())
-    doc["metadata"]["name"] = name
-    for key, value in spec_changes.items():
-        if isinstance(value, dict) and isinstance(doc["spec"].get(key), dict):
-            doc["spec"][key].update(value)
-        else:
-            doc["spec"][key] = value
-    return doc
-
-
-def apply_job(cp: ControlPlane, ns: str, doc: dict[str, Any], secret: bool = True) -> None:
-    if secret:
-        cp.kubectl("create", "secret", "generic", "openai-api-key", "--from-literal=api-key=sk-test", "-n", ns)
-    cp.apply_yaml(yaml.safe_dump(doc), ns)
-
-
-def get_job(cp: ControlPlane, ns: str, name: str = "papillon") -> dict[str, Any]:
-    return cp.get_json("grpojob", name, namespace=ns)
-
-
-def cond(job: dict[str, Any], ctype: str) -> dict[str, Any]:
-    return next((c for c in job.get("status", {}).get("conditions", []) if c["type"] == ctype), {})
-
-
-def wait_job(
-    cp: ControlPlane,
-    ns: str,
-    pred: Callable[[dict[str, Any]], Any],
-    what: str,
-    timeout: float = 30,
-    name: str = "papillon",
-) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        job = get_job(cp, ns, name)
-        return job if pred(job) else None
-
-    return wait_until(check, timeout=timeout, interval=0.3, what=what)
 
 
 def pods(cp: ControlPlane, ns: str) -> dict[str, dict[str, Any]]:
@@ -158,10 +125,6 @@ def children(cp: ControlPlane, ns: str) -> list[str]:
 
 def running(cp: ControlPlane, ns: str, name: str) -> dict[str, Any]:
     return cp.wait_for_pod_phase(ns, name, "Running", timeout=30)
-
-
-def exit_pod(cp: ControlPlane, ns: str, name: str, code: int) -> None:
-    cp.kubectl("annotate", "pod", name, f"{EXIT_ANNOTATION}={code}", "-n", ns)
 
 
 def events(cp: ControlPlane, ns: str) -> list[dict[str, Any]]:
@@ -190,17 +153,11 @@ def test_papillon_job_runs_reports_progress_and_succeeds(
     control_plane: ControlPlane, job_ns: str, operator: OperatorProcess
 ):
     cp, ns = control_plane, job_ns
-    apply_job(cp, ns, job_manifest())
-    job = wait_job(cp, ns, lambda j: cond(j, "Training").get("status") == "True", "Training=True")
+    apply_jobs(cp, ns, job_manifest())
+    job = wait_job(cp, ns, "papillon", is_true("Training"), "Training=True")
     uid = job["metadata"]["uid"]
 
-    assert children(cp, ns) == [
-        "ConfigMap/papillon-config",
-        "PersistentVolumeClaim/papillon-run",
-        "Pod/papillon-inference-0",
-        "Pod/papillon-trainer-0",
-        "Service/papillon-vllm",
-    ]
+    assert children(cp, ns) == PAPILLON_CHILDREN
     for kind in CHILD_KINDS.split(","):
         for item in cp.get_json(kind, namespace=ns)["items"]:
             if item["metadata"]["name"] == "kube-root-ca.crt":
@@ -239,7 +196,7 @@ def test_papillon_job_runs_reports_progress_and_succeeds(
     server = ThreadingHTTPServer((trainer["status"]["podIP"], port), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        job = wait_job(cp, ns, lambda j: j["status"].get("step") == 7, "status.step from /progress")
+        job = wait_job(cp, ns, "papillon", lambda j: j["status"].get("step") == 7, "status.step from /progress")
         assert job["status"]["trainReward"] == 0.42 and job["status"]["adapterVersion"] == "policy-v7"
         assert cond(job, "Training")["message"] == "step 7/500"
 
@@ -255,8 +212,8 @@ def test_papillon_job_runs_reports_progress_and_succeeds(
         server.shutdown()
         server.server_close()
 
-    exit_pod(cp, ns, "papillon-trainer-0", 0)
-    job = wait_job(cp, ns, lambda j: cond(j, "Succeeded").get("status") == "True", "Succeeded=True")
+    exit_running_pod(cp, ns, "papillon-trainer-0", 0)
+    job = wait_job(cp, ns, "papillon", is_true("Succeeded"), "Succeeded=True")
     assert job["status"]["completionTime"]
     assert cp.kubectl("get", "grpojobs", "-n", ns).stdout.splitlines()[1].split()[1] == "Succeeded"
     wait_until(lambda: "papillon-inference-0" not in pods(cp, ns), timeout=20, what="vLLM pod freed")
@@ -269,18 +226,20 @@ def test_trainer_failure_is_retried_then_fails_at_backoff_limit(
     control_plane: ControlPlane, job_ns: str, operator: OperatorProcess
 ):
     cp, ns = control_plane, job_ns
-    apply_job(cp, ns, job_manifest(runPolicy={"backoffLimit": 1}))
+    apply_jobs(cp, ns, job_manifest(runPolicy={"backoffLimit": 1}))
     wait_until(lambda: "papillon-trainer-0" in pods(cp, ns), timeout=30, what="trainer-0")
-    running(cp, ns, "papillon-trainer-0")
-    exit_pod(cp, ns, "papillon-trainer-0", 1)
+    exit_running_pod(cp, ns, "papillon-trainer-0", 1)
     job = wait_job(
-        cp, ns, lambda j: j["status"].get("restarts") == 1 and "papillon-trainer-1" in pods(cp, ns), "restart 1"
+        cp,
+        ns,
+        "papillon",
+        lambda j: j["status"].get("restarts") == 1 and "papillon-trainer-1" in pods(cp, ns),
+        "restart 1",
     )
     assert job["status"]["trainerPod"] == "papillon-trainer-1"
     wait_until(lambda: "papillon-trainer-0" not in pods(cp, ns), timeout=20, what="failed attempt removed")
-    running(cp, ns, "papillon-trainer-1")
-    exit_pod(cp, ns, "papillon-trainer-1", 137)
-    job = wait_job(cp, ns, lambda j: cond(j, "Failed").get("status") == "True", "Failed=True")
+    exit_running_pod(cp, ns, "papillon-trainer-1", 137)
+    job = wait_job(cp, ns, "papillon", is_true("Failed"), "Failed=True")
     assert cond(job, "Failed")["reason"] == "BackoffLimitExceeded"
     assert "exit code 137" in cond(job, "Failed")["message"]
     assert job["status"]["restarts"] == 1 and job["status"]["completionTime"]
@@ -301,7 +260,7 @@ def test_operator_killed_mid_creation_makes_exactly_one_set_of_children(
     cp, ns = control_plane, job_ns
     proxy = DelayProxy(upstream_of(operator_kubeconfig), delay=0.15)
     slow = proxy.kubeconfig(operator_kubeconfig, tmp_path / "slow.kubeconfig")
-    apply_job(cp, ns, job_manifest())
+    apply_jobs(cp, ns, job_manifest())
     proc = start_operator(cp, slow, ns, tmp_path / "operator.log")
     seen_at_kill: list[int] = []
     try:
@@ -313,38 +272,30 @@ def test_operator_killed_mid_creation_makes_exactly_one_set_of_children(
             seen_at_kill.append(len(children(cp, ns)))
             proc.start(wait=False)
         proc.wait_healthy()
-        wait_job(
-            cp, ns, lambda j: cond(j, "Training").get("status") == "True", "Training=True after the kills", timeout=60
-        )
+        wait_job(cp, ns, "papillon", is_true("Training"), "Training=True after the kills", timeout=60)
         time.sleep(3)  # more reconciles: nothing new may appear
     finally:
-        check_operator_log(proc)
+        proc.stop_and_check_log()
         proxy.close()
     assert any(0 < n < 5 for n in seen_at_kill), f"no kill landed mid-creation: children at each kill {seen_at_kill}"
-    assert children(cp, ns) == [
-        "ConfigMap/papillon-config",
-        "PersistentVolumeClaim/papillon-run",
-        "Pod/papillon-inference-0",
-        "Pod/papillon-trainer-0",
-        "Service/papillon-vllm",
-    ]
-    assert get_job(cp, ns)["status"]["restarts"] == 0
+    assert children(cp, ns) == PAPILLON_CHILDREN
+    assert get_job(cp, ns, "papillon")["status"]["restarts"] == 0
 
 
 def test_suspend_deletes_pods_keeps_volume_and_resume_recreates(
     control_plane: ControlPlane, job_ns: str, operator: OperatorProcess
 ):
     cp, ns = control_plane, job_ns
-    apply_job(cp, ns, job_manifest())
-    wait_job(cp, ns, lambda j: cond(j, "Training").get("status") == "True", "Training=True")
+    apply_jobs(cp, ns, job_manifest())
+    wait_job(cp, ns, "papillon", is_true("Training"), "Training=True")
     pvc_uid = cp.get_json("pvc", "papillon-run", namespace=ns)["metadata"]["uid"]
     cp.kubectl("patch", "grpojob", "papillon", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":true}}')
-    wait_job(cp, ns, lambda j: cond(j, "Suspended").get("status") == "True", "Suspended=True")
+    wait_job(cp, ns, "papillon", is_true("Suspended"), "Suspended=True")
     wait_until(lambda: not pods(cp, ns), timeout=20, what="pods deleted")
     assert cp.get_json("pvc", "papillon-run", namespace=ns)["metadata"]["uid"] == pvc_uid
     assert cp.kubectl("get", "grpojobs", "-n", ns).stdout.splitlines()[1].split()[1] == "Suspended"
     cp.kubectl("patch", "grpojob", "papillon", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}')
-    job = wait_job(cp, ns, lambda j: cond(j, "Training").get("status") == "True", "Training=True after resume")
+    job = wait_job(cp, ns, "papillon", is_true("Training"), "Training=True after resume")
     assert cond(job, "Suspended")["status"] == "False"
     assert set(pods(cp, ns)) == {"papillon-trainer-0", "papillon-inference-0"}
     assert cp.get_json("pvc", "papillon-run", namespace=ns)["metadata"]["uid"] == pvc_uid
@@ -356,11 +307,12 @@ def test_unschedulable_job_says_why_within_a_minute(
     cp, ns = control_plane, job_ns
     doc = job_manifest()
     doc["spec"]["trainKwargs"]["num_training_gpus"] = 8  # no node has 8 GPUs
-    apply_job(cp, ns, doc)
+    apply_jobs(cp, ns, doc)
     started = time.monotonic()
     job = wait_job(
         cp,
         ns,
+        "papillon",
         lambda j: cond(j, "Training").get("reason") == "Unschedulable",
         "Training=False/Unschedulable",
         timeout=60,
@@ -375,15 +327,21 @@ def test_missing_secret_and_claim_are_named_until_they_appear(
     control_plane: ControlPlane, job_ns: str, operator: OperatorProcess
 ):
     cp, ns = control_plane, job_ns
-    apply_job(cp, ns, job_manifest(storage={"existingClaim": "shared-runs"}), secret=False)
+    apply_jobs(cp, ns, job_manifest(storage={"existingClaim": "shared-runs"}), secret=False)
     job = wait_job(
-        cp, ns, lambda j: cond(j, "Created").get("reason") == "MissingReference", "Created=False/MissingReference"
+        cp,
+        ns,
+        "papillon",
+        lambda j: cond(j, "Created").get("reason") == "MissingReference",
+        "Created=False/MissingReference",
     )
     message = cond(job, "Created")["message"]
     assert "Secret 'openai-api-key'" in message and "PersistentVolumeClaim 'shared-runs'" in message
     assert not pods(cp, ns)
     cp.kubectl("create", "secret", "generic", "openai-api-key", "--from-literal=api-key=sk-test", "-n", ns)
-    job = wait_job(cp, ns, lambda j: "openai-api-key" not in cond(j, "Created")["message"], "the Secret is found")
+    job = wait_job(
+        cp, ns, "papillon", lambda j: "openai-api-key" not in cond(j, "Created")["message"], "the Secret is found"
+    )
     assert "shared-runs" in cond(job, "Created")["message"] and not pods(cp, ns)
     claim = {
         "apiVersion": "v1",
@@ -392,7 +350,7 @@ def test_missing_secret_and_claim_are_named_until_they_appear(
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
     }
     cp.apply_yaml(yaml.safe_dump(claim), ns)
-    wait_job(cp, ns, lambda j: cond(j, "Training").get("status") == "True", "Training=True once both exist")
+    wait_job(cp, ns, "papillon", is_true("Training"), "Training=True once both exist")
     volumes = pods(cp, ns)["papillon-trainer-0"]["spec"]["volumes"]
     assert {"name": "run", "persistentVolumeClaim": {"claimName": "shared-runs"}} in volumes
     assert "PersistentVolumeClaim/papillon-run" not in children(cp, ns)
@@ -400,36 +358,76 @@ def test_missing_secret_and_claim_are_named_until_they_appear(
 
 def test_deleting_the_job_leaves_no_children(control_plane: ControlPlane, job_ns: str, operator: OperatorProcess):
     cp, ns = control_plane, job_ns
-    apply_job(cp, ns, job_manifest())
-    wait_job(cp, ns, lambda j: cond(j, "Training").get("status") == "True", "Training=True")
+    apply_jobs(cp, ns, job_manifest())
+    wait_job(cp, ns, "papillon", is_true("Training"), "Training=True")
     assert operator.metrics().count(f'namespace="{ns}"') > 0
     cp.kubectl("delete", "grpojob", "papillon", "-n", ns, "--wait=true", "--timeout=30s")
     wait_until(lambda: children(cp, ns) == [], timeout=45, what="garbage collection of every child")
     wait_until(lambda: f'namespace="{ns}"' not in operator.metrics(), timeout=10, what="job metrics dropped")
 
 
+def test_job_deleted_while_no_operator_runs_goes_at_once_and_its_children_are_collected(
+    control_plane: ControlPlane, job_ns: str, operator: OperatorProcess
+):
+    """As after ``helm uninstall`` or with the operator down: nothing holds a deletion up."""
+    cp, ns = control_plane, job_ns
+    apply_jobs(cp, ns, job_manifest())
+    job = wait_job(cp, ns, "papillon", is_true("Training"), "Training=True")
+    assert not job["metadata"].get("finalizers"), job["metadata"]["finalizers"]
+    assert children(cp, ns) == PAPILLON_CHILDREN
+
+    operator.stop()
+    started = time.monotonic()
+    deleted = cp.kubectl("delete", "grpojob", "papillon", "-n", ns, "--wait=true", "--timeout=20s", check=False)
+    took = time.monotonic() - started
+    assert deleted.returncode == 0, deleted.stderr
+    assert took < 5, f"kubectl delete took {took:.1f}s"
+    assert not job_exists(cp, ns, "papillon")
+    wait_until(lambda: children(cp, ns) == [], timeout=45, what="garbage collection of every child")
+
+
+def test_jobs_left_with_kopf_finalizer_by_an_older_operator_are_released_on_start(
+    control_plane: ControlPlane, operator_kubeconfig: Path, job_ns: str, tmp_path: Path
+):
+    """An upgrade from a version that kept Kopf's finalizer on jobs: a running job loses it, a job
+    deleted while no operator ran (stuck Terminating) goes, as soon as the new operator starts."""
+    cp, ns = control_plane, job_ns
+    apply_jobs(cp, ns, job_manifest("running"), job_manifest("stuck"))
+    for name in ("running", "stuck"):
+        cp.kubectl("patch", "grpojob", name, "-n", ns, "--type=merge",
+                   "-p", json.dumps({"metadata": {"finalizers": [KOPF_FINALIZER]}}))  # fmt: skip
+    cp.kubectl("delete", "grpojob", "stuck", "-n", ns, "--wait=false")
+    assert get_job(cp, ns, "stuck")["metadata"]["deletionTimestamp"]  # Terminating, held by the finalizer
+
+    proc = start_operator(cp, operator_kubeconfig, ns, tmp_path / "operator.log")
+    try:
+        wait_until(lambda: not job_exists(cp, ns, "stuck"), timeout=20, what="the Terminating job released")
+        job = wait_job(cp, ns, "running", is_true("Training"), "Training=True")
+        wait_job(cp, ns, "running", lambda j: not j["metadata"].get("finalizers"), "Kopf's finalizer removed")
+        assert "Pod/running-trainer-0" in children(cp, ns) and "Pod/stuck-trainer-0" not in children(cp, ns)
+        assert cond(job, "Created")["status"] == "True"
+    finally:
+        proc.stop_and_check_log()
+
+
 def test_lost_vllm_pod_is_recreated_while_the_trainer_waits(
     control_plane: ControlPlane, job_ns: str, operator: OperatorProcess
 ):
     cp, ns = control_plane, job_ns
-    apply_job(cp, ns, job_manifest())
-    wait_job(cp, ns, lambda j: cond(j, "InferenceReady").get("status") == "True", "InferenceReady=True")
-    exit_pod(cp, ns, "papillon-inference-0", 1)
-    job = wait_job(cp, ns, lambda j: j["status"].get("inferenceRestarts") == 1, "inferenceRestarts=1")
+    apply_jobs(cp, ns, job_manifest())
+    wait_job(cp, ns, "papillon", is_true("InferenceReady"), "InferenceReady=True")
+    exit_running_pod(cp, ns, "papillon-inference-0", 1)
+    job = wait_job(cp, ns, "papillon", lambda j: j["status"].get("inferenceRestarts") == 1, "inferenceRestarts=1")
     assert cond(job, "Failed").get("status") == "False" and job["status"]["restarts"] == 0
-    job = wait_job(cp, ns, lambda j: cond(j, "InferenceReady").get("status") == "True", "vLLM ready again")
+    job = wait_job(cp, ns, "papillon", is_true("InferenceReady"), "vLLM ready again")
     assert set(pods(cp, ns)) == {"papillon-trainer-0", "papillon-inference-1"}
     assert pods(cp, ns)["papillon-trainer-0"]["status"]["phase"] == "Running"
 
 
 def test_deadline_fails_the_job_and_ttl_deletes_it(control_plane: ControlPlane, job_ns: str, operator: OperatorProcess):
     cp, ns = control_plane, job_ns
-    apply_job(cp, ns, job_manifest(runPolicy={"activeDeadlineSeconds": 3, "ttlSecondsAfterFinished": 3}))
-    job = wait_job(cp, ns, lambda j: cond(j, "Failed").get("status") == "True", "Failed=True", timeout=30)
+    apply_jobs(cp, ns, job_manifest(runPolicy={"activeDeadlineSeconds": 3, "ttlSecondsAfterFinished": 3}))
+    job = wait_job(cp, ns, "papillon", is_true("Failed"), "Failed=True", timeout=30)
     assert cond(job, "Failed")["reason"] == "DeadlineExceeded"
-    wait_until(
-        lambda: cp.kubectl("get", "grpojob", "papillon", "-n", ns, check=False).returncode != 0,
-        timeout=30,
-        what="TTL deletion",
-    )
+    wait_until(lambda: not job_exists(cp, ns, "papillon"), timeout=30, what="TTL deletion")
     wait_until(lambda: children(cp, ns) == [], timeout=45, what="garbage collection after TTL")

@@ -97,6 +97,12 @@ class OperatorProcess:
         except subprocess.TimeoutExpired:
             self.kill()
 
+    def stop_and_check_log(self) -> None:
+        """Stop, then fail if the operator logged a traceback or an RBAC refusal."""
+        self.stop()
+        errors = [line for line in self.log_text().splitlines() if "Traceback" in line or "Forbidden" in line]
+        assert not errors, "operator logged errors:\n" + self.log_tail(80)
+
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -1,0 +1,86 @@
+"""GRPOJobs on the real control plane: make, apply, wait for, end pods, delete.
+
+Shared by the cluster tests (tests/cluster/); imports ``controlplane``, which
+tests/cluster/conftest.py puts on sys.path.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+from controlplane import EXIT_ANNOTATION, ControlPlane, wait_until
+
+from support.jobdocs import ROOT, load_example
+
+CHART = ROOT / "charts" / "grpo-operator"
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+SECRET = "openai-api-key"  # the example's untrusted-model and judge Secret
+
+Job = dict[str, Any]
+
+
+def job_manifest(name: str = "papillon", **spec_changes: Any) -> Job:
+    """The example job named ``name``; a mapping merges into the spec's mapping of that key, anything else replaces."""
+    doc = copy.deepcopy(load_example())
+    doc["metadata"]["name"] = name
+    for key, value in spec_changes.items():
+        if isinstance(value, dict) and isinstance(doc["spec"].get(key), dict):
+            doc["spec"][key].update(value)
+        else:
+            doc["spec"][key] = value
+    return doc
+
+
+def apply_jobs(cp: ControlPlane, ns: str, *docs: Job, secret: bool = True) -> None:
+    """The example's Secret (unless ``secret=False``), then the jobs."""
+    if secret:
+        cp.kubectl("create", "secret", "generic", SECRET, "--from-literal=api-key=sk-test", "-n", ns)
+    cp.apply_yaml(yaml.safe_dump_all(docs), ns)
+
+
+def get_job(cp: ControlPlane, ns: str, name: str) -> Job:
+    return cp.get_json("grpojob", name, namespace=ns)
+
+
+def cond(job: Job, ctype: str) -> dict[str, Any]:
+    """The job's condition of that type, ``{}`` when it has none."""
+    return next((c for c in job.get("status", {}).get("conditions", []) if c["type"] == ctype), {})
+
+
+def is_true(ctype: str) -> Callable[[Job], bool]:
+    return lambda job: cond(job, ctype).get("status") == "True"
+
+
+def wait_job(cp: ControlPlane, ns: str, name: str, pred: Callable[[Job], Any], what: str, timeout: float = 30) -> Job:
+    """Poll the job until ``pred`` holds; on timeout, say which conditions it had last."""
+    last: Job = {}
+
+    def check() -> Job | None:
+        last.clear()
+        last.update(get_job(cp, ns, name))
+        return last if pred(last) else None
+
+    try:
+        return wait_until(check, timeout=timeout, interval=0.3, what=f"{name} {what}")
+    except TimeoutError as exc:
+        conditions = [
+            (c["type"], c["status"], c["reason"], c.get("message"))
+            for c in last.get("status", {}).get("conditions", [])
+        ]
+        raise TimeoutError(f"{exc}; last conditions: {conditions}") from None
+
+
+def exit_running_pod(cp: ControlPlane, ns: str, pod: str, code: int) -> None:
+    """Once the pod runs, make KWOK end it with this exit code."""
+    cp.wait_for_pod_phase(ns, pod, "Running", timeout=30)
+    cp.kubectl("annotate", "pod", pod, f"{EXIT_ANNOTATION}={code}", "-n", ns)
+
+
+def job_exists(cp: ControlPlane, ns: str, name: str) -> bool:
+    return cp.kubectl("get", "grpojob", name, "-n", ns, check=False).returncode == 0
