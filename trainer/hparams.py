@@ -46,6 +46,13 @@ class GRPOArgs(LibraryKwargs):
         1, ge=1, description="Full checkpoint (adapter, optimizer, scheduler, RNG, sampler) every N steps."
     )
     keep_checkpoints: int = Field(2, ge=1, le=100, description="Full checkpoints kept on the volume.")
+    constrain_output_format: bool = Field(
+        False,
+        description=(
+            "Hold the local model's output to the adapter's field format with vLLM structured outputs "
+            "(for small or untrained models that cannot yet produce DSPy's field markers)."
+        ),
+    )
     overlap_rollouts: bool = Field(
         False,
         description="Generate step k+1's rollouts on the previous adapter while step k trains (one step off-policy, importance-corrected).",

@@ -26,7 +26,7 @@ from .config import TrainerConfig
 from .data import load_examples
 from .distributed import DistContext, broadcast_object
 from .groups import build_groups
-from .lms import PolicyLM, derive_seed, external_lm
+from .lms import PolicyChatAdapter, PolicyLM, derive_seed, external_lm
 from .optim import build_optimizer, build_scheduler
 from .policy import Policy, load_policy
 from .progress import Progress, ProgressBoard
@@ -64,6 +64,7 @@ class Sampling:
     sync: VLLMAdapterSync
     store: AdapterStore
     board: ProgressBoard
+    adapter: PolicyChatAdapter = field(default_factory=PolicyChatAdapter)
     completions: Optional[CompletionLog] = None
     tracker: Any = None
     server: Optional[ProgressServer] = None
@@ -133,6 +134,7 @@ class GRPORun:
             sync=sync,
             store=store,
             board=board,
+            adapter=PolicyChatAdapter(constrain_format=cfg.grpo.constrain_output_format),
             completions=CompletionLog(self.run_dir) if cfg.train.log_completions else None,
             tracker=make_tracker(cfg.train.report_to, self.run_dir, cfg.job_name, cfg.model_dump(mode="json")),
             server=server,
@@ -174,7 +176,7 @@ class GRPORun:
         g = self.cfg.grpo
         rollouts = self._sample_until_served(s, lambda: run_rollouts(
             s.program, s.metric, examples, 1, g.num_threads, s.lm, g.failure_score, g.format_failure_score,
-            seed=derive_seed(g.seed, tag),
+            seed=derive_seed(g.seed, tag), adapter=s.adapter,
         ))
         scores = [r.score if r.score is not None else g.failure_score for r in rollouts]
         return statistics.fmean(scores) if scores else math.nan
@@ -209,8 +211,13 @@ class GRPORun:
             rollouts = self._sample_until_served(s, lambda: run_rollouts(
                 s.program, s.metric, examples, g.num_samples_per_input, g.num_threads, s.lm,
                 g.failure_score, g.format_failure_score,
-                example_indices=indices, seed=derive_seed(g.seed, "step", step),
+                example_indices=indices, seed=derive_seed(g.seed, "step", step), adapter=s.adapter,
             ))
+        if rollouts and not any(r.calls for r in rollouts):
+            raise RuntimeError(
+                "no rollout of this step called the local model: the program fails before sampling "
+                f"(first error: {next((r.error for r in rollouts if r.error), 'none reported; the program swallowed it')})"
+            )
         grouped = build_groups(rollouts, multitask=g.multitask, scale_rewards=t.scale_rewards)
         if g.multitask or not grouped.batches:
             predictor, samples = (grouped.batches[0] if grouped.batches else ("all", []))

@@ -289,6 +289,9 @@ class RunPolicy(ApiModel):
 
 # --------------------------------------------------------------------------- spec
 
+# Field markers of a two-field signature take ~72 tokens in the worst case (one per character).
+MIN_CONSTRAINED_COMPLETION = 128
+
 IMMUTABLE = "is immutable once the job exists; create a new GRPOJob instead"
 
 
@@ -337,6 +340,20 @@ class GRPOJobSpec(ApiModel):
             message="a GPU trainer needs a GPU vLLM server; set num_inference_gpus >= 1 (or run both on CPU with 0 and 0)",
             check=lambda s: s.train_kwargs.num_inference_gpus > 0 or s.train_kwargs.num_training_gpus == 0,
             field="trainKwargs.num_inference_gpus",
+        ),
+        Rule(
+            cel=(
+                "!self.grpo.constrain_output_format || !has(self.trainKwargs.max_completion_length)"
+                f" || self.trainKwargs.max_completion_length >= {MIN_CONSTRAINED_COMPLETION}"
+            ),
+            message=(
+                f"constrain_output_format needs trainKwargs.max_completion_length >= {MIN_CONSTRAINED_COMPLETION} "
+                "(room for the field markers), or unset"
+            ),
+            check=lambda s: not s.grpo.constrain_output_format
+            or s.train_kwargs.max_completion_length is None
+            or s.train_kwargs.max_completion_length >= MIN_CONSTRAINED_COMPLETION,
+            field="trainKwargs.max_completion_length",
         ),
         Rule(
             cel="!has(self.metric.builtin) || self.metric.builtin != 'compute_overall_score' || has(self.judge) || has(self.untrustedModel)",

@@ -74,6 +74,8 @@ def default_job(model_dir: Path | None = None) -> dict[str, Any]:
                 "num_threads": NUM_THREADS,
                 "num_steps_for_val": NUM_STEPS_FOR_VAL,
                 "seed": SEED,
+                # A random tiny model cannot write DSPy's field markers by itself.
+                "constrain_output_format": True,
             },
             "trainKwargs": {
                 "learning_rate": LEARNING_RATE,

@@ -1,0 +1,108 @@
+"""A real vLLM (CPU build) server on the tiny generated model, shared by a test session.
+
+Fixtures (registered in tests/conftest.py):
+
+* ``tiny_model_dir`` (session): the cached tiny model (:func:`grpo_trainer.tinymodel.ensure_tiny_model`).
+* ``vllm_server`` (session): one vLLM server on that model with runtime LoRA
+  loading enabled, as a :class:`VLLMServer` (URLs, served name, model dir, log).
+
+Tests that use ``vllm_server`` get the ``vllm`` marker. If vLLM cannot start the
+fixture fails with the tail of its log; ``GRPO_SKIP_VLLM=1`` skips such tests
+instead. Start-up is ~25-45 s on 2 cores, once per session.
+
+Other sessions may build their own server with :func:`start_vllm_server`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+SERVED_NAME = "base"
+
+
+@dataclass(frozen=True)
+class VLLMServer:
+    url: str  # http://127.0.0.1:PORT
+    openai_url: str  # http://127.0.0.1:PORT/v1
+    served_name: str
+    model_dir: Path
+    log_path: Path
+    max_loras: int
+    lora_rank: int
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_vllm_server(
+    model_dir: Path,
+    log_dir: Path,
+    *,
+    served_name: str = SERVED_NAME,
+    lora_rank: int = 8,
+    max_loras: int = 4,
+    start_timeout: float = 300.0,
+    extra_args: tuple[str, ...] = (),
+) -> Iterator[VLLMServer]:
+    """Generator: yields a running server, stops it on close (use with ``yield from`` in a fixture)."""
+    from grpo_trainer.vllm_server import VLLMProcess, VLLMServerSpec
+
+    spec = VLLMServerSpec(
+        model=str(model_dir),
+        served_model_name=served_name,
+        host="127.0.0.1",
+        port=free_port(),
+        device="cpu",
+        dtype="float32",
+        max_model_len=4096,
+        lora_rank=lora_rank,
+        max_loras=max_loras,
+        python=sys.executable,
+        extra_args=extra_args,
+    )
+    log_path = log_dir / "vllm.log"
+    process = VLLMProcess(spec, log_path, start_timeout=start_timeout, cwd=log_dir)
+    process.start()
+    try:
+        yield VLLMServer(
+            url=process.base_url,
+            openai_url=process.openai_base_url,
+            served_name=served_name,
+            model_dir=Path(model_dir),
+            log_path=log_path,
+            max_loras=max_loras,
+            lora_rank=lora_rank,
+        )
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    from grpo_trainer.tinymodel import ensure_tiny_model
+
+    return ensure_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
+    if os.environ.get("GRPO_SKIP_VLLM") == "1":
+        pytest.skip("GRPO_SKIP_VLLM=1: tests that need a vLLM server are skipped")
+    yield from start_vllm_server(tiny_model_dir, tmp_path_factory.mktemp("vllm-server"))
+
+
+def mark_vllm_tests(items: list[pytest.Item]) -> None:
+    """Add the ``vllm`` marker to every test that uses the ``vllm_server`` fixture."""
+    for item in items:
+        if "vllm_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.vllm)

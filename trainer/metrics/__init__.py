@@ -1,0 +1,1 @@
+"""Built-in metrics (resolve by name through grpo_trainer.registry)."""
