@@ -1,0 +1,156 @@
+"""The whole trainer process against a real vLLM (CPU build): steps, adapters, hot-swap, exact resume.
+
+The trainer runs as its own process (`python -m grpo_trainer.main`), exactly as in the
+trainer pod, on the tiny generated model; the PAPILLON program's untrusted model is
+the same vLLM's base model through the OpenAI-compatible client path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from safetensors.torch import load_file
+
+from grpo_trainer.bundled import PII_DELEGATION
+from grpo_trainer.config import DataSpec, TrainerConfig, VLLMEndpoint
+from grpo_trainer.hparams import GRPOArgs, TrainKwargs
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+
+def _config(server, run_dir: Path, steps: int, *, threads: int = 4, examples: int = 2, val_every: int = 100) -> Path:
+    cfg = TrainerConfig(
+        job_name="loop-test",
+        run_dir=str(run_dir),
+        program="papillon",
+        metric="papillon_offline",
+        model=str(server.model_dir),
+        vllm=VLLMEndpoint(
+            base_url=server.openai_url,
+            served_model_name=server.served_name,
+            adapter_dir=str(run_dir / "adapters"),
+            max_loras=server.max_loras,
+            wait_timeout_seconds=120,
+        ),
+        train_data=DataSpec(source="file", path=str(PII_DELEGATION / "train.jsonl")),
+        val_data=DataSpec(source="file", path=str(PII_DELEGATION / "val.jsonl"), limit=2),
+        grpo=GRPOArgs(
+            num_train_steps=steps,
+            num_dspy_examples_per_grpo_step=examples,
+            num_samples_per_input=4,
+            num_threads=threads,
+            num_steps_for_val=val_every,
+            constrain_output_format=True,
+            keep_checkpoints=10,
+        ),
+        train=TrainKwargs(
+            learning_rate=5e-3,
+            max_completion_length=128,
+            per_device_train_batch_size=8,
+            gradient_accumulation_steps=1,
+            lr_scheduler_type="constant",
+            max_steps=100,
+            num_training_gpus=0,
+            num_inference_gpus=0,
+        ),
+        port=0,
+        device="cpu",
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "trainer-config.json"
+    path.write_text(cfg.to_json())
+    return path
+
+
+def _start(config: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "GRPO_LOG_FORMAT": "json", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "grpo_trainer.main", "--config", str(config)],
+        stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=config.parent,
+    )
+
+
+def _run(config: Path, log: Path, timeout: float = 900) -> None:
+    proc = _start(config, log)
+    assert proc.wait(timeout=timeout) == 0, log.read_text()[-3000:]
+
+
+def _progress(run_dir: Path) -> dict:
+    return json.loads((run_dir / "progress.json").read_text())
+
+
+def test_three_steps_make_three_served_adapter_versions(vllm_server, tmp_path):
+    server = vllm_server
+    run_dir = tmp_path / "run"
+    log_offset = server.log_path.stat().st_size  # the server is shared: read only this run's lines
+    _run(_config(server, run_dir, steps=3), tmp_path / "trainer.log")
+
+    progress = _progress(run_dir)
+    assert progress["step"] == 3 and progress["phase"] == "done" and progress["finished"]
+    assert progress["adapter_version"] == "policy-v3"
+    assert set(progress["reward_means"]) == {"1", "2", "3"}
+    assert progress["tokens_trained"] > 0, "no group had reward variance: nothing was trained"
+    for step in (1, 2, 3):
+        adapter = run_dir / "adapters" / f"step-{step}"
+        config = json.loads((adapter / "adapter_config.json").read_text())
+        assert config["base_model_name_or_path"] == server.served_name
+        assert (adapter / "adapter_model.safetensors").is_file()
+    # vLLM loaded each version in turn, and serves the last one now
+    with server.log_path.open() as fh:
+        fh.seek(log_offset)
+        lines = [line for line in fh if "load" in line.lower() and "lora" in line.lower()]
+    order = [int(s) for s in dict.fromkeys(re.findall(r"policy-v(\d+)", "".join(lines)))]
+    assert order == [1, 2, 3], order
+    served = {m["id"]: m.get("root") for m in httpx.get(f"{server.openai_url}/models").json()["data"]}
+    assert served["policy-v3"] == str(run_dir / "adapters" / "step-3")
+    # adapters differ step to step: training happened
+    w1 = load_file(run_dir / "adapters" / "step-1" / "adapter_model.safetensors")
+    w3 = load_file(run_dir / "adapters" / "step-3" / "adapter_model.safetensors")
+    assert any(float((w1[k] - w3[k]).abs().max()) > 0 for k in w1)
+
+
+def test_kill_9_and_resume_gives_the_same_adapter_as_a_straight_run(vllm_server, tmp_path):
+    """6 steps straight vs 3 steps, SIGKILL during step 4, resume to 6: equal weights (1e-6).
+
+    One rollout at a time (num_threads=1) so vLLM batches are identical in both runs;
+    the resumed run reloads the adapter names of the straight run in place on the
+    shared server, which is harmless exactly when the weights are equal.
+    """
+    server = vllm_server
+    straight = tmp_path / "straight"
+    _run(_config(server, straight, steps=6, threads=1, examples=1), tmp_path / "straight.log")
+
+    resumed = tmp_path / "resumed"
+    config = _config(server, resumed, steps=6, threads=1, examples=1)
+    log = tmp_path / "resumed.log"
+    proc = _start(config, log)
+    marker = resumed / "checkpoints" / "step-3" / "COMPLETE"
+    deadline = time.monotonic() + 900
+    while not marker.exists():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "no step-3 checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (resumed / "checkpoints" / "step-6").exists()
+
+    _run(config, log)
+    assert "resumed from checkpoint" in log.read_text()
+    progress = _progress(resumed)
+    assert progress["step"] == 6 and progress["phase"] == "done"
+    assert progress["baseline_val_score"] == _progress(straight)["baseline_val_score"]
+
+    a = load_file(straight / "adapters" / "step-6" / "adapter_model.safetensors")
+    b = load_file(resumed / "adapters" / "step-6" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst <= 1e-6, f"resumed run drifted from the straight run by {worst}"
