@@ -362,10 +362,14 @@ class ExternalLM(dspy.LM):
         _keep_recent(self.history, entry)
 
     def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
+        record = _RECORD.get()
+        if record is not None and record.seed is not None and "seed" not in kwargs:
+            # Seeded like the policy's calls, so a rollout batch (and an exact resume)
+            # does not depend on the sampling of an endpoint that honours seeds.
+            kwargs["seed"] = derive_seed(record.seed, "external", self.role, record.next_invocation(f"external:{self.role}"))
         try:
             return super().__call__(prompt, messages=messages, **kwargs)
         except Exception as exc:
-            record = _RECORD.get()
             message = f"{self.role} ({self.model}): {type(exc).__name__}: {exc}"
             if record is not None:
                 record.add_external_error(message)
