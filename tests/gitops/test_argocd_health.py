@@ -10,46 +10,22 @@ same check on the statuses of live jobs on the test control plane.
 
 from __future__ import annotations
 
-import copy
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from gitops.luahealth import Health, evaluate, grpojob
-from grpo_operator.api import parse_job
 from grpo_operator.children import Job, config_map
 from grpo_operator.lifecycle import Observed, decide
-from grpo_operator.settings import OperatorSettings
-from grpo_operator.status import CONTAINER_PROBLEMS, Cond, PodView, conditions, pod_view
-from support.jobdocs import load_example
+from grpo_operator.status import CONTAINER_PROBLEMS, Cond, PodView, conditions
+from support.jobstates import SETTINGS, T0, a_pod, spec
 
-SETTINGS = OperatorSettings()
-T0 = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 SCHEDULER_SAYS = "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."
-
-
-def spec(**changes: Any):
-    doc = copy.deepcopy(load_example())
-    for key, value in changes.items():
-        doc["spec"][key] = value
-    return parse_job(doc).spec
-
-
-def pod(name: str, component: str, phase: str = "Running", ready: bool = True, **status: Any) -> PodView:
-    conds = [{"type": "Ready", "status": "True" if ready and phase == "Running" else "False"}]
-    conds += status.pop("conditions", [])
-    return pod_view(
-        {
-            "metadata": {"name": name, "labels": {"app.kubernetes.io/component": component}},
-            "spec": {"nodeName": "gpu-node-0"},
-            "status": {"phase": phase, "conditions": conds, "podIP": "127.100.0.7", **status},
-        }
-    )
 
 
 def waiting(name: str, component: str, reason: str) -> PodView:
     statuses = [{"name": component, "state": {"waiting": {"reason": reason, "message": f"{reason} for {name}"}}}]
-    return pod(name, component, "Pending", ready=False, containerStatuses=statuses)
+    return a_pod(name, component, "Pending", ready=False, containerStatuses=statuses)
 
 
 def decided(
@@ -72,15 +48,15 @@ def scheduled(reason: str, message: str) -> dict[str, str]:
 
 
 NOTHING_YET = {"pvc_exists": False, "config_map_data": None, "service_exists": False}
-RUNNING = (pod("papillon-trainer-0", "trainer"), pod("papillon-inference-0", "inference"))
-VLLM_STARTING = (RUNNING[0], pod("papillon-inference-0", "inference", ready=False))
-UNSCHEDULABLE = pod(
+RUNNING = (a_pod("papillon-trainer-0", "trainer"), a_pod("papillon-inference-0", "inference"))
+VLLM_STARTING = (RUNNING[0], a_pod("papillon-inference-0", "inference", ready=False))
+UNSCHEDULABLE = a_pod(
     "papillon-trainer-0", "trainer", "Pending", False, conditions=[scheduled("Unschedulable", SCHEDULER_SAYS)]
 )
-GATED = pod("papillon-inference-0", "inference", "Pending", False, conditions=[scheduled("SchedulingGated", "gated")])
-OOM = pod("papillon-trainer-0", "trainer", "Failed", containerStatuses=[
+GATED = a_pod("papillon-inference-0", "inference", "Pending", False, conditions=[scheduled("SchedulingGated", "gated")])
+OOM = a_pod("papillon-trainer-0", "trainer", "Failed", containerStatuses=[
     {"name": "trainer", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}])  # fmt: skip
-DONE = pod("papillon-trainer-0", "trainer", "Succeeded")
+DONE = a_pod("papillon-trainer-0", "trainer", "Succeeded")
 REFUSAL = 'pods "papillon-trainer-1" is forbidden: violates PodSecurity'
 BAD_SPEC = "spec.grpo.num_train_steps: must be >= 1"
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from grpo_trainer.checkpoint import COMPLETE_MARKER, CheckpointManager, TrainingState
 from grpo_trainer.hparams import LoraConfig, TrainKwargs
 from grpo_trainer.optim import build_optimizer, build_scheduler
 from grpo_trainer.policy import Policy, wrap_policy
+from support.tinyllama import tiny_llama
 
 TRAIN = TrainKwargs(
     learning_rate=1e-2,
@@ -32,17 +32,7 @@ TRAIN = TrainKwargs(
 
 def make_run(seed: int) -> tuple[Policy, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """Base weights are always the same (as when reloading the base model); LoRA init depends on ``seed``."""
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    base = LlamaForCausalLM(config)
+    base = tiny_llama(0, vocab_size=64, layers=1, max_positions=64)
     torch.manual_seed(seed)
     policy = wrap_policy(base, TRAIN, torch.device("cpu"))
     optimizer = build_optimizer(policy.trainable_parameters(), TRAIN)

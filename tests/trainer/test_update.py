@@ -8,11 +8,9 @@ micro-batches (or whether activations are recomputed) does not change the update
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from grpo_trainer.distributed import DistContext
 from grpo_trainer.hparams import TrainKwargs
@@ -20,24 +18,11 @@ from grpo_trainer.optim import build_optimizer, build_scheduler
 from grpo_trainer.policy import Policy, collate, load_policy, policy_logprobs, wrap_policy
 from grpo_trainer.samples import TrainSample
 from grpo_trainer.update import train_on_samples
+from support.tinyllama import tiny_llama
 
 CPU = torch.device("cpu")
 SINGLE = DistContext()
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}
-
-
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=200,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
-    return LlamaForCausalLM(cfg)
 
 
 def make_policy(train: TrainKwargs, seed: int = 0) -> Policy:

@@ -6,40 +6,14 @@ the same rules against a real control plane.
 
 from __future__ import annotations
 
-import copy
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
-from grpo_operator.api import parse_job
 from grpo_operator.api.status import GRPOJobStatus
 from grpo_operator.children import Job, config_map
 from grpo_operator.lifecycle import Observed, Plan, decide
-from grpo_operator.settings import OperatorSettings
-from grpo_operator.status import pod_view, state
-from support.jobdocs import load_example
-
-SETTINGS = OperatorSettings()
-T0 = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
-
-
-def spec(**changes: Any):
-    doc = copy.deepcopy(load_example())
-    for key, value in changes.items():
-        doc["spec"][key] = value
-    return parse_job(doc).spec
-
-
-def a_pod(name: str, component: str, phase: str = "Running", ready: bool = True, **status: Any) -> Any:
-    conds = [{"type": "Ready", "status": "True" if ready and phase == "Running" else "False"}]
-    conds += status.pop("conditions", [])
-    return pod_view(
-        {
-            "metadata": {"name": name, "labels": {"app.kubernetes.io/component": component}},
-            "spec": {"nodeName": "gpu-node-0"},
-            "status": {"phase": phase, "conditions": conds, "podIP": "127.100.0.7", **status},
-        }
-    )
-
+from grpo_operator.status import state
+from support.jobstates import SETTINGS, T0, a_pod, spec
 
 def observe(status: dict | None = None, pods: tuple = (), now: datetime = T0, job_spec=None, **kw: Any) -> Observed:
     s = job_spec or spec()
