@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import statistics
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -68,7 +67,6 @@ class Sampling:
     completions: Optional[CompletionLog] = None
     tracker: Any = None
     server: Optional[ProgressServer] = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class GRPORun:
