@@ -27,7 +27,7 @@ SAMPLES_PER_INPUT = 4  # grpo.num_samples_per_input (the GRPO group size)
 NUM_THREADS = 8  # concurrent program executions (vLLM batches them)
 NUM_STEPS_FOR_VAL = 5
 LEARNING_RATE = 5e-3
-MAX_COMPLETION_LENGTH = 96
+MAX_COMPLETION_LENGTH = 160  # >= 128: room for the constrained field markers
 PER_DEVICE_TRAIN_BATCH_SIZE = 8
 GRADIENT_ACCUMULATION_STEPS = 4
 LORA_R = 8
