@@ -134,9 +134,9 @@ def test_three_steps_make_three_served_adapter_versions(vllm_server, tmp_path):
 
 @pytest.mark.xfail(
     reason=(
-        "open (issue 5): in the first run here the resumed run's step-4 rollouts differed from the straight "
-        "run's (weights drifted by 0.19); suspected cause, now fixed but not yet confirmed: unseeded calls "
-        "of the external (untrusted) model"
+        "open (issue 5): after a kill -9 the resumed run's first step samples differently from the straight "
+        "run (steps 1-3 equal, step 4 differs) although trainer state round-trips exactly (test_checkpoint); "
+        "suspects: in-place reload of a reused adapter name on the shared vLLM server, CPU sampling state"
     ),
     strict=False,
 )
