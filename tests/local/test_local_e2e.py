@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,18 @@ def steps_done(trainer_log: str) -> list[int]:
                 assert match, line
                 done.append(int(match.group(1)))
     return done
+
+def wait_for_a_step(runner: subprocess.Popen, run_dir: Path, out: Path) -> None:
+    """Until the run reports a finished step (the runner must stay alive meanwhile)."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while True:
+        progress = Progress.read(run_dir) if (run_dir / "progress.json").is_file() else None
+        if progress is not None and progress.step >= 1:
+            return
+        assert runner.poll() is None, out.read_text()[-3000:]
+        assert time.monotonic() < deadline, "no step finished in time"
+        time.sleep(0.5)
+
 
 
 def test_default_job_runs_to_completion_with_a_report(
@@ -83,14 +96,7 @@ def test_ctrl_c_checkpoints_and_a_rerun_resumes_from_that_step(
     args = ["--steps", str(steps), "--run-dir", str(run_dir), "--port", str(ports[0]), "--trainer-port", str(ports[1])]
     runner = start_cli(*args, out=tmp_path / "first.out")
     try:
-        deadline = time.monotonic() + RUN_TIMEOUT
-        while True:
-            progress = Progress.read(run_dir) if (run_dir / "progress.json").is_file() else None
-            if progress is not None and progress.step >= 1:
-                break
-            assert runner.poll() is None, (tmp_path / "first.out").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no step finished in time"
-            time.sleep(0.5)
+        wait_for_a_step(runner, run_dir, tmp_path / "first.out")
         runner.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C delivers to the runner
         code = runner.wait(RUN_TIMEOUT)
     finally:
@@ -151,14 +157,7 @@ def test_vllm_killed_mid_run_is_restarted_and_the_run_finishes(
     args = ["--steps", "3", "--run-dir", str(run_dir), "--port", str(ports[0]), "--trainer-port", str(ports[1])]
     runner = start_cli(*args, out=tmp_path / "out")
     try:
-        deadline = time.monotonic() + RUN_TIMEOUT
-        while True:
-            progress = Progress.read(run_dir) if (run_dir / "progress.json").is_file() else None
-            if progress is not None and progress.step >= 1:
-                break
-            assert runner.poll() is None, (tmp_path / "out").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no step finished in time"
-            time.sleep(0.5)
+        wait_for_a_step(runner, run_dir, tmp_path / "out")
         server = vllm_server_pid(marker)
         assert server is not None
         os.kill(server, signal.SIGKILL)  # a crash: its engine core is left behind for the runner to clean up
