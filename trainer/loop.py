@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 import dspy
 import torch
 import torch.distributed as torch_dist
+from transformers import set_seed
 
 from .adapters import AdapterStore, VLLMAdapterSync, version_name
 from .checkpoint import CheckpointManager, TrainingState, capture_rng
@@ -85,6 +86,9 @@ class GRPORun:
     # -- set-up -----------------------------------------------------------------------
 
     def _setup_policy(self) -> Optional[TrainingState]:
+        # The LoRA A matrices are drawn at random: the seed makes two runs of one config
+        # start from the same adapter (a resume then restores the RNG it saved).
+        set_seed(self.cfg.grpo.seed)
         self.policy = load_policy(self.cfg.model, self.cfg.train, self.cfg.device)
         self.optimizer = build_optimizer(self.policy.trainable_parameters(), self.cfg.train)
         self.scheduler = build_scheduler(self.optimizer, self.cfg.train)
