@@ -15,6 +15,7 @@ name for changed weights could reuse prefix-cache blocks of the old weights.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import re
@@ -27,6 +28,8 @@ from typing import Any, TypeVar
 
 import httpx
 import torch
+from peft import get_peft_model_state_dict
+from safetensors.torch import save_file as save_safetensors
 
 from .atomic import remove_leftovers, staged_dir, write_text_atomic
 from .config import VLLMEndpoint
@@ -76,23 +79,29 @@ def save_peft_adapter(model: Any, out_dir: Path, base_model_name: str | None) ->
     ``base_model_name`` replaces ``base_model_name_or_path`` in adapter_config.json:
     vLLM's filesystem resolver only serves an adapter whose value equals the server's
     ``--model``, and the trainer may have loaded the base from a different path.
+
+    Built from PEFT's own pieces (the state dict, safetensors, the config's writer)
+    instead of ``PeftModel.save_pretrained``, which also renders a model-card README
+    from a Jinja template on every call: half of a small adapter's save time, for a
+    file nobody reads. The files are the ones ``save_pretrained`` writes.
     """
     peft_model = unwrap_model(model)
     adapter = getattr(peft_model, "active_adapter", "default")
-    peft_model.save_pretrained(str(out_dir), selected_adapters=[adapter], safe_serialization=True)
-    if adapter != "default":  # PEFT puts non-default adapters in a sub-directory
-        sub = out_dir / adapter
-        for entry in sub.iterdir():
-            entry.rename(out_dir / entry.name)
-        sub.rmdir()
-    missing = [name for name in _ADAPTER_FILES if not (out_dir / name).is_file()]
-    if missing:
-        raise RuntimeError(f"PEFT did not write {missing} in {out_dir}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = get_peft_model_state_dict(peft_model, adapter_name=adapter)
+    weights = {key: tensor.contiguous() for key, tensor in weights.items()}
+    save_safetensors(weights, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = copy.copy(peft_model.peft_config[adapter])  # the live config stays in training mode
+    config.inference_mode = True
     if base_model_name is not None:
-        config_path = out_dir / "adapter_config.json"
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        config["base_model_name_or_path"] = base_model_name
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+        config.base_model_name_or_path = base_model_name
+    elif config.base_model_name_or_path is None:
+        config.base_model_name_or_path = getattr(peft_model.base_model.model, "name_or_path", None) or None
+    auto_mapping = None
+    if config.task_type is None:  # as save_pretrained: tells AutoPeftModel the base class
+        base_class = type(peft_model.base_model.model)
+        auto_mapping = {"base_model_class": base_class.__name__, "parent_library": base_class.__module__}
+    config.save_pretrained(str(out_dir), auto_mapping_dict=auto_mapping)
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,10 @@ import httpx
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
+from grpo_trainer import adapters
 from grpo_trainer.adapters import AdapterStore, VLLMAdapterSync, VLLMUnavailableError, version_name
 from grpo_trainer.config import VLLMEndpoint
 from grpo_trainer.tinymodel import ensure_tiny_model
@@ -68,22 +70,45 @@ def test_saved_adapter_is_complete_and_names_the_served_base(model_dir: Path, tm
     assert [p.name for p in store.root.iterdir()] == ["step-1"]  # no staging leftovers
 
 
-def test_interrupted_save_never_shows_a_partial_directory(model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("adapter", ["default", "policy"])
+def test_saved_adapter_has_the_files_of_peft_save_pretrained(model_dir: Path, tmp_path: Path, adapter: str) -> None:
+    """save_peft_adapter skips PEFT's model card but must write what save_pretrained writes."""
+    model = peft_model(model_dir)
+    if adapter != "default":
+        model.add_adapter(adapter, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+        model.set_adapter(adapter)
+    randomize_lora_b(model, seed=3)
+    ours = AdapterStore(tmp_path / "ours", base_model_name="/models/base").save(model, 1).path
+    model.save_pretrained(str(tmp_path / "peft"), selected_adapters=[adapter])
+    theirs = tmp_path / "peft" if adapter == "default" else tmp_path / "peft" / adapter
+
+    assert sorted(p.name for p in ours.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    ours_weights = load_file(ours / "adapter_model.safetensors")
+    theirs_weights = load_file(theirs / "adapter_model.safetensors")
+    assert ours_weights.keys() == theirs_weights.keys() and ours_weights
+    assert all(torch.equal(ours_weights[k], theirs_weights[k]) for k in ours_weights)
+    ours_config = json.loads((ours / "adapter_config.json").read_text())
+    theirs_config = json.loads((theirs / "adapter_config.json").read_text())
+    assert ours_config.pop("base_model_name_or_path") == "/models/base"
+    theirs_config.pop("base_model_name_or_path")
+    assert ours_config == theirs_config and ours_config["inference_mode"] is True
+    assert model.peft_config[adapter].inference_mode is False  # the live model keeps training
+
+
+def test_interrupted_save_never_shows_a_partial_directory(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = AdapterStore(tmp_path, base_model_name="base")
     model = peft_model(model_dir)
 
-    class CrashAfterWeights:
-        """Stands in for a process killed while PEFT writes: the weights file exists, then it dies."""
+    def crash_after_weights(tensors: dict[str, torch.Tensor], filename: str, **kwargs: object) -> None:
+        """A process killed mid-save: the weights file exists, then it dies."""
+        save_file(tensors, filename, **kwargs)
+        raise KeyboardInterrupt("killed")
 
-        peft_config = model.peft_config
-        active_adapter = "default"
-
-        def save_pretrained(self, out: str, **kwargs: object) -> None:
-            model.save_pretrained(out, **kwargs)
-            raise KeyboardInterrupt("killed")
-
+    monkeypatch.setattr(adapters, "save_safetensors", crash_after_weights)
     with pytest.raises(KeyboardInterrupt):
-        store.save(CrashAfterWeights(), 2)
+        store.save(model, 2)
     assert not store.path(2).exists() and store.steps() == []
     assert list(store.root.iterdir()) == []
 
