@@ -69,6 +69,8 @@ class TinyModelSpec:
     vocab_size: int = 4096
     max_position_embeddings: int = 4096
     corpus_sentences: int = 20000
+    # > 0: fine-tune the random model on PAPILLON-shaped data (see warmstart.py), so GRPO has something to sharpen
+    warm_start_steps: int = 0
 
     @property
     def head_dim(self) -> int:
@@ -87,7 +89,14 @@ class TinyModelSpec:
             raise ValueError("vocab_size must be >= 1024: small vocabularies blow up prompt lengths")
 
     def key(self) -> str:
-        payload = json.dumps({"recipe": RECIPE_VERSION, **asdict(self)}, sort_keys=True)
+        fields: dict[str, object] = {"recipe": RECIPE_VERSION, **asdict(self)}
+        if self.warm_start_steps:
+            from .warmstart import WarmStartSpec
+
+            fields["warm_start"] = asdict(WarmStartSpec(steps=self.warm_start_steps))
+        else:
+            del fields["warm_start_steps"]  # random models keep the keys they had before warm starts existed
+        payload = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -217,30 +226,9 @@ def _train_tokenizer(spec: TinyModelSpec):  # -> tokenizers.Tokenizer
     return tok
 
 
-def make_tiny_model(
-    out_dir: str | Path,
-    *,
-    seed: int = 0,
-    layers: int = 2,
-    hidden: int = 128,
-    heads: int = 2,
-    kv_heads: int = 2,
-    intermediate: int = 256,
-    vocab_size: int = 4096,
-    max_position_embeddings: int = 4096,
-) -> Path:
-    """Write a random Llama-style model + tokenizer (HF format) into ``out_dir``; returns it."""
-    spec = TinyModelSpec(
-        seed=seed,
-        layers=layers,
-        hidden=hidden,
-        heads=heads,
-        kv_heads=kv_heads,
-        intermediate=intermediate,
-        vocab_size=vocab_size,
-        max_position_embeddings=max_position_embeddings,
-    )
-    return _build(spec, Path(out_dir))
+def make_tiny_model(out_dir: str | Path, **params: int) -> Path:
+    """Write a Llama-style model + tokenizer (HF format) for ``TinyModelSpec(**params)`` into ``out_dir``."""
+    return _build(TinyModelSpec(**params), Path(out_dir))
 
 
 def _build(spec: TinyModelSpec, out: Path) -> Path:
@@ -283,6 +271,10 @@ def _build(spec: TinyModelSpec, out: Path) -> Path:
     model.generation_config.eos_token_id = config.eos_token_id
     model.generation_config.pad_token_id = config.pad_token_id
     model.save_pretrained(out, safe_serialization=True)
+    if spec.warm_start_steps:
+        from .warmstart import WarmStartSpec, warm_start
+
+        warm_start(out, WarmStartSpec(steps=spec.warm_start_steps))
     (out / "tiny_model.json").write_text(json.dumps({"recipe": RECIPE_VERSION, **asdict(spec)}, indent=2) + "\n")
     logger.info("tiny model written", extra={"dir": str(out), "key": spec.key()})
     return out

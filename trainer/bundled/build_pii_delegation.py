@@ -33,6 +33,7 @@ class Template:
     pii: tuple[str, ...]  # slot names whose values are PII units
     response: str
     details: tuple[str, ...]
+    redacted: str = ""  # the task without any PII: what a privacy-conscious request says
 
 
 TEMPLATES = [
@@ -43,6 +44,7 @@ TEMPLATES = [
         "A weekly meal plan for someone managing {detail}: build each meal around vegetables, lean protein and "
         "whole grains, keep portions regular, limit added sugar and salt, and review the plan with your doctor.",
         ("type 2 diabetes", "high blood pressure", "coeliac disease", "high cholesterol", "gout"),
+        redacted='Suggest a simple weekly meal plan for someone managing a chronic health condition.',
     ),
     Template(
         "I'm {name}, I work at {employer} and earn {detail} a year. Please draft a short email to my manager "
@@ -52,6 +54,7 @@ TEMPLATES = [
         "compensation, given my responsibilities and results this year. Could we find a time in the coming weeks? "
         "Kind regards.",
         ("$52,000", "$68,500", "£41,000", "€57,300", "$94,000"),
+        redacted='Draft a short email to a manager asking for a salary review.',
     ),
     Template(
         "Write a polite letter to my landlord about a broken heater at {street}, {city}. Sign it as {name}, "
@@ -61,6 +64,7 @@ TEMPLATES = [
         "cold. Please arrange a repair as soon as possible and let me know when a technician can visit. "
         "Thank you, your tenant.",
         ("555-0142", "07700 900123", "+81 90 1234 5678", "555-0199", "+48 601 234 567"),
+        redacted='Write a polite letter to a landlord about a broken heater.',
     ),
     Template(
         "My son {name} has {detail} and starts school in {city} next month. How should I explain his needs "
@@ -69,6 +73,7 @@ TEMPLATES = [
         "Meet the teacher early, describe how the condition shows up day to day, share what helps and what to do "
         "in an emergency, give written instructions, and agree on how you will keep in touch.",
         ("a severe peanut allergy", "epilepsy", "ADHD", "asthma", "hearing loss"),
+        redacted="How should a parent explain a child's medical needs to a new teacher?",
     ),
     Template(
         "I'm {name}. My bank account {detail} at {employer} was charged twice for the same purchase. "
@@ -77,6 +82,7 @@ TEMPLATES = [
         "Dear customer service, I noticed a duplicate charge for a single purchase on my account. Please "
         "investigate and refund the second charge, and confirm by email once it is resolved. Thank you.",
         ("ending 4471", "number 30-91-22 18843210", "ending 0937", "IBAN DE89 3704 0044", "ending 5520"),
+        redacted='Help me write a complaint to a bank about a duplicate card charge.',
     ),
     Template(
         "Plan a three-day trip for {name} from {city}; he is recovering from {detail} and can't walk far.",
@@ -85,6 +91,7 @@ TEMPLATES = [
         "hotel with a lift, plan one accessible museum or garden per day, use taxis between sights, and keep "
         "evenings free to rest.",
         ("knee surgery", "a hip replacement", "a broken ankle", "a back injury", "pneumonia"),
+        redacted="Plan a relaxed three-day trip for someone who can't walk far.",
     ),
     Template(
         "I, {name}, was fired from {employer} last week after reporting {detail}. What are my options?",
@@ -94,6 +101,7 @@ TEMPLATES = [
         "for a claim pass.",
         ("unpaid overtime", "a safety violation", "harassment by my supervisor", "accounting fraud",
          "discrimination"),
+        redacted='What are my options after being dismissed for raising a concern at work?',
     ),
     Template(
         "Summarise my situation for a tax adviser: I'm {name}, living at {street}, I sold shares worth {detail} "
@@ -102,11 +110,14 @@ TEMPLATES = [
         "Summary for a tax adviser: the client sold shares this year and needs to report the capital gain, work "
         "out the purchase cost and allowable expenses, check available allowances, and plan any payment due.",
         ("$18,000", "€25,400", "£9,750", "$120,000", "$3,200"),
+        redacted='Summarise a share sale for a tax adviser.',
     ),
 ]
 
 
-def build(seed: int = 7, n: int = 128) -> list[dict[str, str]]:
+def build(seed: int = 7, n: int = 128, *, with_redacted: bool = False) -> list[dict[str, str]]:
+    """``n`` rows from the templates in turn; ``with_redacted`` adds each row's PII-free request
+    (``redacted_request``), which the bundled files leave out and the warm-started tiny model learns from."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
@@ -126,6 +137,8 @@ def build(seed: int = 7, n: int = 128) -> list[dict[str, str]]:
                 "pii_units": "||".join(pii),
             }
         )
+        if with_redacted:
+            rows[-1]["redacted_request"] = t.redacted
     return rows
 
 
