@@ -7,6 +7,10 @@
   (so a failed trainer or an unschedulable pod is reported within seconds);
 * deletion (the watch's DELETED event) → forget the job's metrics.
 
+The pods' watch also fills a Kopf index (pod views per job), which reconciles
+read instead of listing pods: with hundreds of jobs, one LIST per reconcile was
+most of the API server's work.
+
 No handler needs a finalizer, so Kopf puts none on a job, and removes the one an
 older version (which used a ``@kopf.timer``) left: with the operator stopped,
 ``kubectl delete grpojob`` still completes, and the children go by garbage
@@ -30,12 +34,14 @@ from grpo_operator.api.job import GROUP, PLURAL, VERSION
 from grpo_operator.settings import OperatorSettings
 
 from .children import JOB_LABEL, MANAGED_BY_LABEL, OPERATOR_NAME
-from .reconcile import Reconciler
+from .reconcile import Reconciler, indexed_pod
 
 log = logging.getLogger(__name__)
 
 ANNOTATION_PREFIX = "grpo.dev"
 JOB_INDEX = "grpojobs"  # the Kopf index of live jobs: (namespace, name) → uid
+POD_INDEX = "grpopods"  # the Kopf index of the operator's pods: (namespace, job) → (owner uids, view)
+POD_LABELS = {MANAGED_BY_LABEL: OPERATOR_NAME, JOB_LABEL: kopf.PRESENT}  # the pods the operator made
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
@@ -54,10 +60,13 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
 
 @dataclass
 class Resync:
-    """Reconcile every known job every ``interval`` seconds, from one background task.
+    """Reconcile every known job at least every ``interval`` seconds, from one background task.
 
     This is what a ``@kopf.timer`` would do, without the finalizer Kopf puts on
     every object a timer serves (which makes deletions hang while no operator runs).
+    It ticks every half interval and skips the jobs an event reconciled within the
+    last half: while pods come and go those reconciles already did the work, and
+    re-reading hundreds of jobs on top of them slowed everything down.
     """
 
     reconciler: Reconciler
@@ -75,9 +84,11 @@ class Resync:
             self._task = None
 
     async def _run(self, jobs: kopf.Index[tuple[str, str], str]) -> None:
+        half = self.interval / 2
         while True:
-            await asyncio.sleep(self.interval)
-            await self.once(list(jobs))  # a snapshot: the index changes while we await
+            await asyncio.sleep(half)
+            # a snapshot: the index changes while we await
+            await self.once([key for key in jobs if not self.reconciler.reconciled_within(key, half)])
 
     async def once(self, keys: list[tuple[str, str]]) -> None:
         """Reconcile these jobs concurrently (blocking API calls, hence threads); log failures, retry next time."""
@@ -100,6 +111,10 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, settings: 
     async def index_job(namespace: str, name: str, uid: str, **_: Any) -> dict[tuple[str, str], str]:
         return {(namespace, name): uid}
 
+    @kopf.index("v1", "pods", labels=POD_LABELS, id=POD_INDEX, registry=registry)
+    async def index_pod(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[tuple[str, str], Any]:
+        return {(namespace, labels[JOB_LABEL]): indexed_pod(body)}
+
     @kopf.on.startup(registry=registry)
     async def start_resync(**kwargs: Any) -> None:
         resync.start(kwargs[JOB_INDEX])  # the live index: filled by Kopf as the watch streams
@@ -111,14 +126,17 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, settings: 
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=registry)
-    def on_job(body: kopf.Body, **_: Any) -> None:
+    def on_job(body: kopf.Body, **kwargs: Any) -> None:
+        reconciler.use_pod_index(kwargs[POD_INDEX])  # Kopf calls handlers only once its indexes are filled
         reconciler.reconcile(body)
 
-    @kopf.on.event("v1", "pods", labels={MANAGED_BY_LABEL: OPERATOR_NAME, JOB_LABEL: kopf.PRESENT}, registry=registry)
-    def on_pod(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> None:
+    @kopf.on.event("v1", "pods", labels=POD_LABELS, registry=registry)
+    def on_pod(body: kopf.Body, namespace: str, labels: kopf.Labels, **kwargs: Any) -> None:
+        reconciler.use_pod_index(kwargs[POD_INDEX])
         reconciler.reconcile_named(namespace, labels[JOB_LABEL])
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    def on_job_event(type: str, name: str, namespace: str, **_: Any) -> None:
+    async def on_job_event(type: str, name: str, namespace: str, **_: Any) -> None:
+        # async: every event of every job comes here; only a deletion needs a thread
         if type == "DELETED":
-            reconciler.forget(namespace, name)
+            await asyncio.to_thread(reconciler.forget, namespace, name)

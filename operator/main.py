@@ -22,13 +22,22 @@ from .settings import OperatorSettings
 log = logging.getLogger("grpo_operator")
 
 
+# Connections kept open to the API server: at least one per thread that calls it
+# (Kopf's handler threads and asyncio's default executor, each min(32, cpus + 4)).
+# The client's default (5 per CPU) made busy threads discard and re-open TLS
+# connections under load.
+API_CONNECTIONS = 64
+
+
 def api_client() -> client.ApiClient:
     """In-cluster credentials when running in a pod, else $KUBECONFIG / ~/.kube/config."""
+    cfg = client.Configuration()
     try:
-        config.load_incluster_config()
+        config.load_incluster_config(client_configuration=cfg)
     except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
+        config.load_kube_config(client_configuration=cfg)
+    cfg.connection_pool_maxsize = API_CONNECTIONS
+    return client.ApiClient(cfg)
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:

@@ -14,7 +14,8 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Optional
@@ -29,7 +30,7 @@ from .children import JOB_LABEL, MANAGED_BY_LABEL, OPERATOR_NAME, TRAINER
 from .lifecycle import Event, Observed, Plan, decide
 from .metrics import OperatorMetrics
 from .progress import fetch_progress, progress_status, progress_url
-from .status import Cond, conditions, now_utc, pod_view, rfc3339, transitions
+from .status import Cond, PodView, conditions, now_utc, pod_view, rfc3339, transitions
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,18 @@ class Cluster:
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
 
-    def _dict(self, obj: Any) -> dict[str, Any]:
-        return self.api_client.sanitize_for_serialization(obj)
+    @staticmethod
+    def _call(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call a client method and return its response as plain JSON.
+
+        The client's models are skipped: building them and converting them back to
+        dicts cost more CPU than the rest of a reconcile at a few hundred jobs.
+        """
+        resp = method(*args, _preload_content=False, **kwargs)
+        try:
+            return json.loads(resp.data)
+        finally:
+            resp.release_conn()
 
     def get_job(self, namespace: str, name: str) -> Optional[dict[str, Any]]:
         try:
@@ -55,7 +66,7 @@ class Cluster:
 
     def pvc_exists(self, namespace: str, name: str) -> bool:
         try:
-            self.core.read_namespaced_persistent_volume_claim(name, namespace)
+            self._call(self.core.read_namespaced_persistent_volume_claim, name, namespace)
             return True
         except ApiException as exc:
             if exc.status == 404:
@@ -64,7 +75,8 @@ class Cluster:
 
     def config_map_data(self, namespace: str, name: str) -> Optional[dict[str, str]]:
         try:
-            return dict(self.core.read_namespaced_config_map(name, namespace).data or {})
+            cm = self._call(self.core.read_namespaced_config_map, name, namespace)
+            return dict(cm.get("data") or {})
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -72,7 +84,7 @@ class Cluster:
 
     def service_exists(self, namespace: str, name: str) -> bool:
         try:
-            self.core.read_namespaced_service(name, namespace)
+            self._call(self.core.read_namespaced_service, name, namespace)
             return True
         except ApiException as exc:
             if exc.status == 404:
@@ -82,20 +94,20 @@ class Cluster:
     def job_pods(self, namespace: str, job: str, uid: str) -> list[dict[str, Any]]:
         """The job's pods (all attempts), only those this very job owns."""
         selector = f"{JOB_LABEL}={job},{MANAGED_BY_LABEL}={OPERATOR_NAME}"
-        pods = self._dict(self.core.list_namespaced_pod(namespace, label_selector=selector))["items"]
+        pods = self._call(self.core.list_namespaced_pod, namespace, label_selector=selector)["items"]
         return [p for p in pods if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])]
 
     def secret_keys(self, namespace: str, name: str) -> Optional[set[str]]:
         """Keys of a Secret, or None when it does not exist. Raises PermissionError without RBAC get."""
         try:
-            secret = self.core.read_namespaced_secret(name, namespace)
+            secret = self._call(self.core.read_namespaced_secret, name, namespace)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             if exc.status == 403:
                 raise PermissionError(exc.reason) from None
             raise
-        return set((secret.data or {}).keys()) | set((secret.string_data or {}).keys())
+        return set(secret.get("data") or {}) | set(secret.get("stringData") or {})
 
     def create(self, manifest: Mapping[str, Any]) -> bool:
         """Create a child; False when it already exists (an earlier reconcile made it)."""
@@ -107,7 +119,7 @@ class Cluster:
             "PersistentVolumeClaim": self.core.create_namespaced_persistent_volume_claim,
         }[kind]
         try:
-            create(ns, manifest)
+            self._call(create, ns, manifest)
             return True
         except ApiException as exc:
             if exc.status == 409:
@@ -116,11 +128,11 @@ class Cluster:
 
     def replace_config_map(self, manifest: Mapping[str, Any]) -> None:
         meta = manifest["metadata"]
-        self.core.patch_namespaced_config_map(meta["name"], meta["namespace"], {"data": manifest["data"]})
+        self._call(self.core.patch_namespaced_config_map, meta["name"], meta["namespace"], {"data": manifest["data"]})
 
     def delete_pod(self, namespace: str, name: str) -> None:
         try:
-            self.core.delete_namespaced_pod(name, namespace)
+            self._call(self.core.delete_namespaced_pod, name, namespace)
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -163,11 +175,21 @@ class Cluster:
             "count": 1,
         }
         try:
-            self.core.create_namespaced_event(meta["namespace"], body)
+            self._call(self.core.create_namespaced_event, meta["namespace"], body)
         except ApiException as exc:  # events are best-effort
             log.warning(
                 "could not post event %s on %s/%s: %s", event.reason, meta["namespace"], meta["name"], exc.reason
             )
+
+
+# Kopf's index of the operator's pods: (namespace, job) → (owner uids, view) for each pod.
+PodIndex = Mapping[tuple[str, str], Iterable[tuple[tuple[str, ...], PodView]]]
+
+
+def indexed_pod(pod: Mapping[str, Any]) -> tuple[tuple[str, ...], PodView]:
+    """What the pod index keeps of a pod: its owners and its view, not the whole body."""
+    owners = tuple(o.get("uid", "") for o in pod.get("metadata", {}).get("ownerReferences") or [])
+    return owners, pod_view(pod)
 
 
 @dataclass
@@ -176,17 +198,37 @@ class _ProgressMemo:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
+# A Secret seen with the keys a job needs is not read again for this long: the
+# jobs of a namespace usually share one, and re-reading it for each job's every
+# reconcile was a large part of the API traffic at a few hundred jobs. A missing
+# Secret or key is never remembered, so a job waiting for one starts at once.
+SECRET_MEMO_SECONDS = 5.0
+# Threads for the API calls reconciles issue concurrently (shared by all jobs).
+IO_THREADS = 16
+
+
 class Reconciler:
-    """Serialises reconciles per job (pod events, the resync and spec changes arrive concurrently)."""
+    """Serialises reconciles per job (pod events, the resync and spec changes arrive concurrently).
+
+    Requests for a job that already has a reconcile *waiting* are dropped: that
+    reconcile has not read anything yet, so it sees whatever the dropped ones
+    would have. A burst of pod events thus costs one or two reconciles, not one each.
+    """
 
     def __init__(self, cluster: Cluster, settings: OperatorSettings, metrics: OperatorMetrics) -> None:
         self.cluster = cluster
         self.settings = settings
         self.metrics = metrics
         self._locks: dict[tuple[str, str], threading.RLock] = {}
-        self._locks_lock = threading.Lock()
+        self._locks_lock = threading.Lock()  # guards _locks, _waiting, _started and _secrets
+        self._waiting: set[tuple[str, str]] = set()
+        self._started: dict[tuple[str, str], float] = {}  # monotonic start of each job's last reconcile
+        self._secrets: dict[tuple[str, str], tuple[float, set[str]]] = {}
         self._progress: dict[tuple[str, str], _ProgressMemo] = {}
         self._check_secrets = settings.check_secrets
+        self._pod_index: Optional[PodIndex] = None
+        # API calls one reconcile makes at the same time (its reads; its events)
+        self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="grpo-io")
 
     def _lock(self, key: tuple[str, str]) -> threading.RLock:
         # reentrant: a reconcile that deletes its job (TTL) forgets it while holding the lock
@@ -205,16 +247,32 @@ class Reconciler:
             self._progress.pop(key, None)
             with self._locks_lock:
                 self._locks.pop(key, None)
+                self._started.pop(key, None)
 
     def reconcile(self, body: Mapping[str, Any]) -> Optional[Plan]:
         """Reconcile the job a handler was given (only its name counts: see :meth:`reconcile_named`)."""
         meta = body["metadata"]
         return self.reconcile_named(meta["namespace"], meta["name"])
 
+    def reconciled_within(self, key: tuple[str, str], seconds: float) -> bool:
+        """Whether a reconcile of this job started less than ``seconds`` ago (the resync skips it then)."""
+        with self._locks_lock:
+            started = self._started.get(key)
+        return started is not None and time.monotonic() - started < seconds
+
     def reconcile_named(self, namespace: str, name: str) -> Optional[Plan]:
-        """Reconcile a job; None when it is gone or being deleted (garbage collection does the rest)."""
+        """Reconcile a job; None when it is gone, being deleted (garbage collection does the rest),
+        or when another reconcile of it is already waiting (see the class)."""
         key = (namespace, name)
-        with self._lock(key):
+        lock = self._lock(key)
+        with self._locks_lock:
+            if key in self._waiting:
+                return None
+            self._waiting.add(key)
+        with lock:
+            with self._locks_lock:
+                self._waiting.discard(key)
+                self._started[key] = time.monotonic()
             # Read under the lock: a handler's body may predate our own last status
             # patch, and acting on a stale attempt counter would restart twice.
             fresh = self.cluster.get_job(*key)
@@ -239,7 +297,7 @@ class Reconciler:
         if self._check_secrets:
             for secret, key in children.referenced_secrets(job):
                 try:
-                    keys = self.cluster.secret_keys(ns, secret)
+                    keys = self._secret_keys(ns, secret, key)
                 except PermissionError:
                     log.warning("no RBAC permission to get Secrets; Secret references are not checked")
                     self._check_secrets = False
@@ -252,6 +310,44 @@ class Reconciler:
             if not self.cluster.pvc_exists(ns, claim):
                 missing.append(f"PersistentVolumeClaim {claim!r} not found in namespace {ns!r}")
         return missing
+
+    def use_pod_index(self, index: PodIndex) -> None:
+        """Read pods from Kopf's index from now on (call once Kopf has filled it: from any handler)."""
+        self._pod_index = index
+
+    def _pods(self, namespace: str, name: str, uid: str) -> tuple[PodView, ...]:
+        """The job's pods (all attempts, only those this very job owns): from the index, else listed.
+
+        Listing them for every reconcile made the API server scan the namespace's
+        pods each time, which grew with the square of the number of jobs.
+        """
+        index = self._pod_index
+        if index is None:
+            return tuple(pod_view(p) for p in self.cluster.job_pods(namespace, name, uid))
+        for _ in range(5):  # Kopf updates the index in its event loop while we read it here
+            try:
+                entries = list(index.get((namespace, name), ()))
+                break
+            except RuntimeError:
+                continue
+        else:
+            return tuple(pod_view(p) for p in self.cluster.job_pods(namespace, name, uid))
+        return tuple(view for owners, view in entries if uid in owners)
+
+    def _secret_keys(self, namespace: str, secret: str, key: str) -> Optional[set[str]]:
+        """The Secret's keys, remembered for SECRET_MEMO_SECONDS once they include ``key``."""
+        memo_key = (namespace, secret)
+        with self._locks_lock:
+            read_at, keys = self._secrets.get(memo_key, (0.0, set()))
+        if key in keys and time.monotonic() - read_at < SECRET_MEMO_SECONDS:
+            return keys
+        fresh = self.cluster.secret_keys(namespace, secret)
+        with self._locks_lock:
+            if fresh is None:
+                self._secrets.pop(memo_key, None)
+            else:
+                self._secrets[memo_key] = (time.monotonic(), fresh)
+        return fresh
 
     def _poll_progress(
         self, key: tuple[str, str], pods: list[Any], trainer_pod: Optional[str]
@@ -277,11 +373,18 @@ class Reconciler:
             error = None
         except InvalidJob as exc:
             spec, error = None, "; ".join(exc.problems)
-        pods = tuple(pod_view(p) for p in self.cluster.job_pods(ns, name, uid))
+        # The reads are independent: issued together, a reconcile waits for one round trip, not five.
+        listed = self._io.submit(self._pods, ns, name, uid)
         if spec is None:
+            pods = listed.result()
             return Observed(name, ns, uid, meta.get("generation"), None, error, status, False, None, False, pods,
                             now=now or now_utc())  # fmt: skip
         job = children.Job(name, ns, uid, spec)
+        pvc = self._io.submit(self.cluster.pvc_exists, ns, children.pvc_name(job))
+        config = self._io.submit(self.cluster.config_map_data, ns, children.config_map_name(job))
+        service = self._io.submit(self.cluster.service_exists, ns, children.service_name(job))
+        missing = self._io.submit(self._missing, job)
+        pods = listed.result()
         trainer_pod = status.get("trainerPod") or children.trainer_pod_name(job, int(status.get("restarts") or 0))
         return Observed(
             name=name,
@@ -291,11 +394,11 @@ class Reconciler:
             spec=spec,
             spec_error=None,
             status=status,
-            pvc_exists=self.cluster.pvc_exists(ns, children.pvc_name(job)),
-            config_map_data=self.cluster.config_map_data(ns, children.config_map_name(job)),
-            service_exists=self.cluster.service_exists(ns, children.service_name(job)),
+            pvc_exists=pvc.result(),
+            config_map_data=config.result(),
+            service_exists=service.result(),
             pods=pods,
-            missing=tuple(self._missing(job)),
+            missing=tuple(missing.result()),
             progress=self._poll_progress((ns, name), list(pods), trainer_pod),
             now=now or now_utc(),
         )
@@ -316,7 +419,7 @@ class Reconciler:
             self.cluster.replace_config_map(manifest)
         failures: list[str] = []
         created: list[str] = []
-        for manifest in plan.create:
+        for manifest in plan.create:  # in order, one at a time: the volume and config exist before the pods
             what = f"{manifest['kind']} {manifest['metadata']['name']}"
             try:
                 if self.cluster.create(manifest):
@@ -329,8 +432,8 @@ class Reconciler:
             plan.events.append(Event("Warning" if t.warning else "Normal", t.reason, t.event_message()))
         if created:
             plan.events.append(Event("Normal", "Created", "created " + ", ".join(created)))
-        for event in plan.events:
-            self.cluster.post_event(body, event)
+        for posted in [self._io.submit(self.cluster.post_event, body, event) for event in plan.events]:
+            posted.result()
         self.metrics.cache.update(ns, name, plan.status, _info(obs))
         if plan.delete_job:
             log.info("deleting %s/%s: ttlSecondsAfterFinished has passed", ns, name)

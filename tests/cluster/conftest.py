@@ -23,6 +23,7 @@ if _HERE not in sys.path:  # --import-mode=importlib: make `import controlplane`
     sys.path.insert(0, _HERE)
 
 import controlplane
+from support.cluster_jobs import install_crd
 
 _LOGS_KEY = pytest.StashKey[str]()
 
@@ -77,12 +78,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             report.sections.append(("cluster logs", f"control-plane component logs: {logs}"))
 
 
-CRD_FILE = Path(__file__).resolve().parents[2] / "charts" / "grpo-operator" / "files" / "crd.yaml"
-
-
 @pytest.fixture(scope="session")
 def grpojob_crd(control_plane: controlplane.ControlPlane) -> str:
     """The generated GRPOJob CRD, applied and Established; yields its name."""
-    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/grpojobs.grpo.dev")
-    return "grpojobs.grpo.dev"
+    return install_crd(control_plane)

@@ -541,38 +541,44 @@ def _stage(
     return {"apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Stage", "metadata": {"name": name}, "spec": spec}
 
 
-def bootstrap_manifests() -> str:
-    """Two fake GPU nodes and the default StorageClass."""
+def fake_gpu_nodes(
+    names: Iterable[str], gpus: int = 4, cpu: str = "64", memory: str = "512Gi", pods: int = 110
+) -> list[dict[str, Any]]:
+    """Node objects that KWOK manages (``KWOK_NODE_ANNOTATION``), each advertising ``gpus`` nvidia.com/gpu."""
     resources = {
-        "cpu": "64",
-        "memory": "512Gi",
-        "pods": "110",
-        "nvidia.com/gpu": "4",
+        "cpu": cpu,
+        "memory": memory,
+        "pods": str(pods),
+        "nvidia.com/gpu": str(gpus),
         "ephemeral-storage": "1Ti",
     }
-    docs: list[dict[str, Any]] = []
-    for name in GPU_NODES:
-        docs.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Node",
-                "metadata": {
-                    "name": name,
-                    "annotations": {KWOK_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
-                    "labels": {
-                        "kubernetes.io/hostname": name,
-                        "kubernetes.io/os": "linux",
-                        "kubernetes.io/arch": "amd64",
-                        "type": "kwok",
-                        "nvidia.com/gpu.present": "true",
-                        "nvidia.com/gpu.count": "4",
-                        "nvidia.com/gpu.product": GPU_PRODUCT,
-                    },
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "annotations": {KWOK_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                "labels": {
+                    "kubernetes.io/hostname": name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    "type": "kwok",
+                    "nvidia.com/gpu.present": "true",
+                    "nvidia.com/gpu.count": str(gpus),
+                    "nvidia.com/gpu.product": GPU_PRODUCT,
                 },
-                "spec": {},
-                "status": {"allocatable": dict(resources), "capacity": dict(resources)},
-            }
-        )
+            },
+            "spec": {},
+            "status": {"allocatable": dict(resources), "capacity": dict(resources)},
+        }
+        for name in names
+    ]
+
+
+def bootstrap_manifests() -> str:
+    """Two fake GPU nodes and the default StorageClass."""
+    docs: list[dict[str, Any]] = fake_gpu_nodes(GPU_NODES)
     docs.append(
         {
             "apiVersion": "storage.k8s.io/v1",
@@ -817,24 +823,27 @@ class ControlPlane:
             ],
         )
         self.kubectl("apply", "-f", "-", input=bootstrap_manifests())
-
-        def nodes_ready() -> bool:
-            items = self.get_json("nodes")["items"]
-            ready = {
-                n["metadata"]["name"]
-                for n in items
-                if any(
-                    c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", [])
-                )
-            }
-            return set(GPU_NODES) <= ready
-
-        self._wait(nodes_ready, deadline, "the fake GPU nodes to be Ready (kwok)")
+        self._wait(lambda: set(GPU_NODES) <= self.ready_nodes(), deadline, "the fake GPU nodes to be Ready (kwok)")
         self._wait(
             lambda: self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0,
             deadline,
             "ServiceAccount default/default (kube-controller-manager)",
         )
+
+    def ready_nodes(self) -> set[str]:
+        """Names of the nodes whose Ready condition is True."""
+        return {
+            n["metadata"]["name"]
+            for n in self.get_json("nodes")["items"]
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
+        }
+
+    def add_gpu_nodes(self, names: Iterable[str], timeout: float = 120, **resources: Any) -> None:
+        """More fake GPU nodes (see :func:`fake_gpu_nodes` for ``resources``); waits until they are Ready."""
+        names = list(names)
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(fake_gpu_nodes(names, **resources)), timeout=timeout)
+        deadline = time.monotonic() + timeout
+        self._wait(lambda: set(names) <= self.ready_nodes(), deadline, f"{len(names)} fake nodes Ready")
 
     def stop(self) -> None:
         """Stop every component (SIGTERM, then SIGKILL after 10 s); keep the logs."""

@@ -34,7 +34,7 @@ from support.cluster_jobs import (
     job_manifest,
     wait_job,
 )
-from support.operator import OperatorProcess, operator_env
+from support.operator import OperatorProcess, free_port, operator_env
 
 pytestmark = pytest.mark.cluster
 
@@ -71,6 +71,8 @@ def start_operator_like_deployment(
     """The operator with the chart ServiceAccount's identity and the Deployment's env and namespace args."""
     container = deployment(cp, release_ns)["spec"]["template"]["spec"]["containers"][0]
     settings = {e["name"]: e["value"] for e in container["env"] if "value" in e} | FAST
+    # Pod IPs are loopback here: on the default port, /progress may reach a trainer someone else runs on this host.
+    settings["GRPO_TRAINER_PORT"] = str(free_port())
     namespaces = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--namespace=")]
     kubeconfig = cp.kubeconfig_for_serviceaccount(release_ns, service_account, create=False)
     return OperatorProcess(operator_env(cp.env(kubeconfig=kubeconfig)), namespaces, log, settings).start()

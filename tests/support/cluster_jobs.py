@@ -16,6 +16,8 @@ from controlplane import EXIT_ANNOTATION, ControlPlane, wait_until
 from support.jobdocs import ROOT, load_example
 
 CHART = ROOT / "charts" / "grpo-operator"
+CRD_FILE = CHART / "files" / "crd.yaml"
+CRD_NAME = "grpojobs.grpo.dev"
 RESTRICTED = {
     "pod-security.kubernetes.io/enforce": "restricted",
     "pod-security.kubernetes.io/enforce-version": "latest",
@@ -35,6 +37,13 @@ def job_manifest(name: str = "papillon", **spec_changes: Any) -> Job:
         else:
             doc["spec"][key] = value
     return doc
+
+
+def install_crd(cp: ControlPlane) -> str:
+    """Apply the generated GRPOJob CRD and wait until it is Established; returns its name."""
+    cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+    return CRD_NAME
 
 
 def apply_jobs(cp: ControlPlane, ns: str, *docs: Job, secret: bool = True) -> None:
