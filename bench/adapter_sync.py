@@ -71,6 +71,7 @@ class Sample:
     first_request: float
     total: float
     size_mb: float
+    base_request: float  # the same completion on the base model just before: the inference floor under current load
 
 
 @dataclass
@@ -78,7 +79,6 @@ class RankResult:
     rank: int
     server_flags: str
     start_seconds: float  # vLLM start-up, for scale
-    base_request: float  # p50 of a 1-token completion on the base model: the inference floor
     cold: Sample  # the first publish on the fresh server, not in the percentiles
     samples: list[Sample]
 
@@ -101,14 +101,12 @@ def dir_size_mb(path: Path) -> float:
     return sum(entry.stat().st_size for entry in path.iterdir() if entry.is_file()) / MB
 
 
-def base_request_seconds(server: VLLMServer, repeats: int = 5) -> float:
-    times = []
-    body = {"model": server.served_name, "prompt": "Hello", "max_tokens": 1, "temperature": 0.0}
-    for _ in range(repeats):
-        start = time.perf_counter()
-        httpx.post(f"{server.openai_url}/completions", json=body, timeout=120).raise_for_status()
-        times.append(time.perf_counter() - start)
-    return percentile(times, 50)
+def base_request_seconds(server: VLLMServer, sync: VLLMAdapterSync) -> float:
+    """The publish's verification request, on the base model."""
+    body = {"model": server.served_name, "prompt": sync.verify_prompt, "max_tokens": 1, "temperature": 0.0}
+    start = time.perf_counter()
+    httpx.post(f"{server.openai_url}/completions", json=body, timeout=120).raise_for_status()
+    return time.perf_counter() - start
 
 
 def parameter_count(model_dir: Path) -> int:
@@ -137,21 +135,22 @@ def measure_rank(model_dir: Path, rank: int, repeats: int, run_dir: Path, max_lo
     with vllm_server(model_dir, run_dir, lora_rank=rank, max_loras=max_loras) as server:
         start_seconds = time.perf_counter() - started
         flags = f"--max-lora-rank {lora_rank_flag(server.lora_rank)} --max-loras {server.max_loras}"
-        base = base_request_seconds(server)
         samples: list[Sample] = []
         with VLLMAdapterSync(server.openai_url, str(store.root), max_loras=max_loras, wait_timeout_seconds=300) as sync:
+            base_request_seconds(server, sync)  # warm-up: the server's first request ever
             for step in range(1, repeats + 2):
                 perturb(policy, generator)
+                base = base_request_seconds(server, sync)  # paired with this step: the machine's load drifts
                 start = time.perf_counter()
                 saved = store.save(policy, step)
                 published = sync.publish(step, reload=saved.replaced)
                 total = time.perf_counter() - start
                 assert not published.already_loaded, f"step {step} was not a new adapter"
                 size = dir_size_mb(saved.path)
-                sample = Sample(saved.seconds, published.load_seconds, published.first_request_seconds, total, size)
-                samples.append(sample)
+                first = published.first_request_seconds
+                samples.append(Sample(saved.seconds, published.load_seconds, first, total, size, base))
                 store.prune(keep_last=2, protect=sync.wanted())
-    return RankResult(rank, flags, start_seconds, base, samples[0], samples[1:])
+    return RankResult(rank, flags, start_seconds, samples[0], samples[1:])
 
 
 def run_model(choice: ModelChoice, ranks: list[int], repeats: int, work: Path, max_loras: int) -> ModelRun:
@@ -179,8 +178,9 @@ def table(runs: list[ModelRun]) -> str:
         return f"{percentile(values, 50):.3f} / {percentile(values, 95):.3f}"
 
     lines = [
-        "| model | rank | adapter MB | save s | load s | first request s | total s | cold total s | base request s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | rank | adapter MB | save s | load s | first request s | total s | cold total s "
+        "| base request s | first request − base s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
         for r in run.ranks:
@@ -188,7 +188,8 @@ def table(runs: list[ModelRun]) -> str:
             lines.append(
                 f"| {run.choice.label} | {r.rank} | {percentile([x.size_mb for x in s], 50):.1f} "
                 f"| {pp([x.save for x in s])} | {pp([x.load for x in s])} | {pp([x.first_request for x in s])} "
-                f"| {pp([x.total for x in s])} | {r.cold.total:.3f} | {r.base_request:.3f} |"
+                f"| {pp([x.total for x in s])} | {r.cold.total:.3f} | {pp([x.base_request for x in s])} "
+                f"| {pp([x.first_request - x.base_request for x in s])} |"
             )
     return "\n".join(lines)
 
@@ -210,8 +211,9 @@ def describe(runs: list[ModelRun], repeats: int) -> str:
         "fsync, atomic rename); load = `POST /v1/load_lora_adapter` and the check that `/v1/models` lists it; first "
         "request = a 1-token completion on the new adapter; total = save + `VLLMAdapterSync.publish`, as the trainer "
         "calls them (includes unloading the version before the previous one); cold = the first publish on a fresh "
-        "server (not in the percentiles); base request = p50 of the same completion on the base model, the inference "
-        "floor of a first request. MB = 10^6 bytes on disk."
+        "server (not in the percentiles); base request = the same completion on the base model right before each "
+        "publish (the inference floor under the load of that moment), and first request − base its paired "
+        "difference: the cost of a new adapter's first use. MB = 10^6 bytes on disk."
     )
     return "\n".join(out)
 
