@@ -53,9 +53,14 @@ class GRPOArgs(LibraryKwargs):
             "(for small or untrained models that cannot yet produce DSPy's field markers)."
         ),
     )
+    # On by default: bench/trainer_step.py measured the overlapped step at 0.84x the sequential one even with
+    # vLLM and the update sharing 2 CPU cores (bench/RESULTS.md, section trainer_step).
     overlap_rollouts: bool = Field(
-        False,
-        description="Generate step k+1's rollouts on the previous adapter while step k trains (one step off-policy, importance-corrected).",
+        True,
+        description=(
+            "Generate step k+1's rollouts on the previous adapter while step k trains (one step off-policy, "
+            "corrected by the importance weight against the sampler's logprobs). False: strictly on-policy steps."
+        ),
     )
     rules = (
         Rule(

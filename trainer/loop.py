@@ -3,7 +3,9 @@
 Only the main rank talks to vLLM, runs the DSPy program and reports progress; every
 rank holds the policy and takes part in the data-parallel update. Each step ends
 with the adapter saved and served, so a crash loses at most the step in progress
-(checkpoints every ``grpo.checkpoint_every_steps`` make the resume exact).
+(checkpoints every ``grpo.checkpoint_every_steps`` make the resume exact). With
+``grpo.overlap_rollouts`` the next step's rollouts run in a background thread
+while this step trains (:mod:`grpo_trainer.prefetch`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import statistics
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -29,6 +32,7 @@ from .groups import build_groups
 from .lms import PolicyChatAdapter, PolicyLM, derive_seed, external_lm
 from .optim import build_optimizer, build_scheduler
 from .policy import Policy, load_policy
+from .prefetch import Drawn, Prefetcher, publish_unloads, resume_versions, sampling_version
 from .progress import Progress, ProgressBoard
 from .registry import data_defaults, resolve_metric, resolve_program
 from .rollout import ExampleSampler, PolicyCallError, Rollout, run_rollouts
@@ -52,6 +56,31 @@ class StepPlan:
 
 
 @dataclass
+class SampledStep:
+    """A step's rollouts turned into training input, with what the progress report needs."""
+
+    plan: StepPlan
+    info: dict[str, Any]
+
+
+class TimedMetric:
+    """The metric, summing the seconds its calls take (they run concurrently inside the rollouts)."""
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return self.metric(*args, **kwargs)
+        finally:
+            with self._lock:
+                self.seconds += time.perf_counter() - started
+
+
+@dataclass
 class Sampling:
     """The main rank's side of a run: program, data, LMs and the served adapter."""
 
@@ -68,6 +97,10 @@ class Sampling:
     completions: Optional[CompletionLog] = None
     tracker: Any = None
     server: Optional[ProgressServer] = None
+    current: str = ""  # vLLM name of the newest served adapter (the base model's before step 1)
+    # Held by whoever changes vLLM's adapters: the main thread publishing, or a
+    # prefetch thread re-serving them after a vLLM restart.
+    sync_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class GRPORun:
@@ -82,6 +115,8 @@ class GRPORun:
         self.ckpt = CheckpointManager(self.run_dir, keep=cfg.grpo.keep_checkpoints)
         self.policy: Policy
         self.sampling: Optional[Sampling] = None
+        self.overlap = cfg.grpo.overlap_rollouts
+        self.prefetch: Prefetcher[SampledStep] = Prefetcher()
 
     # -- set-up -----------------------------------------------------------------------
 
@@ -144,25 +179,34 @@ class GRPORun:
 
     # -- the main rank's phases ----------------------------------------------------------
 
+    def _adapter_name(self, version: int) -> str:
+        return version_name(version) if version else self.cfg.vllm.served_model_name
+
     def _serve(self, s: Sampling, step: int, *, replaced: bool = False) -> None:
-        """Make vLLM serve the adapter of ``step`` (the base model at step 0) to rollouts."""
-        if step == 0:
-            s.sync.wait_ready()
-            s.lm.set_adapter(self.cfg.vllm.served_model_name)
-            return
-        result = s.sync.publish(step, reload=replaced)
-        s.lm.set_adapter(result.name)
+        """Make vLLM serve the adapter of ``step`` (the base model at step 0) as the current one.
+
+        It does not switch the LM of a running batch: each batch names its adapter
+        when it starts (a prefetched batch keeps sampling the one it started on).
+        """
+        with s.sync_lock:
+            if step == 0:
+                s.sync.wait_ready()
+                s.current = self._adapter_name(0)
+                return
+            result = s.sync.publish(step, reload=replaced)
+        s.current = result.name
         s.board.record_timings(load=result.load_seconds, first_request=result.first_request_seconds)
         s.board.adapter(step, result.name)
 
-    def _sample_until_served(self, s: Sampling, sample: Callable[[], list[Rollout]]) -> list[Rollout]:
-        """Run ``sample``; if vLLM went away mid-batch, wait for it, re-serve the adapter and redo the batch.
+    def _sample_until_served(self, s: Sampling, adapter: str, sample: Callable[[], list[Rollout]]) -> list[Rollout]:
+        """Run ``sample`` on ``adapter``; if vLLM went away mid-batch, wait for it, re-serve the adapters and redo the batch.
 
         Seeded sampling makes the redone batch the one that was lost, so a vLLM
         restart changes nothing but the wall time. Gives up after the endpoint's
         wait timeout (the sync's own backoff raises VLLMUnavailableError).
         """
         deadline = time.monotonic() + self.cfg.vllm.wait_timeout_seconds
+        s.lm.set_adapter(adapter)  # one batch at a time: nothing else samples while this one runs
         while True:
             try:
                 return sample()
@@ -170,13 +214,14 @@ class GRPORun:
                 if time.monotonic() > deadline:
                     raise
                 log.warning("policy sampling failed; waiting for vLLM", extra={"error": str(exc)[:300]})
-                s.sync.wait_ready()
-                s.sync.ensure_current()
+                with s.sync_lock:
+                    s.sync.wait_ready()
+                    s.sync.ensure_current()
 
     def _evaluate(self, s: Sampling, examples: list[dspy.Example], tag: str) -> float:
         """Mean metric score, one seeded sample per example (failures score failure_score)."""
         g = self.cfg.grpo
-        rollouts = self._sample_until_served(s, lambda: run_rollouts(
+        rollouts = self._sample_until_served(s, s.current, lambda: run_rollouts(
             s.program, s.metric, examples, 1, g.num_threads, s.lm, g.failure_score, g.format_failure_score,
             seed=derive_seed(g.seed, tag), adapter=s.adapter,
         ))
@@ -184,6 +229,7 @@ class GRPORun:
         return statistics.fmean(scores) if scores else math.nan
 
     def _validate(self, s: Sampling, step: int) -> None:
+        self.prefetch.wait()  # one rollout batch at a time: the program and the LM are shared
         s.board.set_phase("validate" if step else "baseline")
         with s.board.timed("validate"):
             score = self._evaluate(s, s.val, "val")
@@ -203,18 +249,31 @@ class GRPORun:
             s.tracker.log(metrics, step)
         log.info("validation", extra={"step": step, "score": score, "best": is_best})
 
-    def _rollouts(self, s: Sampling, step: int) -> tuple[StepPlan, list[Rollout], dict[str, Any]]:
+    def _draw(self, s: Sampling, step: int) -> Drawn:
+        """Step ``step``'s examples and the adapter that samples them (main thread: it owns the sampler)."""
+        before = s.sampler.state_dict()
+        indices = s.sampler.next_batch(self.cfg.grpo.num_dspy_examples_per_grpo_step)
+        version = sampling_version(step, self.overlap)
+        if version and not s.store.path(version).is_dir():
+            # Only after a resume whose volume lost that adapter: sample on the current one (not exact).
+            log.warning("adapter of step %d is gone; step %d samples on %s", version, step, s.current)
+            version = step - 1
+        with s.sync_lock:
+            s.sync.ensure_current()
+        return Drawn(step=step, indices=indices, sampler_before=before, version=version, adapter=self._adapter_name(version))
+
+    def _rollouts(self, s: Sampling, drawn: Drawn, *, background: bool = False) -> SampledStep:
+        """Sample, score and group one step's rollouts; thread-safe against the main thread's update."""
         g, t = self.cfg.grpo, self.cfg.train
-        s.board.set_phase("rollout")
-        s.sync.ensure_current()
-        indices = s.sampler.next_batch(g.num_dspy_examples_per_grpo_step)
-        examples = [s.train[i] for i in indices]
-        with s.board.timed("rollout"):
-            rollouts = self._sample_until_served(s, lambda: run_rollouts(
-                s.program, s.metric, examples, g.num_samples_per_input, g.num_threads, s.lm,
+        examples = [s.train[i] for i in drawn.indices]
+        metric = TimedMetric(s.metric)
+        with s.board.timed("rollout", show=not background):
+            rollouts = self._sample_until_served(s, drawn.adapter, lambda: run_rollouts(
+                s.program, metric, examples, g.num_samples_per_input, g.num_threads, s.lm,
                 g.failure_score, g.format_failure_score,
-                example_indices=indices, seed=derive_seed(g.seed, "step", step), adapter=s.adapter,
+                example_indices=drawn.indices, seed=derive_seed(g.seed, "step", drawn.step), adapter=s.adapter,
             ))
+        s.board.record_timings(reward=metric.seconds)
         if rollouts and not any(r.calls for r in rollouts):
             raise RuntimeError(
                 "no rollout of this step called the local model: the program fails before sampling "
@@ -224,11 +283,14 @@ class GRPORun:
         if g.multitask or not grouped.batches:
             predictor, samples = (grouped.batches[0] if grouped.batches else ("all", []))
         else:
-            predictor, samples = grouped.batches[(step - 1) % len(grouped.batches)]
+            predictor, samples = grouped.batches[(drawn.step - 1) % len(grouped.batches)]
         if s.completions is not None:
             for r in rollouts:
                 for call in r.calls:
-                    s.completions.write(step, r.example_index, call.predictor, call.text, r.reward, failure=r.failure)
+                    s.completions.write(
+                        drawn.step, r.example_index, call.predictor, call.text, r.reward,
+                        failure=r.failure, adapter=call.model,
+                    )
         rewards = [r.reward for r in rollouts]
         failures: dict[str, int] = {}
         for r in rollouts:
@@ -240,8 +302,29 @@ class GRPORun:
             "tokens_generated": sum(len(c.completion_ids) for r in rollouts for c in r.calls),
             "rollout_failures": failures,
             "skipped_groups": grouped.zero_variance_groups,
+            "sampled_by": drawn.adapter,
         }
-        return StepPlan(samples=samples, predictor=predictor), rollouts, info
+        return SampledStep(StepPlan(samples=samples, predictor=predictor), info)
+
+    def _next_step(self, s: Sampling, step: int) -> SampledStep:
+        """Step ``step``'s training input: the prefetched batch, or sampled now; then prefetch the next one."""
+        s.board.set_phase("rollout")
+        started = time.monotonic()
+        if self.prefetch.pending is not None:
+            sampled, _ = self.prefetch.take(step)
+        else:
+            sampled = self._rollouts(s, self._draw(s, step))
+        s.board.record_timings(rollout_wait=time.monotonic() - started)
+        if self.overlap and step < self.max_steps and not self.stop.requested:
+            drawn = self._draw(s, step + 1)
+            self.prefetch.start(drawn, lambda: self._rollouts(s, drawn, background=True))
+        return sampled
+
+    def _drop_prefetch(self, s: Sampling) -> None:
+        """Forget a batch drawn but never trained: the sampler goes back to before its draw."""
+        drawn = self.prefetch.discard()
+        if drawn is not None:
+            s.sampler = ExampleSampler.from_state(len(s.train), drawn.sampler_before)
 
     # -- checkpoints --------------------------------------------------------------------------
 
@@ -260,9 +343,10 @@ class GRPORun:
         s = self.sampling
         assert s is not None
         snapshot = s.board.snapshot()
+        pending = self.prefetch.pending  # drawn for the next step, not trained: resume samples it again
         state = TrainingState(
             step=step,
-            sampler=s.sampler.state_dict(),
+            sampler=pending.sampler_before if pending is not None else s.sampler.state_dict(),
             best_score=snapshot.best_val_score,
             best_step=snapshot.best_step,
             history={"progress": snapshot.model_dump(mode="json")},
@@ -283,7 +367,9 @@ class GRPORun:
             self.sampling = s = self._setup_sampling(state)
             if state is not None and state.best_step:
                 s.sync.set_best(state.best_step)
-            self._serve(s, step)
+            for version in resume_versions(step, self.overlap):
+                if version in (0, step) or s.store.path(version).is_dir():
+                    self._serve(s, version)
             if step == 0 and s.board.snapshot().baseline_val_score is None:
                 self._validate(s, 0)
         last_checkpoint = step
@@ -295,8 +381,10 @@ class GRPORun:
                     assert self.sampling is not None
                     if self.stop.requested:
                         plan = STOP
+                        self._drop_prefetch(self.sampling)
                     else:
-                        plan, _, info = self._rollouts(self.sampling, step + 1)
+                        sampled = self._next_step(self.sampling, step + 1)
+                        plan, info = sampled.plan, sampled.info
                 if self.dist.is_distributed:
                     plan = broadcast_object(plan, self.dist)
                 if isinstance(plan, str) or plan is None:
@@ -334,10 +422,15 @@ class GRPORun:
         train_seconds = time.monotonic() - started
         if s is None:
             return
-        s.board.record_timings(train=train_seconds)
+        s.board.record_timings(
+            train=train_seconds, forward_backward=stats.forward_backward_seconds, optimizer=stats.optimizer_seconds
+        )
         s.board.set_phase("sync")
         saved = s.store.save(self.policy.model, step)
         s.board.record_timings(save=saved.seconds)
+        pending = self.prefetch.pending
+        if pending is not None and publish_unloads(pending.version, s.sync.max_loras, s.sync.keep_previous):
+            self.prefetch.wait()  # vLLM has no room to keep the prefetch's adapter beside the new one
         self._serve(s, step, replaced=saved.replaced)
         s.board.step_done(
             step,
@@ -355,10 +448,17 @@ class GRPORun:
             self._validate(s, step)
         log.info(
             "step done",
-            extra={"step": step, "reward_mean": info.get("reward_mean"), "samples": len(plan.samples), "loss": stats.loss},
+            extra={
+                "step": step,
+                "reward_mean": info.get("reward_mean"),
+                "samples": len(plan.samples),
+                "loss": stats.loss,
+                "sampled_by": info.get("sampled_by"),
+            },
         )
 
     def close(self) -> None:
+        self.prefetch.close()
         s = self.sampling
         if s is not None:
             if s.server is not None:

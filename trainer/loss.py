@@ -4,6 +4,10 @@ Per completion token: ratio r = exp(logp - old_logp); loss = -min(r·A,
 clip(r, 1-ε, 1+ε_high)·A), multiplied by the truncated importance weight
 min(exp(old_logp - sampler_logp), cap) that corrects for the sampler (vLLM) having
 drawn the tokens from slightly different weights, plus β·KL(ref) when β > 0.
+The same weight covers overlapped rollouts, drawn by the adapter one step behind:
+old_logp is the policy before this update (the proximal policy of decoupled PPO),
+sampler_logp the behaviour policy, and truncation bounds the variance (TRL's
+``vllm_importance_sampling_mode="token_truncate"``).
 
 Normalisation (``loss_type``) differs from TRL only in bookkeeping: TRL divides
 each micro-batch by its accumulation count and lets DDP average over ranks; here

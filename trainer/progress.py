@@ -28,7 +28,19 @@ log = logging.getLogger(__name__)
 PROGRESS_FILE = "progress.json"
 
 Phase = Literal["starting", "baseline", "rollout", "train", "sync", "validate", "done", "stopped", "failed"]
-TimedPhase = Literal["rollout", "reward", "train", "save", "load", "first_request", "validate"]
+TimedPhase = Literal[
+    "rollout",
+    "reward",
+    "rollout_wait",
+    "train",
+    "forward_backward",
+    "optimizer",
+    "save",
+    "load",
+    "first_request",
+    "validate",
+    "step",
+]
 PHASES: tuple[str, ...] = get_args(Phase)
 TIMED_PHASES: tuple[str, ...] = get_args(TimedPhase)
 _ETA_WINDOW = 10  # steps averaged for the ETA
@@ -48,13 +60,23 @@ class PhaseTimings(_Doc):
     # "validate" would shadow BaseModel.validate: the attribute is validate_, the JSON key "validate"
     model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
 
-    rollout: Optional[float] = None
-    reward: Optional[float] = None
-    train: Optional[float] = None
+    rollout: Optional[float] = Field(None, description="Generation and scoring of the step's rollouts (wall time).")
+    reward: Optional[float] = Field(None, description="Metric calls of the rollouts, summed (they run inside rollout, concurrently).")
+    rollout_wait: Optional[float] = Field(
+        None,
+        description=(
+            "Time the update waited for its rollouts: all of rollout when sequential, only the part not "
+            "hidden behind the previous update when rollouts overlap training."
+        ),
+    )
+    train: Optional[float] = Field(None, description="The whole update (forward_backward + optimizer + collectives).")
+    forward_backward: Optional[float] = None
+    optimizer: Optional[float] = Field(None, description="Gradient clipping, optimizer and scheduler steps.")
     save: Optional[float] = None
     load: Optional[float] = None
     first_request: Optional[float] = None
     validate_: Optional[float] = Field(None, alias="validate")
+    step: Optional[float] = Field(None, description="Wall time from the end of the previous step to the end of this one.")
 
 
 class Progress(_Doc):
@@ -146,9 +168,13 @@ class ProgressBoard:
             self._publish()
 
     @contextmanager
-    def timed(self, phase: TimedPhase) -> Iterator[None]:
-        """Time a block as ``phase``; if it is also a run phase (rollout, train, validate) the document shows it."""
-        if phase in PHASES:
+    def timed(self, phase: TimedPhase, *, show: bool = True) -> Iterator[None]:
+        """Time a block as ``phase``; if it is also a run phase (rollout, train, validate) the document shows it.
+
+        ``show=False`` only times it: rollouts prefetched in the background while the
+        main thread trains must not replace the phase the document shows.
+        """
+        if show and phase in PHASES:
             self.set_phase(phase)  # type: ignore[arg-type]
         start = time.perf_counter()
         try:
@@ -186,6 +212,9 @@ class ProgressBoard:
         with self._lock:
             if self._last_step_end is not None:
                 self._step_durations.append(now - self._last_step_end)
+                self._doc.timings.step = now - self._last_step_end
+                for observer in self._observers:
+                    observer.on_phase_seconds("step", now - self._last_step_end)
             self._last_step_end = now
             doc = self._doc
             doc.step = step

@@ -8,9 +8,11 @@ gradients over micro-batches of per_device_train_batch_size. Gradients are summe
 over ranks by hand after the last micro-batch (so ranks may hold different numbers
 of micro-batches in a ragged final batch), clipped, and applied.
 
-Each sample is seen once, right after sampling, so old_logps is the current
-policy's logps detached (ratio 1, TRL's num_iterations=1); the clipped form is
-kept so that off-policy inputs work unchanged.
+Each sample is trained on once, so old_logps is the current policy's logps
+detached (ratio 1, TRL's num_iterations=1): the policy before this update is the
+proximal policy. The sampler's distance from it — vLLM's numerics, and with
+overlapped rollouts one step of lag — is corrected by the loss's truncated
+importance weight against the sampler's logprobs.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class UpdateStats:
     lr: float  # learning rate of the last optimizer step
     optimizer_steps: int
     seconds: float
+    forward_backward_seconds: float = 0.0  # this rank's collation, forward and backward passes
+    optimizer_seconds: float = 0.0  # this rank's gradient reduction, clipping, optimizer and scheduler steps
 
 
 def optimizer_batches(samples: Sequence[TrainSample], train: TrainKwargs, world_size: int) -> list[list[TrainSample]]:
@@ -99,6 +103,7 @@ def train_on_samples(
     totals = LossStats()
     loss_sum = grad_norm_sum = 0.0
     tokens = sequences = steps = 0
+    fb_seconds = opt_seconds = 0.0
     lr = optimizer.param_groups[0]["lr"]
     for batch in optimizer_batches(samples, train, dist.world_size):
         shard = batch[dist.rank :: dist.world_size]
@@ -113,6 +118,7 @@ def train_on_samples(
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
         step_stats = LossStats()
+        fb_started = time.perf_counter()
         for group in micro:
             mb = collate(group, policy.device, train.max_prompt_length)
             ref = reference_logprobs(policy, mb) if options.beta != 0.0 else None
@@ -131,6 +137,8 @@ def train_on_samples(
             result.loss.backward()
             step_loss += float(result.loss.detach())
             step_stats = step_stats + result.stats
+        opt_started = time.perf_counter()
+        fb_seconds += opt_started - fb_started
 
         _sum_gradients(params, dist)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm))
@@ -138,6 +146,7 @@ def train_on_samples(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        opt_seconds += time.perf_counter() - opt_started
 
         reduced = all_reduce_sum(
             torch.tensor([step_loss, *step_stats.as_tuple()], dtype=torch.float64, device=dist.device), dist
@@ -161,6 +170,8 @@ def train_on_samples(
         lr=lr,
         optimizer_steps=steps,
         seconds=time.monotonic() - started,
+        forward_backward_seconds=fb_seconds,
+        optimizer_seconds=opt_seconds,
     )
     log.info("update done", extra={"update": stats.__dict__})
     return stats
