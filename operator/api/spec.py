@@ -217,7 +217,8 @@ class Resources(ApiModel):
     )
     rules = (
         Rule(
-            cel="!('nvidia.com/gpu' in self.requests) && !('nvidia.com/gpu' in self.limits)",
+            # has(): the API server does not default a map absent from a present object
+            cel="!(has(self.requests) && 'nvidia.com/gpu' in self.requests) && !(has(self.limits) && 'nvidia.com/gpu' in self.limits)",
             message="GPU counts come from trainKwargs.num_training_gpus / num_inference_gpus; remove nvidia.com/gpu here",
             check=lambda r: "nvidia.com/gpu" not in r.requests and "nvidia.com/gpu" not in r.limits,
         ),
