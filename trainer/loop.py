@@ -38,6 +38,7 @@ from .registry import data_defaults, resolve_metric, resolve_program
 from .rollout import ExampleSampler, PolicyCallError, Rollout, run_rollouts
 from .samples import TrainSample
 from .server import ProgressServer, TrainerMetrics
+from .served_check import check_served_adapter
 from .stopflag import StopFlag
 from .tracking import CompletionLog, make_tracker
 from .update import train_on_samples
@@ -115,6 +116,7 @@ class GRPORun:
         self.ckpt = CheckpointManager(self.run_dir, keep=cfg.grpo.keep_checkpoints)
         self.policy: Policy
         self.sampling: Optional[Sampling] = None
+        self._probe: Optional[TrainSample] = None  # a sequence the end-of-run served-adapter check scores
         self.overlap = cfg.grpo.overlap_rollouts
         self.prefetch: Prefetcher[SampledStep] = Prefetcher()
 
@@ -404,6 +406,7 @@ class GRPORun:
         if self.dist.is_main and self.sampling is not None:
             s = self.sampling
             if phase == "done":
+                self._check_served_adapter(s, step)
                 s.board.finish()
             else:
                 s.board.set_phase("stopped")
@@ -413,8 +416,25 @@ class GRPORun:
                 s.completions.close()
         return phase
 
+    def _check_served_adapter(self, s: Sampling, step: int) -> None:
+        """Record whether vLLM serves exactly the final adapter on the volume (scored on the last trained sample)."""
+        probe = self._probe
+        if probe is None or step == 0:
+            return
+        try:
+            check = check_served_adapter(
+                self.policy.model, self.policy.device, self.cfg.vllm.base_url, version_name(step),
+                s.store.path(step), probe.prompt_ids + probe.completion_ids,
+            ).as_dict()
+        except Exception as exc:  # a report, not a reason to fail a finished run
+            log.warning("served adapter check failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+            check = {"adapter": version_name(step), "error": f"{type(exc).__name__}: {exc}"}
+        s.board.record_served_check(check)
+
     def _train_step(self, step: int, plan: StepPlan, info: dict[str, Any]) -> None:
         s = self.sampling
+        if plan.samples:
+            self._probe = plan.samples[0]
         if s is not None:
             s.board.set_phase("train")
         started = time.monotonic()

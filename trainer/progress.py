@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal, Optional, Protocol, get_args
+from typing import Any, Literal, Optional, Protocol, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -108,6 +108,9 @@ class Progress(_Doc):
     eta_seconds: Optional[float] = None
     finished: bool = False
     error: Optional[str] = None
+    served_check: Optional[dict[str, Any]] = Field(
+        None, description="End-of-run proof that vLLM serves the adapter on the volume (trainer/served_check.py)."
+    )
 
     @classmethod
     def read(cls, run_dir: str | Path) -> Progress | None:
@@ -261,6 +264,11 @@ class ProgressBoard:
         """The best adapter's vLLM name (None: the base model scored best)."""
         with self._lock:
             self._doc.best_adapter_version = name
+            self._publish()
+
+    def record_served_check(self, check: dict[str, Any]) -> None:
+        with self._lock:
+            self._doc.served_check = check
             self._publish()
 
     def finish(self) -> None:

@@ -27,7 +27,9 @@ from grpo_trainer.hparams import GRPOArgs, TrainKwargs
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
-def _config(server, run_dir: Path, steps: int, *, threads: int = 4, examples: int = 2, val_every: int = 100) -> Path:
+def _config(
+    server, run_dir: Path, steps: int, *, threads: int = 4, examples: int = 2, val_every: int = 100, overlap: bool = True
+) -> Path:
     cfg = TrainerConfig(
         job_name="loop-test",
         run_dir=str(run_dir),
@@ -51,6 +53,7 @@ def _config(server, run_dir: Path, steps: int, *, threads: int = 4, examples: in
             num_steps_for_val=val_every,
             constrain_output_format=True,
             keep_checkpoints=10,
+            overlap_rollouts=overlap,
         ),
         train=TrainKwargs(
             learning_rate=5e-3,
@@ -127,26 +130,33 @@ def test_three_steps_make_three_served_adapter_versions(vllm_server, tmp_path):
     assert seen == [1, 2, 3], f"vLLM served these versions of this run, in this order: {seen}"
     served = {m["id"]: m.get("root") for m in httpx.get(f"{server.openai_url}/models").json()["data"]}
     assert served["policy-v3"] == str(run_dir / "adapters" / "step-3")
+    # the trainer's own end-of-run check: vLLM's logprobs under policy-v3 are those of the adapter on disk
+    check = progress["served_check"]
+    assert (check["adapter"], check["path"]) == ("policy-v3", str(run_dir / "adapters" / "step-3")), check
+    assert check["served_vs_disk"] <= 1e-3 < check["base_vs_disk"], check
     # adapters differ step to step: training happened
     w1 = load_file(run_dir / "adapters" / "step-1" / "adapter_model.safetensors")
     w3 = load_file(run_dir / "adapters" / "step-3" / "adapter_model.safetensors")
     assert any(float((w1[k] - w3[k]).abs().max()) > 0 for k in w1)
 
 
+@pytest.mark.timeout(1800)  # two 6-step runs: ~2 min on a quiet machine, far more on a loaded one
 def test_kill_9_and_resume_gives_the_same_adapter_as_a_straight_run(vllm_server, tmp_path):
     """6 steps straight vs 3 steps, SIGKILL during step 4, resume to 6: equal weights (1e-6).
 
-    One rollout at a time (num_threads=1) so vLLM batches are identical in both runs;
+    Sequential (no overlap: a prefetched request could share a vLLM batch with a publish's
+    check request, which changes float results) and one rollout at a time (num_threads=1),
+    so vLLM batches are identical in both runs;
     the resumed run reloads the adapter names of the straight run in place on the
     shared server, which is harmless exactly when the weights are equal. Both runs
     log their completions, so a failure shows the first step whose sampling differed.
     """
     server = vllm_server
     straight = tmp_path / "straight"
-    _run(_config(server, straight, steps=6, threads=1, examples=1), tmp_path / "straight.log")
+    _run(_config(server, straight, steps=6, threads=1, examples=1, overlap=False), tmp_path / "straight.log")
 
     resumed = tmp_path / "resumed"
-    config = _config(server, resumed, steps=6, threads=1, examples=1)
+    config = _config(server, resumed, steps=6, threads=1, examples=1, overlap=False)
     log = tmp_path / "resumed.log"
     proc = _start(config, log)
     marker = resumed / "checkpoints" / "step-3" / "COMPLETE"
