@@ -1,8 +1,16 @@
 """Kopf handlers: when to reconcile. What to do is in lifecycle.py, how in reconcile.py.
 
+Every handler is async and only puts the job's key on a :class:`WorkQueue`
+(deduplicated: one reconcile for any number of events that arrive while the job
+waits, and never two at once for one job); ``reconcile_workers`` tasks drain it,
+each running one blocking reconcile in a thread of the operator's own pool. No
+handler holds one of Kopf's handler threads (``settings.execution``), so a burst
+of pod events no longer waits behind a few whole reconciles.
+
 * create / resume (operator restart) / spec update of a GRPOJob → reconcile it;
 * a background task (:class:`Resync`) → reconcile every job periodically (progress,
-  deadline, TTL, missed events), the jobs known from a Kopf index;
+  deadline, TTL, missed events, failed reconciles), the jobs known from a Kopf
+  index, in the queue's background lane: events go first;
 * any change of a pod the operator manages → reconcile its job at once
   (so a failed trainer or an unschedulable pod is reported within seconds);
 * deletion (the watch's DELETED event) → forget the job's metrics.
@@ -18,7 +26,7 @@ collection (ownerReferences). Kopf timers and daemons, and deletion handlers tha
 are not ``optional=True``, would each bring the finalizer back.
 
 Handlers are registered on an explicit registry by :func:`register`, so nothing
-happens at import time and the settings decide the resync interval.
+happens at import time and the settings decide the resync interval and workers.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +44,7 @@ from grpo_operator.settings import OperatorSettings
 
 from .children import JOB_LABEL, MANAGED_BY_LABEL, OPERATOR_NAME
 from .reconcile import Reconciler, indexed_pod
+from .workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -58,22 +68,26 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.watching.server_timeout = 300
 
 
+JobKey = tuple[str, str]  # (namespace, name)
+
+
 @dataclass
 class Resync:
-    """Reconcile every known job at least every ``interval`` seconds, from one background task.
+    """Queue every known job for a reconcile at least every ``interval`` seconds, from one background task.
 
     This is what a ``@kopf.timer`` would do, without the finalizer Kopf puts on
     every object a timer serves (which makes deletions hang while no operator runs).
-    It ticks every half interval and skips the jobs an event reconciled within the
-    last half: while pods come and go those reconciles already did the work, and
-    re-reading hundreds of jobs on top of them slowed everything down.
+    It ticks every half interval and skips the jobs reconciled within the last
+    half: while pods come and go, event-driven reconciles already did the work.
+    A job whose reconcile failed is retried here.
     """
 
     reconciler: Reconciler
+    queue: WorkQueue[JobKey]
     interval: float
     _task: asyncio.Task[None] | None = field(default=None, init=False)
 
-    def start(self, jobs: kopf.Index[tuple[str, str], str]) -> None:
+    def start(self, jobs: kopf.Index[JobKey, str]) -> None:
         self._task = asyncio.create_task(self._run(jobs), name="grpojob resync")
 
     async def stop(self) -> None:
@@ -83,60 +97,76 @@ class Resync:
                 await self._task
             self._task = None
 
-    async def _run(self, jobs: kopf.Index[tuple[str, str], str]) -> None:
+    async def _run(self, jobs: kopf.Index[JobKey, str]) -> None:
         half = self.interval / 2
         while True:
             await asyncio.sleep(half)
-            # a snapshot: the index changes while we await
-            await self.once([key for key in jobs if not self.reconciler.reconciled_within(key, half)])
+            self.once(list(jobs), half)  # a snapshot: Kopf changes the index between our awaits
 
-    async def once(self, keys: list[tuple[str, str]]) -> None:
-        """Reconcile these jobs concurrently (blocking API calls, hence threads); log failures, retry next time."""
-        results = await asyncio.gather(
-            *(asyncio.to_thread(self.reconciler.reconcile_named, ns, name) for ns, name in keys),
-            return_exceptions=True,
-        )
-        for (ns, name), result in zip(keys, results):
-            if isinstance(result, Exception):
-                log.error("resync of %s/%s failed; retried in %.0fs", ns, name, self.interval, exc_info=result)
+    def once(self, keys: list[JobKey], skip_within: float = 0.0) -> int:
+        """Queue these jobs (background lane) unless reconciled within ``skip_within`` s; how many were queued."""
+        due = [key for key in keys if not self.reconciler.reconciled_within(key, skip_within)]
+        for key in due:
+            self.queue.add(key, background=True)
+        return len(due)
+
+
+def reconcile_queue(reconciler: Reconciler, workers: int) -> tuple[WorkQueue[JobKey], ThreadPoolExecutor]:
+    """The queue of jobs to reconcile, and the threads its workers run the (blocking) reconciles in.
+
+    One thread per worker, not asyncio's default executor (min(32, CPUs + 4)
+    threads, 6 on a 2-core node), which would cap the workers.
+    """
+    threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpo-reconcile")
+
+    async def reconcile(key: JobKey) -> None:
+        await asyncio.get_running_loop().run_in_executor(threads, reconciler.reconcile_named, *key)
+
+    return WorkQueue(reconcile, workers, name="grpojobs"), threads
 
 
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, settings: OperatorSettings) -> None:
     """Register every handler of the operator on ``registry``."""
 
     kopf.on.login(registry=registry)(kopf.login_via_client)
-    resync = Resync(reconciler, min(settings.resync_seconds, settings.progress_poll_seconds))
+    queue, threads = reconcile_queue(reconciler, settings.reconcile_workers)
+    resync = Resync(reconciler, queue, min(settings.resync_seconds, settings.progress_poll_seconds))
 
     @kopf.index(GROUP, VERSION, PLURAL, id=JOB_INDEX, registry=registry)
-    async def index_job(namespace: str, name: str, uid: str, **_: Any) -> dict[tuple[str, str], str]:
+    async def index_job(namespace: str, name: str, uid: str, **_: Any) -> dict[JobKey, str]:
         return {(namespace, name): uid}
 
     @kopf.index("v1", "pods", labels=POD_LABELS, id=POD_INDEX, registry=registry)
-    async def index_pod(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[tuple[str, str], Any]:
+    async def index_pod(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[JobKey, Any]:
         return {(namespace, labels[JOB_LABEL]): indexed_pod(body)}
 
     @kopf.on.startup(registry=registry)
-    async def start_resync(**kwargs: Any) -> None:
+    async def start_workers(**kwargs: Any) -> None:
+        queue.start()
         resync.start(kwargs[JOB_INDEX])  # the live index: filled by Kopf as the watch streams
+        workers = settings.reconcile_workers
+        log.info("reconciling with %d workers", workers, extra={"workers": workers})
 
     @kopf.on.cleanup(registry=registry)
-    async def stop_resync(**_: Any) -> None:
+    async def stop_workers(**_: Any) -> None:
         await resync.stop()
+        await queue.stop()
+        threads.shutdown(wait=False, cancel_futures=True)  # a reconcile in flight ends on its own
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=registry)
-    def on_job(body: kopf.Body, **kwargs: Any) -> None:
+    async def on_job(namespace: str, name: str, **kwargs: Any) -> None:
         reconciler.use_pod_index(kwargs[POD_INDEX])  # Kopf calls handlers only once its indexes are filled
-        reconciler.reconcile(body)
+        queue.add((namespace, name))
 
     @kopf.on.event("v1", "pods", labels=POD_LABELS, registry=registry)
-    def on_pod(body: kopf.Body, namespace: str, labels: kopf.Labels, **kwargs: Any) -> None:
+    async def on_pod(namespace: str, labels: kopf.Labels, **kwargs: Any) -> None:
         reconciler.use_pod_index(kwargs[POD_INDEX])
-        reconciler.reconcile_named(namespace, labels[JOB_LABEL])
+        queue.add((namespace, labels[JOB_LABEL]))
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def on_job_event(type: str, name: str, namespace: str, **_: Any) -> None:
-        # async: every event of every job comes here; only a deletion needs a thread
+        # every event of every job comes here; only a deletion needs a thread
         if type == "DELETED":
             await asyncio.to_thread(reconciler.forget, namespace, name)

@@ -16,27 +16,28 @@ from kubernetes import client, config
 
 from .handlers import configure_kopf, register
 from .metrics import OperatorMetrics
-from .reconcile import Cluster, Reconciler
+from .reconcile import IO_THREADS_PER_WORKER, Cluster, Reconciler
 from .settings import OperatorSettings
 
 log = logging.getLogger("grpo_operator")
 
 
 # Connections kept open to the API server: at least one per thread that calls it
-# (Kopf's handler threads and asyncio's default executor, each min(32, cpus + 4)).
+# (the reconcile threads, the reconciler's I/O threads, asyncio's default executor).
 # The client's default (5 per CPU) made busy threads discard and re-open TLS
 # connections under load.
-API_CONNECTIONS = 64
+MIN_API_CONNECTIONS = 64
 
 
-def api_client() -> client.ApiClient:
+def api_client(settings: OperatorSettings) -> client.ApiClient:
     """In-cluster credentials when running in a pod, else $KUBECONFIG / ~/.kube/config."""
     cfg = client.Configuration()
     try:
         config.load_incluster_config(client_configuration=cfg)
     except config.ConfigException:
         config.load_kube_config(client_configuration=cfg)
-    cfg.connection_pool_maxsize = API_CONNECTIONS
+    threads = (1 + IO_THREADS_PER_WORKER) * settings.reconcile_workers + 8
+    cfg.connection_pool_maxsize = max(MIN_API_CONNECTIONS, threads)
     return client.ApiClient(cfg)
 
 
@@ -75,7 +76,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     metrics = OperatorMetrics()
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
-    reconciler = Reconciler(Cluster(api_client()), settings, metrics)
+    reconciler = Reconciler(Cluster(api_client(settings)), settings, metrics)
     registry = kopf.OperatorRegistry()
     register(registry, reconciler, settings)
     scope = ", ".join(settings.namespaces) if settings.namespaces else "all namespaces"

@@ -203,8 +203,9 @@ class _ProgressMemo:
 # reconcile was a large part of the API traffic at a few hundred jobs. A missing
 # Secret or key is never remembered, so a job waiting for one starts at once.
 SECRET_MEMO_SECONDS = 5.0
-# Threads for the API calls reconciles issue concurrently (shared by all jobs).
-IO_THREADS = 16
+# Threads for the API calls reconciles issue concurrently (shared by all jobs), per
+# reconcile worker: each reconcile issues up to five reads at once.
+IO_THREADS_PER_WORKER = 2
 
 
 class Reconciler:
@@ -228,7 +229,9 @@ class Reconciler:
         self._check_secrets = settings.check_secrets
         self._pod_index: Optional[PodIndex] = None
         # API calls one reconcile makes at the same time (its reads; its events)
-        self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="grpo-io")
+        self._io = ThreadPoolExecutor(
+            max_workers=IO_THREADS_PER_WORKER * settings.reconcile_workers, thread_name_prefix="grpo-io"
+        )
 
     def _lock(self, key: tuple[str, str]) -> threading.RLock:
         # reentrant: a reconcile that deletes its job (TTL) forgets it while holding the lock

@@ -35,6 +35,9 @@ class OperatorSettings(BaseModel):
     metrics_port: int = Field(8080, ge=0, le=65535, description="Port of the operator's /metrics (0: off).")
     health_port: int = Field(8081, ge=0, le=65535, description="Port of the operator's /healthz (0: off).")
     resync_seconds: float = Field(10.0, gt=0, description="Reconcile every job at least this often.")
+    reconcile_workers: int = Field(
+        16, ge=1, le=256, description="Jobs reconciled at the same time (a thread each, mostly waiting on the API)."
+    )
     progress_poll_seconds: float = Field(10.0, gt=0, description="How often the trainer's /progress is read.")
     progress_timeout_seconds: float = Field(2.0, gt=0, description="Timeout of one /progress request.")
     namespaces: tuple[str, ...] = Field((), description="Namespaces to watch; empty: the whole cluster.")
