@@ -45,7 +45,7 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -632,12 +632,14 @@ class ControlPlane:
         bin_dir: Path | None = None,
         work_dir: Path | None = None,
         timeout: float = 90.0,
+        controller_manager_args: Sequence[str] = (),
     ) -> ControlPlane:
         """Start everything and wait until nodes are Ready and the default ServiceAccount exists.
 
         ``logs_dir`` defaults to ``$GRPO_CLUSTER_LOGS`` or a new temp dir. Raises
         :class:`ControlPlaneError` (with the logs' path and the failing component's
-        log tail) when something does not come up.
+        log tail) when something does not come up. ``controller_manager_args`` are
+        added to kube-controller-manager's (e.g. ``--kube-api-qps=100`` in a benchmark).
         """
         t0 = time.monotonic()
         bin_dir = Path(bin_dir) if bin_dir else find_bin_dir()
@@ -666,7 +668,7 @@ class ControlPlane:
         )
         atexit.register(cp.stop)
         try:
-            cp._start_all(etcd_port, etcd_peer, api_port, kwok_port, timeout)
+            cp._start_all(etcd_port, etcd_peer, api_port, kwok_port, timeout, tuple(controller_manager_args))
         except BaseException as exc:
             detail = str(exc)
             cp.stop()
@@ -674,7 +676,9 @@ class ControlPlane:
         (logs_dir / "startup.txt").write_text(f"started in {time.monotonic() - t0:.1f}s; server {server}\n")
         return cp
 
-    def _start_all(self, etcd_port: int, etcd_peer: int, api_port: int, kwok_port: int, timeout: float) -> None:
+    def _start_all(
+        self, etcd_port: int, etcd_peer: int, api_port: int, kwok_port: int, timeout: float, kcm_args: tuple[str, ...]
+    ) -> None:
         ca, w = self._ca, self.work_dir
         assert ca is not None
         pki = ca.dir
@@ -793,6 +797,7 @@ class ControlPlane:
                 "--secure-port=0",
                 "--concurrent-gc-syncs=10",
                 "--v=2",
+                *kcm_args,
             ],
         )
         self._spawn(
