@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from grpo_operator.settings import OperatorSettings
 from kubernetes import client, config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "cluster"))  # as tests/cluster/conftest.py
@@ -197,9 +198,9 @@ def _after_bound(rec: NamespaceRecorder, w: Workload, names: list[str]) -> list[
     wanted, out = set(names), []
     for name, mine in rec.children(w.kind).items():
         pods = [s for kind, s in mine if kind == "Pod"]
-        if name in wanted and name in bound and len(pods) == w.children["Pod"]:
-            if all("scheduled" in p.marks for p in pods):
-                out.append(max(0.0, max(p.marks["scheduled"] for p in pods) - bound[name]))
+        complete = len(pods) == w.children["Pod"] and all("scheduled" in p.marks for p in pods)
+        if name in wanted and name in bound and complete:
+            out.append(max(0.0, max(p.marks["scheduled"] for p in pods) - bound[name]))
     return out
 
 
@@ -225,7 +226,14 @@ def fresh_namespace(cp: controlplane.ControlPlane, api: client.ApiClient, prefix
 
 
 def measure(
-    cp: controlplane.ControlPlane, api: client.ApiClient, w: Workload, n: int, logs: Path, timeout: float, idle: float
+    cp: controlplane.ControlPlane,
+    api: client.ApiClient,
+    w: Workload,
+    n: int,
+    logs: Path,
+    timeout: float,
+    idle: float,
+    operator_settings: dict[str, str] | None = None,
 ) -> Result:
     names = [f"bench-{i:04d}" for i in range(n)]
     short = "ours" if w.controller == OURS else "builtin"
@@ -233,7 +241,7 @@ def measure(
         operator = None
         if w.controller == OURS:
             cp.kubectl("create", "secret", "generic", SECRET, "--from-literal=api-key=sk-test", "-n", ns)
-            settings = {"GRPO_TRAINER_PORT": str(free_port())}
+            settings = {"GRPO_TRAINER_PORT": str(free_port()), **(operator_settings or {})}
             log = logs / f"operator-{n}-{ns}.log"
             operator = OperatorProcess(operator_env(cp.env()), [ns], log, settings).start(timeout=60)
             pid = operator.proc.pid
@@ -330,7 +338,9 @@ def kcm_args(qps: int | None) -> list[str]:
     return [] if qps is None else [f"--kube-api-qps={qps}", f"--kube-api-burst={2 * qps}"]
 
 
-def report(results: dict[tuple[int, str], Result], repeats: int, kcm_qps: int | None = None) -> str:
+def report(
+    results: dict[tuple[int, str], Result], repeats: int, kcm_qps: int | None = None, workers: int | None = None
+) -> str:
     sizes = sorted({n for n, _ in results})
     lines = [
         "| N | controller | children p50 / p95 / max (s) | both pods scheduled p50 / p95 / max (s) "
@@ -373,19 +383,19 @@ def report(results: dict[tuple[int, str], Result], repeats: int, kcm_qps: int | 
         "over that time; idle CPU: afterwards, with every job running. Our pods also wait for their PVC to be "
         "bound (kube-controller-manager's PV controller, hostpath provisioner) before the scheduler places them; "
         'the built-in Jobs have no volume; "PVC bound → scheduled" is the time after that binding (ours only). '
-        + settings_note(kcm_qps)
+        + settings_note(kcm_qps, workers)
         + " Watch relists: times the benchmark's own watches could not "
         "resume (their marks are late by the gap; 0 means none).",
     ]
     return "\n".join(lines)
 
 
-def settings_note(kcm_qps: int | None) -> str:
+def settings_note(kcm_qps: int | None, workers: int | None = None) -> str:
     """The settings both controllers ran with, for the table's notes."""
     kcm = "default (--kube-api-qps 20, --kube-api-burst 30)" if kcm_qps is None else " ".join(kcm_args(kcm_qps))
     return (
         f"One kube-controller-manager for both controllers in this run, client rate {kcm}; "
-        "operator defaults (resync 10 s, 16 reconcile workers)."
+        f"operator resync 10 s, {workers or OperatorSettings().reconcile_workers} reconcile workers."
     )
 
 
@@ -411,6 +421,7 @@ def parse_args() -> argparse.Namespace:
         type=int,
         help="kube-controller-manager --kube-api-qps (burst 2x) for both controllers (default 20)",
     )
+    p.add_argument("--workers", type=int, help="the operator's reconcile workers (default: its own, 16)")
     p.add_argument("--logs", type=Path, help="directory for component and operator logs (default: a temp dir)")
     p.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
     args = p.parse_args()
@@ -427,6 +438,7 @@ def main() -> int:
     print(f"logs: {logs}", file=sys.stderr)
     nodes = math.ceil(max(args.sizes) * GPUS_PER_JOB * HEADROOM / GPUS_PER_NODE)
     results: dict[tuple[int, str], list[Result]] = {}
+    operator_settings = {} if args.workers is None else {"GRPO_RECONCILE_WORKERS": str(args.workers)}
     with controlplane.ControlPlane.start(logs_dir=logs, controller_manager_args=kcm_args(args.kcm_qps)) as cp:
         install_crd(cp)
         started = time.monotonic()
@@ -437,10 +449,10 @@ def main() -> int:
             for repeat in range(args.repeats):
                 order = (OURS, BUILTIN) if repeat % 2 == 0 else (BUILTIN, OURS)
                 for controller in order:
-                    r = measure(cp, api, WORKLOADS[controller], n, logs, args.timeout, args.idle)
+                    r = measure(cp, api, WORKLOADS[controller], n, logs, args.timeout, args.idle, operator_settings)
                     results.setdefault((n, controller), []).append(r)
                     print(f"N={n} {controller}: {r}", file=sys.stderr)
-    table = report({key: median_result(rs) for key, rs in results.items()}, args.repeats, args.kcm_qps)
+    table = report({key: median_result(rs) for key, rs in results.items()}, args.repeats, args.kcm_qps, args.workers)
     print(table)
     if not args.no_write:
         write_section(NAME, f"## operator_scale\n\n{header(NAME)}\n{table}\n")
