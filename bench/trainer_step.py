@@ -42,8 +42,7 @@ import httpx
 import torch
 from _results import header, write_section
 from grpo_trainer.adapters import version_step
-from grpo_trainer.bundled import PII_DELEGATION
-from grpo_trainer.config import DataSpec, TrainerConfig, VLLMEndpoint
+from grpo_trainer.config import TrainerConfig
 from grpo_trainer.distributed import DistContext
 from grpo_trainer.hparams import GRPOArgs, TrainKwargs
 from grpo_trainer.loop import GRPORun, Sampling, StepPlan
@@ -55,7 +54,7 @@ from grpo_trainer.samples import TrainSample
 from grpo_trainer.stopflag import StopFlag
 from grpo_trainer.tinymodel import ensure_tiny_model
 from grpo_trainer.update import micro_batches, optimizer_batches, train_on_samples
-from support.vllm import VLLMServer, start_vllm_server
+from support.vllm import VLLMServer, start_vllm_server, trainer_config_for
 
 NAME = "trainer_step"
 EXAMPLES, SAMPLES_PER_INPUT = 4, 4
@@ -117,33 +116,16 @@ class BenchRun(GRPORun):
 
 
 def run_config(server: VLLMServer, run_dir: Path, steps: int, overlap: bool) -> TrainerConfig:
-    return TrainerConfig(
-        job_name=f"bench-{'overlap' if overlap else 'sequential'}",
-        run_dir=str(run_dir),
-        program="papillon",
-        metric="papillon_offline",
-        model=str(server.model_dir),
-        vllm=VLLMEndpoint(
-            base_url=server.openai_url,
-            served_model_name=server.served_name,
-            adapter_dir=str(run_dir / "adapters"),
-            max_loras=server.max_loras,
-            wait_timeout_seconds=120,
-        ),
-        train_data=DataSpec(source="file", path=str(PII_DELEGATION / "train.jsonl")),
-        val_data=DataSpec(source="file", path=str(PII_DELEGATION / "val.jsonl"), limit=2),
-        grpo=GRPOArgs(
-            num_train_steps=steps,
-            num_dspy_examples_per_grpo_step=EXAMPLES,
-            num_samples_per_input=SAMPLES_PER_INPUT,
-            num_threads=EXAMPLES * SAMPLES_PER_INPUT,
-            num_steps_for_val=10_000,  # baseline and final validation only: outside the timed steps
-            constrain_output_format=True,
-            overlap_rollouts=overlap,
-        ),
-        train=TRAIN,
-        device="cpu",
+    grpo = GRPOArgs(
+        num_train_steps=steps,
+        num_dspy_examples_per_grpo_step=EXAMPLES,
+        num_samples_per_input=SAMPLES_PER_INPUT,
+        num_threads=EXAMPLES * SAMPLES_PER_INPUT,
+        num_steps_for_val=10_000,  # baseline and final validation only: outside the timed steps
+        constrain_output_format=True,
+        overlap_rollouts=overlap,
     )
+    return trainer_config_for(server, run_dir, f"bench-{'overlap' if overlap else 'sequential'}", grpo, TRAIN)
 
 
 def unload_run_adapters(server: VLLMServer) -> None:

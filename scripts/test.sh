@@ -20,6 +20,15 @@ fi
 # litellm fetches a model price map at import unless told not to (no network here).
 export LITELLM_LOCAL_MODEL_COST_MAP=True HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
+# The embedded default's tiny model is generated and warm-started once (minutes), then cached:
+# built here rather than inside whichever test first needs it, so no test timeout includes it.
+# (Not from the repo root: operator/ there would shadow the stdlib module.)
+if [[ "${GRPO_SKIP_MODEL_BUILD:-0}" != 1 ]]; then
+  (cd "${TMPDIR:-/tmp}" && python -c \
+    "from grpo_operator.local.default import default_model_dir; print('tiny model:', default_model_dir())") >&2
+fi
+
+
 cd "$root"
 set +e
 pytest "$@"

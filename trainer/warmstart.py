@@ -1,4 +1,4 @@
-"""A short supervised warm start that turns the random tiny model into a tiny *pretrained* one.
+"""A supervised warm start that turns the random tiny model into a tiny *pretrained* one.
 
 Why: GRPO can only sharpen what a model already does some of the time. A random
 model never forwards a PII unit and never writes a sentence of a target answer,
@@ -7,7 +7,9 @@ the embedded default: validation 0.519 -> 0.520 over 17 steps). The warm start
 teaches the PAPILLON field format, plausible answers, and a 50/50 habit for the
 redaction step: forward the user's query as written (it leaks) or write the
 task's PII-free request. Which of the two to prefer is exactly what a privacy-
-conscious delegation policy has to learn, and the reward now shows it.
+conscious delegation policy has to learn, and the reward shows it only if the
+forward habit really copies the query's names and addresses: most of the steps
+go to that (see ``WarmStartSpec.kind_weights``).
 
 The data are fresh synthetic rows from the bundled generator (another seed, so
 never the bundled validation rows), rendered with DSPy's ChatAdapter and the
@@ -37,11 +39,16 @@ PAIRS_PER_ROW = 3  # papillon_pairs makes, per data row: redaction step, untrust
 class WarmStartSpec:
     """What determines the warm start (part of the tiny model's cache key)."""
 
-    steps: int = 600
+    steps: int = 1500
     batch_size: int = 16
-    learning_rate: float = 2e-3
+    learning_rate: float = 3e-3
     examples: int = 1200
     seed: int = 11  # the generator's seed for the synthetic rows (the bundled files use 7)
+    # Batches per kind of pair (redaction, untrusted answer, response). Copying the query is
+    # the one skill that takes long to learn (an induction circuit); the answers are templated
+    # and learnt within a few hundred steps. Measured: with 1:1:1 the forward habit copied 4-8%
+    # of the PII units after 600 steps; with 4:1:1, 67% after 1500.
+    kind_weights: tuple[int, int, int] = (4, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,7 @@ def warm_start(model_dir: Path, spec: WarmStartSpec) -> dict[str, float]:
     # One kind of pair per batch (redaction, untrusted answer, response): similar lengths, little padding.
     kinds = [[_encode(tokenizer, pair) for pair in pairs[k::PAIRS_PER_ROW]] for k in range(PAIRS_PER_ROW)]
     generator = torch.Generator().manual_seed(spec.seed)
+    schedule = random.Random(spec.seed).choices(range(PAIRS_PER_ROW), weights=spec.kind_weights, k=spec.steps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=0.0)
     warmup = max(1, spec.steps // 20)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -114,7 +122,7 @@ def warm_start(model_dir: Path, spec: WarmStartSpec) -> dict[str, float]:
     model.train()
     losses: list[float] = []
     for step in range(spec.steps):
-        encoded = kinds[step % PAIRS_PER_ROW]
+        encoded = kinds[schedule[step]]
         picks = torch.randint(len(encoded), (spec.batch_size,), generator=generator).tolist()
         batch = [encoded[i] for i in picks]
         width = max(len(ids) for ids, _ in batch)
@@ -137,7 +145,7 @@ def warm_start(model_dir: Path, spec: WarmStartSpec) -> dict[str, float]:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
-        if step % 50 == 0:
+        if step % 100 == 0:
             log.info("warm start", extra={"step": step, "loss": round(losses[-1], 4)})
     model.save_pretrained(model_dir, safe_serialization=True)
     tail = losses[-20:]

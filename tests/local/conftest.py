@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from grpo_operator.local.default import default_job
-from grpo_trainer.tinymodel import ensure_tiny_model
+from grpo_operator.local.default import default_job, default_model_dir
 
 MARKER_ENV = "GRPO_LOCAL_TEST_MARKER"
 
@@ -41,7 +40,7 @@ def ports() -> tuple[int, int]:
 
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
-    return ensure_tiny_model()
+    return default_model_dir()
 
 
 @pytest.fixture

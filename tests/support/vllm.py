@@ -20,7 +20,7 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -85,6 +85,33 @@ def start_vllm_server(
         )
     finally:
         process.stop()
+
+
+def trainer_config_for(server: VLLMServer, run_dir: Path, job_name: str, grpo: Any, train: Any) -> Any:
+    """A CPU TrainerConfig against ``server`` on the bundled data (2 validation examples), adapters under ``run_dir``."""
+    from grpo_trainer.bundled import PII_DELEGATION
+    from grpo_trainer.config import DataSpec, TrainerConfig, VLLMEndpoint
+
+    return TrainerConfig(
+        job_name=job_name,
+        run_dir=str(run_dir),
+        program="papillon",
+        metric="papillon_offline",
+        model=str(server.model_dir),
+        vllm=VLLMEndpoint(
+            base_url=server.openai_url,
+            served_model_name=server.served_name,
+            adapter_dir=str(run_dir / "adapters"),
+            max_loras=server.max_loras,
+            wait_timeout_seconds=120,
+        ),
+        train_data=DataSpec(source="file", path=str(PII_DELEGATION / "train.jsonl")),
+        val_data=DataSpec(source="file", path=str(PII_DELEGATION / "val.jsonl"), limit=2),
+        grpo=grpo,
+        train=train,
+        port=0,
+        device="cpu",
+    )
 
 
 @pytest.fixture(scope="session")

@@ -20,9 +20,8 @@ import httpx
 import pytest
 from safetensors.torch import load_file
 
-from grpo_trainer.bundled import PII_DELEGATION
-from grpo_trainer.config import DataSpec, TrainerConfig, VLLMEndpoint
 from grpo_trainer.hparams import GRPOArgs, TrainKwargs
+from support.vllm import trainer_config_for
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -30,22 +29,11 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 def _config(
     server, run_dir: Path, steps: int, *, threads: int = 4, examples: int = 2, val_every: int = 100, overlap: bool = True
 ) -> Path:
-    cfg = TrainerConfig(
-        job_name="loop-test",
-        run_dir=str(run_dir),
-        program="papillon",
-        metric="papillon_offline",
-        model=str(server.model_dir),
-        vllm=VLLMEndpoint(
-            base_url=server.openai_url,
-            served_model_name=server.served_name,
-            adapter_dir=str(run_dir / "adapters"),
-            max_loras=server.max_loras,
-            wait_timeout_seconds=120,
-        ),
-        train_data=DataSpec(source="file", path=str(PII_DELEGATION / "train.jsonl")),
-        val_data=DataSpec(source="file", path=str(PII_DELEGATION / "val.jsonl"), limit=2),
-        grpo=GRPOArgs(
+    cfg = trainer_config_for(
+        server,
+        run_dir,
+        "loop-test",
+        GRPOArgs(
             num_train_steps=steps,
             num_dspy_examples_per_grpo_step=examples,
             num_samples_per_input=4,
@@ -55,7 +43,7 @@ def _config(
             keep_checkpoints=10,
             overlap_rollouts=overlap,
         ),
-        train=TrainKwargs(
+        TrainKwargs(
             learning_rate=5e-3,
             max_completion_length=128,
             per_device_train_batch_size=8,
@@ -66,8 +54,6 @@ def _config(
             num_training_gpus=0,
             num_inference_gpus=0,
         ),
-        port=0,
-        device="cpu",
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "trainer-config.json"

@@ -1,0 +1,126 @@
+"""Does the embedded default learn, and by how much beyond noise?  bash bench/run.sh learning [--quick]
+
+1. Noise: the validation score of one fixed model (the warm-started base, step 0)
+   under several sampling seeds, through the vLLM server ``grpo-local`` would start
+   -- the spread any gain must clear.
+2. Learning: ``grpo-local`` on the embedded default, overlapped (the default) for a
+   few training seeds and sequential for one: baseline vs final validation score,
+   and wall time.
+
+Writes the ``learning`` section of bench/RESULTS.md; tests/local/test_learning.py
+takes its noise figure from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from grpo_operator.local.default import default_job
+from grpo_operator.local.plan import Plan, RunOptions, make_plan
+from grpo_trainer.distributed import DistContext
+from grpo_trainer.loop import GRPORun
+from grpo_trainer.vllm_server import VLLMProcess
+from _results import header, write_section
+from support.vllm import free_port
+
+
+def local_plan(doc: dict[str, Any], work: Path, name: str) -> Plan:
+    """What ``grpo-local`` would run for ``doc`` (the same translation, the same vLLM command)."""
+    job = work / f"{name}.yaml"
+    job.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return make_plan(RunOptions(job_file=job, run_dir=work / name, port=free_port(), trainer_port=0))
+
+
+def validation_noise(seeds: int, work: Path) -> list[float]:
+    """The base model's validation score, once per sampling seed (one vLLM server for all)."""
+    plan = local_plan(default_job(), work, "noise")
+    server = VLLMProcess(plan.vllm, work / "vllm.log", start_timeout=900, cwd=work)
+    server.start()
+    scores: list[float] = []
+    try:
+        for seed in range(seeds):
+            grpo = plan.config.grpo.model_copy(update={"seed": seed})
+            cfg = plan.config.model_copy(update={"grpo": grpo, "run_dir": str(work / f"noise-{seed}"), "port": 0})
+            run = GRPORun(cfg, DistContext())
+            sampling = run._setup_sampling(None)
+            run._serve(sampling, 0)
+            scores.append(run._evaluate(sampling, sampling.val, "val"))
+            print(f"  seed {seed}: validation {scores[-1]:.4f}", flush=True)
+    finally:
+        server.stop()
+    return scores
+
+
+def learning_run(steps: int, overlap: bool, seed: int, work: Path) -> dict[str, Any]:
+    """One ``grpo-local`` run of the embedded default; its summary.json plus the wall time."""
+    doc = default_job()
+    doc["spec"]["grpo"].update(overlap_rollouts=overlap, seed=seed)
+    name = f"run-{'overlap' if overlap else 'sequential'}-seed{seed}"
+    job = work / f"{name}.yaml"
+    job.write_text(yaml.safe_dump(doc, sort_keys=False))
+    run_dir = work / name
+    started = time.monotonic()
+    cmd = [sys.executable, "-m", "grpo_operator.local.cli", str(job), "--steps", str(steps), "--run-dir", str(run_dir),
+           "--port", str(free_port()), "--trainer-port", "0", "--fresh", "--no-plot"]
+    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"grpo-local failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["bench_wall_seconds"] = time.monotonic() - started
+    gain = summary["final_val_score"] - summary["baseline_val_score"]
+    print(f"  {name}: validation {summary['val_scores']} gain {gain:+.4f}", flush=True)
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 noise seeds, 1 training seed, overlapped only")
+    parser.add_argument("--seeds", type=int, default=6, help="sampling seeds for the noise")
+    parser.add_argument("--train-seeds", type=int, default=2, help="training seeds of the overlapped runs")
+    parser.add_argument("--steps", type=int, default=None, help="default: the embedded default's num_train_steps")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
+    args = parser.parse_args()
+    seeds, train_seeds = (3, 1) if args.quick else (args.seeds, args.train_seeds)
+    steps = args.steps or default_job()["spec"]["grpo"]["num_train_steps"]  # builds the tiny model once
+    configs = [(True, seed) for seed in range(train_seeds)] + ([] if args.quick else [(False, 0)])
+    with tempfile.TemporaryDirectory(prefix="bench-learning-") as tmp:
+        work = Path(tmp)
+        print(f"validation noise over {seeds} sampling seeds (base model):", flush=True)
+        noise = validation_noise(seeds, work)
+        runs = [(overlap, seed, learning_run(steps, overlap, seed, work)) for overlap, seed in configs]
+
+    spread = statistics.stdev(noise)
+    lines = [
+        f"Validation score of the base model over {seeds} sampling seeds: mean {statistics.fmean(noise):.4f}, "
+        f"standard deviation **{spread:.4f}** (min {min(noise):.4f}, max {max(noise):.4f}).",
+        "",
+        "| mode | seed | steps | baseline val | final val | gain | gain / noise sd | best val (step) | wall s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for overlap, seed, s in runs:
+        gain = s["final_val_score"] - s["baseline_val_score"]
+        lines.append(
+            f"| {'overlapped' if overlap else 'sequential'} | {seed} | {s['steps']} | {s['baseline_val_score']:.4f} | "
+            f"{s['final_val_score']:.4f} | {gain:+.4f} | {gain / spread:.1f} | {s['best_val_score']:.4f} "
+            f"({s['best_step']}) | {s['bench_wall_seconds']:.0f} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    if not args.no_write:
+        write_section("learning", f"## Learning of the embedded default, and validation noise\n\n{header('learning')}\n{table}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    main()
