@@ -21,7 +21,7 @@ from grpo_trainer.bundled import PII_DELEGATION
 JOB_NAME = "papillon-local"
 
 # ---- Tuning knobs of the default run (CPU-sized; tuned so the tiny model measurably learns) ----
-# Measured (bench/RESULTS.md, "learning"): validation 0.885 -> 0.96 in 10 steps, about 6 min on
+# Measured (bench/RESULTS.md, "learning"): validation 0.885 -> 0.94-0.99 in 10 steps, 3.5 min on
 # 2 cores. At lr 5e-3 it learns faster, then degrades after ~8 steps; with 4 samples per input
 # and 160 completion tokens it learnt nothing in 10 steps.
 NUM_TRAIN_STEPS = 10
@@ -89,8 +89,10 @@ def default_job(model_dir: Path | None = None) -> dict[str, Any]:
                 "seed": SEED,
                 # The tiny model does not always write DSPy's field markers by itself.
                 "constrain_output_format": True,
-                # Step k+1's rollouts run on adapter k-1 while step k trains (see bench/RESULTS.md).
-                "overlap_rollouts": True,
+                # Sequential on a CPU: overlapped, vLLM and the trainer fight for the same cores and
+                # a 10-step run took 5.5-6 min instead of 3.5 (bench/RESULTS.md, "learning").
+                # On GPUs, where each side has its own device, leave the default (true).
+                "overlap_rollouts": False,
             },
             "trainKwargs": {
                 "learning_rate": LEARNING_RATE,
