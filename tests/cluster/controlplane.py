@@ -622,6 +622,7 @@ class ControlPlane:
     _ca: _CA | None = dataclasses.field(default=None, repr=False)
     _stopped: bool = dataclasses.field(default=False, repr=False)
     _keep_work_dir: bool = dataclasses.field(default=False, repr=False)
+    _ssl: ssl.SSLContext | None = dataclasses.field(default=None, repr=False)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -953,17 +954,46 @@ class ControlPlane:
         return self._env(kubeconfig)
 
     def _api_get(self, path: str) -> int:
-        ca = self._ca
-        assert ca is not None
-        ctx = ssl.create_default_context(cafile=str(ca.cert))
-        ctx.load_cert_chain(str(ca.dir / "admin.crt"), str(ca.dir / "admin.key"))
         try:
-            with urllib.request.urlopen(self.server + path, context=ctx, timeout=5) as resp:
-                return resp.status
-        except urllib.error.HTTPError as exc:
-            return exc.code
+            return self.request("GET", path, timeout=5)[0]
         except (urllib.error.URLError, OSError):
             return 0
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        content_type: str = "application/json",
+        timeout: float = 30,
+    ) -> tuple[int, Any]:
+        """One REST call as the admin: (HTTP status, parsed JSON body or None).
+
+        For callers that act as a cluster component (a kubelet updating pod status)
+        and would otherwise run kubectl several times a second. HTTP errors are
+        returned, not raised; connection errors raise.
+        """
+        ca = self._ca
+        assert ca is not None
+        if self._ssl is None:
+            ctx = ssl.create_default_context(cafile=str(ca.cert))
+            ctx.load_cert_chain(str(ca.dir / "admin.crt"), str(ca.dir / "admin.key"))
+            self._ssl = ctx
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.server + path, data=data, method=method)
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", content_type)
+        try:
+            with urllib.request.urlopen(req, context=self._ssl, timeout=timeout) as resp:
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:
+            return status, None
 
     # ------------------------------------------------------------------ clients
 
