@@ -22,6 +22,7 @@ from typing import Any, Optional
 from grpo_operator.api.spec import GRPOJobSpec
 from grpo_operator.api.status import ConditionType
 from grpo_operator.settings import OperatorSettings
+from grpo_trainer import exit_codes
 
 from . import children
 from .children import INFERENCE, TRAINER, Job
@@ -169,11 +170,39 @@ def _ttl(status: Mapping[str, Any], spec: Optional[GRPOJobSpec], now: datetime) 
     return done is not None and now >= done + timedelta(seconds=spec.run_policy.ttl_seconds_after_finished)
 
 
+def trainer_attempt(status: Mapping[str, Any]) -> int:
+    """The current trainer pod's attempt number (its name's suffix): every restart so far."""
+    return int(status.get("restarts") or 0) + int(status.get("interruptions") or 0)
+
+
+def interrupted(pod: PodView) -> bool:
+    """The trainer stopped early after a checkpoint (a signal to the container): resume, it did not fail.
+
+    Its exit code says so (grpo_trainer.exit_codes.INTERRUPTED); so does its final report,
+    for a trainer that exited 0 after a stop.
+    """
+    if pod.phase == "Failed" and pod.exit_code == exit_codes.INTERRUPTED:
+        return True
+    report = pod.final_report
+    return pod.phase == "Succeeded" and report is not None and report.get("phase") == "stopped"
+
+
+def _next_trainer(job: Job, settings: OperatorSettings, status: dict[str, Any], old: PodView, plan: Plan) -> str:
+    """Replace the finished trainer pod with the next attempt's (counters already updated in ``status``)."""
+    attempt = trainer_attempt(status)
+    name = children.trainer_pod_name(job, attempt)
+    status["trainerPod"] = name
+    plan.delete_pods.append(old.name)
+    plan.create.append(children.trainer_pod(job, settings, attempt))
+    return name
+
+
 def decide(obs: Observed, settings: OperatorSettings) -> Plan:
     """The plan for one job. Never raises on odd observations; always returns a full status."""
     old_conditions = list(obs.status.get("conditions") or [])
     status: dict[str, Any] = {k: v for k, v in obs.status.items() if k != "conditions"}
     status.setdefault("restarts", 0)
+    status.setdefault("interruptions", 0)
     status.setdefault("inferenceRestarts", 0)
     status["observedGeneration"] = obs.generation
     plan = Plan(status=status)
@@ -267,7 +296,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
     status["inferencePod"] = i_name
 
     # ---------------------------------------------------------------- trainer
-    t_attempt = int(status["restarts"])
+    t_attempt = trainer_attempt(status)
     t_name = children.trainer_pod_name(job, t_attempt)
     t_pod = _component(
         obs, TRAINER, t_attempt, t_name, plan, lambda j, a: children.trainer_pod(j, settings, a), may_create
@@ -277,23 +306,34 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
     if t_created and not status.get("startTime"):
         status["startTime"] = rfc3339(obs.now)
 
-    if t_pod is not None and t_pod.phase == "Succeeded" and not t_pod.deleting:
+    if t_pod is not None and t_pod.phase == "Succeeded" and not t_pod.deleting and not interrupted(t_pod):
         new["Succeeded"] = Cond.true("TrainerSucceeded", f"trainer pod {t_pod.name} completed")
         new["Failed"] = Cond.false("JobSucceeded")
         _finish(status, obs, plan, keep_trainer=True)
         new.update(_finished_conditions(True))
         return done()
 
-    if t_pod is not None and t_pod.phase == "Failed" and not t_pod.deleting:
+    if t_pod is not None and interrupted(t_pod) and not t_pod.deleting:
+        # Stopped by a signal after a checkpoint (the container, not the pod, was stopped):
+        # not a failure, so not counted against backoffLimit.
+        status["interruptions"] = int(status["interruptions"]) + 1
+        t_name = _next_trainer(job, settings, status, t_pod, plan)
+        message = (
+            f"{t_pod.describe_exit()}: stopped after a checkpoint at step {status.get('step', 0)}; "
+            f"resuming as {t_name} (not counted against backoffLimit)"
+        )
+        plan.events.append(Event("Normal", "TrainerInterrupted", message))
+        new["Training"] = Cond.false("TrainerRestarting", message)
+    elif t_pod is not None and t_pod.phase == "Failed" and not t_pod.deleting:
         limit = spec.run_policy.backoff_limit
-        if t_attempt < limit:
-            t_attempt += 1
-            status["restarts"] = t_attempt
-            t_name = children.trainer_pod_name(job, t_attempt)
-            status["trainerPod"] = t_name
-            plan.delete_pods.append(t_pod.name)
-            plan.create.append(children.trainer_pod(job, settings, t_attempt))
-            message = f"{t_pod.describe_exit()}; restart {t_attempt} of {limit} as {t_name}, resuming from the last checkpoint"
+        restarts = int(status["restarts"])
+        if restarts < limit:
+            status["restarts"] = restarts + 1
+            t_name = _next_trainer(job, settings, status, t_pod, plan)
+            message = (
+                f"{t_pod.describe_exit()}; restart {restarts + 1} of {limit} as {t_name}, "
+                "resuming from the last checkpoint"
+            )
             plan.events.append(Event("Warning", "TrainerFailed", message))
             new["Training"] = Cond.false("TrainerRestarting", message)
         else:

@@ -59,7 +59,8 @@ _NUMERIC: tuple[tuple[str, str, str], ...] = (
     ("grpo_job_train_reward", "trainReward", "Mean reward of the latest step's rollouts."),
     ("grpo_job_val_score", "valScore", "Latest validation score."),
     ("grpo_job_best_val_score", "bestValScore", "Best validation score so far."),
-    ("grpo_job_restarts", "restarts", "Trainer pod restarts."),
+    ("grpo_job_restarts", "restarts", "Trainer pod failures restarted (counted against backoffLimit)."),
+    ("grpo_job_interruptions", "interruptions", "Trainer pods stopped after a checkpoint and resumed."),
     ("grpo_job_inference_restarts", "inferenceRestarts", "vLLM pod restarts."),
 )
 

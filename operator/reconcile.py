@@ -357,6 +357,10 @@ class Reconciler:
     ) -> Optional[dict[str, Any]]:
         memo = self._progress.setdefault(key, _ProgressMemo())
         pod = next((p for p in pods if p.name == trainer_pod and p.component == TRAINER), None)
+        final = pod.final_report if pod is not None and pod.finished else None
+        if final is not None:  # exact, where the last poll may have missed the end
+            memo.fields = progress_status(final, now_utc())
+            return memo.fields or None
         due = time.monotonic() - memo.fetched_at >= self.settings.progress_poll_seconds
         if pod is not None and pod.running and pod.ip and due:
             memo.fetched_at = time.monotonic()

@@ -10,6 +10,7 @@ lists), and ``lastTransitionTime`` moves only when a condition's status changes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -46,6 +47,7 @@ WARNING_REASONS = frozenset(
     }
 )
 PENDING_STATE = "Pending"
+EXIT_WHY_CHARS = 400  # of a container's last words in an Event or condition message
 
 
 def now_utc() -> datetime:
@@ -81,10 +83,22 @@ class PodView:
     problem_message: str = ""
     exit_code: Optional[int] = None
     exit_reason: Optional[str] = None
+    exit_message: str = ""  # the container's termination message (the trainer's final progress, or a log tail)
 
     @property
     def finished(self) -> bool:
         return self.phase in ("Succeeded", "Failed")
+
+    @property
+    def final_report(self) -> Optional[dict[str, Any]]:
+        """The trainer's final progress document, when its termination message is one."""
+        if not self.exit_message.startswith("{"):
+            return None
+        try:
+            doc = json.loads(self.exit_message)
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
 
     @property
     def running(self) -> bool:
@@ -98,7 +112,19 @@ class PodView:
             parts.append(self.exit_reason)
         if self.problem_message:
             parts.append(self.problem_message)
+        why = self._why()
+        if why:
+            parts.append(why)
         return ", ".join(parts)
+
+    def _why(self) -> str:
+        """What the container said as it ended: the trainer's error, or the last lines of its log."""
+        report = self.final_report
+        if report is not None:
+            text = str(report.get("error") or "")
+        else:
+            text = " | ".join(line.strip() for line in self.exit_message.strip().splitlines()[-3:] if line.strip())
+        return text if len(text) <= EXIT_WHY_CHARS else "..." + text[-(EXIT_WHY_CHARS - 3) :]
 
 
 def _problem(pod: Mapping[str, Any]) -> tuple[Optional[str], str]:
@@ -117,12 +143,12 @@ def _problem(pod: Mapping[str, Any]) -> tuple[Optional[str], str]:
     return None, ""
 
 
-def _exit(pod: Mapping[str, Any]) -> tuple[Optional[int], Optional[str]]:
+def _exit(pod: Mapping[str, Any]) -> tuple[Optional[int], Optional[str], str]:
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
         terminated = (cs.get("state") or {}).get("terminated")
         if terminated:
-            return terminated.get("exitCode"), terminated.get("reason")
-    return None, None
+            return terminated.get("exitCode"), terminated.get("reason"), terminated.get("message") or ""
+    return None, None, ""
 
 
 def pod_view(pod: Mapping[str, Any], component_label: str = "app.kubernetes.io/component") -> PodView:
@@ -132,7 +158,7 @@ def pod_view(pod: Mapping[str, Any], component_label: str = "app.kubernetes.io/c
     spec = pod.get("spec") or {}
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
     reason, message = _problem(pod)
-    code, exit_reason = _exit(pod)
+    code, exit_reason, exit_message = _exit(pod)
     return PodView(
         name=meta.get("name", ""),
         component=(meta.get("labels") or {}).get(component_label, ""),
@@ -146,6 +172,7 @@ def pod_view(pod: Mapping[str, Any], component_label: str = "app.kubernetes.io/c
         problem_message=message,
         exit_code=code,
         exit_reason=exit_reason,
+        exit_message=exit_message,
     )
 
 

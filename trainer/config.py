@@ -21,6 +21,8 @@ UNTRUSTED_API_KEY_ENV = "GRPO_UNTRUSTED_API_KEY"
 JUDGE_API_KEY_ENV = "GRPO_JUDGE_API_KEY"
 # Where the trainer finds its config when no --config is given.
 CONFIG_ENV = "GRPO_TRAINER_CONFIG"
+# Where the trainer writes its final progress when it exits (the pod's terminationMessagePath).
+TERMINATION_LOG_ENV = "GRPO_TERMINATION_LOG"
 DEFAULT_PORT = 9400
 
 

@@ -477,6 +477,10 @@ class GRPORun:
             },
         )
 
+    def final_progress(self) -> Optional[Progress]:
+        """The progress document as the run left it (main rank only; None before it was set up)."""
+        return self.sampling.board.snapshot() if self.sampling is not None else None
+
     def close(self) -> None:
         self.prefetch.close()
         s = self.sampling

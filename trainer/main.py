@@ -3,8 +3,10 @@
     python -m grpo_trainer.main --config /etc/grpo/config.json
     torchrun --nproc-per-node 3 -m grpo_trainer.main --config ...
 
-Exit status: 0 when the run finished or was stopped by a signal after a
-checkpoint (a rerun resumes), 1 when it failed (progress.json says why).
+Exit status: 0 when the run finished, 75 (EX_TEMPFAIL) when a signal stopped it
+after a checkpoint before the last step (a rerun resumes), 1 when it failed
+(progress.json says why). With ``$GRPO_TERMINATION_LOG`` set (in a pod: the
+container's terminationMessagePath), the final progress is also written there.
 """
 
 from __future__ import annotations
@@ -13,15 +15,21 @@ import argparse
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 # litellm fetches a model price map at import time unless told not to; a cluster
 # without egress would wait on it in every process.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from .config import CONFIG_ENV, TrainerConfig  # noqa: E402
+from . import exit_codes  # noqa: E402
+from .config import CONFIG_ENV, TERMINATION_LOG_ENV, TrainerConfig  # noqa: E402
 from .logs import configure_logging  # noqa: E402
+from .progress import termination_message  # noqa: E402
 from .stopflag import StopFlag  # noqa: E402
+
+if TYPE_CHECKING:
+    from .loop import GRPORun
 
 log = logging.getLogger("grpo_trainer")
 
@@ -47,12 +55,26 @@ def main(argv: list[str] | None = None) -> int:
         phase = run.run()
     except Exception:
         log.exception("trainer failed", extra={"rank": dist.rank})
-        return 1
+        return exit_codes.FAILED
     finally:
         run.close()
         shutdown(dist)
+        write_termination_message(run)
     log.info("trainer finished", extra={"phase": phase, "rank": dist.rank})
-    return 0
+    return exit_codes.DONE if phase == "done" else exit_codes.INTERRUPTED
+
+
+def write_termination_message(run: GRPORun) -> None:
+    """The main rank's final progress into ``$GRPO_TERMINATION_LOG``, when set (best effort)."""
+    path = os.environ.get(TERMINATION_LOG_ENV)
+    progress = run.final_progress()
+    if not path or progress is None:
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(termination_message(progress))
+    except OSError as exc:
+        log.warning("could not write the termination message", extra={"path": path, "error": str(exc)})
 
 
 if __name__ == "__main__":

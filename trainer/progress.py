@@ -9,6 +9,7 @@ document and the metrics cannot disagree.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -117,6 +118,32 @@ class Progress(_Doc):
         """The document a trainer last wrote in ``run_dir``; None before the first write."""
         path = Path(run_dir) / PROGRESS_FILE
         return cls.model_validate_json(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+# The scalar fields of a finished run: what fits a pod's termination message (Kubernetes keeps 4 KiB).
+FINAL_FIELDS = frozenset(
+    {
+        "job", "phase", "step", "max_steps", "reward_mean", "reward_std", "baseline_val_score", "val_score",
+        "best_val_score", "best_step", "adapter_version", "best_adapter_version", "finished", "error", "updated_at",
+    }
+)  # fmt: skip
+TERMINATION_MESSAGE_BYTES = 4096
+
+
+def termination_message(progress: Progress) -> str:
+    """The run's last word, for the pod's termination message (the operator reads it from the pod status).
+
+    The operator polls /progress every few seconds and can miss what happens between
+    its last poll and the exit -- the final validation, the last step, the error that
+    ended the run. Kubernetes keeps this text in the terminated container's status.
+    """
+    doc = progress.model_dump(mode="json", include=set(FINAL_FIELDS))
+    text = json.dumps(doc, separators=(",", ":"))
+    excess = len(text.encode()) - TERMINATION_MESSAGE_BYTES
+    if excess > 0 and doc.get("error"):
+        doc["error"] = doc["error"][: max(0, len(doc["error"]) - excess - 3)] + "..."
+        text = json.dumps(doc, separators=(",", ":"))
+    return text
 
 
 class ProgressObserver(Protocol):

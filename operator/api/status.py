@@ -63,7 +63,15 @@ class GRPOJobStatus(ApiModel):
     start_time: Optional[str] = Field(None, description="When the trainer first started.")
     completion_time: Optional[str] = Field(None, description="When the job finished (succeeded or failed).")
     last_progress_time: Optional[str] = Field(None, description="When the trainer last reported progress.")
-    restarts: int = Field(0, ge=0, description="Trainer pod restarts (counted against runPolicy.backoffLimit).")
+    restarts: int = Field(0, ge=0, description="Trainer pod failures restarted (counted against runPolicy.backoffLimit).")
+    interruptions: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Trainer pods stopped by a signal after a checkpoint and resumed (not counted against "
+            "runPolicy.backoffLimit)."
+        ),
+    )
     inference_restarts: int = Field(0, ge=0, description="vLLM pod restarts.")
     trainer_pod: Optional[str] = Field(None, description="Name of the current trainer pod.")
     inference_pod: Optional[str] = Field(None, description="Name of the current vLLM pod.")

@@ -7,13 +7,14 @@ from typing import Any
 
 from grpo_operator.api.spec import ExternalLM
 from grpo_operator.settings import OperatorSettings
-from grpo_trainer.config import CONFIG_ENV, JUDGE_API_KEY_ENV, UNTRUSTED_API_KEY_ENV
+from grpo_trainer.config import CONFIG_ENV, JUDGE_API_KEY_ENV, TERMINATION_LOG_ENV, UNTRUSTED_API_KEY_ENV
 
 from .config import CONFIG_MOUNT, CONFIG_PATH
 from .meta import TRAINER, Job, config_map_name, trainer_pod_name
 from .podspec import CACHE_ENV, Mount, data_mounts, env_list, model_mounts, pod, resources, run_mount, scratch_mounts
 
 TRAINER_MODULE = "grpo_trainer.main"
+TERMINATION_LOG = "/dev/termination-log"  # the kubelet's default terminationMessagePath
 PORT_NAME = "http"
 
 
@@ -59,8 +60,16 @@ def trainer_pod(job: Job, settings: OperatorSettings, attempt: int) -> dict[str,
         "name": "trainer",
         "image": options.image or settings.trainer_image,
         "command": trainer_command(gpus),
-        "env": env_list(CACHE_ENV, {CONFIG_ENV: CONFIG_PATH, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}, options.env)
+        "env": env_list(
+            CACHE_ENV,
+            {CONFIG_ENV: CONFIG_PATH, TERMINATION_LOG_ENV: TERMINATION_LOG, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+            options.env,
+        )
         + secret_env(job),
+        # The trainer's final progress lands in the pod status even when the last /progress poll
+        # missed the end; a crash before it writes leaves the end of its log there instead.
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "ports": [{"name": PORT_NAME, "containerPort": settings.trainer_port, "protocol": "TCP"}],
         "resources": resources(options, gpus),
     }

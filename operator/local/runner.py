@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Optional
 
+from grpo_trainer import exit_codes
 from grpo_trainer.progress import PROGRESS_FILE, Progress
 from grpo_trainer.vllm_server import VLLMStartError
 
@@ -218,8 +219,11 @@ class Supervisor:
             outcome: Outcome = "stopped"
             exit_code = EXIT_KILLED
             error = "killed by a second interrupt; a rerun resumes from the last complete checkpoint"
-        elif code == 0:
+        elif code == exit_codes.DONE:
             outcome = "finished" if progress is not None and progress.finished and progress.error is None else "stopped"
+            exit_code = EXIT_OK
+        elif code == exit_codes.INTERRUPTED:  # stopped by our signal after a checkpoint
+            outcome = "stopped"
             exit_code = EXIT_OK
         elif code == -signal.SIGTERM and self.stop_requested:
             # stopped before its handler was installed (still importing): nothing after the last checkpoint is lost

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from grpo_trainer import exit_codes
 from grpo_trainer.config import TrainerConfig
 from grpo_trainer.prefetch import sampling_version
 from grpo_trainer.rollout import ExampleSampler
@@ -59,11 +60,11 @@ def test_overlap_samples_one_step_behind_and_survives_stop_and_kill(vllm_server,
     config = _overlap_config(server, run_dir)
     log = tmp_path / "trainer.log"
 
-    # SIGTERM while step 2 trains (step 3 is being prefetched): stop after a checkpoint, exit 0.
+    # SIGTERM while step 2 trains (step 3 is being prefetched): stop after a checkpoint, exit "interrupted".
     proc = _start(config, log)
     _wait_for(run_dir / "checkpoints" / "step-1" / "COMPLETE", proc, log)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+    assert proc.wait(timeout=600) == exit_codes.INTERRUPTED, log.read_text()[-3000:]
     stopped = _progress(run_dir)
     assert stopped["phase"] == "stopped" and 1 <= stopped["step"] < STEPS
 

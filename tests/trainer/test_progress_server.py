@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from grpo_trainer.progress import PROGRESS_FILE, Progress, ProgressBoard
+from grpo_trainer.progress import PROGRESS_FILE, TERMINATION_MESSAGE_BYTES, Progress, ProgressBoard, termination_message
 from grpo_trainer.server import ProgressServer
 
 
@@ -131,3 +131,28 @@ def test_unknown_phase_is_refused(tmp_path: Path) -> None:
         board.set_phase("training")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown timed phases"):
         board.record_timings(sync=1.0)
+
+
+def test_termination_message_carries_the_final_numbers_the_operator_reads(tmp_path: Path) -> None:
+    """What the operator turns into status when the trainer pod ends (it may have missed the last poll)."""
+    from datetime import datetime, timezone
+
+    from grpo_operator.progress import progress_status
+
+    board = ProgressBoard(tmp_path, job="demo", max_steps=2)
+    board.validation(0, 0.40, baseline=True)
+    for step in (1, 2):
+        run_one_step(board, step)
+    board.validation(2, 0.55)
+    board.finish()
+    text = termination_message(board.snapshot())
+    fields = progress_status(json.loads(text), datetime.now(timezone.utc))
+    assert fields["step"] == 2 and fields["maxSteps"] == 2 and fields["progressPercentage"] == 100
+    assert fields["valScore"] == 0.55 and fields["baselineValScore"] == 0.40 and fields["bestStep"] == 2
+    assert fields["trainReward"] == 0.5 and fields["adapterVersion"] == "policy-v2"
+
+    board.fail("RuntimeError: " + "x" * 10_000)  # a long traceback still fits Kubernetes' 4 KiB
+    text = termination_message(board.snapshot())
+    doc = json.loads(text)
+    assert len(text.encode()) <= TERMINATION_MESSAGE_BYTES and doc["error"].startswith("RuntimeError: xxx")
+    assert doc["phase"] == "failed" and doc["step"] == 2

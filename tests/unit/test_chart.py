@@ -375,7 +375,7 @@ def test_dashboard_configmap_shows_progress_and_vllm_throughput_from_real_metric
     assert {"grpo_job_step", "grpo_job_max_steps"} <= queried["Step / maxSteps"]
     assert queried["Train reward"] == {"grpo_job_train_reward"}
     assert queried["Validation score (latest and best)"] == {"grpo_job_val_score", "grpo_job_best_val_score"}
-    assert queried["Restarts"] == {"grpo_job_restarts", "grpo_job_inference_restarts"}
+    assert queried["Restarts"] == {"grpo_job_restarts", "grpo_job_interruptions", "grpo_job_inference_restarts"}
     assert queried["vLLM generation throughput"] == {"vllm:generation_tokens_total"}
     assert queried["vLLM requests running"] == {"vllm:num_requests_running"}
     unknown = set().union(*queried.values()) - real_metric_names

@@ -6,6 +6,7 @@ the same rules against a real control plane.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,6 +15,8 @@ from grpo_operator.children import Job, config_map
 from grpo_operator.lifecycle import Observed, Plan, decide
 from grpo_operator.status import state
 from support.jobstates import SETTINGS, T0, a_pod, spec
+
+from grpo_trainer import exit_codes
 
 def observe(status: dict | None = None, pods: tuple = (), now: datetime = T0, job_spec=None, **kw: Any) -> Observed:
     s = job_spec or spec()
@@ -106,6 +109,64 @@ def test_trainer_failure_recreates_the_next_attempt_and_counts_it():
     assert cond(plan, "Training")["reason"] == "TrainerRestarting"
     assert "exit code 1" in plan.events[0].message and plan.events[0].type == "Warning"
     assert cond(plan, "Failed")["status"] == "False"
+
+
+def test_interrupted_trainer_resumes_as_the_next_attempt_without_using_the_backoff_limit():
+    """Exit 75: a signal stopped the trainer container after a checkpoint (the pod was not deleted)."""
+    s = spec(runPolicy={"backoffLimit": 0})
+    stopped = a_pod(
+        "papillon-trainer-0",
+        "trainer",
+        "Failed",
+        containerStatuses=[{"name": "trainer", "state": {"terminated": {"exitCode": exit_codes.INTERRUPTED}}}],
+    )
+    plan = decide(observe({"step": 40}, (stopped, a_pod("papillon-inference-0", "inference")), job_spec=s), SETTINGS)
+    assert state(plan.status) != "Failed"
+    assert plan.status["restarts"] == 0 and plan.status["interruptions"] == 1
+    assert plan.delete_pods == ["papillon-trainer-0"] and created_names(plan) == ["Pod/papillon-trainer-1"]
+    assert plan.status["trainerPod"] == "papillon-trainer-1"
+    (event,) = plan.events
+    assert event.type == "Normal" and event.reason == "TrainerInterrupted"
+    assert "step 40" in event.message and "not counted against backoffLimit" in event.message
+    # a failure after that is counted, and its pod is the attempt after
+    failed = a_pod("papillon-trainer-1", "trainer", "Failed")
+    s3 = spec(runPolicy={"backoffLimit": 3})
+    later = decide(observe(plan.status, (failed, a_pod("papillon-inference-0", "inference")), job_spec=s3), SETTINGS)
+    assert later.status["restarts"] == 1 and later.status["interruptions"] == 1
+    assert created_names(later) == ["Pod/papillon-trainer-2"]
+
+
+def test_a_trainer_that_exited_0_after_a_stop_is_not_a_finished_job():
+    """An older trainer image exits 0 after a SIGTERM; its final report says it stopped."""
+    report = json.dumps({"phase": "stopped", "step": 7, "max_steps": 500, "finished": False})
+    stopped = a_pod(
+        "papillon-trainer-0",
+        "trainer",
+        "Succeeded",
+        containerStatuses=[{"name": "trainer", "state": {"terminated": {"exitCode": 0, "message": report}}}],
+    )
+    plan = decide(observe(pods=(stopped, a_pod("papillon-inference-0", "inference"))), SETTINGS)
+    assert state(plan.status) != "Succeeded" and plan.status["interruptions"] == 1
+    assert created_names(plan) == ["Pod/papillon-trainer-1"]
+
+
+def test_failure_event_quotes_the_trainers_error_or_the_end_of_its_log():
+    def failed(message: str) -> Plan:
+        pod = a_pod(
+            "papillon-trainer-0",
+            "trainer",
+            "Failed",
+            containerStatuses=[{"name": "trainer", "state": {"terminated": {"exitCode": 1, "message": message}}}],
+        )
+        return decide(observe(pods=(pod, a_pod("papillon-inference-0", "inference"))), SETTINGS)
+
+    report = json.dumps({"phase": "failed", "step": 3, "error": "RuntimeError: CUDA out of memory"})
+    assert failed(report).events[0].message.startswith(
+        "pod papillon-trainer-0 failed, exit code 1, RuntimeError: CUDA out of memory; restart 1 of 3"
+    )
+    tail = "loading model\nTraceback (most recent call last):\n  ...\nOSError: /models/x is not a directory\n"
+    assert "OSError: /models/x is not a directory" in failed(tail).events[0].message
+    assert len(failed("x" * 5000).events[0].message) < 600
 
 
 def test_stale_attempt_left_by_a_crash_is_removed_not_duplicated():
