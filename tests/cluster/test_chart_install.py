@@ -34,13 +34,10 @@ from support.cluster_jobs import (
     job_manifest,
     wait_job,
 )
-from support.operator import OperatorProcess, free_port, operator_env
+from support.chart import CRD, crd_exists, helm_install, start_operator_like_deployment
+from support.operator import OperatorProcess
 
 pytestmark = pytest.mark.cluster
-
-CRD = "crd/grpojobs.grpo.dev"
-# Faster than the chart's defaults so the tests take seconds; everything else is the Deployment's.
-FAST = {"GRPO_RESYNC_SECONDS": "2", "GRPO_PROGRESS_POLL_SECONDS": "1"}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -48,34 +45,6 @@ FAST = {"GRPO_RESYNC_SECONDS": "2", "GRPO_PROGRESS_POLL_SECONDS": "1"}
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:5]}"
-
-
-def crd_exists(cp: ControlPlane) -> bool:
-    return cp.kubectl("get", CRD, check=False).returncode == 0
-
-
-def helm_install(cp: ControlPlane, release: str, ns: str, *args: str, chart: Path = CHART) -> str:
-    """``helm install``; takes over the CRD when an earlier install or kubectl left it (it is kept on uninstall)."""
-    takeover = ["--take-ownership"] if crd_exists(cp) else []
-    return cp.helm("install", release, str(chart), "--namespace", ns, *takeover, *args).stdout
-
-
-def deployment(cp: ControlPlane, ns: str) -> dict[str, Any]:
-    (item,) = cp.get_json("deployments", namespace=ns)["items"]
-    return item
-
-
-def start_operator_like_deployment(
-    cp: ControlPlane, release_ns: str, service_account: str, log: Path
-) -> OperatorProcess:
-    """The operator with the chart ServiceAccount's identity and the Deployment's env and namespace args."""
-    container = deployment(cp, release_ns)["spec"]["template"]["spec"]["containers"][0]
-    settings = {e["name"]: e["value"] for e in container["env"] if "value" in e} | FAST
-    # Pod IPs are loopback here: on the default port, /progress may reach a trainer someone else runs on this host.
-    settings["GRPO_TRAINER_PORT"] = str(free_port())
-    namespaces = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--namespace=")]
-    kubeconfig = cp.kubeconfig_for_serviceaccount(release_ns, service_account, create=False)
-    return OperatorProcess(operator_env(cp.env(kubeconfig=kubeconfig)), namespaces, log, settings).start()
 
 
 def delete_jobs(cp: ControlPlane, ns: str) -> None:

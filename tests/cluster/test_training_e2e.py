@@ -1,0 +1,267 @@
+"""A GRPOJob trains for real on the test cluster, survives a killed or stopped trainer and a killed vLLM, and succeeds.
+
+The platform engineer's path with nothing faked but the hardware: the chart is
+installed with helm; the operator runs as the chart's ServiceAccount with the
+Deployment's settings; ``kubectl apply -f`` creates the job; kube-scheduler places
+the operator's pods on a :class:`processnode.ProcessNode`, which runs them as they
+are specified -- the trainer pod's command (the trainer, torch on CPU) and the
+vLLM pod's (vLLM's CPU build), with their volumes (the run PVC provisioned by
+kube-controller-manager, the model and data claims, the ConfigMap), env and
+read-only root filesystem. The operator reads the real trainer's /progress into
+the job's status.
+
+Fakes, and why: CPU instead of GPUs (the job asks for 0 GPUs; there is none
+here), and the images' contents are this machine's Python environment (no
+container runtime here; processnode.py says what else a process node is not).
+The job is the embedded default (a tiny model, the bundled PII data), so the run
+takes minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from controlplane import ControlPlane, wait_until
+from processnode import NODE_LABEL, TOLERATION, ProcessNode, process_node
+from support.chart import helm_install, start_operator_like_deployment
+from support.cluster_jobs import RESTRICTED, cond, get_job, is_true, wait_job
+from support.operator import OperatorProcess, free_port
+
+import grpo_operator
+import grpo_trainer
+from grpo_operator.local.default import default_job, default_model_dir
+from grpo_trainer.bundled import PII_DELEGATION
+from grpo_trainer.progress import Progress
+
+pytestmark = [pytest.mark.cluster, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(2400)]
+
+JOB = "papillon-tiny"
+STEPS = 5
+KILL_TRAINER_AT = 2  # completed steps (and checkpoints) when the trainer is killed
+INTERRUPT_TRAINER_AT = 3  # ... when its container gets SIGTERM (the pod is not deleted)
+KILL_VLLM_AT = 4
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def job_ns(control_plane: ControlPlane) -> Iterator[str]:
+    ns = control_plane.create_namespace(f"training-{uuid.uuid4().hex[:5]}", labels=RESTRICTED)
+    yield ns
+    control_plane.kubectl("delete", "grpojobs", "--all", "-n", ns, "--wait=true", "--timeout=60s", check=False)
+    control_plane.delete_namespace(ns)
+
+
+@pytest.fixture(scope="module")
+def node(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessNode]:
+    # the project's packages, wherever this checkout is (an editable install points there)
+    source = [Path(m.__file__).resolve().parent for m in (grpo_operator, grpo_trainer)]
+    with process_node(control_plane, "cpu-node-0", tmp_path_factory.mktemp("cpu-node-0"), source) as n:
+        yield n
+    assert not n.errors, n.errors
+
+
+@pytest.fixture(scope="module")
+def operator(
+    control_plane: ControlPlane, job_ns: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """The chart installed for the job's namespace; the operator as its Deployment would run."""
+    cp, release_ns = control_plane, f"grpo-system-{uuid.uuid4().hex[:5]}"
+    cp.create_namespace(release_ns, labels=RESTRICTED)
+    helm_install(cp, "grpo-train", release_ns, "--set", f"watchNamespaces={{{job_ns}}}")
+    log = tmp_path_factory.mktemp("training-operator") / "operator.log"
+    # The pods share the host's network here: both servers get ports nobody else holds.
+    settings = {"GRPO_INFERENCE_PORT": str(free_port())}
+    proc = start_operator_like_deployment(cp, release_ns, "grpo-train-grpo-operator", log, settings)
+    try:
+        yield proc
+    finally:
+        proc.stop_and_check_log()
+        cp.helm("uninstall", "grpo-train", "--namespace", release_ns, check=False)
+        cp.delete_namespace(release_ns)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def read_only_claim(cp: ControlPlane, ns: str, claim: str, host_dir: Path) -> None:
+    """A claim bound to a pre-made volume holding ``host_dir`` (a models or data share)."""
+    pv = f"{ns}-{claim}"
+    docs = [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": pv},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadOnlyMany"],
+                "persistentVolumeReclaimPolicy": "Retain",  # never let a reclaimer touch the source
+                "storageClassName": "",
+                "hostPath": {"path": str(host_dir), "type": "Directory"},
+                "claimRef": {"namespace": ns, "name": claim},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim, "namespace": ns},
+            "spec": {
+                "accessModes": ["ReadOnlyMany"],
+                "storageClassName": "",
+                "volumeName": pv,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    ]
+    cp.apply_yaml(yaml.safe_dump_all(docs))
+
+
+def job_document(model_dir: Path) -> dict[str, Any]:
+    """The embedded default as a cluster job: model and data on claims, pods on the process node."""
+    doc = default_job(model_dir)
+    doc["metadata"] = {"name": JOB}
+    spec = doc["spec"]
+    spec["model"] = {"path": model_dir.name, "volume": {"claimName": "models"}}
+    spec["data"] = {
+        split: {"file": {"path": f"{split}.jsonl", "format": "jsonl", "volume": {"claimName": "pii-data"}}}
+        for split in ("train", "validation")
+    }
+    spec["data"]["validation"]["file"]["path"] = "val.jsonl"
+    # This test is about the path, not the learning: half the default's rollouts, a validation at the end only.
+    spec["grpo"].update(num_train_steps=STEPS, num_steps_for_val=STEPS, num_samples_per_input=4)
+    spec["data"]["validation"]["limit"] = 16
+    placement = {"nodeSelector": {NODE_LABEL: "true"}, "tolerations": [TOLERATION]}
+    spec["trainer"] = dict(placement)
+    spec["inference"] = dict(placement)
+    spec["storage"] = {"size": "1Gi"}
+    spec["runPolicy"] = {"backoffLimit": 2}
+    return doc
+
+
+def claim_dir(cp: ControlPlane, ns: str, claim: str) -> Path:
+    pvc = cp.get_json("pvc", claim, namespace=ns)
+    return Path(cp.get_json("pv", pvc["spec"]["volumeName"])["spec"]["hostPath"]["path"])
+
+
+def checkpoints(run_dir: Path) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*") if p.name[5:].isdigit())
+
+
+def log_events(text: str, msg: str) -> list[dict[str, Any]]:
+    """The trainer's JSON log lines with this message."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{") and f'"{msg}"' in line:
+            doc = json.loads(line)
+            if doc.get("msg") == msg:
+                out.append(doc)
+    return out
+
+
+def http_get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return resp.read().decode()
+
+
+# --------------------------------------------------------------------------- the test
+
+
+def test_job_trains_survives_killed_and_stopped_trainer_and_killed_vllm_and_ends_with_the_best_adapter(
+    control_plane: ControlPlane, job_ns: str, node: ProcessNode, operator: OperatorProcess, tmp_path: Path
+):
+    cp, ns = control_plane, job_ns
+    model_dir = default_model_dir()
+    read_only_claim(cp, ns, "models", model_dir.parent)
+    read_only_claim(cp, ns, "pii-data", PII_DELEGATION)
+    job_file = tmp_path / "grpojob.yaml"
+    job_file.write_text(yaml.safe_dump(job_document(model_dir), sort_keys=False))
+    cp.kubectl("apply", "-f", job_file, "-n", ns)
+
+    trainer0, vllm0 = f"{JOB}-trainer-0", f"{JOB}-inference-0"
+    job = wait_job(cp, ns, JOB, lambda j: j.get("status", {}).get("step", 0) >= 1, "first step", timeout=900)
+    assert cond(job, "InferenceReady")["status"] == "True"  # vLLM's /health, via the readiness probe
+    pods = {p["metadata"]["name"]: p for p in cp.get_json("pods", namespace=ns)["items"]}
+    assert pods[trainer0]["spec"]["nodeName"] == pods[vllm0]["spec"]["nodeName"] == node.name
+    run_dir = claim_dir(cp, ns, f"{JOB}-run")  # the job's volume, provisioned by kube-controller-manager
+
+    # progress in `kubectl get` (the operator reads the trainer's /progress on its pod IP)
+    row = cp.kubectl("get", "grpojobs", JOB, "-n", ns, "--no-headers").stdout.split()
+    assert row[1] == "Training" and int(row[2]) >= 1 and row[3] == str(STEPS) and float(row[4]) > 0, row
+    # the trainer's own /metrics, which the chart's PodMonitor scrapes
+    trainer_ip = cp.get_json("pod", trainer0, namespace=ns)["status"]["podIP"]
+    metrics = http_get(f"http://{trainer_ip}:{operator.env['GRPO_TRAINER_PORT']}/metrics")
+    assert "grpo_trainer_step" in metrics, metrics[:2000]
+
+    # --- the trainer dies (SIGKILL, as the OOM killer would) after a checkpoint
+    wait_job(cp, ns, JOB, lambda j: j["status"].get("step", 0) >= KILL_TRAINER_AT, "step 2", timeout=900)
+    saved = checkpoints(run_dir)
+    node.kill(ns, trainer0, sig=signal.SIGKILL)
+    job = wait_job(cp, ns, JOB, lambda j: j["status"].get("restarts") == 1, "a trainer restart", timeout=120)
+    assert job["status"]["trainerPod"] == f"{JOB}-trainer-1"
+    (failed,) = [e for e in cp.get_json("events", namespace=ns)["items"] if e["reason"] == "TrainerFailed"]
+    assert f"pod {trainer0} failed, exit code 137" in failed["message"], failed["message"]
+
+    wait_job(cp, ns, JOB, lambda j: j["status"].get("step", 0) >= INTERRUPT_TRAINER_AT, "step 3", timeout=900)
+    resumed = log_events(node.logs(ns, f"{JOB}-trainer-1"), "resumed from checkpoint")
+    assert len(resumed) == 1 and resumed[0]["step"] >= max(saved), (resumed, saved)  # at most one step lost
+
+    # --- the trainer's container is stopped (SIGTERM): it checkpoints and exits "interrupted";
+    # the job resumes without spending its backoffLimit
+    node.kill(ns, f"{JOB}-trainer-1", sig=signal.SIGTERM)
+    job = wait_job(cp, ns, JOB, lambda j: j["status"].get("interruptions") == 1, "an interruption", timeout=300)
+    assert job["status"]["restarts"] == 1 and job["status"]["trainerPod"] == f"{JOB}-trainer-2"
+    assert not is_true("Succeeded")(job) and not is_true("Failed")(job)
+    (interrupted,) = [e for e in cp.get_json("events", namespace=ns)["items"] if e["reason"] == "TrainerInterrupted"]
+    assert f"pod {JOB}-trainer-1 failed, exit code 75" in interrupted["message"], interrupted["message"]
+
+    wait_job(cp, ns, JOB, lambda j: j["status"].get("step", 0) >= KILL_VLLM_AT, "step 4 after the resume", timeout=900)
+
+    # --- vLLM dies: its container is restarted in place (restartPolicy Always), the trainer waits and re-serves
+    node.kill(ns, vllm0, sig=signal.SIGKILL)
+    wait_until(
+        lambda: cp.get_json("pod", vllm0, namespace=ns)["status"]["containerStatuses"][0]["restartCount"] == 1,
+        timeout=60,
+        what="vLLM container restarted",
+    )
+
+    # --- the job finishes
+    job = wait_job(cp, ns, JOB, is_true("Succeeded"), "Succeeded=True", timeout=1500)
+    status = job["status"]
+    assert status["restarts"] == 1 and status["interruptions"] == 1 and status["completionTime"]
+    assert status["baselineValScore"] is not None and status["bestValScore"] >= status["baselineValScore"]
+    row = cp.kubectl("get", "grpojobs", JOB, "-n", ns, "--no-headers").stdout.split()
+    assert row[1:4] == ["Succeeded", str(STEPS), str(STEPS)], row
+
+    # the best adapter and the last one are on the volume; vLLM served exactly the last one
+    progress = Progress.read(run_dir)
+    assert progress is not None and progress.step == STEPS
+    assert (run_dir / "adapters" / f"step-{STEPS}" / "adapter_model.safetensors").is_file()
+    best = status["bestStep"]
+    if best:
+        assert status["bestAdapterVersion"] == f"policy-v{best}"
+        assert (run_dir / "adapters" / f"step-{best}" / "adapter_model.safetensors").is_file()
+    else:  # no adapter of this short run beat the base model: no adapter claims to be the best
+        assert status["bestValScore"] == status["baselineValScore"] and "bestAdapterVersion" not in status
+    check = progress.served_check
+    assert check is not None and check["adapter"] == f"policy-v{STEPS}", check
+    assert check["served_vs_disk"] <= 1e-3, check
+    # the trainer's last word, kept in its pod's status (the operator reads the final numbers there)
+    trainer = cp.get_json("pod", status["trainerPod"], namespace=ns)
+    final = json.loads(trainer["status"]["containerStatuses"][0]["state"]["terminated"]["message"])
+    assert final["phase"] == "done" and final["step"] == STEPS and final["best_val_score"] == status["bestValScore"]
+
+    # the vLLM pod is freed once the job is done (deleted gracefully: its process is gone)
+    wait_until(lambda: not node.pids(ns, vllm0), timeout=90, what="vLLM stopped after success")
+    text = operator.metrics()
+    assert f'grpo_job_step{{name="{JOB}",namespace="{ns}"}} {float(STEPS)}' in text
+    assert f'grpo_job_state{{name="{JOB}",namespace="{ns}",state="Succeeded"}} 1.0' in text
+    assert get_job(cp, ns, JOB)["status"]["step"] == STEPS
