@@ -11,9 +11,10 @@ conscious delegation policy has to learn, and the reward shows it only if the
 forward habit really copies the query's names and addresses: most of the steps
 go to that (see ``WarmStartSpec.kind_weights``).
 
-The data are fresh synthetic rows from the bundled generator (another seed, so
-never the bundled validation rows), rendered with DSPy's ChatAdapter and the
-model's chat template exactly as a rollout renders them.
+The data are fresh synthetic rows from the bundled generator (another seed: of its
+1,200 queries, one happens to equal one of the 64 bundled validation queries),
+rendered with DSPy's ChatAdapter and the model's chat template exactly as a rollout
+renders them.
 """
 
 from __future__ import annotations
