@@ -28,6 +28,7 @@ from kubernetes.client.exceptions import ApiException
 from . import children
 from .children import JOB_LABEL, MANAGED_BY_LABEL, OPERATOR_NAME, TRAINER
 from .lifecycle import Event, Observed, Plan, decide
+from .memo import FoundMemo
 from .metrics import OperatorMetrics
 from .progress import fetch_progress, progress_status, progress_url
 from .status import Cond, PodView, conditions, now_utc, pod_view, rfc3339, transitions
@@ -203,6 +204,9 @@ class _ProgressMemo:
 # reconcile was a large part of the API traffic at a few hundred jobs. A missing
 # Secret or key is never remembered, so a job waiting for one starts at once.
 SECRET_MEMO_SECONDS = 5.0
+# The same for the job's own volume, ConfigMap and Service and the user claims it
+# mounts (see memo.py): a child deleted by hand is recreated within this time.
+FOUND_MEMO_SECONDS = 60.0
 # Threads for the API calls reconciles issue concurrently (shared by all jobs), per
 # reconcile worker: each reconcile issues up to five reads at once.
 IO_THREADS_PER_WORKER = 2
@@ -221,10 +225,12 @@ class Reconciler:
         self.settings = settings
         self.metrics = metrics
         self._locks: dict[tuple[str, str], threading.RLock] = {}
-        self._locks_lock = threading.Lock()  # guards _locks, _waiting, _started and _secrets
+        self._locks_lock = threading.Lock()  # guards _locks, _waiting and _started
         self._waiting: set[tuple[str, str]] = set()
         self._started: dict[tuple[str, str], float] = {}  # monotonic start of each job's last reconcile
-        self._secrets: dict[tuple[str, str], tuple[float, set[str]]] = {}
+        self._secrets: FoundMemo[tuple[str, str], set[str]] = FoundMemo(SECRET_MEMO_SECONDS)
+        # (kind, namespace, name) → True, or a ConfigMap's data
+        self._found: FoundMemo[tuple[str, str, str], Any] = FoundMemo(FOUND_MEMO_SECONDS)
         self._progress: dict[tuple[str, str], _ProgressMemo] = {}
         self._check_secrets = settings.check_secrets
         self._pod_index: Optional[PodIndex] = None
@@ -310,9 +316,17 @@ class Reconciler:
                 elif key not in keys:
                     missing.append(f"Secret {secret!r} has no key {key!r}")
         for claim in children.user_claims(job):
-            if not self.cluster.pvc_exists(ns, claim):
+            if not self._exists("pvc", ns, claim):
                 missing.append(f"PersistentVolumeClaim {claim!r} not found in namespace {ns!r}")
         return missing
+
+    def _exists(self, kind: str, namespace: str, name: str) -> bool:
+        """Whether the PersistentVolumeClaim (``pvc``) or Service exists (remembered once seen)."""
+        read = self.cluster.pvc_exists if kind == "pvc" else self.cluster.service_exists
+        return self._found.get((kind, namespace, name), lambda: read(namespace, name) or None) is not None
+
+    def _config_map_data(self, namespace: str, name: str) -> Optional[dict[str, str]]:
+        return self._found.get(("configmap", namespace, name), lambda: self.cluster.config_map_data(namespace, name))
 
     def use_pod_index(self, index: PodIndex) -> None:
         """Read pods from Kopf's index from now on (call once Kopf has filled it: from any handler)."""
@@ -339,18 +353,9 @@ class Reconciler:
 
     def _secret_keys(self, namespace: str, secret: str, key: str) -> Optional[set[str]]:
         """The Secret's keys, remembered for SECRET_MEMO_SECONDS once they include ``key``."""
-        memo_key = (namespace, secret)
-        with self._locks_lock:
-            read_at, keys = self._secrets.get(memo_key, (0.0, set()))
-        if key in keys and time.monotonic() - read_at < SECRET_MEMO_SECONDS:
-            return keys
-        fresh = self.cluster.secret_keys(namespace, secret)
-        with self._locks_lock:
-            if fresh is None:
-                self._secrets.pop(memo_key, None)
-            else:
-                self._secrets[memo_key] = (time.monotonic(), fresh)
-        return fresh
+        return self._secrets.get(
+            (namespace, secret), lambda: self.cluster.secret_keys(namespace, secret), usable=lambda keys: key in keys
+        )
 
     def _poll_progress(
         self, key: tuple[str, str], pods: list[Any], trainer_pod: Optional[str]
@@ -387,9 +392,9 @@ class Reconciler:
             return Observed(name, ns, uid, meta.get("generation"), None, error, status, False, None, False, pods,
                             now=now or now_utc())  # fmt: skip
         job = children.Job(name, ns, uid, spec)
-        pvc = self._io.submit(self.cluster.pvc_exists, ns, children.pvc_name(job))
-        config = self._io.submit(self.cluster.config_map_data, ns, children.config_map_name(job))
-        service = self._io.submit(self.cluster.service_exists, ns, children.service_name(job))
+        pvc = self._io.submit(self._exists, "pvc", ns, children.pvc_name(job))
+        config = self._io.submit(self._config_map_data, ns, children.config_map_name(job))
+        service = self._io.submit(self._exists, "service", ns, children.service_name(job))
         missing = self._io.submit(self._missing, job)
         pods = listed.result()
         trainer_pod = status.get("trainerPod") or children.trainer_pod_name(job, int(status.get("restarts") or 0))
@@ -424,6 +429,7 @@ class Reconciler:
             self.cluster.delete_pod(ns, pod)
         for manifest in plan.replace:
             self.cluster.replace_config_map(manifest)
+            self._found.forget(("configmap", ns, manifest["metadata"]["name"]))
         failures: list[str] = []
         created: list[str] = []
         for manifest in plan.create:  # in order, one at a time: the volume and config exist before the pods
