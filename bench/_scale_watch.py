@@ -22,6 +22,8 @@ Obj = Mapping[str, Any]
 Mark = Callable[[Obj], bool]
 
 GRPO_GROUP, GRPO_VERSION, GRPO_PLURAL = "grpo.dev", "v1alpha1", "grpojobs"
+# Names the Job of an object created beside it, not by its controller (a hand-written job's PVC).
+JOB_LABEL = "bench.grpo.dev/job"
 
 
 def _true(obj: Obj, ctype: str) -> bool:
@@ -161,7 +163,8 @@ def _owner(obj: Obj) -> tuple[str, str] | None:
     for ref in obj["metadata"].get("ownerReferences") or []:
         if ref.get("controller"):
             return ref["kind"], ref["name"]
-    return None
+    job = (obj["metadata"].get("labels") or {}).get(JOB_LABEL)
+    return ("Job", job) if job else None
 
 
 def _json(resp: Any) -> dict[str, Any]:

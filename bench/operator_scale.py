@@ -6,7 +6,10 @@ kube-controller-manager, kube-scheduler; KWOK fake GPU nodes), for each N:
 * ours: the operator runs as its own process (as in the e2e tests) watching a fresh
   namespace; N GRPOJobs (3-GPU trainer + 1-GPU vLLM pod each) are created at once;
 * built-in: in another fresh namespace, N batch/v1 Jobs of 2 pods (2 GPUs each:
-  the same 4 GPUs, CPU and memory per job) are created at once.
+  the same 4 GPUs, CPU and memory per job) are created at once;
+* built-in + PVC: the same Jobs, each with its own PersistentVolumeClaim mounted by
+  both pods, created just before it -- what a hand-written job with an adapter
+  volume amounts to, and the same storage work as ours.
 
 Per job, from watch events: creation → all children exist (ours: PVC, ConfigMap,
 Service, both pods; Job: both pods), creation → both pods scheduled; then the time
@@ -41,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "cluster"
 
 import controlplane  # noqa: E402
 from _results import header, percentile, write_section  # noqa: E402
-from _scale_watch import GRPO_GROUP, GRPO_PLURAL, GRPO_VERSION, NamespaceRecorder  # noqa: E402
+from _scale_watch import GRPO_GROUP, GRPO_PLURAL, GRPO_VERSION, JOB_LABEL, NamespaceRecorder  # noqa: E402
 from support.cluster_jobs import SECRET, install_crd, job_manifest  # noqa: E402
 from support.operator import OperatorProcess, free_port, operator_env  # noqa: E402
 
@@ -56,7 +59,7 @@ CREATE_THREADS = 16
 TRAINER_REQUESTS = {"cpu": "8", "memory": "64Gi"}
 INFERENCE_REQUESTS = {"cpu": "4", "memory": "32Gi"}
 BUILTIN_POD_REQUESTS = {"cpu": "6", "memory": "48Gi"}
-OURS, BUILTIN = "grpo-operator", "built-in Job"
+OURS, BUILTIN, BUILTIN_PVC = "grpo-operator", "built-in Job", "built-in Job + PVC"
 # Operator log lines that count as errors: ours and failed handlers. Kopf's retried
 # requests (e.g. "storage is (re)initializing" while a new namespace's watch starts) do not.
 LOG_ERRORS = ("Traceback", " ERROR grpo_operator", " ERROR kopf.objects")
@@ -74,23 +77,32 @@ def grpojob(name: str) -> dict[str, Any]:
     )
 
 
-def batch_job(name: str) -> dict[str, Any]:
-    container = {
+def batch_job(name: str, claim: str | None = None) -> dict[str, Any]:
+    container: dict[str, Any] = {
         "name": "work",
         "image": "busybox:1.36",
         "command": ["sleep", "infinity"],
         "resources": {"requests": BUILTIN_POD_REQUESTS, "limits": {"nvidia.com/gpu": str(GPUS_PER_JOB // 2)}},
     }
+    pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+    if claim is not None:
+        container["volumeMounts"] = [{"name": "run", "mountPath": "/run/job"}]
+        pod["volumes"] = [{"name": "run", "persistentVolumeClaim": {"claimName": claim}}]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": name},
-        "spec": {
-            "parallelism": 2,
-            "completions": 2,
-            "backoffLimit": 3,
-            "template": {"spec": {"restartPolicy": "Never", "containers": [container]}},
-        },
+        "spec": {"parallelism": 2, "completions": 2, "backoffLimit": 3, "template": {"spec": pod}},
+    }
+
+
+def job_claim(name: str) -> dict[str, Any]:
+    """The volume of a hand-written job; labelled with its job, since it cannot be owned before the Job exists."""
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": f"{name}-run", "labels": {JOB_LABEL: name}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "20Gi"}}},
     }
 
 
@@ -100,19 +112,31 @@ class Workload:
     kind: str  # the owner kind in ownerReferences
     children: dict[str, int]  # kind → how many of them each job gets
     manifest: Callable[[str], dict[str, Any]]
+    claim: Callable[[str], dict[str, Any]] | None = None  # created by the "user" right before each job
 
 
 WORKLOADS = {
     OURS: Workload(OURS, "GRPOJob", {"Pod": 2, "PersistentVolumeClaim": 1, "ConfigMap": 1, "Service": 1}, grpojob),
     BUILTIN: Workload(BUILTIN, "Job", {"Pod": 2}, batch_job),
+    BUILTIN_PVC: Workload(
+        BUILTIN_PVC,
+        "Job",
+        {"Pod": 2, "PersistentVolumeClaim": 1},
+        lambda name: batch_job(name, claim=job_claim(name)["metadata"]["name"]),
+        claim=job_claim,
+    ),
 }
 
 
 def create_all(api: client.ApiClient, ns: str, workload: Workload, names: list[str]) -> None:
     """Create every job at once (a pool of concurrent requests, raw responses: no client-side model parsing)."""
-    custom, batch = client.CustomObjectsApi(api), client.BatchV1Api(api)
+    custom, batch, core = client.CustomObjectsApi(api), client.BatchV1Api(api), client.CoreV1Api(api)
 
     def create(name: str) -> None:
+        if workload.claim is not None:
+            resp = core.create_namespaced_persistent_volume_claim(ns, workload.claim(name), _preload_content=False)
+            resp.read()
+            resp.release_conn()
         body = workload.manifest(name)
         if workload.kind == "GRPOJob":
             resp = custom.create_namespaced_custom_object(
@@ -236,7 +260,7 @@ def measure(
     operator_settings: dict[str, str] | None = None,
 ) -> Result:
     names = [f"bench-{i:04d}" for i in range(n)]
-    short = "ours" if w.controller == OURS else "builtin"
+    short = {OURS: "ours", BUILTIN: "builtin", BUILTIN_PVC: "builtin-pvc"}[w.controller]
     with fresh_namespace(cp, api, f"scale-{short}-{n}") as ns:
         operator = None
         if w.controller == OURS:
@@ -348,8 +372,9 @@ def report(
         "| incomplete | log errors | watch relists |",
         "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    controllers = [c for c in (OURS, BUILTIN, BUILTIN_PVC) if any(key[1] == c for key in results)]
     for n in sizes:
-        for controller in (OURS, BUILTIN):
+        for controller in controllers:
             r = results[(n, controller)]
             lines.append(
                 f"| {n} | {controller} | {_f(r.children_p50)} / {_f(r.children_p95)} / {_f(r.children_max)} "
@@ -357,11 +382,12 @@ def report(
                 f"| {_f(r.cpu_s)} | {_f(r.idle_cpu_pct)} | {_f(r.peak_rss_mib, 0)} | {_f(r.pvc_bound_p50)} | {_f(r.bound_to_scheduled_p50)} "
                 f"| {r.incomplete} | {r.log_errors} | {r.relists} |"
             )
-    lines += ["", "Ratio ours / built-in (lower is better; 1 = as fast):", ""]
-    lines += ["| N | " + " | ".join(label for label, _ in RATIOS) + " |", "|---:|" + "---:|" * len(RATIOS)]
-    for n in sizes:
-        rs = ratios(results[(n, OURS)], results[(n, BUILTIN)])
-        lines.append(f"| {n} | " + " | ".join(f"{_f(v, 2)}x" for v in rs.values()) + " |")
+    for other in controllers[1:]:
+        lines += ["", f"Ratio ours / {other} (lower is better; 1 = as fast):", ""]
+        lines += ["| N | " + " | ".join(label for label, _ in RATIOS) + " |", "|---:|" + "---:|" * len(RATIOS)]
+        for n in sizes:
+            rs = ratios(results[(n, OURS)], results[(n, other)])
+            lines.append(f"| {n} | " + " | ".join(f"{_f(v, 2)}x" for v in rs.values()) + " |")
     goal_n = GOAL_N if GOAL_N in sizes else max(sizes)
     ours = results[(goal_n, OURS)]
     worst = max(ratios(ours, results[(goal_n, BUILTIN)]).values())
@@ -373,16 +399,22 @@ def report(
         "",
         f"Goal: within 2x of the built-in controller at N={GOAL_N} with bounded memory "
         f"(every ratio ≤ 2, operator peak RSS ≤ {MEMORY_BOUND_MIB} MiB = the chart's memory limit). "
-        f"**{verdict}**: worst ratio {worst:.2f}x, peak RSS {_f(ours.peak_rss_mib, 0)} MiB.",
+        f"**{verdict}**: worst ratio {worst:.2f}x, peak RSS {_f(ours.peak_rss_mib, 0)} MiB."
+        + (
+            f" Against {BUILTIN_PVC} (the same storage work): worst ratio "
+            f"{max(ratios(ours, results[(goal_n, BUILTIN_PVC)]).values()):.2f}x."
+            if (goal_n, BUILTIN_PVC) in results
+            else ""
+        ),
         "",
         f"{'Median over ' + str(repeats) + ' repeats' if repeats > 1 else 'One run'} per row; p50/p95/max are "
         "over the N jobs. Times are watch-event times in one process: a job's creation is its ADDED event. "
-        '"children": ours PVC + ConfigMap + Service + 2 pods, built-in 2 pods. "all running": from the first '
-        "create request until the last job reports running (ours: Training and InferenceReady True; built-in: "
-        "status.ready = 2). CPU: the operator process, or the whole kube-controller-manager for the built-in, "
-        "over that time; idle CPU: afterwards, with every job running. Our pods also wait for their PVC to be "
-        "bound (kube-controller-manager's PV controller, hostpath provisioner) before the scheduler places them; "
-        'the built-in Jobs have no volume; "PVC bound → scheduled" is the time after that binding (ours only). '
+        '"children": ours PVC + ConfigMap + Service + 2 pods, built-in 2 pods (+ the PVC created with the Job). '
+        '"all running": from the first create request until the last job reports running (ours: Training and '
+        "InferenceReady True; built-in: status.ready = 2). CPU: the operator process, or the whole "
+        "kube-controller-manager for the built-in, over that time; idle CPU: afterwards, with every job running. "
+        "Pods with a volume wait for their PVC to be bound (kube-controller-manager's PV controller, hostpath "
+        'provisioner) before the scheduler places them; "PVC bound → scheduled" is the time after that binding. '
         + settings_note(kcm_qps, workers)
         + " Watch relists: times the benchmark's own watches could not "
         "resume (their marks are late by the gap; 0 means none).",
@@ -447,7 +479,7 @@ def main() -> int:
         api = api_client(cp.kubeconfig)
         for n in args.sizes:
             for repeat in range(args.repeats):
-                order = (OURS, BUILTIN) if repeat % 2 == 0 else (BUILTIN, OURS)
+                order = (OURS, BUILTIN, BUILTIN_PVC) if repeat % 2 == 0 else (BUILTIN_PVC, BUILTIN, OURS)
                 for controller in order:
                     r = measure(cp, api, WORKLOADS[controller], n, logs, args.timeout, args.idle, operator_settings)
                     results.setdefault((n, controller), []).append(r)
