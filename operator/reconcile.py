@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any, Optional
 
 from grpo_operator.api.job import API_VERSION, GROUP, KIND, PLURAL, VERSION, InvalidJob, parse_spec
@@ -65,31 +66,18 @@ class Cluster:
                 return None
             raise
 
-    def pvc_exists(self, namespace: str, name: str) -> bool:
+    def read(self, kind: str, namespace: str, name: str) -> Optional[dict[str, Any]]:
+        """A PersistentVolumeClaim, ConfigMap or Service, or None when there is none."""
+        read = {
+            "PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim,
+            "ConfigMap": self.core.read_namespaced_config_map,
+            "Service": self.core.read_namespaced_service,
+        }[kind]
         try:
-            self._call(self.core.read_namespaced_persistent_volume_claim, name, namespace)
-            return True
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-
-    def config_map_data(self, namespace: str, name: str) -> Optional[dict[str, str]]:
-        try:
-            cm = self._call(self.core.read_namespaced_config_map, name, namespace)
-            return dict(cm.get("data") or {})
+            return self._call(read, name, namespace)
         except ApiException as exc:
             if exc.status == 404:
                 return None
-            raise
-
-    def service_exists(self, namespace: str, name: str) -> bool:
-        try:
-            self._call(self.core.read_namespaced_service, name, namespace)
-            return True
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
             raise
 
     def job_pods(self, namespace: str, job: str, uid: str) -> list[dict[str, Any]]:
@@ -229,7 +217,7 @@ class Reconciler:
         self._waiting: set[tuple[str, str]] = set()
         self._started: dict[tuple[str, str], float] = {}  # monotonic start of each job's last reconcile
         self._secrets: FoundMemo[tuple[str, str], set[str]] = FoundMemo(SECRET_MEMO_SECONDS)
-        # (kind, namespace, name) → True, or a ConfigMap's data
+        # (kind, namespace, name, owner uid or None for a user's claim) → True, or a ConfigMap's data
         self._found: FoundMemo[tuple[str, str, str], Any] = FoundMemo(FOUND_MEMO_SECONDS)
         self._progress: dict[tuple[str, str], _ProgressMemo] = {}
         self._check_secrets = settings.check_secrets
@@ -316,17 +304,32 @@ class Reconciler:
                 elif key not in keys:
                     missing.append(f"Secret {secret!r} has no key {key!r}")
         for claim in children.user_claims(job):
-            if not self._exists("pvc", ns, claim):
+            if not self._claim_exists(ns, claim):
                 missing.append(f"PersistentVolumeClaim {claim!r} not found in namespace {ns!r}")
         return missing
 
-    def _exists(self, kind: str, namespace: str, name: str) -> bool:
-        """Whether the PersistentVolumeClaim (``pvc``) or Service exists (remembered once seen)."""
-        read = self.cluster.pvc_exists if kind == "pvc" else self.cluster.service_exists
-        return self._found.get((kind, namespace, name), lambda: read(namespace, name) or None) is not None
+    def _claim_exists(self, namespace: str, name: str) -> bool:
+        """Whether a user's PersistentVolumeClaim exists (remembered once seen)."""
+        read = partial(self.cluster.read, "PersistentVolumeClaim", namespace, name)
+        return self._found.get(("PersistentVolumeClaim", namespace, name, None), read) is not None
 
-    def _config_map_data(self, namespace: str, name: str) -> Optional[dict[str, str]]:
-        return self._found.get(("configmap", namespace, name), lambda: self.cluster.config_map_data(namespace, name))
+    def _child(self, kind: str, job: children.Job, name: str) -> Optional[Any]:
+        """The job's own child (a ConfigMap's data, else True), remembered once found.
+
+        None when it is missing, being deleted, or another job's: after a delete and
+        re-apply under the same name, the old job's children are still there until
+        the garbage collector gets to them, and must not stand in for the new ones.
+        """
+
+        def read() -> Optional[Any]:
+            obj = self.cluster.read(kind, job.namespace, name)
+            meta = (obj or {}).get("metadata") or {}
+            owners = {o.get("uid") for o in meta.get("ownerReferences") or []}
+            if obj is None or meta.get("deletionTimestamp") or job.uid not in owners:
+                return None
+            return dict(obj.get("data") or {}) if kind == "ConfigMap" else True
+
+        return self._found.get((kind, job.namespace, name, job.uid), read)
 
     def use_pod_index(self, index: PodIndex) -> None:
         """Read pods from Kopf's index from now on (call once Kopf has filled it: from any handler)."""
@@ -392,9 +395,10 @@ class Reconciler:
             return Observed(name, ns, uid, meta.get("generation"), None, error, status, False, None, False, pods,
                             now=now or now_utc())  # fmt: skip
         job = children.Job(name, ns, uid, spec)
-        pvc = self._io.submit(self._exists, "pvc", ns, children.pvc_name(job))
-        config = self._io.submit(self._config_map_data, ns, children.config_map_name(job))
-        service = self._io.submit(self._exists, "service", ns, children.service_name(job))
+        own_pvc = children.persistent_volume_claim(job) is not None  # else the user's claim, checked in _missing
+        pvc = self._io.submit(self._child, "PersistentVolumeClaim", job, children.pvc_name(job)) if own_pvc else None
+        config = self._io.submit(self._child, "ConfigMap", job, children.config_map_name(job))
+        service = self._io.submit(self._child, "Service", job, children.service_name(job))
         missing = self._io.submit(self._missing, job)
         pods = listed.result()
         trainer_pod = status.get("trainerPod") or children.trainer_pod_name(job, int(status.get("restarts") or 0))
@@ -406,9 +410,9 @@ class Reconciler:
             spec=spec,
             spec_error=None,
             status=status,
-            pvc_exists=pvc.result(),
+            pvc_exists=pvc is not None and pvc.result() is not None,
             config_map_data=config.result(),
-            service_exists=service.result(),
+            service_exists=service.result() is not None,
             pods=pods,
             missing=tuple(missing.result()),
             progress=self._poll_progress((ns, name), list(pods), trainer_pod),
@@ -429,7 +433,7 @@ class Reconciler:
             self.cluster.delete_pod(ns, pod)
         for manifest in plan.replace:
             self.cluster.replace_config_map(manifest)
-            self._found.forget(("configmap", ns, manifest["metadata"]["name"]))
+            self._found.forget(("ConfigMap", ns, manifest["metadata"]["name"], obs.uid))
         failures: list[str] = []
         created: list[str] = []
         for manifest in plan.create:  # in order, one at a time: the volume and config exist before the pods

@@ -366,6 +366,38 @@ def test_deleting_the_job_leaves_no_children(control_plane: ControlPlane, job_ns
     wait_until(lambda: f'namespace="{ns}"' not in operator.metrics(), timeout=10, what="job metrics dropped")
 
 
+def test_job_reapplied_under_the_same_name_gets_its_own_children_not_the_old_ones(
+    control_plane: ControlPlane, job_ns: str, operator: OperatorProcess
+):
+    """``kubectl delete`` then ``apply`` again (with a change): the old job's children linger
+    until the garbage collector is done with them (held here by a finalizer, so the overlap is
+    certain), and must not stand in for the new job's, nor be remembered as its."""
+    cp, ns = control_plane, job_ns
+    apply_jobs(cp, ns, job_manifest())
+    old = wait_job(cp, ns, "papillon", is_true("Training"), "Training=True")
+    held = ["configmap/papillon-config", "pvc/papillon-run", "service/papillon-vllm"]
+    for obj in held:
+        cp.kubectl("patch", obj, "-n", ns, "--type=merge", "-p", '{"metadata":{"finalizers":["grpo.test/hold"]}}')
+    cp.kubectl("delete", "grpojob", "papillon", "-n", ns, "--wait=true", "--timeout=30s")
+    apply_jobs(cp, ns, job_manifest(untrustedModel={"model": "gpt-4.1-nano"}), secret=False)
+    new_uid = wait_job(cp, ns, "papillon", lambda j: j["metadata"]["uid"] != old["metadata"]["uid"], "new job")
+    time.sleep(5)  # the new job's reconciles meet the old children, going but still there
+    assert not is_true("Training")(wait_job(cp, ns, "papillon", bool, "job")), "trained on the old job's children"
+
+    for obj in held:
+        cp.kubectl("patch", obj, "-n", ns, "--type=merge", "-p", '{"metadata":{"finalizers":null}}')
+    job = wait_job(cp, ns, "papillon", is_true("Training"), "Training=True on its own children", timeout=30)
+    uid = job["metadata"]["uid"]
+    assert uid == new_uid["metadata"]["uid"]
+    items = [i for i in cp.get_json(CHILD_KINDS, namespace=ns)["items"] if i["metadata"]["name"].startswith("papillon")]
+    assert sorted(f"{i['kind']}/{i['metadata']['name']}" for i in items) == PAPILLON_CHILDREN
+    for item in items:
+        owners = [o["uid"] for o in item["metadata"].get("ownerReferences") or []]
+        assert owners == [uid], f"{item['kind']}/{item['metadata']['name']} is owned by {owners}, not the new job"
+    config = next(i for i in items if i["kind"] == "ConfigMap")
+    assert "gpt-4.1-nano" in json.dumps(config["data"])
+
+
 def test_job_deleted_while_no_operator_runs_goes_at_once_and_its_children_are_collected(
     control_plane: ControlPlane, job_ns: str, operator: OperatorProcess
 ):
