@@ -11,7 +11,7 @@ ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 # ---------------------------------------------------------------- sources
 FROM ${PYTHON_IMAGE} AS source
 WORKDIR /src
-COPY pyproject.toml setup.py README.md ./
+COPY pyproject.toml README.md ./
 COPY requirements/constraints.txt requirements/constraints.txt
 COPY operator ./operator
 COPY trainer ./trainer

@@ -3,12 +3,13 @@
 # transformers/peft/trl, dspy, kopf, kubernetes client, test tools.
 #
 # Usage:
-#   .ci/python-env.sh [ensure]   create or reuse the venv, (re)install this checkout into it
-#                                (editable, --no-deps); prints the venv path on stdout
+#   .ci/python-env.sh [ensure]   create or reuse the venv (the lock only: the project itself is
+#                                never installed); prints the venv path on stdout
 #   .ci/python-env.sh env        like ensure, but prints `export GRPO_VENV=...` lines
 #                                (eval "$(.ci/python-env.sh env)")
 #   source .ci/python-env.sh     like ensure, then exports GRPO_VENV, GRPO_PYTHON,
-#                                VIRTUAL_ENV and puts the venv's bin first on PATH
+#                                VIRTUAL_ENV, puts the venv's bin first on PATH and this
+#                                checkout's operator/ and trainer/ first on PYTHONPATH
 #   .ci/python-env.sh check      pip check (fails on any line not in
 #                                requirements/pip-check-allow.txt) + freeze == lock
 #   .ci/python-env.sh path       print the venv path for the current lock (no install)
@@ -25,7 +26,7 @@
 #                pip, so the wheelhouse is what makes a rebuild fast and offline)
 #
 # Environment: GRPO_CACHE (see above), GRPO_BASE_PYTHON (default python3),
-#   GRPO_INSTALL_PROJECT=0 (do not install this checkout), GRPO_VENV_KEEP_DAYS (3).
+#   GRPO_VENV_KEEP_DAYS (3).
 # Logs go to stderr; stdout carries only the path / exports.
 
 _grpo_env_main() (
@@ -58,7 +59,7 @@ _grpo_env_main() (
   mkdir -p "$cache"
   cache=$(cd "$cache" && pwd)
   wheels="$cache/wheels"
-  # Never run python from the repo root: its operator/ package shadows the stdlib module.
+  # Work from the cache: nothing of a checkout is needed to build the venv.
   cd "$cache"
   command -v "$base_py" >/dev/null || die "$base_py not found (set GRPO_BASE_PYTHON)"
 
@@ -177,7 +178,7 @@ have = {}
 for d in distributions():
     url = d.read_text("direct_url.json") or ""
     if '"editable": true' in url.replace("'", '"'):
-        continue  # the project itself (editable install), not part of the lock
+        continue  # an editable install of some project, not part of the lock
     have[canonicalize_name(d.metadata["Name"])] = d.version
 for n in sorted(set(want) | set(have)):
     if want.get(n) != have.get(n):
@@ -250,32 +251,21 @@ PY
     fi
     "$v/bin/python" -c '' || die "$v is broken; delete it and re-run"
     touch "$v/.grpo-env-complete"  # its mtime records the last use
-    install_project "$v"
+    drop_project_install "$v"
     link_current "$v"
     prune_unused "$v"
     printf '%s\n' "$v"
   }
 
-  # Editable install (--no-deps) of THIS checkout, redone when the checkout path or its
-  # packaging files change. A venv is shared by all checkouts on the machine: without
-  # this, a CI clone reusing the venv would import the code of whichever tree was
-  # installed last. GRPO_INSTALL_PROJECT=0 skips it.
-  install_project() { # $1=venv
-    [[ ${GRPO_INSTALL_PROJECT:-1} == 1 && -f $root/pyproject.toml ]] || return 0
-    local want
-    local f files=()
-    for f in pyproject.toml setup.py setup.cfg; do [[ -f $root/$f ]] && files+=("$root/$f"); done
-    want="$root $(cat "${files[@]}" | sha256sum | cut -c1-12)"
-    (
-      flock 7
-      if [[ "$(cat "$1/.grpo-project" 2>/dev/null || true)" != "$want" ]]; then
-        log "installing the project from $root (editable, --no-deps)"
-        "$1/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$root" \
-          >"$1/.grpo-project.log" 2>&1 \
-          || { tail -n 40 "$1/.grpo-project.log" >&2; die "editable install of $root failed"; }
-        printf '%s\n' "$want" >"$1/.grpo-project"
-      fi
-    ) 7>"$1/.grpo-project.lock"
+  # Nothing of the project is installed into the venv: it is shared by every checkout
+  # on the machine, and an install would point all of them at one tree. Each checkout
+  # is put on the import path instead (PYTHONPATH when sourced; pytest's pythonpath).
+  # A venv that an older recipe gave an editable install of the project loses it here.
+  drop_project_install() { # $1=venv
+    if "$1/bin/python" -m pip show -q grpo-operator >/dev/null 2>&1; then
+      log "removing an installed grpo-operator from $1 (checkouts are imported from their folders)"
+      "$1/bin/python" -m pip uninstall -q -y grpo-operator >&2
+    fi
   }
 
   # Delete other venvs not used (by ensure) for GRPO_VENV_KEEP_DAYS days (default 3), and
@@ -354,7 +344,7 @@ dropped = []
 for item in json.load(open(report))["install"]:
     name, ver = item["metadata"]["name"], item["metadata"]["version"]
     if "dir_info" in item["download_info"]:
-        continue  # the project itself (installed editable by `ensure`)
+        continue  # the project itself (never installed: imported from its checkout)
     if not item["download_info"]["url"].endswith(".whl"):
         sys.stderr.write(f"note: {name} {ver} has no wheel (will be built)\n")
     if re.match(excluded, name.lower()):
@@ -393,7 +383,6 @@ PY
       } >"$req/pip-check-allow.txt"
       finish_venv "$v"
     ) 8>"$cache/.venv-$key.lock"
-    install_project "$v"
     link_current "$v"
     rm -rf "$lv"
     log "lock done in $((SECONDS - t0)) s: $v"
@@ -433,6 +422,9 @@ if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then
   if GRPO_VENV=$(_grpo_env_main ensure); then
     export GRPO_VENV GRPO_PYTHON="$GRPO_VENV/bin/python" VIRTUAL_ENV="$GRPO_VENV"
     export PATH="$GRPO_VENV/bin:$PATH"
+    _grpo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    export PYTHONPATH="$_grpo_root/operator:$_grpo_root/trainer${PYTHONPATH:+:$PYTHONPATH}"
+    unset _grpo_root
   else
     echo "[python-env] failed" >&2
     return 1

@@ -32,7 +32,7 @@ def _true(obj: Obj, ctype: str) -> bool:
 
 
 # What "running" means for each job kind: for a GRPOJob, the conditions that
-# operator/lifecycle.py sets once the trainer pod runs and the vLLM pod is ready.
+# operator/grpo_operator/controller/lifecycle.py sets once the trainer pod runs and the vLLM pod is ready.
 MARKS: dict[str, dict[str, Mark]] = {
     "GRPOJob": {"running": lambda o: _true(o, "Training") and _true(o, "InferenceReady")},
     "Job": {"running": lambda o: (o.get("status", {}).get("ready") or 0) >= (o["spec"].get("parallelism") or 1)},

@@ -37,13 +37,13 @@ from pathlib import Path
 import httpx
 import torch
 from _results import header, percentile, write_section
-from support.vllm import VLLMServer, start_vllm_server
 
-from grpo_trainer.adapters import AdapterStore, VLLMAdapterSync
-from grpo_trainer.hparams import TrainKwargs
-from grpo_trainer.policy import Policy, load_policy
-from grpo_trainer.tinymodel import TinyModelSpec, ensure_tiny_model
-from grpo_trainer.vllm_server import lora_rank_flag
+from grpo_trainer.contract.hparams import TrainKwargs
+from grpo_trainer.contract.vllm_command import lora_rank_flag
+from grpo_trainer.embedded.tinymodel import TinyModelSpec, ensure_tiny_model
+from grpo_trainer.grpo.policy import Policy, load_policy
+from grpo_trainer.vllm.adapters import AdapterStore, VLLMAdapterSync
+from support.vllm import VLLMServer, start_vllm_server
 
 NAME = "adapter_sync"
 MB = 1e6

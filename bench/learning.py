@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from _results import header, write_section
 
 from grpo_operator.local.default import default_job
 from grpo_operator.local.plan import Plan, RunOptions, make_plan
-from grpo_trainer.distributed import DistContext
-from grpo_trainer.loop import GRPORun
-from grpo_trainer.vllm_server import VLLMProcess
-from _results import header, write_section
+from grpo_trainer.run.distributed import DistContext
+from grpo_trainer.run.loop import GRPORun
+from grpo_trainer.vllm.process import VLLMProcess
 from support.vllm import free_port
 
 

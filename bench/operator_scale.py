@@ -37,14 +37,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from grpo_operator.settings import OperatorSettings
 from kubernetes import client, config
+
+from grpo_operator.settings import OperatorSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "cluster"))  # as tests/cluster/conftest.py
 
 import controlplane  # noqa: E402
 from _results import header, percentile, write_section  # noqa: E402
 from _scale_watch import GRPO_GROUP, GRPO_PLURAL, GRPO_VERSION, JOB_LABEL, NamespaceRecorder  # noqa: E402
+
 from support.cluster_jobs import SECRET, install_crd, job_manifest  # noqa: E402
 from support.operator import OperatorProcess, free_port, operator_env  # noqa: E402
 

@@ -9,8 +9,6 @@ name=${1:?usage: bash bench/run.sh <benchmark> [args]}
 shift
 
 source "$root/.ci/python-env.sh"
-python -m pip install -q --no-deps --no-index --no-build-isolation -e "$root" >&2 \
-  || python -m pip install -q --no-deps -e "$root" >&2
 
 if [[ "$name" == operator_scale && -z "${GRPO_K8S_BIN:-}" ]]; then
   GRPO_K8S_BIN=$(bash "$root/tests/cluster/build.sh" | tail -n 1)
@@ -20,5 +18,5 @@ export LITELLM_LOCAL_MODEL_COST_MAP=True HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM
 # Test helpers (tests/support) are importable by the benchmarks, as in pytest.
 export PYTHONPATH="$root/tests${PYTHONPATH:+:$PYTHONPATH}"
 
-cd "$root/bench"  # never the repo root: operator/ would shadow the stdlib module
+cd "$root/bench"
 exec python "$name.py" "$@"

@@ -41,19 +41,20 @@ from typing import Any
 import httpx
 import torch
 from _results import header, write_section
-from grpo_trainer.adapters import version_step
-from grpo_trainer.config import TrainerConfig
-from grpo_trainer.distributed import DistContext
-from grpo_trainer.hparams import GRPOArgs, TrainKwargs
-from grpo_trainer.loop import GRPORun, Sampling, StepPlan
-from grpo_trainer.loss import importance_weights
-from grpo_trainer.optim import build_optimizer, build_scheduler
-from grpo_trainer.policy import load_policy, peft_lora_config
-from grpo_trainer.progress import Progress
-from grpo_trainer.samples import TrainSample
-from grpo_trainer.stopflag import StopFlag
-from grpo_trainer.tinymodel import ensure_tiny_model
-from grpo_trainer.update import micro_batches, optimizer_batches, train_on_samples
+
+from grpo_trainer.contract.config import TrainerConfig
+from grpo_trainer.contract.hparams import GRPOArgs, TrainKwargs
+from grpo_trainer.contract.progress import Progress
+from grpo_trainer.embedded.tinymodel import ensure_tiny_model
+from grpo_trainer.grpo.loss import importance_weights
+from grpo_trainer.grpo.optim import build_optimizer, build_scheduler
+from grpo_trainer.grpo.policy import load_policy, peft_lora_config
+from grpo_trainer.grpo.samples import TrainSample
+from grpo_trainer.grpo.update import micro_batches, optimizer_batches, train_on_samples
+from grpo_trainer.run.distributed import DistContext
+from grpo_trainer.run.loop import GRPORun, Sampling, StepPlan
+from grpo_trainer.run.stopflag import StopFlag
+from grpo_trainer.vllm.adapters import version_step
 from support.vllm import VLLMServer, start_vllm_server, trainer_config_for
 
 NAME = "trainer_step"

@@ -14,13 +14,10 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 source "$root/.ci/python-env.sh"
-# (setuptools' warnings are noise here; a failure shows them)
-python -m pip install -q --no-deps --no-index --no-build-isolation -e "$root" >/dev/null 2>&1 \
-  || python -m pip install -q --no-deps -e "$root" >&2
 
 # litellm fetches a model price map at import unless told not to; no hub downloads for local paths.
 export LITELLM_LOCAL_MODEL_COST_MAP=True TOKENIZERS_PARALLELISM=false
 
-# exec: Ctrl-C and the exit code belong to grpo-local (a console script, so running it from
-# the repo root is safe: the current directory is not on its import path).
-exec grpo-local "$@"
+# exec: Ctrl-C and the exit code belong to grpo-local. -P: the current directory is not
+# put on the import path (this checkout is, by python-env.sh).
+exec python -P -m grpo_operator.local.cli "$@"

@@ -1,39 +1,56 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need (Python venv, control-plane
-# binaries built from the Go module proxy; both cached by version under
-# ${GRPO_CACHE:-~/.cache/grpo-operator}), then runs pytest with any arguments.
+# The test command: sets up what the tests need (Python venv, control-plane binaries
+# built from the Go module proxy, the embedded default's tiny model; all cached by
+# version under ${GRPO_CACHE:-~/.cache/grpo-operator}), then runs pytest with any
+# arguments. Prints each phase's wall time at the end, pass or fail.
 #
 #   bash scripts/test.sh                 # everything
 #   bash scripts/test.sh tests/unit -q   # a subset
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
+phases=()
+phase_start=$SECONDS
+phase_done() { # phase_done NAME: record the time since the previous phase ended
+  phases+=("$(printf '%-14s %5d s' "$1" $((SECONDS - phase_start)))")
+  phase_start=$SECONDS
+}
+report_phases() {
+  local rc=$? p
+  {
+    echo "=== phase times (total $SECONDS s, exit $rc)"
+    for p in "${phases[@]}"; do echo "  $p"; done
+  } >&2
+}
+trap report_phases EXIT
+
+# The venv holds only the lock; this checkout is imported from its folders (PYTHONPATH).
 source "$root/.ci/python-env.sh"
-python -m pip install -q --no-deps --no-index --no-build-isolation -e "$root" >&2 \
-  || python -m pip install -q --no-deps -e "$root" >&2
+phase_done venv
 
 if [[ "${GRPO_SKIP_CLUSTER:-0}" != 1 ]]; then
   GRPO_K8S_BIN=$(bash "$root/tests/cluster/build.sh" | tail -n 1)
   export GRPO_K8S_BIN
+  phase_done control-plane
 fi
 
 # litellm fetches a model price map at import unless told not to (no network here).
 export LITELLM_LOCAL_MODEL_COST_MAP=True HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-# The embedded default's tiny model is generated and warm-started once (minutes), then cached:
-# built here rather than inside whichever test first needs it, so no test timeout includes it.
-# (Not from the repo root: operator/ there would shadow the stdlib module.)
+# The embedded default's tiny model: shipped in the package and copied into the cache
+# (built from its recipe only when the shipped copy does not match it). Here rather than
+# inside whichever test first needs it, so no test's timeout includes it.
 if [[ "${GRPO_SKIP_MODEL_BUILD:-0}" != 1 ]]; then
-  (cd "${TMPDIR:-/tmp}" && python -c \
-    "from grpo_operator.local.default import default_model_dir; print('tiny model:', default_model_dir())") >&2
+  python -P -c "from grpo_operator.local.default import default_model_dir; print('tiny model:', default_model_dir())" >&2
+  phase_done model
 fi
-
 
 cd "$root"
 set +e
 pytest "$@"
 rc=$?
 set -e
+phase_done tests
 if [[ $rc == 5 ]]; then
   echo "pytest collected no tests: that is a failure" >&2
   exit 1

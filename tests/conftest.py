@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+from support.checkout import pythonpath
 from support.vllm import mark_vllm_tests, tiny_model_dir, vllm_server  # noqa: F401  (fixtures)
+
+# Every child process (operator, trainer, vLLM, pods of the process node) imports this
+# checkout, also when pytest is run without scripts/test.sh.
+os.environ["PYTHONPATH"] = pythonpath(os.environ.get("PYTHONPATH"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

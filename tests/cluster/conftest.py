@@ -23,6 +23,7 @@ if _HERE not in sys.path:  # --import-mode=importlib: make `import controlplane`
     sys.path.insert(0, _HERE)
 
 import controlplane
+
 from support.cluster_jobs import install_crd
 
 _LOGS_KEY = pytest.StashKey[str]()

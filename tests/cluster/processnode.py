@@ -52,7 +52,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -272,16 +272,22 @@ class ProcessNode:
         work_dir: Path,
         *,
         image: Iterable[Path] = (),
+        image_env: Mapping[str, str] | None = None,
         cpu: str = "16",
         memory: str = "24Gi",
     ) -> None:
         """``image``: directories the containers' programs need besides this Python environment
-        (e.g. the checkout an editable install points to)."""
+        (e.g. the checkout's source folders). ``image_env``: the image's own environment (a
+        Dockerfile's ENV), under each container's; by default this process's PYTHONPATH, which
+        puts the checkout's packages where an image has its site-packages."""
         self.cp = cp
         self.name = name
         self.work_dir = work_dir
         self.bin_dir = Path(sys.executable).parent  # the environment that stands in for the images
         self.image = python_environment() + [Path(p).resolve() for p in image]
+        if image_env is None:
+            image_env = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
+        self.image_env = dict(image_env)
         self.capacity = {"cpu": cpu, "memory": memory, "pods": "20", "ephemeral-storage": "100Gi"}
         self._pods: dict[str, Pod] = {}
         self._lock = threading.Lock()
@@ -710,7 +716,7 @@ class ProcessNode:
         return BindMount(source, vm["mountPath"], bool(vm.get("readOnly")))
 
     def _env(self, pod: Pod, obj: dict[str, Any], spec: dict[str, Any]) -> dict[str, str]:
-        env = {"PATH": f"{self.bin_dir}:{SYSTEM_PATH}", "HOSTNAME": pod.name}
+        env = {"PATH": f"{self.bin_dir}:{SYSTEM_PATH}", **self.image_env, "HOSTNAME": pod.name}
         for source in spec.get("envFrom", []):
             ref = source.get("configMapRef") or source.get("secretRef")
             kind = "configmaps" if "configMapRef" in source else "secrets"

@@ -22,7 +22,9 @@ from typing import Any
 import pytest
 import yaml
 from controlplane import ControlPlane, wait_until
+
 from gitops.luahealth import evaluate
+from support.chart import CRD, crd_exists, helm_install, start_operator_like_deployment
 from support.cluster_jobs import (
     CHART,
     RESTRICTED,
@@ -34,7 +36,6 @@ from support.cluster_jobs import (
     job_manifest,
     wait_job,
 )
-from support.chart import CRD, crd_exists, helm_install, start_operator_like_deployment
 from support.operator import OperatorProcess
 
 pytestmark = pytest.mark.cluster

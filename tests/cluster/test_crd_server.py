@@ -6,8 +6,8 @@ import json
 
 import pytest
 import yaml
-
 from controlplane import wait_until
+
 from support.jobdocs import INVALID_CASES, load_example, mutated
 
 SERVER_CASES = [c for c in INVALID_CASES if c.get("server")]

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 from controlplane import ControlPlane, wait_until
+
 from support.cluster_jobs import (
     CHART,
     RESTRICTED,

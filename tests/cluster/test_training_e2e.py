@@ -31,15 +31,14 @@ import pytest
 import yaml
 from controlplane import ControlPlane, wait_until
 from processnode import NODE_LABEL, TOLERATION, ProcessNode, process_node
+
+from grpo_operator.local.default import default_job, default_model_dir
+from grpo_trainer.contract.progress import Progress
+from grpo_trainer.embedded.bundled import PII_DELEGATION
 from support.chart import helm_install, start_operator_like_deployment
+from support.checkout import SOURCE_DIRS
 from support.cluster_jobs import RESTRICTED, cond, get_job, is_true, wait_job
 from support.operator import OperatorProcess, free_port
-
-import grpo_operator
-import grpo_trainer
-from grpo_operator.local.default import default_job, default_model_dir
-from grpo_trainer.bundled import PII_DELEGATION
-from grpo_trainer.progress import Progress
 
 pytestmark = [pytest.mark.cluster, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(2400)]
 
@@ -63,9 +62,8 @@ def job_ns(control_plane: ControlPlane) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def node(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessNode]:
-    # the project's packages, wherever this checkout is (an editable install points there)
-    source = [Path(m.__file__).resolve().parent for m in (grpo_operator, grpo_trainer)]
-    with process_node(control_plane, "cpu-node-0", tmp_path_factory.mktemp("cpu-node-0"), source) as n:
+    # the project's packages: this checkout's source folders stand in for the image's site-packages
+    with process_node(control_plane, "cpu-node-0", tmp_path_factory.mktemp("cpu-node-0"), SOURCE_DIRS) as n:
         yield n
     assert not n.errors, n.errors
 

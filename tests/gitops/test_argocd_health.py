@@ -14,10 +14,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+
 from gitops.luahealth import Health, evaluate, grpojob
 from grpo_operator.children import Job, config_map
-from grpo_operator.lifecycle import Observed, decide
-from grpo_operator.status import CONTAINER_PROBLEMS, Cond, PodView, conditions
+from grpo_operator.controller.conditions import CONTAINER_PROBLEMS, Cond, PodView, conditions
+from grpo_operator.controller.lifecycle import Observed, decide
 from support.jobstates import SETTINGS, T0, a_pod, spec
 
 SCHEDULER_SAYS = "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."

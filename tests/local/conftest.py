@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from grpo_operator.local.default import default_job, default_model_dir
+from support.checkout import checkout_env
 
 MARKER_ENV = "GRPO_LOCAL_TEST_MARKER"
 
@@ -65,9 +66,10 @@ def marker() -> str:
 
 
 def cli_env(marker: str) -> dict[str, str]:
+    """The runner's environment: this checkout's packages and nothing else on the import path."""
     env = {**os.environ, MARKER_ENV: marker, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1"}
     env.pop("PYTHONPATH", None)
-    return env
+    return checkout_env(env)
 
 
 @pytest.fixture

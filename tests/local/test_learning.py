@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from grpo_operator.local.default import NUM_TRAIN_STEPS
-from grpo_trainer.progress import Progress
+from grpo_trainer.contract.progress import Progress
 
 # 4.5-9 min each on a quiet 2-core machine; the limits leave room for a loaded one
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(2400)]

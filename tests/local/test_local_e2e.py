@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from grpo_trainer.progress import Progress
+from grpo_trainer.contract.progress import Progress
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 

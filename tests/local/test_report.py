@@ -19,7 +19,7 @@ from grpo_operator.local.report import (
     write_plot,
     write_summary,
 )
-from grpo_trainer.progress import Progress
+from grpo_trainer.contract.progress import Progress
 
 
 def synthetic_progress(step: int = 10) -> Progress:

@@ -21,10 +21,10 @@ import pytest
 import yaml
 
 from grpo_operator.api import parse_job
-from grpo_operator.api.translate import Layout, trainer_config
 from grpo_operator.local.default import default_job
 from grpo_operator.local.plan import CONFIG_FILE, InvalidInput, RunOptions, make_plan
 from grpo_operator.local.rundir import LOCK_FILE
+from grpo_operator.resolve import LocalTarget, resolve
 
 # -- invalid input: exit 2, nothing started --------------------------------------------------
 
@@ -181,10 +181,8 @@ def test_default_job_parses_and_translates_to_a_cpu_run(
     tiny_model: Path, tmp_path: Path, ports: tuple[int, int]
 ) -> None:
     job = parse_job(default_job(tiny_model))
-    layout = Layout(
-        run_dir=str(tmp_path), vllm_run_dir=str(tmp_path), vllm_base_url="http://127.0.0.1:8000/v1", device="cpu"
-    )
-    config = trainer_config(job.metadata.name or "", job.spec, layout)
+    target = LocalTarget(str(tmp_path), str(tmp_path / "c.json"), 8000, 9400, gpus=0, python=sys.executable)
+    config = resolve(job.metadata.name or "", job.spec, target).config
     assert (config.program, config.metric) == ("papillon", "papillon_offline")
     assert Path(config.model).is_dir() and (Path(config.model) / "config.json").is_file()
     assert config.train_data.path is not None and Path(config.train_data.path).is_file()
@@ -199,7 +197,7 @@ def test_default_job_parses_and_translates_to_a_cpu_run(
     assert plan.trainer_argv == [
         sys.executable,
         "-m",
-        "grpo_trainer.main",
+        "grpo_trainer.run.main",
         "--config",
         str((tmp_path / "run" / CONFIG_FILE).resolve()),
     ]

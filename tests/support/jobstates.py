@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from grpo_operator.api import parse_job
+from grpo_operator.controller.conditions import PodView, pod_view
 from grpo_operator.settings import OperatorSettings
-from grpo_operator.status import PodView, pod_view
 from support.jobdocs import load_example
 
 SETTINGS = OperatorSettings()

@@ -2,7 +2,7 @@
 
 Fixtures (registered in tests/conftest.py):
 
-* ``tiny_model_dir`` (session): the cached tiny model (:func:`grpo_trainer.tinymodel.ensure_tiny_model`).
+* ``tiny_model_dir`` (session): the cached tiny model (:func:`grpo_trainer.embedded.tinymodel.ensure_tiny_model`).
 * ``vllm_server`` (session): one vLLM server on that model with runtime LoRA
   loading enabled, as a :class:`VLLMServer` (URLs, served name, model dir, log).
 
@@ -55,7 +55,8 @@ def start_vllm_server(
     extra_args: tuple[str, ...] = (),
 ) -> Iterator[VLLMServer]:
     """Generator: yields a running server, stops it on close (use with ``yield from`` in a fixture)."""
-    from grpo_trainer.vllm_server import VLLMProcess, VLLMServerSpec
+    from grpo_trainer.contract.vllm_command import VLLMServerSpec
+    from grpo_trainer.vllm.process import VLLMProcess
 
     spec = VLLMServerSpec(
         model=str(model_dir),
@@ -89,8 +90,8 @@ def start_vllm_server(
 
 def trainer_config_for(server: VLLMServer, run_dir: Path, job_name: str, grpo: Any, train: Any) -> Any:
     """A CPU TrainerConfig against ``server`` on the bundled data (2 validation examples), adapters under ``run_dir``."""
-    from grpo_trainer.bundled import PII_DELEGATION
-    from grpo_trainer.config import DataSpec, TrainerConfig, VLLMEndpoint
+    from grpo_trainer.contract.config import DataSpec, TrainerConfig, VLLMEndpoint
+    from grpo_trainer.embedded.bundled import PII_DELEGATION
 
     return TrainerConfig(
         job_name=job_name,
@@ -116,7 +117,7 @@ def trainer_config_for(server: VLLMServer, run_dir: Path, job_name: str, grpo: A
 
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
-    from grpo_trainer.tinymodel import ensure_tiny_model
+    from grpo_trainer.embedded.tinymodel import ensure_tiny_model
 
     return ensure_tiny_model()
 

@@ -20,11 +20,12 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from grpo_trainer import adapters
-from grpo_trainer.adapters import AdapterStore, VLLMAdapterSync, VLLMUnavailableError, version_name
-from grpo_trainer.config import VLLMEndpoint
-from grpo_trainer.tinymodel import ensure_tiny_model
-from grpo_trainer.vllm_server import VLLMProcess, VLLMServerSpec
+from grpo_trainer.contract.config import VLLMEndpoint
+from grpo_trainer.contract.vllm_command import VLLMServerSpec
+from grpo_trainer.embedded.tinymodel import ensure_tiny_model
+from grpo_trainer.vllm import adapters
+from grpo_trainer.vllm.adapters import AdapterStore, VLLMAdapterSync, VLLMUnavailableError, version_name
+from grpo_trainer.vllm.process import VLLMProcess
 
 PROMPT = "please write an email to maria garcia about the"
 

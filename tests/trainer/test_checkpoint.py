@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from grpo_trainer.checkpoint import COMPLETE_MARKER, CheckpointManager, TrainingState
-from grpo_trainer.hparams import LoraConfig, TrainKwargs
-from grpo_trainer.optim import build_optimizer, build_scheduler
-from grpo_trainer.policy import Policy, wrap_policy
+from grpo_trainer.contract.hparams import LoraConfig, TrainKwargs
+from grpo_trainer.grpo.optim import build_optimizer, build_scheduler
+from grpo_trainer.grpo.policy import Policy, wrap_policy
+from grpo_trainer.run.checkpoint import COMPLETE_MARKER, CheckpointManager, TrainingState
 from support.tinyllama import tiny_llama
 
 TRAIN = TrainKwargs(

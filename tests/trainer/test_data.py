@@ -16,10 +16,11 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from grpo_trainer.bundled import PII_DELEGATION
-from grpo_trainer.config import DataSpec
-from grpo_trainer.data import PUPA_FIELDS, DataError, load_examples
-from grpo_trainer.registry import data_defaults
+
+from grpo_trainer.contract.config import DataSpec
+from grpo_trainer.dspy.data import PUPA_FIELDS, DataError, load_examples
+from grpo_trainer.dspy.registry import data_defaults
+from grpo_trainer.embedded.bundled import PII_DELEGATION
 
 PUPA_ROWS = [
     {

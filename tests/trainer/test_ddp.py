@@ -27,12 +27,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from grpo_trainer.distributed import DistContext, broadcast_object, init_distributed, shutdown
-from grpo_trainer.hparams import TrainKwargs
-from grpo_trainer.optim import build_scheduler
-from grpo_trainer.policy import Policy, collate, policy_logprobs, wrap_policy
-from grpo_trainer.samples import TrainSample, advantages
-from grpo_trainer.update import train_on_samples
+from grpo_trainer.contract.hparams import TrainKwargs
+from grpo_trainer.grpo.optim import build_scheduler
+from grpo_trainer.grpo.policy import Policy, collate, policy_logprobs, wrap_policy
+from grpo_trainer.grpo.samples import TrainSample, advantages
+from grpo_trainer.grpo.update import train_on_samples
+from grpo_trainer.run.distributed import DistContext, broadcast_object, init_distributed, shutdown
 
 LOSS_TYPES = ("dapo", "grpo", "dr_grpo")
 PER_DEVICE = 2
@@ -123,7 +123,7 @@ def test_two_processes_train_like_one(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__,
          "--out", str(out)],
-        cwd=tmp_path,  # not the repo root: its operator/ folder would shadow the standard library
+        cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,

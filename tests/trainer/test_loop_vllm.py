@@ -1,6 +1,6 @@
 """The whole trainer process against a real vLLM (CPU build): steps, adapters, hot-swap, exact resume.
 
-The trainer runs as its own process (`python -m grpo_trainer.main`), exactly as in the
+The trainer runs as its own process (`python -m grpo_trainer.run.main`), exactly as in the
 trainer pod, on the tiny generated model; the PAPILLON program's untrusted model is
 the same vLLM's base model through the OpenAI-compatible client path.
 """
@@ -20,7 +20,7 @@ import httpx
 import pytest
 from safetensors.torch import load_file
 
-from grpo_trainer.hparams import GRPOArgs, TrainKwargs
+from grpo_trainer.contract.hparams import GRPOArgs, TrainKwargs
 from support.vllm import trainer_config_for
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -64,7 +64,7 @@ def _config(
 def _start(config: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "GRPO_LOG_FORMAT": "json", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     return subprocess.Popen(
-        [sys.executable, "-m", "grpo_trainer.main", "--config", str(config)],
+        [sys.executable, "-m", "grpo_trainer.run.main", "--config", str(config)],
         stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=config.parent,
     )
 

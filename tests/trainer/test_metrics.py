@@ -9,10 +9,11 @@ from typing import Any, Iterator
 import dspy
 import pytest
 from dspy.utils.dummies import DummyLM
-from grpo_trainer.metrics.offline import leakage, papillon_offline, trigram_f1
-from grpo_trainer.metrics.papillon import make_compute_overall_score, pii_units
-from grpo_trainer.programs.papillon import CRAFT, PAPILLON, RESPOND
-from grpo_trainer.registry import resolve_metric, resolve_program
+
+from grpo_trainer.dspy.programs.papillon import CRAFT, PAPILLON, RESPOND
+from grpo_trainer.dspy.registry import resolve_metric, resolve_program
+from grpo_trainer.dspy.rewards.offline import leakage, papillon_offline, trigram_f1
+from grpo_trainer.dspy.rewards.papillon import make_compute_overall_score, pii_units
 
 GOLD = "A weekly meal plan for someone managing gout: build each meal around vegetables and lean protein."
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import threading
 
 import pytest
-from grpo_trainer.prefetch import Drawn, Prefetcher, publish_unloads, resume_versions, sampling_version
-from grpo_trainer.progress import ProgressBoard
+
+from grpo_trainer.grpo.prefetch import Drawn, Prefetcher, publish_unloads, resume_versions, sampling_version
+from grpo_trainer.run.progress_board import ProgressBoard
 
 
 def test_sampling_version_is_one_step_further_behind_when_overlapped() -> None:

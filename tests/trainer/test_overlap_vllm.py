@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
-from grpo_trainer import exit_codes
-from grpo_trainer.config import TrainerConfig
-from grpo_trainer.prefetch import sampling_version
-from grpo_trainer.rollout import ExampleSampler
+
+from grpo_trainer.contract import exit_codes
+from grpo_trainer.contract.config import TrainerConfig
+from grpo_trainer.grpo.prefetch import sampling_version
+from grpo_trainer.grpo.rollout import ExampleSampler
 from trainer.test_loop_vllm import (  # the same trainer set-up as the sequential loop test
     _config,
     _progress,

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from grpo_trainer.progress import PROGRESS_FILE, TERMINATION_MESSAGE_BYTES, Progress, ProgressBoard, termination_message
-from grpo_trainer.server import ProgressServer
+from grpo_trainer.contract.progress import PROGRESS_FILE, TERMINATION_MESSAGE_BYTES, Progress, termination_message
+from grpo_trainer.run.progress_board import ProgressBoard
+from grpo_trainer.run.progress_server import ProgressServer
 
 
 def get(port: int, path: str) -> tuple[int, str, str]:
@@ -47,6 +48,39 @@ def run_one_step(board: ProgressBoard, step: int) -> None:
         rollout_failures={"format": 2, "external": 1} if step == 1 else {"format": 1},
         skipped_groups=3,
     )
+
+
+def test_each_steps_update_diagnostics_reach_progress_metrics_and_the_tracker(tmp_path: Path) -> None:
+    """Clip fractions, KL, grad norm, importance weight, zero-variance share, completion lengths: every step."""
+    from grpo_trainer.grpo.update import UpdateStats
+    from grpo_trainer.run.loop import step_diagnostics, tracker_metrics
+
+    stats = UpdateStats(
+        loss=0.12, grad_norm=3.5, tokens=800, sequences=32, clip_fraction=0.07, clip_fraction_low=0.03,
+        clip_fraction_high=0.04, mean_ratio=1.01, mean_kl=0.002, mean_is_weight=0.98, lr=2e-5,
+        optimizer_steps=2, seconds=1.0,
+    )  # fmt: skip
+    info = {"reward_mean": 0.6, "reward_std": 0.2, "zero_variance_group_share": 0.25,
+            "completion_length_mean": 41.5, "completion_length_max": 96}  # fmt: skip
+    diagnostics = step_diagnostics(stats, info)
+    board = ProgressBoard(tmp_path, job="demo", max_steps=5)
+    with ProgressServer(board, port=0, host="127.0.0.1") as server:
+        board.step_done(1, reward_mean=0.6, reward_std=0.2, diagnostics=diagnostics)
+        doc = json.loads(get(server.port, "/progress")[2])["diagnostics"]
+        assert doc["clip_fraction_low"] == 0.03 and doc["clip_fraction_high"] == 0.04 and doc["grad_norm"] == 3.5
+        assert doc["mean_importance_weight"] == 0.98 and doc["zero_variance_group_share"] == 0.25
+        text = get(server.port, "/metrics")[2]
+    assert metric(text, 'grpo_trainer_clip_fraction{side="low"}') == 0.03
+    assert metric(text, 'grpo_trainer_clip_fraction{side="high"}') == 0.04
+    assert metric(text, "grpo_trainer_grad_norm") == 3.5 and metric(text, "grpo_trainer_kl_mean") == 0.002
+    assert metric(text, "grpo_trainer_learning_rate") == 2e-5 and metric(text, "grpo_trainer_loss") == 0.12
+    assert metric(text, "grpo_trainer_importance_weight_mean") == 0.98
+    assert metric(text, "grpo_trainer_zero_variance_group_share") == 0.25
+    assert metric(text, 'grpo_trainer_completion_length_tokens{stat="max"}') == 96
+    logged = tracker_metrics(diagnostics, info)  # TRL's GRPOTrainer keys
+    assert logged["train/clip_ratio/low_mean"] == 0.03 and logged["train/kl"] == 0.002
+    assert logged["train/frac_reward_zero_std"] == 0.25 and logged["train/completions/max_length"] == 96
+    assert logged["train/grad_norm"] == 3.5 and logged["train/reward"] == 0.6
 
 
 def test_progress_and_metrics_show_the_step_after_an_update(tmp_path: Path) -> None:
@@ -137,7 +171,7 @@ def test_termination_message_carries_the_final_numbers_the_operator_reads(tmp_pa
     """What the operator turns into status when the trainer pod ends (it may have missed the last poll)."""
     from datetime import datetime, timezone
 
-    from grpo_operator.progress import progress_status
+    from grpo_operator.controller.progress_poll import progress_status
 
     board = ProgressBoard(tmp_path, job="demo", max_steps=2)
     board.validation(0, 0.40, baseline=True)
@@ -147,7 +181,7 @@ def test_termination_message_carries_the_final_numbers_the_operator_reads(tmp_pa
     board.finish()
     text = termination_message(board.snapshot())
     fields = progress_status(json.loads(text), datetime.now(timezone.utc))
-    assert fields["step"] == 2 and fields["maxSteps"] == 2 and fields["progressPercentage"] == 100
+    assert fields["step"] == 2 and fields["progressPercentage"] == 100  # max_steps carried
     assert fields["valScore"] == 0.55 and fields["baselineValScore"] == 0.40 and fields["bestStep"] == 2
     assert fields["trainReward"] == 0.5 and fields["adapterVersion"] == "policy-v2"
 

@@ -13,17 +13,18 @@ from typing import Any
 import dspy
 import httpx
 import pytest
-from grpo_trainer.bundled import PII_DELEGATION
-from grpo_trainer.config import DataSpec, LMEndpoint, VLLMEndpoint
-from grpo_trainer.data import load_examples
-from grpo_trainer.groups import ALL_PREDICTORS, build_groups
-from grpo_trainer.lms import ExternalLM, LMCall, PolicyChatAdapter, PolicyLM, external_lm
-from grpo_trainer.metrics.offline import papillon_offline
-from grpo_trainer.programs.papillon import CRAFT, RESPOND
-from grpo_trainer.registry import data_defaults, resolve_metric, resolve_program
-from grpo_trainer.rollout import ExampleSampler, PolicyCallError, Rollout, run_rollouts
-from support.vllm import VLLMServer
 from transformers import AutoTokenizer
+
+from grpo_trainer.contract.config import DataSpec, LMEndpoint, VLLMEndpoint
+from grpo_trainer.dspy.data import load_examples
+from grpo_trainer.dspy.lms import ExternalLM, LMCall, PolicyChatAdapter, PolicyLM, external_lm
+from grpo_trainer.dspy.programs.papillon import CRAFT, RESPOND
+from grpo_trainer.dspy.registry import data_defaults, resolve_metric, resolve_program
+from grpo_trainer.dspy.rewards.offline import papillon_offline
+from grpo_trainer.embedded.bundled import PII_DELEGATION
+from grpo_trainer.grpo.groups import ALL_PREDICTORS, build_groups
+from grpo_trainer.grpo.rollout import ExampleSampler, PolicyCallError, Rollout, run_rollouts
+from support.vllm import VLLMServer
 
 # --------------------------------------------------------------------------- sampler
 

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from grpo_trainer.tinymodel import COMPLETE_MARKER, ensure_tiny_model, make_tiny_model
-from grpo_trainer.vllm_server import VLLMProcess, VLLMServerSpec, VLLMStartError, lora_rank_flag, vllm_command
-from support.vllm import VLLMServer, free_port
 from transformers import AutoConfig, AutoTokenizer
+
+from grpo_trainer.contract.vllm_command import VLLMServerSpec, lora_rank_flag, vllm_command
+from grpo_trainer.embedded.tinymodel import COMPLETE_MARKER, ensure_tiny_model, make_tiny_model
+from grpo_trainer.vllm.process import VLLMProcess, VLLMStartError
+from support.vllm import VLLMServer, free_port
 
 DSPY_LIKE_MESSAGES = [
     {

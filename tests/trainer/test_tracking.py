@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from grpo_trainer.config import UNTRUSTED_API_KEY_ENV
-from grpo_trainer.tracking import CompletionLog, NullTracker, TrackingError, make_tracker
+from grpo_trainer.contract.config import UNTRUSTED_API_KEY_ENV
+from grpo_trainer.run.tracking import CompletionLog, NullTracker, TrackingError, make_tracker
 
 
 def test_tensorboard_tracker_writes_scalars(tmp_path: Path) -> None:

@@ -8,16 +8,15 @@ micro-batches (or whether activations are recomputed) does not change the update
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
-from grpo_trainer.distributed import DistContext
-from grpo_trainer.hparams import TrainKwargs
-from grpo_trainer.optim import build_optimizer, build_scheduler
-from grpo_trainer.policy import Policy, collate, load_policy, policy_logprobs, wrap_policy
-from grpo_trainer.samples import TrainSample
-from grpo_trainer.update import train_on_samples
+from grpo_trainer.contract.hparams import TrainKwargs
+from grpo_trainer.grpo.optim import build_optimizer, build_scheduler
+from grpo_trainer.grpo.policy import Policy, collate, load_policy, policy_logprobs, wrap_policy
+from grpo_trainer.grpo.samples import TrainSample
+from grpo_trainer.grpo.update import train_on_samples
+from grpo_trainer.run.distributed import DistContext
 from support.tinyllama import tiny_llama
 
 CPU = torch.device("cpu")

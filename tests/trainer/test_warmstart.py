@@ -6,11 +6,18 @@ from pathlib import Path
 
 from dspy.adapters import ChatAdapter
 
-from grpo_trainer.bundled.build_pii_delegation import build
-from grpo_trainer.metrics.offline import leakage
-from grpo_trainer.programs.papillon import CRAFT, PAPILLON, RESPOND
-from grpo_trainer.tinymodel import make_tiny_model
-from grpo_trainer.warmstart import PAIRS_PER_ROW, REASONING_FORWARD, REASONING_REDACT, WarmStartSpec, papillon_pairs, warm_start
+from grpo_trainer.dspy.programs.papillon import CRAFT, PAPILLON, RESPOND
+from grpo_trainer.dspy.rewards.offline import leakage
+from grpo_trainer.embedded.bundled.build_pii_delegation import build
+from grpo_trainer.embedded.tinymodel import make_tiny_model
+from grpo_trainer.embedded.warmstart import (
+    PAIRS_PER_ROW,
+    REASONING_FORWARD,
+    REASONING_REDACT,
+    WarmStartSpec,
+    papillon_pairs,
+    warm_start,
+)
 
 
 def test_pairs_are_what_rollouts_see_and_the_redacted_habit_leaks_nothing():

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from grpo_operator.api import InvalidJob, parse_job
-from grpo_operator.api.translate import Layout, trainer_config
+from grpo_operator.resolve import ClusterTarget, resolve
 from support.jobdocs import INVALID_CASES, ROOT, load_example, mutated
 
 SEED = ROOT / "tests" / "data" / "rl_papillon_seed.py"
@@ -56,10 +56,11 @@ def test_seed_arbor_arguments_arrive_unchanged():
 
 def test_seed_translates_to_trainer_config():
     job = parse_job(load_example())
-    cfg = trainer_config("papillon", job.spec, Layout("/workspace", "/workspace", "http://papillon-inference:8000/v1"))
+    cfg = resolve("papillon", job.spec, ClusterTarget("papillon-inference", 8000, 9400)).config
     assert cfg.train.num_training_gpus == 3 and cfg.train.lora_config.r == 8
     assert cfg.untrusted.api_key_env == "GRPO_UNTRUSTED_API_KEY"
-    assert cfg.vllm.adapter_dir == "/workspace/adapters"
+    assert cfg.vllm.base_url == "http://papillon-inference:8000/v1"
+    assert cfg.vllm.adapter_dir == "/mnt/grpo/adapters" and cfg.device == "cuda"
     assert cfg.train_data.source == "hub" and cfg.train_data.config == "pupa_new"
     # no secret value anywhere in the contract, only variable names
     assert "sk-" not in cfg.to_json()

@@ -21,14 +21,15 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import generate_latest
+
 from cluster.controlplane import ControlPlaneError, find_bin_dir
 from grpo_operator.api import parse_job
 from grpo_operator.children import Job, inference_pod, trainer_pod
+from grpo_operator.controller.prometheus import OperatorMetrics
 from grpo_operator.main import parse_args, settings_from
-from grpo_operator.metrics import OperatorMetrics
 from grpo_operator.settings import DEFAULT_INFERENCE_IMAGE, DEFAULT_TRAINER_IMAGE, OperatorSettings
-from grpo_trainer.server import TrainerMetrics
-from prometheus_client import generate_latest
+from grpo_trainer.run.progress_server import TrainerMetrics
 from support.jobdocs import ROOT, load_example
 
 CHART = ROOT / "charts" / "grpo-operator"

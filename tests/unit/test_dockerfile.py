@@ -52,7 +52,7 @@ def test_entrypoints_are_console_scripts_of_the_package():
         assert program in scripts, f"{target} entrypoint {program} is not in [project.scripts]"
         module, func = scripts[program].split(":")
         folder = {"grpo_operator": "operator", "grpo_trainer": "trainer"}[module.split(".")[0]]
-        source = ROOT / folder / ("/".join(module.split(".")[1:]) + ".py")
+        source = ROOT / folder / (module.replace(".", "/") + ".py")
         assert source.is_file(), f"{scripts[program]}: {source} missing"
         assert re.search(rf"^def {func}\(", source.read_text(), re.M), f"{scripts[program]}: no {func}()"
 

@@ -12,11 +12,11 @@ from typing import Any
 
 from grpo_operator.api.status import GRPOJobStatus
 from grpo_operator.children import Job, config_map
-from grpo_operator.lifecycle import Observed, Plan, decide
-from grpo_operator.status import state
+from grpo_operator.controller.conditions import state
+from grpo_operator.controller.lifecycle import Observed, Plan, decide
+from grpo_trainer.contract import exit_codes
 from support.jobstates import SETTINGS, T0, a_pod, spec
 
-from grpo_trainer import exit_codes
 
 def observe(status: dict | None = None, pods: tuple = (), now: datetime = T0, job_spec=None, **kw: Any) -> Observed:
     s = job_spec or spec()

@@ -36,9 +36,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import nanstd
 
-from grpo_trainer.hparams import TrainKwargs
-from grpo_trainer.loss import LossOptions, LossScale, grpo_loss, importance_weights
-from grpo_trainer.policy import (
+from grpo_trainer.contract.hparams import TrainKwargs
+from grpo_trainer.grpo.loss import LossOptions, LossScale, grpo_loss, importance_weights
+from grpo_trainer.grpo.policy import (
     Policy,
     collate,
     peft_lora_config,
@@ -46,7 +46,7 @@ from grpo_trainer.policy import (
     reference_logprobs,
     wrap_policy,
 )
-from grpo_trainer.samples import TrainSample, advantages
+from grpo_trainer.grpo.samples import TrainSample, advantages
 
 VOCAB = 64
 PAD, EOS, BOS = 0, 2, 3

@@ -1,8 +1,8 @@
-"""What the operator remembers of its reads (operator/memo.py): what was found, for a while; never a miss."""
+"""What the operator remembers of its reads (operator/grpo_operator/controller/memo.py): what was found, for a while; never a miss."""
 
 from __future__ import annotations
 
-from grpo_operator.memo import FoundMemo
+from grpo_operator.controller.memo import FoundMemo
 
 
 class Clock:

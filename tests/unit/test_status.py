@@ -10,12 +10,13 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from grpo_operator.api.status import CONDITION_ORDER, GRPOJobStatus
-from grpo_operator.metrics import OperatorMetrics
-from grpo_operator.progress import fetch_progress, progress_status, progress_url
-from grpo_operator.status import Cond, conditions, pod_view, state, transitions
-from grpo_trainer.progress import Progress
 from prometheus_client import generate_latest
+
+from grpo_operator.api.status import CONDITION_ORDER, GRPOJobStatus
+from grpo_operator.controller.conditions import Cond, conditions, pod_view, state, transitions
+from grpo_operator.controller.progress_poll import fetch_progress, progress_status, progress_url
+from grpo_operator.controller.prometheus import OperatorMetrics
+from grpo_trainer.contract.progress import Progress
 
 T0 = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -155,7 +156,7 @@ def progress_server() -> Iterator[tuple[str, int, type[_ProgressHandler]]]:
 
 
 def test_progress_is_read_from_the_trainer_over_http(progress_server):
-    """The trainer's own progress document (grpo_trainer.progress.Progress), served over HTTP."""
+    """The trainer's own progress document (grpo_trainer.contract.progress.Progress), served over HTTP."""
     host, port, handler = progress_server
     doc = Progress(
         job="papillon",
@@ -175,9 +176,8 @@ def test_progress_is_read_from_the_trainer_over_http(progress_server):
     )
     handler.document = json.loads(doc.model_dump_json())
     fields = progress_status(fetch_progress(progress_url(host, port), timeout=2), T0)
-    assert fields == {
+    assert fields == {  # maxSteps is the spec's (grpo.num_train_steps), not the trainer's word
         "step": 12,
-        "maxSteps": 500,
         "trainReward": 0.61,
         "trainRewardStd": 0.2,
         "valScore": 0.55,
@@ -193,12 +193,30 @@ def test_progress_is_read_from_the_trainer_over_http(progress_server):
     GRPOJobStatus.model_validate(fields)  # every field is declared in the CRD
 
 
-def test_progress_accepts_camel_case_and_skips_bad_values():
-    fields = progress_status({"step": "3", "maxSteps": 4, "valScore": "nan", "trainReward": "x", "time": 1.7e9}, T0)
+def test_progress_skips_bad_values_and_reads_no_synonyms():
+    doc = {"step": "3", "max_steps": 4, "val_score": "nan", "reward_mean": "x", "best_step": -1,
+           "updated_at": "2023-11-14T22:13:20+00:00"}  # fmt: skip
+    fields = progress_status(doc, T0)
     assert fields["step"] == 3 and fields["progressPercentage"] == 75
-    assert "valScore" not in fields and "trainReward" not in fields
+    assert "valScore" not in fields and "trainReward" not in fields and "bestStep" not in fields
     assert fields["lastProgressTime"] == "2023-11-14T22:13:20Z"
     assert progress_status({}, T0) == {"lastProgressTime": "2026-11-25T12:00:00Z"}
+    # keys the document never had are not read (a reader that guesses hides a writer's rename)
+    assert progress_status({"current_step": 3, "trainReward": 0.5, "eta_seconds": 9}, T0) == {
+        "estimatedRemainingSeconds": 9,
+        "lastProgressTime": "2026-11-25T12:00:00Z",
+    }
+
+
+def test_every_status_field_is_written_by_the_trainer_and_declared_in_the_crd():
+    """The table is the one definition: the document has each source, the status model each field."""
+    from grpo_trainer.contract.progress import FINAL_FIELDS, STATUS_FIELDS, Progress
+
+    assert {f.source for f in STATUS_FIELDS.values()} <= set(Progress.model_fields)
+    assert {f.source for f in STATUS_FIELDS.values()} <= FINAL_FIELDS  # the termination message carries them
+    status_fields = GRPOJobStatus.model_fields
+    for name, field in STATUS_FIELDS.items():
+        assert status_fields[name].description == field.description
 
 
 def test_unreachable_or_broken_trainer_is_not_an_error(progress_server):

@@ -1,4 +1,4 @@
-"""The operator's work queue (operator/workqueue.py) and the resync that feeds it, without a cluster."""
+"""The operator's work queue (operator/grpo_operator/controller/workqueue.py) and the resync that feeds it, without a cluster."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from grpo_operator.handlers import Resync
-from grpo_operator.workqueue import WorkQueue
+
+from grpo_operator.controller.handlers import Resync
+from grpo_operator.controller.workqueue import WorkQueue
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -126,7 +127,7 @@ def test_an_error_in_one_key_is_logged_and_the_worker_goes_on(caplog: pytest.Log
         await queue.stop()
         assert rec.calls == ["bad", "good", "bad", "after"]
 
-    with caplog.at_level(logging.ERROR, logger="grpo_operator.workqueue"):
+    with caplog.at_level(logging.ERROR, logger="grpo_operator.controller.workqueue"):
         run(test)
     failures = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(failures) == 2

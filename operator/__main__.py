@@ -1,5 +1,0 @@
-"""``python -m grpo_operator``."""
-
-from .main import main
-
-raise SystemExit(main())

@@ -1,0 +1,5 @@
+"""``python -m grpo_operator``."""
+
+from grpo_operator.main import main
+
+raise SystemExit(main())

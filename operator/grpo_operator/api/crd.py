@@ -1,0 +1,194 @@
+"""Generate the GRPOJob CustomResourceDefinition from the pydantic models.
+
+The models are the single source of truth; the CRD committed in the chart is this
+module's output (``grpo-operator-crd > charts/grpo-operator/files/crd.yaml``), and
+a test fails when the two drift apart.
+
+Pydantic emits JSON Schema 2020-12; Kubernetes wants a *structural* OpenAPI v3
+schema, so the conversion inlines references, turns ``X | None`` into
+an optional ``X``, ``int | str`` into ``x-kubernetes-int-or-string``, numeric
+``exclusiveMinimum`` into the boolean form, and bounds every string and list (the
+API server estimates CEL costs from those bounds and rejects unbounded rules).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from typing import Any
+
+import yaml
+
+from grpo_operator.api.job import API_VERSION, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION, GRPOJob
+from grpo_operator.api.spec import GRPOJobSpec
+from grpo_operator.api.status import GRPOJobStatus
+
+CRD_NAME = f"{PLURAL}.{GROUP}"
+DEFAULT_MAX_STRING = 4096
+DEFAULT_MAX_ITEMS = 1024
+
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    # conditions are kept most-decisive first, so the first True one is the state.
+    {"name": "State", "type": "string", "jsonPath": '.status.conditions[?(@.status=="True")].type'},
+    {"name": "Step", "type": "integer", "jsonPath": ".status.step"},
+    {"name": "Max", "type": "integer", "jsonPath": ".status.maxSteps"},
+    {"name": "Reward", "type": "number", "jsonPath": ".status.trainReward"},
+    {"name": "Val", "type": "number", "jsonPath": ".status.valScore"},
+    {"name": "Best", "type": "number", "jsonPath": ".status.bestValScore", "priority": 1},
+    {"name": "Adapter", "type": "string", "jsonPath": ".status.adapterVersion", "priority": 1},
+    {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "priority": 1},
+    {
+        "name": "Reason",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.status=="True")].reason',
+        "priority": 1,
+    },
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+_DROP = {"title", "$defs"}
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Overlay a field's own keywords on its referenced definition."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if key == "x-kubernetes-validations":
+            merged[key] = list(base.get(key, [])) + list(value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _structural(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, list):
+        return [_structural(n, defs) for n in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = copy.deepcopy(defs[node["$ref"].rsplit("/", 1)[-1]])
+        siblings = {k: v for k, v in node.items() if k != "$ref"}
+        return _structural(_merge(target, siblings), defs)
+    if "anyOf" in node:
+        rest = {k: v for k, v in node.items() if k != "anyOf"}
+        options = [o for o in node["anyOf"] if o.get("type") != "null"]
+        if len(options) == 1:
+            out = _structural(_merge(options[0] if "$ref" not in options[0] else _structural(options[0], defs), rest), defs)
+        elif {o.get("type") for o in options} == {"integer", "string"}:
+            out = _structural({**rest, "x-kubernetes-int-or-string": True}, defs)
+        else:
+            raise ValueError(f"cannot express anyOf {node['anyOf']} structurally")
+        # No `nullable`: the API server prunes nulls of non-nullable fields before
+        # defaulting, so `max_prompt_length: null` (as the tutorial writes it)
+        # becomes "unset", which is what None means in the models.
+        if "default" in out and out["default"] is None:
+            del out["default"]
+        return out
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROP:
+            continue
+        if key == "default" and value is None:
+            continue
+        if key == "additionalProperties" and value is False:
+            continue  # forbidden in structural schemas; unknown fields are pruned/rejected instead
+        if key == "const":
+            out["enum"] = [value]
+        elif key == "exclusiveMinimum" and not isinstance(value, bool):
+            out["minimum"], out["exclusiveMinimum"] = value, True
+        elif key == "exclusiveMaximum" and not isinstance(value, bool):
+            out["maximum"], out["exclusiveMaximum"] = value, True
+        elif key == "properties":
+            out[key] = {name: _structural(sub, defs) for name, sub in value.items()}
+        elif key in ("items", "additionalProperties") and isinstance(value, dict):
+            out[key] = _structural(value, defs)
+        else:
+            out[key] = value
+    if out.get("type") == "string" and "enum" not in out and "maxLength" not in out:
+        out["maxLength"] = DEFAULT_MAX_STRING
+    if out.get("type") == "array" and "maxItems" not in out:
+        out["maxItems"] = DEFAULT_MAX_ITEMS
+    if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
+        out["x-kubernetes-preserve-unknown-fields"] = True
+    return out
+
+
+def openapi_schema(model: type) -> dict[str, Any]:
+    """The structural schema of one pydantic model, as the CRD embeds it."""
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    return _structural(raw, raw.get("$defs", {}))
+
+
+def build_crd() -> dict[str, Any]:
+    """The complete CustomResourceDefinition document."""
+    spec_schema = openapi_schema(GRPOJobSpec)
+    status_schema = openapi_schema(GRPOJobStatus)
+    root = {
+        "type": "object",
+        "description": (GRPOJob.__doc__ or "").strip(),
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string", "description": "grpo.dev/v1alpha1"},
+            "kind": {"type": "string", "description": KIND},
+            "metadata": {"type": "object"},
+            "spec": spec_schema,
+            "status": status_schema,
+        },
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": CRD_NAME,
+            "labels": {"app.kubernetes.io/name": "grpo-operator", "app.kubernetes.io/component": "crd"},
+            # helm uninstall must not delete every GRPOJob with the CRD.
+            "annotations": {"helm.sh/resource-policy": "keep"},
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": list(SHORT_NAMES),
+                "categories": ["grpo"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {"openAPIV3Schema": root},
+                }
+            ],
+        },
+    }
+
+
+HEADER = "# Generated by `grpo-operator-crd` from operator/grpo_operator/api (the pydantic models). Do not edit.\n"
+
+
+def render_crd() -> str:
+    return HEADER + yaml.safe_dump(build_crd(), sort_keys=False, width=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=f"Print the {CRD_NAME} CRD ({API_VERSION}) generated from the models.")
+    parser.add_argument("-o", "--output", help="write to this file instead of stdout")
+    args = parser.parse_args(argv)
+    text = render_crd()
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,98 @@
+"""The ``GRPOJob`` resource and the one entry point that parses it.
+
+``parse_job`` is what every reader of a manifest calls (operator handlers, the
+local runner, tests), so every layer rejects bad input with the same message:
+the field's path in the manifest and what to do about it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from grpo_operator.api.spec import GRPOJobSpec
+from grpo_operator.api.status import GRPOJobStatus
+from grpo_trainer.contract.rules import RuleViolation
+
+GROUP = "grpo.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "GRPOJob"
+PLURAL = "grpojobs"
+SINGULAR = "grpojob"
+SHORT_NAMES = ("grpoj",)
+
+
+class ObjectMeta(BaseModel):
+    """The part of metadata the API cares about; the rest passes through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: Optional[str] = Field(None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    namespace: Optional[str] = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class GRPOJob(BaseModel):
+    """A GRPO optimisation of a DSPy program with LoRA, trained on GPUs and sampled through vLLM."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    api_version: Literal["grpo.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["GRPOJob"] = KIND
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: GRPOJobSpec
+    status: Optional[GRPOJobStatus] = None
+
+
+class InvalidJob(ValueError):
+    """A manifest that fails validation; ``problems`` are 'path: message' lines."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid GRPOJob:\n  " + "\n  ".join(problems))
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
+        elif item in ("function-after[_check_rules()]", "function-before[_no_inline_keys()]"):
+            continue
+        elif isinstance(item, str) and (item.startswith("function-") or item.startswith("literal[") or item in ("int", "str")):
+            continue
+        else:
+            parts.append(str(item))
+    return ".".join(parts)
+
+
+def format_errors(err: ValidationError) -> list[str]:
+    """One 'spec.path.to.field: message' line per problem."""
+    lines = []
+    for e in err.errors(include_url=False):
+        path, msg = _path(tuple(e["loc"])), e["msg"].removeprefix("Value error, ")
+        cause = (e.get("ctx") or {}).get("error")
+        if isinstance(cause, RuleViolation) and cause.field:
+            # a cross-field rule names the field inside the object it checks
+            path, msg = ".".join(p for p in (path, cause.field) if p), msg.removeprefix(f"{cause.field}: ")
+        lines.append(f"{path}: {msg}")
+    return lines
+
+
+def parse_job(doc: dict[str, Any]) -> GRPOJob:
+    """Validate a manifest (dict) into a GRPOJob, or raise InvalidJob."""
+    try:
+        return GRPOJob.model_validate(doc)
+    except ValidationError as err:
+        raise InvalidJob(format_errors(err)) from None
+
+
+def parse_spec(spec: dict[str, Any]) -> GRPOJobSpec:
+    """Validate just a spec (what Kopf hands a handler)."""
+    try:
+        return GRPOJobSpec.model_validate(spec)
+    except ValidationError as err:
+        raise InvalidJob([f"spec.{line}" for line in format_errors(err)]) from None

@@ -1,0 +1,364 @@
+"""``GRPOJob.spec``: what to optimise, with what, on which hardware.
+
+Field names and meanings of ``grpo`` and ``trainKwargs`` are those of the DSPy
+tutorial's ``ArborGRPO(...)`` call and its ``train_kwargs`` dict, so a notebook's
+configuration pastes into a manifest unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import Field, model_validator
+
+from grpo_operator.api.base import ApiModel, Rule, exactly_one_of, nested
+from grpo_trainer.contract.hparams import GRPOArgs, TrainKwargs
+
+IMPORT_PATH = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_.]*$"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+
+Quantity = Union[int, str]
+
+
+# --------------------------------------------------------------------------- program
+
+
+class ProgramRef(ApiModel):
+    """The DSPy program to optimise."""
+
+    builtin: Optional[Literal["papillon"]] = Field(
+        None, description="A program shipped with the trainer. papillon: the tutorial's privacy-conscious delegation program."
+    )
+    import_path: Optional[str] = Field(
+        None,
+        pattern=IMPORT_PATH,
+        max_length=256,
+        description="'module:attr' of a dspy.Module class or factory importable in the trainer image.",
+    )
+    rules = (exactly_one_of("builtin", "import_path"),)
+
+
+class MetricRef(ApiModel):
+    """The reward: a DSPy metric ``(example, prediction, trace=None) -> float``."""
+
+    builtin: Optional[Literal["compute_overall_score", "papillon_offline"]] = Field(
+        None,
+        description=(
+            "compute_overall_score: the tutorial's LLM-judged (quality + (1 - leakage)) / 2. "
+            "papillon_offline: the same shape with deterministic quality and exact PII matching (no judge calls)."
+        ),
+    )
+    import_path: Optional[str] = Field(
+        None, pattern=IMPORT_PATH, max_length=256, description="'module:attr' of a metric function."
+    )
+    rules = (exactly_one_of("builtin", "import_path"),)
+
+
+# --------------------------------------------------------------------------- models
+
+
+class VolumeSource(ApiModel):
+    """A read-only volume holding files the job reads (a model or a data set)."""
+
+    claim_name: str = Field(..., max_length=253, description="Name of an existing PersistentVolumeClaim in the job's namespace.")
+    sub_path: Optional[str] = Field(None, max_length=1024, description="Path inside the claim to mount instead of its root.")
+
+
+class LocalModel(ApiModel):
+    """The local model that is served by vLLM and trained with LoRA."""
+
+    name: Optional[str] = Field(
+        None, max_length=256, description="Hugging Face hub id, e.g. Qwen/Qwen2.5-1.5B-Instruct."
+    )
+    path: Optional[str] = Field(
+        None,
+        max_length=1024,
+        description="Directory of a saved model. Absolute, or relative to the mount of 'volume' when one is given.",
+    )
+    volume: Optional[VolumeSource] = Field(None, description="Volume holding 'path'; mounted read-only in both pods.")
+    served_name: Optional[str] = Field(
+        None, max_length=128, description="Name vLLM serves the base model under (default: name or 'base')."
+    )
+    max_model_len: Optional[int] = Field(None, ge=128, description="vLLM --max-model-len (prompt + completion tokens).")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="Weights dtype in vLLM.")
+    rules = (
+        exactly_one_of("name", "path"),
+        Rule(
+            cel="!has(self.volume) || has(self.path)",
+            message="a model volume needs 'path' (the model's directory inside it)",
+            check=lambda m: m.volume is None or m.path is not None,
+            field="volume",
+        ),
+    )
+
+
+class SecretKeyRef(ApiModel):
+    """A key of a Secret in the job's namespace."""
+
+    name: str = Field(..., max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", description="Secret name.")
+    key: str = Field("api-key", max_length=253, description="Key inside the Secret.")
+
+
+class ExternalLM(ApiModel):
+    """An OpenAI-compatible chat endpoint (the untrusted model, or the judge)."""
+
+    model: str = Field(..., max_length=256, description="Model name as the endpoint knows it, e.g. gpt-4.1-mini.")
+    base_url: Optional[str] = Field(
+        None,
+        max_length=1024,
+        pattern=r"^https?://",
+        description="OpenAI-compatible base URL (…/v1). Default: the OpenAI API.",
+    )
+    api_key_secret_ref: Optional[SecretKeyRef] = Field(
+        None, description="Secret holding the API key. Keys are never accepted inline."
+    )
+    temperature: Optional[float] = Field(None, ge=0, le=2, description="Sampling temperature of this endpoint.")
+    max_tokens: Optional[int] = Field(None, ge=1, description="Completion token limit of this endpoint.")
+    timeout_seconds: float = Field(60.0, gt=0, le=3600, description="Per-request timeout.")
+    max_retries: int = Field(3, ge=0, le=20, description="Retries with exponential backoff on errors and 429s.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_keys(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for key in ("apiKey", "api_key", "key", "token"):
+                if key in data:
+                    raise ValueError(
+                        f"{key}: API keys are never accepted inline; put the key in a Secret and set "
+                        "apiKeySecretRef: {name: <secret>, key: <key>}"
+                    )
+        return data
+
+
+# --------------------------------------------------------------------------- data
+
+
+class HubDataset(ApiModel):
+    """A Hugging Face hub dataset (downloaded by the trainer)."""
+
+    id: str = Field(..., max_length=256, description="Dataset id, e.g. Columbia-NLP/PUPA.")
+    config: Optional[str] = Field(None, max_length=128, description="Dataset configuration, e.g. pupa_new.")
+    split: str = Field(
+        "train", max_length=128, description="Split with optional slice in datasets syntax, e.g. train[:225]."
+    )
+    revision: Optional[str] = Field(None, max_length=128, description="Git revision to pin.")
+
+
+class FileDataset(ApiModel):
+    """A data file on a volume."""
+
+    path: str = Field(..., max_length=1024, description="File path, relative to the volume's mount when 'volume' is set.")
+    volume: Optional[VolumeSource] = Field(None, description="Volume holding the file; mounted read-only in the trainer.")
+    format: Literal["auto", "jsonl", "csv", "parquet"] = Field("auto", description="File format (auto: by extension).")
+
+
+class UrlDataset(ApiModel):
+    """A data file downloaded over HTTP(S)."""
+
+    url: str = Field(..., max_length=2048, pattern=r"^https?://", description="Address of a JSONL, CSV or Parquet file.")
+    format: Literal["auto", "jsonl", "csv", "parquet"] = Field("auto", description="File format (auto: by extension).")
+
+
+class DatasetSource(ApiModel):
+    """Where examples come from, and how their columns map to the program's inputs."""
+
+    hub: Optional[HubDataset] = None
+    file: Optional[FileDataset] = None
+    url: Optional[UrlDataset] = None
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Program field name -> column name, for columns named differently from the program's fields "
+            "(PAPILLON: user_query, target_response, pii_str). Default: PUPA's columns."
+        ),
+        json_schema_extra={"maxProperties": 64},
+    )
+    input_fields: Optional[list[str]] = Field(
+        None,
+        max_length=32,
+        description="Program fields that are inputs (dspy.Example.with_inputs). Default: the built-in program's.",
+    )
+    limit: Optional[int] = Field(None, ge=1, description="Use only the first N examples after slicing.")
+    rules = (exactly_one_of("hub", "file", "url"),)
+
+
+class Datasets(ApiModel):
+    """Training and validation examples."""
+
+    train: DatasetSource = Field(..., description="Examples GRPO samples from.")
+    validation: Optional[DatasetSource] = Field(
+        None, description="Validation examples (the tutorial's devset). Required unless grpo.use_train_as_val."
+    )
+
+
+# --------------------------------------------------------------------------- pods
+
+
+class Toleration(ApiModel):
+    """A Kubernetes toleration (GPU nodes are usually tainted)."""
+
+    key: Optional[str] = Field(None, max_length=316)
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: Optional[str] = Field(None, max_length=63)
+    effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = None
+    toleration_seconds: Optional[int] = None
+
+
+class Resources(ApiModel):
+    """CPU/memory requests and limits. GPUs come from trainKwargs, not from here."""
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict, description="Resource requests, e.g. cpu: 8, memory: 64Gi.", json_schema_extra={"maxProperties": 32}
+    )
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict, description="Resource limits.", json_schema_extra={"maxProperties": 32}
+    )
+    rules = (
+        Rule(
+            # has(): the API server does not default a map absent from a present object
+            cel="!(has(self.requests) && 'nvidia.com/gpu' in self.requests) && !(has(self.limits) && 'nvidia.com/gpu' in self.limits)",
+            message="GPU counts come from trainKwargs.num_training_gpus / num_inference_gpus; remove nvidia.com/gpu here",
+            check=lambda r: "nvidia.com/gpu" not in r.requests and "nvidia.com/gpu" not in r.limits,
+        ),
+    )
+
+
+class PodOptions(ApiModel):
+    """Scheduling and image options of one of the job's pods."""
+
+    image: Optional[str] = Field(None, max_length=512, description="Container image (default: the operator's configured image).")
+    image_pull_policy: Optional[Literal["Always", "IfNotPresent", "Never"]] = Field(None, description="Image pull policy.")
+    resources: Resources = nested(Resources, "CPU and memory; GPUs are set from trainKwargs.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Node labels the pod requires, e.g. nvidia.com/gpu.product.",
+        json_schema_extra={"maxProperties": 32},
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=32, description="Tolerations, e.g. for tainted GPU nodes."
+    )
+    priority_class_name: Optional[str] = Field(None, max_length=253, description="PriorityClass of the pod.")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra non-secret environment variables.",
+        json_schema_extra={"maxProperties": 64},
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict, description="Extra pod annotations.", json_schema_extra={"maxProperties": 64}
+    )
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.", json_schema_extra={"maxProperties": 64})
+
+
+class InferenceOptions(PodOptions):
+    """The vLLM pod."""
+
+    max_loras: Optional[int] = Field(
+        None, ge=1, le=64, description="vLLM --max-loras (default: enough for the versions in flight)."
+    )
+    gpu_memory_utilization: Optional[float] = Field(None, gt=0, le=1, description="vLLM --gpu-memory-utilization.")
+    extra_args: list[str] = Field(default_factory=list, max_length=64, description="Extra vLLM server arguments.")
+
+
+class Storage(ApiModel):
+    """The shared volume for adapters, checkpoints and logs."""
+
+    size: str = Field("20Gi", pattern=QUANTITY, max_length=64, description="Requested capacity.")
+    storage_class_name: Optional[str] = Field(None, max_length=253, description="StorageClass (default: the cluster's).")
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = Field(
+        "ReadWriteOnce", description="ReadWriteOnce puts both pods on one node; ReadWriteMany lets them spread."
+    )
+    existing_claim: Optional[str] = Field(None, max_length=253, description="Use this PVC instead of creating one.")
+    rules = (
+        Rule(
+            cel="self.accessMode != 'ReadWriteOncePod'",
+            message="ReadWriteOncePod cannot be shared by the trainer and vLLM pods; use ReadWriteOnce or ReadWriteMany",
+            check=lambda s: s.access_mode != "ReadWriteOncePod",
+            field="accessMode",
+        ),
+    )
+
+
+class RunPolicy(ApiModel):
+    """Failure, deadline and clean-up policy (as batch/v1 Job and Kubeflow TrainJob)."""
+
+    backoff_limit: int = Field(3, ge=0, le=100, description="Trainer pod failures tolerated before the job fails.")
+    active_deadline_seconds: Optional[int] = Field(None, ge=1, description="Fail with DeadlineExceeded after this long running.")
+    ttl_seconds_after_finished: Optional[int] = Field(None, ge=0, description="Delete the finished job after this long.")
+
+
+# --------------------------------------------------------------------------- spec
+
+# Field markers of a two-field signature take ~72 tokens in the worst case (one per character).
+MIN_CONSTRAINED_COMPLETION = 128
+
+IMMUTABLE = "is immutable once the job exists; create a new GRPOJob instead"
+
+
+class GRPOJobSpec(ApiModel):
+    """Desired state of a GRPO optimisation of a DSPy program."""
+
+    program: ProgramRef = Field(..., description="The DSPy program to optimise.", json_schema_extra={"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": IMMUTABLE}]})
+    metric: MetricRef = Field(..., description="The reward metric.", json_schema_extra={"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": IMMUTABLE}]})
+    model: LocalModel = Field(..., description="The local model served by vLLM and trained with LoRA.", json_schema_extra={"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": IMMUTABLE}]})
+    untrusted_model: Optional[ExternalLM] = Field(
+        None, description="The external model the program delegates to (PAPILLON's untrusted LLM). Default: the local base model."
+    )
+    judge: Optional[ExternalLM] = Field(None, description="The LLM judge used by the metric. Default: untrustedModel.")
+    data: Datasets = Field(..., description="Training and validation data.", json_schema_extra={"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": IMMUTABLE}]})
+    grpo: GRPOArgs = nested(
+        GRPOArgs,
+        "ArborGRPO(...) arguments, with the tutorial's snake_case names.",
+        json_schema_extra={"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": IMMUTABLE}]},
+    )
+    train_kwargs: TrainKwargs = nested(
+        TrainKwargs,
+        "The tutorial's train_kwargs, with its snake_case keys.",
+        json_schema_extra={"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": IMMUTABLE}]},
+    )
+    trainer: PodOptions = nested(PodOptions, "Options of the trainer pod.")
+    inference: InferenceOptions = nested(InferenceOptions, "Options of the vLLM pod.")
+    storage: Storage = nested(
+        Storage,
+        "The shared adapter/checkpoint volume.",
+        json_schema_extra={"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": IMMUTABLE}]},
+    )
+    run_policy: RunPolicy = nested(RunPolicy, "Failure, deadline and clean-up policy.")
+    suspend: bool = Field(False, description="Delete the pods and keep the volume; resuming continues from the last checkpoint.")
+    queue_name: Optional[str] = Field(
+        None, max_length=63, pattern=DNS_LABEL, description="Kueue LocalQueue; the pods start gated until admitted."
+    )
+    rules = (
+        Rule(
+            cel="has(self.data.validation) || self.grpo.use_train_as_val",
+            message="set data.validation, or grpo.use_train_as_val: true (with report_train_scores: true)",
+            check=lambda s: s.data.validation is not None or s.grpo.use_train_as_val,
+            field="data.validation",
+        ),
+        Rule(
+            cel="self.trainKwargs.num_inference_gpus > 0 || self.trainKwargs.num_training_gpus == 0",
+            message="a GPU trainer needs a GPU vLLM server; set num_inference_gpus >= 1 (or run both on CPU with 0 and 0)",
+            check=lambda s: s.train_kwargs.num_inference_gpus > 0 or s.train_kwargs.num_training_gpus == 0,
+            field="trainKwargs.num_inference_gpus",
+        ),
+        Rule(
+            cel=(
+                "!self.grpo.constrain_output_format || !has(self.trainKwargs.max_completion_length)"
+                f" || self.trainKwargs.max_completion_length >= {MIN_CONSTRAINED_COMPLETION}"
+            ),
+            message=(
+                f"constrain_output_format needs trainKwargs.max_completion_length >= {MIN_CONSTRAINED_COMPLETION} "
+                "(room for the field markers), or unset"
+            ),
+            check=lambda s: not s.grpo.constrain_output_format
+            or s.train_kwargs.max_completion_length is None
+            or s.train_kwargs.max_completion_length >= MIN_CONSTRAINED_COMPLETION,
+            field="trainKwargs.max_completion_length",
+        ),
+        Rule(
+            cel="!has(self.metric.builtin) || self.metric.builtin != 'compute_overall_score' || has(self.judge) || has(self.untrustedModel)",
+            message="compute_overall_score needs an LLM judge; set judge (or untrustedModel, which it defaults to)",
+            check=lambda s: s.metric.builtin != "compute_overall_score" or s.judge is not None or s.untrusted_model is not None,
+            field="judge",
+        ),
+    )

@@ -1,0 +1,89 @@
+"""``GRPOJob.status``: what the operator observed, following the API conventions.
+
+Every field here is declared in the CRD: the API server silently prunes status
+fields it does not know, so an undeclared field would vanish without an error.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import Field, create_model
+from pydantic.alias_generators import to_camel
+
+from grpo_operator.api.base import ApiModel
+from grpo_trainer.contract.progress import STATUS_FIELDS
+
+ConditionType = Literal["Failed", "Succeeded", "Suspended", "Training", "InferenceReady", "Created"]
+
+# The order in which conditions are kept in status.conditions. The State printer
+# column shows the first condition whose status is True, so the most decisive
+# state is listed first (a Failed job shows Failed, not Created).
+CONDITION_ORDER: tuple[ConditionType, ...] = (
+    "Failed",
+    "Succeeded",
+    "Suspended",
+    "Training",
+    "InferenceReady",
+    "Created",
+)
+
+
+class Condition(ApiModel):
+    """A metav1.Condition."""
+
+    type: ConditionType
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(..., max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    message: str = Field("", max_length=32768)
+    last_transition_time: str = Field(..., description="RFC 3339 time of the last status change.")
+    observed_generation: Optional[int] = Field(None, ge=0)
+
+
+def _progress_field(kind: type, description: str) -> Any:
+    if kind is str:
+        return (Optional[str], Field(None, description=description))
+    return (Optional[kind], Field(None, ge=0, description=description) if kind is int else Field(None, description=description))
+
+
+# The status fields copied from the trainer's progress document (contract.progress.STATUS_FIELDS),
+# then those the operator derives from it.
+ProgressStatus = create_model(  # type: ignore[call-overload]
+    "ProgressStatus",
+    __base__=ApiModel,
+    __doc__="What the trainer last reported.",
+    **{name: _progress_field(f.kind, f.description) for name, f in STATUS_FIELDS.items()},
+)
+DERIVED_PROGRESS_FIELDS = ("progress_percentage", "last_progress_time")
+PROGRESS_STATUS_FIELDS: tuple[str, ...] = tuple(to_camel(n) for n in (*STATUS_FIELDS, *DERIVED_PROGRESS_FIELDS))
+
+
+class GRPOJobStatus(ProgressStatus):
+    """Observed state and progress of a GRPOJob."""
+
+    observed_generation: Optional[int] = Field(None, description="metadata.generation the status was computed for.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Created, InferenceReady, Training, Suspended, Succeeded, Failed.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    max_steps: Optional[int] = Field(None, ge=0, description="GRPO steps the job will run (grpo.num_train_steps).")
+    progress_percentage: Optional[int] = Field(None, ge=0, le=100, description="step / maxSteps, in percent.")
+    start_time: Optional[str] = Field(None, description="When the trainer first started.")
+    completion_time: Optional[str] = Field(None, description="When the job finished (succeeded or failed).")
+    last_progress_time: Optional[str] = Field(
+        None, description="When the trainer last reported progress (the document's updated_at, else when it was read)."
+    )
+    restarts: int = Field(0, ge=0, description="Trainer pod failures restarted (counted against runPolicy.backoffLimit).")
+    interruptions: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Trainer pods stopped by a signal after a checkpoint and resumed (not counted against "
+            "runPolicy.backoffLimit)."
+        ),
+    )
+    inference_restarts: int = Field(0, ge=0, description="vLLM pod restarts.")
+    trainer_pod: Optional[str] = Field(None, description="Name of the current trainer pod.")
+    inference_pod: Optional[str] = Field(None, description="Name of the current vLLM pod.")

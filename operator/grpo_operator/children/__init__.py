@@ -1,0 +1,50 @@
+"""Pure builders of a GRPOJob's children: (job, settings) -> Kubernetes manifests (dicts),
+rendering the job's one resolution (grpo_operator.resolve).
+
+No I/O here; the handlers create what these return.
+"""
+
+from grpo_operator.children.config import cluster_target, config_map, resolved
+from grpo_operator.children.inference import inference_pod, inference_service
+from grpo_operator.children.meta import (
+    ATTEMPT_LABEL,
+    COMPONENT_LABEL,
+    INFERENCE,
+    JOB_LABEL,
+    MANAGED_BY_LABEL,
+    OPERATOR_NAME,
+    TRAINER,
+    Job,
+    config_map_name,
+    inference_pod_name,
+    pvc_name,
+    service_name,
+    trainer_pod_name,
+)
+from grpo_operator.children.trainer import referenced_secrets, trainer_pod
+from grpo_operator.children.volume import persistent_volume_claim, user_claims
+
+__all__ = [
+    "ATTEMPT_LABEL",
+    "COMPONENT_LABEL",
+    "INFERENCE",
+    "JOB_LABEL",
+    "MANAGED_BY_LABEL",
+    "OPERATOR_NAME",
+    "TRAINER",
+    "Job",
+    "cluster_target",
+    "config_map",
+    "config_map_name",
+    "inference_pod",
+    "inference_pod_name",
+    "inference_service",
+    "persistent_volume_claim",
+    "pvc_name",
+    "referenced_secrets",
+    "resolved",
+    "service_name",
+    "trainer_pod",
+    "trainer_pod_name",
+    "user_claims",
+]

@@ -1,0 +1,36 @@
+"""The trainer's config file in a ConfigMap, and the job's resolution for its pods.
+
+The document holds no secrets: API keys reach the trainer only as environment
+variables filled from the job's Secret references (see trainer.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from grpo_operator.children.meta import CONFIG, Job, config_map_name, object_meta, service_name
+from grpo_operator.resolve import CONFIG_KEY, ClusterTarget, ResolvedJob, resolve
+from grpo_operator.settings import OperatorSettings
+
+
+def cluster_target(job: Job, settings: OperatorSettings) -> ClusterTarget:
+    """Where the job's pods find each other: the vLLM Service's in-cluster name and the ports."""
+    return ClusterTarget(
+        inference_host=f"{service_name(job)}.{job.namespace}.svc.{settings.cluster_domain}",
+        inference_port=settings.inference_port,
+        trainer_port=settings.trainer_port,
+    )
+
+
+def resolved(job: Job, settings: OperatorSettings) -> ResolvedJob:
+    """The job's resolution for its pods (grpo_operator.resolve): what every pod builder renders."""
+    return resolve(job.name, job.spec, cluster_target(job, settings))
+
+
+def config_map(job: Job, settings: OperatorSettings) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": object_meta(job, config_map_name(job), CONFIG),
+        "data": {CONFIG_KEY: resolved(job, settings).config.to_json()},
+    }

@@ -1,0 +1,348 @@
+"""What to do about a GRPOJob, decided from what was observed: a pure function.
+
+:func:`decide` takes a snapshot of the job and its children and returns a
+:class:`Plan`: the full new status, the objects to create or replace, the pods
+to delete, and whether the finished job's TTL has run out. The handlers only
+observe, call this, and carry the plan out — so every lifecycle rule (suspend,
+backoff, deadline, TTL, vLLM recreation, missing references) is unit-testable
+without a cluster.
+
+Pod names carry the attempt (``<job>-trainer-<restarts>``); the attempt
+counters live in the status and are written *before* the pod of a new attempt
+is created, so a crash between the two steps cannot produce two pods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Optional
+
+from grpo_operator import children
+from grpo_operator.api.spec import GRPOJobSpec
+from grpo_operator.api.status import PROGRESS_STATUS_FIELDS, ConditionType
+from grpo_operator.children import INFERENCE, TRAINER, Job
+from grpo_operator.controller.conditions import (
+    Cond,
+    PodView,
+    Transition,
+    conditions,
+    is_true,
+    parse_time,
+    rfc3339,
+    transitions,
+)
+from grpo_operator.settings import OperatorSettings
+from grpo_trainer.contract import exit_codes
+
+# Status fields written from the trainer's progress document.
+PROGRESS_FIELDS = PROGRESS_STATUS_FIELDS
+
+
+@dataclass(frozen=True)
+class Observed:
+    """A snapshot of one job and everything the operator looked at for it."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: Optional[int]
+    spec: Optional[GRPOJobSpec]
+    spec_error: Optional[str]
+    status: Mapping[str, Any]
+    pvc_exists: bool
+    config_map_data: Optional[Mapping[str, str]]
+    service_exists: bool
+    pods: tuple[PodView, ...]
+    missing: tuple[str, ...] = ()
+    progress: Optional[Mapping[str, Any]] = None
+    now: datetime = field(default_factory=lambda: datetime.now().astimezone())
+
+    @property
+    def job(self) -> Job:
+        assert self.spec is not None
+        return Job(self.name, self.namespace, self.uid, self.spec)
+
+    def pods_of(self, component: str) -> list[PodView]:
+        return [p for p in self.pods if p.component == component]
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    """What a reconcile does, in order: patch status, delete, replace, create; then maybe delete the job."""
+
+    status: dict[str, Any]
+    create: list[dict[str, Any]] = field(default_factory=list)
+    replace: list[dict[str, Any]] = field(default_factory=list)
+    delete_pods: list[str] = field(default_factory=list)
+    delete_job: bool = False
+    events: list[Event] = field(default_factory=list)
+    transitions: list[Transition] = field(default_factory=list)
+
+
+def _component(
+    obs: Observed,
+    component: str,
+    attempt: int,
+    name: str,
+    plan: Plan,
+    build: Callable[[Job, int], dict[str, Any]],
+    may_create: bool,
+) -> Optional[PodView]:
+    """Delete stale attempts' pods; create the current attempt's pod when absent. Returns the current pod."""
+    current: Optional[PodView] = None
+    for pod in obs.pods_of(component):
+        if pod.name == name:
+            current = pod
+        elif not pod.deleting:
+            plan.delete_pods.append(pod.name)
+    if current is None and may_create:
+        plan.create.append(build(obs.job, attempt))
+    return current
+
+
+def _waiting_cond(pod: Optional[PodView], what: str, created_now: bool, missing: list[str]) -> Cond:
+    """Why a component is not (yet) up, in the pod's own words when it has trouble."""
+    if pod is None and missing:
+        return Cond.false("MissingReference", f"the {what} pod waits for: " + "; ".join(missing))
+    if pod is None:
+        return Cond.false("Creating" if created_now else "PodMissing", f"creating the {what} pod")
+    if pod.deleting:
+        return Cond.false("Terminating", f"{what} pod {pod.name} is terminating")
+    if pod.problem_reason == "SchedulingGated":
+        return Cond.false(
+            "WaitingForAdmission",
+            f"{what} pod {pod.name} is gated: {pod.problem_message or 'waiting for Kueue admission'}",
+        )
+    if pod.problem_reason:
+        return Cond.false(pod.problem_reason, f"{what} pod {pod.name}: {pod.problem_message}".rstrip(": "))
+    if pod.phase == "Pending":
+        return Cond.false("Pending", f"{what} pod {pod.name} is pending")
+    return Cond.false("Starting", f"{what} pod {pod.name} is {pod.phase.lower()}, not ready yet")
+
+
+def _progress_message(status: Mapping[str, Any]) -> str:
+    step, max_steps = status.get("step"), status.get("maxSteps")
+    if step is None:
+        return "trainer running"
+    return f"step {step}/{max_steps}" if max_steps else f"step {step}"
+
+
+def _finish(status: dict[str, Any], obs: Observed, plan: Plan, keep_trainer: bool) -> None:
+    status["completionTime"] = status.get("completionTime") or rfc3339(obs.now)
+    for pod in obs.pods:
+        if pod.deleting or pod.name in plan.delete_pods:
+            continue
+        if pod.component == TRAINER and keep_trainer:
+            continue  # its logs stay readable; the pod has exited and holds no GPU
+        if pod.component == TRAINER and pod.finished:
+            continue
+        plan.delete_pods.append(pod.name)
+
+
+def _finished_conditions(succeeded: bool) -> dict[ConditionType, Cond]:
+    """A finished job's non-terminal conditions all go False."""
+    reason = "JobSucceeded" if succeeded else "JobFailed"
+    return {
+        "Suspended": Cond.false("NotSuspended"),
+        "Training": Cond.false(reason, "the job has finished"),
+        "InferenceReady": Cond.false(reason, "the job has finished; the vLLM pod is deleted"),
+    }
+
+
+def _ttl(status: Mapping[str, Any], spec: Optional[GRPOJobSpec], now: datetime) -> bool:
+    if spec is None or spec.run_policy.ttl_seconds_after_finished is None:
+        return False
+    done = parse_time(status.get("completionTime"))
+    return done is not None and now >= done + timedelta(seconds=spec.run_policy.ttl_seconds_after_finished)
+
+
+def trainer_attempt(status: Mapping[str, Any]) -> int:
+    """The current trainer pod's attempt number (its name's suffix): every restart so far."""
+    return int(status.get("restarts") or 0) + int(status.get("interruptions") or 0)
+
+
+def interrupted(pod: PodView) -> bool:
+    """The trainer stopped early after a checkpoint (a signal to the container): resume, it did not fail.
+
+    Its exit code says so (grpo_trainer.contract.exit_codes.INTERRUPTED); so does its final report,
+    for a trainer that exited 0 after a stop.
+    """
+    if pod.phase == "Failed" and pod.exit_code == exit_codes.INTERRUPTED:
+        return True
+    report = pod.final_report
+    return pod.phase == "Succeeded" and report is not None and report.get("phase") == "stopped"
+
+
+def _next_trainer(job: Job, settings: OperatorSettings, status: dict[str, Any], old: PodView, plan: Plan) -> str:
+    """Replace the finished trainer pod with the next attempt's (counters already updated in ``status``)."""
+    attempt = trainer_attempt(status)
+    name = children.trainer_pod_name(job, attempt)
+    status["trainerPod"] = name
+    plan.delete_pods.append(old.name)
+    plan.create.append(children.trainer_pod(job, settings, attempt))
+    return name
+
+
+def decide(obs: Observed, settings: OperatorSettings) -> Plan:
+    """The plan for one job. Never raises on odd observations; always returns a full status."""
+    old_conditions = list(obs.status.get("conditions") or [])
+    status: dict[str, Any] = {k: v for k, v in obs.status.items() if k != "conditions"}
+    status.setdefault("restarts", 0)
+    status.setdefault("interruptions", 0)
+    status.setdefault("inferenceRestarts", 0)
+    status["observedGeneration"] = obs.generation
+    plan = Plan(status=status)
+    new: dict[ConditionType, Cond] = {}
+
+    def done() -> Plan:
+        status["conditions"] = conditions(old_conditions, new, obs.now, obs.generation)
+        plan.transitions = transitions(old_conditions, status["conditions"])
+        return plan
+
+    if obs.spec is None:
+        new["Created"] = Cond.false("InvalidSpec", obs.spec_error or "the spec is invalid")
+        return done()
+
+    spec = obs.spec
+    job = obs.job
+    status["maxSteps"] = spec.grpo.num_train_steps
+    if obs.progress:
+        for key in PROGRESS_FIELDS:
+            if key in obs.progress:
+                status[key] = obs.progress[key]
+
+    # ---------------------------------------------------------------- finished
+    if is_true(obs.status, "Succeeded") or is_true(obs.status, "Failed"):
+        _finish(status, obs, plan, keep_trainer=True)
+        new.update(_finished_conditions(is_true(obs.status, "Succeeded")))
+        plan.delete_job = _ttl(status, spec, obs.now)
+        return done()
+
+    # ---------------------------------------------------------------- shared children
+    missing = list(obs.missing)
+    if not missing:
+        pvc = children.persistent_volume_claim(job)
+        if pvc is not None and not obs.pvc_exists:
+            plan.create.append(pvc)
+        cm = children.config_map(job, settings)
+        if obs.config_map_data is None:
+            plan.create.append(cm)
+        elif dict(obs.config_map_data) != cm["data"]:
+            plan.replace.append(cm)  # untrustedModel/judge are mutable; a new trainer attempt reads it
+        if not obs.service_exists:
+            plan.create.append(children.inference_service(job, settings))
+        new["Created"] = Cond.true("ChildrenCreated", "volume, config, Service and pods are created")
+    else:
+        new["Created"] = Cond.false("MissingReference", "; ".join(missing))
+
+    # ---------------------------------------------------------------- suspended
+    if spec.suspend:
+        plan.delete_pods.extend(p.name for p in obs.pods if not p.deleting)
+        new["Suspended"] = Cond.true("Suspended", "pods deleted; the volume and checkpoints are kept")
+        new["Training"] = Cond.false("Suspended", "the job is suspended")
+        new["InferenceReady"] = Cond.false("Suspended", "the job is suspended")
+        new["Succeeded"] = Cond.false("NotFinished")
+        new["Failed"] = Cond.false("NotFinished")
+        return done()
+    new["Suspended"] = Cond.false("NotSuspended")
+
+    # ---------------------------------------------------------------- deadline
+    deadline = spec.run_policy.active_deadline_seconds
+    started = parse_time(status.get("startTime"))
+    if deadline is not None and started is not None and obs.now >= started + timedelta(seconds=deadline):
+        new["Failed"] = Cond.true("DeadlineExceeded", f"the job ran longer than activeDeadlineSeconds={deadline}")
+        new["Succeeded"] = Cond.false("JobFailed")
+        _finish(status, obs, plan, keep_trainer=False)
+        new.update(_finished_conditions(False))
+        return done()
+
+    may_create = not missing
+
+    # ---------------------------------------------------------------- vLLM
+    i_attempt = int(status["inferenceRestarts"])
+    i_name = children.inference_pod_name(job, i_attempt)
+    i_pod = _component(
+        obs, INFERENCE, i_attempt, i_name, plan, lambda j, a: children.inference_pod(j, settings, a), may_create
+    )
+    i_created = i_pod is None and may_create
+    if i_pod is not None and i_pod.finished and not i_pod.deleting:
+        # A lost vLLM pod is recreated; the trainer waits for the Service to answer again.
+        i_attempt += 1
+        status["inferenceRestarts"] = i_attempt
+        plan.delete_pods.append(i_pod.name)
+        i_name = children.inference_pod_name(job, i_attempt)
+        plan.create.append(children.inference_pod(job, settings, i_attempt))
+        plan.events.append(Event("Warning", "InferenceFailed", f"{i_pod.describe_exit()}; recreating it as {i_name}"))
+        new["InferenceReady"] = Cond.false("InferenceRestarting", f"{i_pod.describe_exit()}; recreated as {i_name}")
+        i_pod, i_created = None, True
+    elif i_pod is not None and i_pod.ready and not i_pod.deleting:
+        new["InferenceReady"] = Cond.true("Ready", f"vLLM pod {i_pod.name} is ready")
+    else:
+        new["InferenceReady"] = _waiting_cond(i_pod, "vLLM", i_created, missing)
+    status["inferencePod"] = i_name
+
+    # ---------------------------------------------------------------- trainer
+    t_attempt = trainer_attempt(status)
+    t_name = children.trainer_pod_name(job, t_attempt)
+    t_pod = _component(
+        obs, TRAINER, t_attempt, t_name, plan, lambda j, a: children.trainer_pod(j, settings, a), may_create
+    )
+    t_created = t_pod is None and may_create
+    status["trainerPod"] = t_name
+    if t_created and not status.get("startTime"):
+        status["startTime"] = rfc3339(obs.now)
+
+    if t_pod is not None and t_pod.phase == "Succeeded" and not t_pod.deleting and not interrupted(t_pod):
+        new["Succeeded"] = Cond.true("TrainerSucceeded", f"trainer pod {t_pod.name} completed")
+        new["Failed"] = Cond.false("JobSucceeded")
+        _finish(status, obs, plan, keep_trainer=True)
+        new.update(_finished_conditions(True))
+        return done()
+
+    if t_pod is not None and interrupted(t_pod) and not t_pod.deleting:
+        # Stopped by a signal after a checkpoint (the container, not the pod, was stopped):
+        # not a failure, so not counted against backoffLimit.
+        status["interruptions"] = int(status["interruptions"]) + 1
+        t_name = _next_trainer(job, settings, status, t_pod, plan)
+        message = (
+            f"{t_pod.describe_exit()}: stopped after a checkpoint at step {status.get('step', 0)}; "
+            f"resuming as {t_name} (not counted against backoffLimit)"
+        )
+        plan.events.append(Event("Normal", "TrainerInterrupted", message))
+        new["Training"] = Cond.false("TrainerRestarting", message)
+    elif t_pod is not None and t_pod.phase == "Failed" and not t_pod.deleting:
+        limit = spec.run_policy.backoff_limit
+        restarts = int(status["restarts"])
+        if restarts < limit:
+            status["restarts"] = restarts + 1
+            t_name = _next_trainer(job, settings, status, t_pod, plan)
+            message = (
+                f"{t_pod.describe_exit()}; restart {restarts + 1} of {limit} as {t_name}, "
+                "resuming from the last checkpoint"
+            )
+            plan.events.append(Event("Warning", "TrainerFailed", message))
+            new["Training"] = Cond.false("TrainerRestarting", message)
+        else:
+            message = f"{t_pod.describe_exit()}; backoffLimit {limit} reached"
+            new["Failed"] = Cond.true("BackoffLimitExceeded", message)
+            new["Succeeded"] = Cond.false("JobFailed")
+            _finish(status, obs, plan, keep_trainer=True)
+            new.update(_finished_conditions(False))
+            return done()
+    elif t_pod is not None and t_pod.running:
+        new["Training"] = Cond.true("Running", _progress_message(status))
+    else:
+        new["Training"] = _waiting_cond(t_pod, "trainer", t_created, missing)
+
+    new["Succeeded"] = Cond.false("NotFinished")
+    new["Failed"] = Cond.false("NotFinished")
+    return done()

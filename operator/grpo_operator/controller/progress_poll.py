@@ -1,0 +1,86 @@
+"""Reading the trainer's progress over HTTP and turning it into status fields.
+
+The trainer serves a JSON document at ``GET /progress``; it gets no write access
+to the API, the operator copies what it reports into ``GRPOJob.status``. Reading
+is best-effort: an unreachable trainer (starting, restarting, a network policy)
+leaves the last known progress in place and never fails a reconcile.
+
+The document is grpo_trainer.contract.progress.Progress; which of its values become
+which status fields is that module's STATUS_FIELDS table, read here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Optional
+
+from pydantic.alias_generators import to_camel
+
+from grpo_operator.controller.conditions import rfc3339
+from grpo_trainer.contract.progress import STATUS_FIELDS
+
+log = logging.getLogger(__name__)
+
+PROGRESS_PATH = "/progress"
+
+def progress_url(host: str, port: int) -> str:
+    return f"http://{host}:{port}{PROGRESS_PATH}"
+
+
+def fetch_progress(url: str, timeout: float) -> Optional[dict[str, Any]]:
+    """The trainer's progress document, or None when it cannot be read (logged, not raised)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            doc = json.loads(resp.read().decode("utf-8"))
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        log.debug("progress from %s not available: %s", url, exc)
+        return None
+    if not isinstance(doc, dict):
+        log.warning("progress from %s is not a JSON object; ignored", url)
+        return None
+    return doc
+
+
+def _time(value: Any) -> Optional[str]:
+    if isinstance(value, str):
+        try:
+            return rfc3339(datetime.fromisoformat(value.replace("Z", "+00:00")))
+        except ValueError:
+            return None
+    return None
+
+
+def _coerce(value: Any, kind: type) -> Any:
+    """The value as ``kind``, or None when it is not one (negative counts and non-finite numbers included)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        if kind is int:
+            number = int(value)
+            return number if number >= 0 else None
+        if kind is float:
+            real = float(value)
+            return real if math.isfinite(real) else None
+        return str(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def progress_status(doc: Mapping[str, Any], fetched_at: datetime) -> dict[str, Any]:
+    """Status fields (camelCase) from a progress document; missing or malformed values are skipped."""
+    out: dict[str, Any] = {}
+    for name, field in STATUS_FIELDS.items():
+        value = _coerce(doc.get(field.source), field.kind)
+        if value is not None:
+            out[to_camel(name)] = value
+    step, max_steps = out.get("step"), _coerce(doc.get("max_steps"), int)
+    if step is not None and max_steps:
+        out["progressPercentage"] = max(0, min(100, int(100 * step / max_steps)))
+    out["lastProgressTime"] = _time(doc.get("updated_at")) or rfc3339(fetched_at)
+    return out

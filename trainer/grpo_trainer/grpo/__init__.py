@@ -1,0 +1,1 @@
+"""The GRPO algorithm: rollouts into groups, the loss, the LoRA policy and its update."""

@@ -1,0 +1,430 @@
+"""LoRA adapters on the shared volume and their hot-swap into vLLM.
+
+Layout under ``<run_dir>/adapters/``::
+
+    step-1/ step-2/ ...   PEFT adapter directories (adapter_config.json + adapter_model.safetensors)
+    best.json             {"step": N, "score": s, "path": "step-N"}: the best adapter by validation
+
+The best adapter is named by a small JSON pointer file, not a symlink: it survives
+any way of copying the volume (object stores, ``kubectl cp``, zip files drop or
+break symlinks), and it is replaced atomically.
+
+Each step's adapter is served by vLLM under a new name ``policy-v<step>``: reusing a
+name for changed weights could reuse prefix-cache blocks of the old weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import torch
+from peft import get_peft_model_state_dict
+from safetensors.torch import save_file as save_safetensors
+
+from grpo_trainer.contract.config import VLLMEndpoint
+from grpo_trainer.run.atomic import remove_leftovers, staged_dir, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+ADAPTERS_DIR = "adapters"
+BEST_POINTER = "best.json"
+VERSION_PREFIX = "policy-v"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+T = TypeVar("T")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step}"
+
+
+def version_name(step: int) -> str:
+    """The model name vLLM serves the adapter of ``step`` under."""
+    return f"{VERSION_PREFIX}{step}"
+
+
+def version_step(name: str) -> int | None:
+    """The step of a ``policy-v<step>`` name, None for any other model name."""
+    if name.startswith(VERSION_PREFIX) and name[len(VERSION_PREFIX) :].isdigit():
+        return int(name[len(VERSION_PREFIX) :])
+    return None
+
+
+def unwrap_model(model: Any) -> torch.nn.Module:
+    """The PEFT model inside a wrapper: DistributedDataParallel (``.module``) or a holder such as Policy (``.model``)."""
+    while not hasattr(model, "peft_config"):
+        inner = getattr(model, "module", None)
+        if inner is None:
+            inner = getattr(model, "model", None)
+        if inner is None:
+            raise TypeError(f"expected a PEFT model (or a wrapper of one), got {type(model).__name__}")
+        model = inner
+    return model
+
+
+def save_peft_adapter(model: Any, out_dir: Path, base_model_name: str | None) -> None:
+    """Write the active LoRA adapter of ``model`` as a vLLM-loadable PEFT directory.
+
+    ``base_model_name`` replaces ``base_model_name_or_path`` in adapter_config.json:
+    vLLM's filesystem resolver only serves an adapter whose value equals the server's
+    ``--model``, and the trainer may have loaded the base from a different path.
+
+    Built from PEFT's own pieces (the state dict, safetensors, the config's writer)
+    instead of ``PeftModel.save_pretrained``, which also renders a model-card README
+    from a Jinja template on every call: half of a small adapter's save time, for a
+    file nobody reads. The files are the ones ``save_pretrained`` writes.
+    """
+    peft_model = unwrap_model(model)
+    adapter = getattr(peft_model, "active_adapter", "default")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = get_peft_model_state_dict(peft_model, adapter_name=adapter)
+    weights = {key: tensor.contiguous() for key, tensor in weights.items()}
+    save_safetensors(weights, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = copy.copy(peft_model.peft_config[adapter])  # the live config stays in training mode
+    config.inference_mode = True
+    if base_model_name is not None:
+        config.base_model_name_or_path = base_model_name
+    elif config.base_model_name_or_path is None:
+        config.base_model_name_or_path = getattr(peft_model.base_model.model, "name_or_path", None) or None
+    auto_mapping = None
+    if config.task_type is None:  # as save_pretrained: tells AutoPeftModel the base class
+        base_class = type(peft_model.base_model.model)
+        auto_mapping = {"base_model_class": base_class.__name__, "parent_library": base_class.__module__}
+    config.save_pretrained(str(out_dir), auto_mapping_dict=auto_mapping)
+
+
+@dataclass(frozen=True)
+class SavedAdapter:
+    step: int
+    path: Path
+    seconds: float
+    replaced: bool = False  # a directory for this step existed (re-run after resume) and was overwritten
+
+
+@dataclass(frozen=True)
+class BestAdapter:
+    step: int
+    score: float
+    path: Path
+
+
+class AdapterStore:
+    """The run's ``adapters/`` directory. Only one process (rank 0) writes it."""
+
+    def __init__(self, run_dir: str | Path, base_model_name: str) -> None:
+        self.root = Path(run_dir) / ADAPTERS_DIR
+        self.base_model_name = base_model_name
+        self.root.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(self.root)
+
+    def path(self, step: int) -> Path:
+        return self.root / step_dir_name(step)
+
+    def save(self, model: Any, step: int) -> SavedAdapter:
+        """Write ``adapters/step-<step>`` atomically; an existing one (re-run after resume) is replaced."""
+        start = time.perf_counter()
+        final = self.path(step)
+        replaced = final.exists()
+        with staged_dir(final) as staging:
+            save_peft_adapter(model, staging, self.base_model_name)
+        seconds = time.perf_counter() - start
+        log.info("saved adapter %s in %.3f s", final, seconds)
+        return SavedAdapter(step=step, path=final, seconds=seconds, replaced=replaced)
+
+    def steps(self) -> list[int]:
+        """Steps with a complete adapter directory, oldest first."""
+        found: list[int] = []
+        for entry in self.root.iterdir():
+            match = _STEP_DIR.match(entry.name)
+            if match and entry.is_dir() and all((entry / name).is_file() for name in _ADAPTER_FILES):
+                found.append(int(match.group(1)))
+        return sorted(found)
+
+    def set_best(self, step: int, score: float) -> BestAdapter:
+        """Point ``best.json`` at ``step`` (its directory must exist)."""
+        path = self.path(step)
+        if not path.is_dir():
+            raise FileNotFoundError(f"no adapter directory for step {step}: {path}")
+        doc = {"step": step, "score": score, "path": step_dir_name(step)}
+        write_text_atomic(self.root / BEST_POINTER, json.dumps(doc, indent=2) + "\n")
+        log.info("best adapter: step %d (score %.4f)", step, score)
+        return BestAdapter(step=step, score=score, path=path)
+
+    def best(self) -> BestAdapter | None:
+        pointer = self.root / BEST_POINTER
+        if not pointer.is_file():
+            return None
+        doc = json.loads(pointer.read_text(encoding="utf-8"))
+        return BestAdapter(step=int(doc["step"]), score=float(doc["score"]), path=self.root / doc["path"])
+
+    def prune(self, keep_last: int, protect: Iterable[int] = ()) -> list[int]:
+        """Delete step directories except the newest ``keep_last``, the best, and ``protect``.
+
+        ``protect`` should hold every version vLLM still has registered: vLLM re-reads
+        an adapter from disk when it was evicted from its CPU cache.
+        """
+        if keep_last < 1:
+            raise ValueError("keep_last must be >= 1")
+        steps = self.steps()
+        keep = set(steps[-keep_last:]) | set(protect)
+        best = self.best()
+        if best is not None:
+            keep.add(best.step)
+        removed = [s for s in steps if s not in keep]
+        for step in removed:
+            shutil.rmtree(self.path(step), ignore_errors=True)
+        if removed:
+            log.info("pruned adapters %s", removed)
+        return removed
+
+
+class VLLMUnavailableError(RuntimeError):
+    """vLLM did not answer within the configured wait timeout."""
+
+
+class AdapterLoadError(RuntimeError):
+    """vLLM answered but refused the adapter (a configuration problem, not worth waiting for)."""
+
+
+class _Transient(Exception):
+    """A failure that waiting may cure: connection refused/reset, timeout, 5xx of a proxy or a starting server."""
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    name: str
+    step: int
+    already_loaded: bool
+    waited_seconds: float
+    load_seconds: float
+    first_request_seconds: float
+    unloaded: list[str]
+
+
+class VLLMAdapterSync:
+    """Loads each new adapter into a running vLLM and keeps its registry small.
+
+    ``adapter_dir`` is the run's ``adapters/`` directory as the vLLM process sees it
+    (another mount point in the inference pod). Versions kept loaded, in priority
+    order, capped at ``max_loras``: the current one, the previous one (rollouts may
+    still run on it when they overlap training) and the best one.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        adapter_dir: str,
+        max_loras: int = 4,
+        *,
+        keep_previous: bool = True,
+        wait_timeout_seconds: float = 1800.0,
+        request_timeout_seconds: float = 60.0,
+        verify_prompt: str = "Hello",
+        max_backoff_seconds: float = 15.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if max_loras < 1:
+            raise ValueError("max_loras must be >= 1")
+        self.base_url = base_url.rstrip("/")
+        self.server_url = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
+        self.adapter_dir = adapter_dir.rstrip("/")
+        self.max_loras = max_loras
+        self.keep_previous = keep_previous
+        self.wait_timeout_seconds = wait_timeout_seconds
+        self.verify_prompt = verify_prompt
+        self.max_backoff_seconds = max_backoff_seconds
+        self._sleep = sleep
+        self._client = httpx.Client(timeout=request_timeout_seconds)
+        self.current: int | None = None
+        self.previous: int | None = None
+        self.best: int | None = None
+        self._slept = 0.0  # seconds spent waiting for vLLM during the current operation
+
+    @classmethod
+    def from_endpoint(cls, endpoint: VLLMEndpoint, *, keep_previous: bool = True) -> VLLMAdapterSync:
+        """The sync for the trainer config's ``vllm`` section."""
+        return cls(
+            endpoint.base_url,
+            endpoint.adapter_dir,
+            endpoint.max_loras,
+            keep_previous=keep_previous,
+            wait_timeout_seconds=endpoint.wait_timeout_seconds,
+            request_timeout_seconds=endpoint.request_timeout_seconds,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> VLLMAdapterSync:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- public operations -------------------------------------------------
+
+    def lora_path(self, step: int) -> str:
+        return f"{self.adapter_dir}/{step_dir_name(step)}"
+
+    def set_best(self, step: int | None) -> None:
+        """The best version stays loaded (within ``max_loras``) until another becomes best."""
+        self.best = step
+
+    def wanted(self) -> list[int]:
+        """Steps that should stay loaded, by priority, at most ``max_loras``."""
+        order: list[int] = []
+        candidates = [self.current, self.previous if self.keep_previous else None, self.best]
+        for step in candidates:
+            if step is not None and step not in order:
+                order.append(step)
+        return order[: self.max_loras]
+
+    def wait_ready(self) -> float:
+        """Block until ``GET /v1/models`` answers; returns the seconds waited."""
+        start = time.monotonic()
+        self._retrying(self._served, "list models")
+        return time.monotonic() - start
+
+    def served(self) -> dict[str, str]:
+        """Model name -> root (path for adapters) of everything vLLM serves now (waits if unavailable)."""
+        return self._retrying(self._served, "list models")
+
+    def publish(self, step: int, *, reload: bool = False) -> PublishResult:
+        """Make ``policy-v<step>`` the current version: load, verify it answers, unload unwanted ones.
+
+        Idempotent: a version vLLM already lists from the same path is not loaded
+        again (resume after a trainer restart) unless ``reload`` (its directory was
+        overwritten, see ``SavedAdapter.replaced``).
+        """
+        self._slept = 0.0
+        result = self._retrying(lambda: self._publish_once(step, reload), f"publish {version_name(step)}")
+        if self.current != step:
+            self.previous, self.current = self.current, step
+        unloaded = self._retrying(self._unload_unwanted, "unload stale adapters")
+        return replace(result, waited_seconds=self._slept, unloaded=unloaded)
+
+    def ensure_current(self) -> list[PublishResult]:
+        """Load again the wanted versions a restarted vLLM lost (call before sampling); [] if none was missing."""
+        self._slept = 0.0
+        served = self.served()
+        results: list[PublishResult] = []
+        for step in self.wanted():
+            if version_name(step) not in served:
+                log.warning("vLLM no longer serves %s (restarted?); loading it again", version_name(step))
+                result = self._retrying(lambda s=step: self._publish_once(s, False), f"republish {version_name(step)}")
+                results.append(replace(result, waited_seconds=self._slept))
+        return results
+
+    # -- one attempt of each operation ----------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        url = f"{self.server_url}{path}"
+        try:
+            response = self._client.request(method, url, **kwargs)
+        except httpx.TransportError as exc:
+            raise _Transient(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code in (502, 503, 504):
+            raise _Transient(f"{method} {url}: HTTP {response.status_code}")
+        return response
+
+    def _served(self) -> dict[str, str]:
+        response = self._request("GET", "/v1/models")
+        if response.status_code != 200:
+            raise _Transient(f"GET /v1/models: HTTP {response.status_code}: {response.text[:300]}")
+        return {card["id"]: card.get("root") or "" for card in response.json().get("data", [])}
+
+    def _publish_once(self, step: int, reload: bool) -> PublishResult:
+        name, path = version_name(step), self.lora_path(step)
+        served = self._served()
+        already = name in served and served[name] == path and not reload
+        load_start = time.monotonic()
+        if not already:
+            if name in served:
+                log.warning("reloading %s in place from %s (was %s)", name, path, served[name])
+            self._load(name, path, inplace=name in served)
+            served = self._served()
+            if name not in served:
+                raise AdapterLoadError(f"vLLM accepted {name} but does not list it in /v1/models")
+        load_seconds = time.monotonic() - load_start
+        request_start = time.monotonic()
+        self._complete(name)
+        first_request_seconds = time.monotonic() - request_start
+        log.info(
+            "%s %s (load %.3f s, first request %.3f s)",
+            "verified already loaded" if already else "published",
+            name,
+            load_seconds,
+            first_request_seconds,
+        )
+        return PublishResult(name, step, already, 0.0, load_seconds, first_request_seconds, [])
+
+    def _load(self, name: str, path: str, inplace: bool) -> None:
+        body = {"lora_name": name, "lora_path": path, "load_inplace": inplace}
+        response = self._request("POST", "/v1/load_lora_adapter", json=body)
+        if response.status_code == 200:
+            return
+        text = response.text
+        if response.status_code == 400 and "already been loaded" in text:
+            return  # a concurrent or earlier attempt won; the registry has it
+        if response.status_code == 404 and "lora" not in text.lower():
+            raise AdapterLoadError(
+                "vLLM has no runtime LoRA API (POST /v1/load_lora_adapter: 404); start it with "
+                "--enable-lora and env VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"
+            )
+        raise AdapterLoadError(f"vLLM refused adapter {name} from {path}: HTTP {response.status_code}: {text[:500]}")
+
+    def _complete(self, name: str) -> None:
+        body = {"model": name, "prompt": self.verify_prompt, "max_tokens": 1, "temperature": 0.0}
+        response = self._request("POST", "/v1/completions", json=body)
+        if response.status_code != 200:
+            raise AdapterLoadError(
+                f"vLLM lists {name} but a completion with it failed: HTTP {response.status_code}: {response.text[:500]}"
+            )
+        if not response.json().get("choices"):
+            raise AdapterLoadError(f"vLLM returned no choices for a completion with {name}")
+
+    def _unload_unwanted(self) -> list[str]:
+        wanted = {version_name(step) for step in self.wanted()}
+        unloaded: list[str] = []
+        for name in self._served():
+            if version_step(name) is None or name in wanted:
+                continue
+            response = self._request("POST", "/v1/unload_lora_adapter", json={"lora_name": name})
+            if response.status_code not in (200, 404):  # 404: gone already
+                raise AdapterLoadError(f"vLLM refused to unload {name}: HTTP {response.status_code}: {response.text[:300]}")
+            unloaded.append(name)
+        if unloaded:
+            log.info("unloaded %s", unloaded)
+        return unloaded
+
+    # -- waiting -----------------------------------------------------------------
+
+    def _retrying(self, attempt: Callable[[], T], what: str) -> T:
+        deadline = time.monotonic() + self.wait_timeout_seconds
+        delay = 0.5
+        while True:
+            try:
+                return attempt()
+            except _Transient as exc:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise VLLMUnavailableError(
+                        f"vLLM at {self.server_url} unavailable for {self.wait_timeout_seconds:.0f} s "
+                        f"(could not {what}); last error: {exc}"
+                    ) from exc
+                pause = min(delay, remaining, self.max_backoff_seconds)
+                log.warning("vLLM unavailable (%s); retrying %s in %.1f s", exc, what, pause)
+                self._sleep(pause)
+                self._slept += pause
+                delay *= 2

@@ -1,1 +1,0 @@
-"""Built-in metrics (resolve by name through grpo_trainer.registry)."""

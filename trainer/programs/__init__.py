@@ -1,1 +1,0 @@
-"""Built-in DSPy programs (resolve by name through grpo_trainer.registry)."""
