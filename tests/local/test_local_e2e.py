@@ -39,95 +39,20 @@ def steps_done(trainer_log: str) -> list[int]:
 
 def wait_for_a_step(runner: subprocess.Popen, run_dir: Path, out: Path) -> None:
     """Until the run reports a finished step (the runner must stay alive meanwhile)."""
+    wait_for_a_step_after(runner, run_dir, out, 0)
+
+
+def wait_for_a_step_after(runner: subprocess.Popen, run_dir: Path, out: Path, step: int) -> None:
+    """Until the run reports a step after ``step`` finished (the runner must stay alive meanwhile)."""
     deadline = time.monotonic() + RUN_TIMEOUT
     while True:
         progress = Progress.read(run_dir) if (run_dir / "progress.json").is_file() else None
-        if progress is not None and progress.step >= 1:
+        if progress is not None and progress.step > step:
             return
         assert runner.poll() is None, out.read_text()[-3000:]
         assert time.monotonic() < deadline, "no step finished in time"
         time.sleep(0.5)
 
-
-
-def test_default_job_runs_to_completion_with_a_report(
-    cli, tmp_path: Path, ports: tuple[int, int], survivors: Callable[[], list[str]]
-) -> None:
-    run_dir = tmp_path / "run"
-    result = cli(
-        "--steps",
-        "2",
-        "--run-dir",
-        str(run_dir),
-        "--port",
-        str(ports[0]),
-        "--trainer-port",
-        str(ports[1]),
-        timeout=RUN_TIMEOUT,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
-    progress = Progress.read(run_dir)
-    assert progress is not None
-    assert (progress.phase, progress.step, progress.finished, progress.error) == ("done", 2, True, None)
-    assert progress.baseline_val_score is not None and 2 in progress.val_scores
-
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["outcome"] == "finished" and summary["steps"] == 2
-    assert summary["baseline_val_score"] == progress.baseline_val_score
-    assert summary["tokens_generated"] > 0
-    assert sorted(int(s) for s in summary["reward_means"]) == [1, 2]  # the runner saw every step
-    assert (run_dir / "report.png").read_bytes()[:4] == b"\x89PNG"
-    assert "validation score, baseline" in result.stdout and "finished" in result.stdout
-    assert (run_dir / "adapters" / "step-2" / "adapter_config.json").is_file()
-    assert (run_dir / "checkpoints" / "step-2" / "COMPLETE").is_file()
-    assert survivors() == []
-
-
-def test_ctrl_c_checkpoints_and_a_rerun_resumes_from_that_step(
-    cli,
-    start_cli,
-    tmp_path: Path,
-    ports: tuple[int, int],
-    survivors: Callable[[], list[str]],
-) -> None:
-    steps = 4
-    run_dir = tmp_path / "run"
-    args = ["--steps", str(steps), "--run-dir", str(run_dir), "--port", str(ports[0]), "--trainer-port", str(ports[1])]
-    runner = start_cli(*args, out=tmp_path / "first.out")
-    try:
-        wait_for_a_step(runner, run_dir, tmp_path / "first.out")
-        runner.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C delivers to the runner
-        code = runner.wait(RUN_TIMEOUT)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-    first_output = (tmp_path / "first.out").read_text()
-    assert code == 0, first_output[-3000:]
-    assert survivors() == []
-
-    stopped = Progress.read(run_dir)
-    assert stopped is not None and stopped.phase == "stopped", stopped
-    assert 1 <= stopped.step < steps
-    assert (run_dir / "checkpoints" / f"step-{stopped.step}" / "COMPLETE").is_file()
-    assert "stopped" in first_output and "resume" in first_output
-    trainer_log = run_dir / "logs" / "trainer.log"
-    first_log_size = trainer_log.stat().st_size
-    assert steps_done(trainer_log.read_text()) == list(range(1, stopped.step + 1))
-
-    result = cli(*args, timeout=RUN_TIMEOUT)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert f"resuming {run_dir} from the checkpoint of step {stopped.step}" in result.stdout
-    with open(trainer_log) as f:
-        f.seek(first_log_size)
-        second_log = f.read()
-    assert steps_done(second_log) == list(range(stopped.step + 1, steps + 1)), (
-        "the rerun did not continue where it stopped"
-    )
-    final = Progress.read(run_dir)
-    assert final is not None and (final.phase, final.step, final.finished) == ("done", steps, True)
-    assert final.baseline_val_score == stopped.baseline_val_score  # the baseline was not re-measured
-    assert survivors() == []
 
 
 def vllm_server_pid(marker: str) -> int | None:
@@ -146,36 +71,89 @@ def vllm_server_pid(marker: str) -> int | None:
     return None
 
 
-def test_vllm_killed_mid_run_is_restarted_and_the_run_finishes(
+def wait_for_output(runner: subprocess.Popen, out: Path, text: str) -> None:
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while text not in out.read_text(errors="replace"):
+        assert runner.poll() is None, out.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"no {text!r} in time"
+        time.sleep(0.5)
+
+
+def test_a_run_survives_a_killed_vllm_stops_on_ctrl_c_and_resumes_to_a_finished_report(
+    cli,
     start_cli,
     tmp_path: Path,
     ports: tuple[int, int],
     marker: str,
     survivors: Callable[[], list[str]],
 ) -> None:
+    """One run through the faults a user meets, in order (one run, not one per fault: CI time):
+    vLLM SIGKILLed mid-run (restarted with the same command, the trainer waits for it), then
+    Ctrl-C (stops after a checkpoint), then the same command again (resumes from that step and
+    finishes with the summary, the report and the adapter on disk)."""
+    steps = 4
     run_dir = tmp_path / "run"
-    args = ["--steps", "3", "--run-dir", str(run_dir), "--port", str(ports[0]), "--trainer-port", str(ports[1])]
-    runner = start_cli(*args, out=tmp_path / "out")
+    args = ["--steps", str(steps), "--run-dir", str(run_dir), "--port", str(ports[0]), "--trainer-port", str(ports[1])]
+    first = tmp_path / "first.out"
+    runner = start_cli(*args, out=first)
     try:
-        wait_for_a_step(runner, run_dir, tmp_path / "out")
+        wait_for_a_step(runner, run_dir, first)
         server = vllm_server_pid(marker)
         assert server is not None
         os.kill(server, signal.SIGKILL)  # a crash: its engine core is left behind for the runner to clean up
+        wait_for_output(runner, first, "vLLM is serving again")
+        restarted_at = Progress.read(run_dir)
+        assert restarted_at is not None
+        wait_for_a_step_after(runner, run_dir, first, restarted_at.step)
+        runner.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C delivers to the runner
         code = runner.wait(RUN_TIMEOUT)
     finally:
         if runner.poll() is None:
             runner.kill()
-    output = (tmp_path / "out").read_text()
+    first_output = first.read_text()
     # the runner's part: the crash is noticed, vLLM restarted with the same command, nothing left behind
-    assert "vLLM exited with code -9; restarting it with the same command (1/" in output
-    assert "vLLM is serving again" in output
+    assert "vLLM exited with code -9; restarting it with the same command (1/" in first_output
     assert vllm_server_pid(marker) is None and survivors() == []
-    # the trainer's part: it waits for vLLM to come back (wait_timeout_seconds) and finishes
-    if code != 0 and "could not sample the policy" in output and "Connection error" in output:
+    # the trainer's part: it waited for vLLM to come back (wait_timeout_seconds) and went on
+    if code != 0 and "could not sample the policy" in first_output and "Connection error" in first_output:
         pytest.xfail("the trainer fails its rollouts while vLLM restarts instead of waiting for it")
-    assert code == 0, output[-4000:]
+    assert code == 0, first_output[-4000:]
+
+    stopped = Progress.read(run_dir)
+    assert stopped is not None and stopped.phase == "stopped", stopped
+    assert 2 <= stopped.step < steps
+    assert (run_dir / "checkpoints" / f"step-{stopped.step}" / "COMPLETE").is_file()
+    assert "stopped" in first_output and "resume" in first_output
+    trainer_log = run_dir / "logs" / "trainer.log"
+    first_log_size = trainer_log.stat().st_size
+    assert steps_done(trainer_log.read_text()) == list(range(1, stopped.step + 1))
+
+    result = cli(*args, timeout=RUN_TIMEOUT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"resuming {run_dir} from the checkpoint of step {stopped.step}" in result.stdout
+    with open(trainer_log) as f:
+        f.seek(first_log_size)
+        second_log = f.read()
+    assert steps_done(second_log) == list(range(stopped.step + 1, steps + 1)), (
+        "the rerun did not continue where it stopped"
+    )
     final = Progress.read(run_dir)
-    assert final is not None and (final.phase, final.step, final.finished) == ("done", 3, True)
+    assert final is not None
+    assert (final.phase, final.step, final.finished, final.error) == ("done", steps, True, None)
+    assert final.baseline_val_score == stopped.baseline_val_score  # the baseline was not re-measured
+    assert steps in final.val_scores
+
+    # what the finished run leaves: the summary, the report, the last adapter and checkpoint
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["outcome"] == "finished" and summary["steps"] == steps
+    assert summary["baseline_val_score"] == final.baseline_val_score
+    assert summary["tokens_generated"] > 0
+    assert sorted(int(s) for s in summary["reward_means"]) == list(range(1, steps + 1))  # every step, both runs
+    assert (run_dir / "report.png").read_bytes()[:4] == b"\x89PNG"
+    assert "validation score, baseline" in result.stdout and "finished" in result.stdout
+    assert (run_dir / "adapters" / f"step-{steps}" / "adapter_config.json").is_file()
+    assert (run_dir / "checkpoints" / f"step-{steps}" / "COMPLETE").is_file()
+    assert survivors() == []
 
 
 def test_second_ctrl_c_kills_everything_at_once(

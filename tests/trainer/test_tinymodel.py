@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import shutil
 import sys
 from pathlib import Path
 
@@ -13,7 +14,17 @@ import pytest
 from transformers import AutoConfig, AutoTokenizer
 
 from grpo_trainer.contract.vllm_command import VLLMServerSpec, lora_rank_flag, vllm_command
-from grpo_trainer.embedded.tinymodel import COMPLETE_MARKER, ensure_tiny_model, make_tiny_model
+from grpo_trainer.embedded import tinymodel
+from grpo_trainer.embedded.tinymodel import (
+    CHECKSUMS,
+    COMPLETE_MARKER,
+    DEFAULT_WARM_START_STEPS,
+    SHIPPED_DIR,
+    TinyModelSpec,
+    ensure_tiny_model,
+    make_tiny_model,
+    shipped_model,
+)
 from grpo_trainer.vllm.process import VLLMProcess, VLLMStartError
 from support.vllm import VLLMServer, free_port
 
@@ -60,6 +71,40 @@ def test_chat_template_closes_turns_with_eos_and_opens_the_assistant_turn(built:
     assert text.count(tok.eos_token) == 2
     assert text.endswith("<|im_start|>assistant\n")
     assert "[[ ## user_query ## ]]" in text
+
+
+def test_the_package_ships_the_default_models_build_of_todays_recipe() -> None:
+    """A recipe change without `python -m grpo_trainer.embedded.tinymodel --ship` fails here, not on a cold CI run."""
+    spec = TinyModelSpec(warm_start_steps=DEFAULT_WARM_START_STEPS)
+    assert shipped_model(spec) == SHIPPED_DIR, "the shipped tiny model is stale: run the --ship command"
+    names = {p.name for p in SHIPPED_DIR.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "tiny_model.json", CHECKSUMS} <= names
+    total = sum(p.stat().st_size for p in SHIPPED_DIR.iterdir())
+    assert total < 12_000_000, f"the shipped model is {total / 1e6:.1f} MB"
+    assert shipped_model(TinyModelSpec(warm_start_steps=DEFAULT_WARM_START_STEPS + 1)) is None  # another recipe
+
+
+def test_ensure_copies_the_shipped_model_instead_of_building(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_build(*args: object) -> None:
+        raise AssertionError("built the model although the package ships it")
+
+    monkeypatch.setattr(tinymodel, "_build", no_build)
+    copied = ensure_tiny_model(tmp_path, warm_start_steps=DEFAULT_WARM_START_STEPS)
+    assert (copied / COMPLETE_MARKER).exists()
+    shipped = {k: v for k, v in digests(SHIPPED_DIR).items() if k != CHECKSUMS}
+    assert {k: v for k, v in digests(copied).items() if k != COMPLETE_MARKER} == shipped
+    AutoTokenizer.from_pretrained(copied)
+
+
+def test_a_damaged_shipped_copy_is_not_used(tmp_path: Path) -> None:
+    damaged = tmp_path / "tiny_model"
+    shutil.copytree(SHIPPED_DIR, damaged)
+    spec = TinyModelSpec(warm_start_steps=DEFAULT_WARM_START_STEPS)
+    assert shipped_model(spec, damaged) == damaged
+    data = bytearray((damaged / "model.safetensors").read_bytes())
+    data[-1] ^= 1
+    (damaged / "model.safetensors").write_bytes(bytes(data))
+    assert shipped_model(spec, damaged) is None
 
 
 def test_ensure_builds_once_and_rebuilds_an_incomplete_directory(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import yaml
 
 from grpo_operator.api import API_VERSION, KIND
 from grpo_trainer.embedded.bundled import PII_DELEGATION
+from grpo_trainer.embedded.tinymodel import DEFAULT_WARM_START_STEPS, ensure_tiny_model
 
 JOB_NAME = "papillon-local"
 
@@ -39,10 +40,9 @@ LORA_R = 8
 LORA_ALPHA = 16
 TEMPERATURE = 1.0
 SEED = 0
-# The tiny model's build: warm-started (grpo_trainer.embedded.warmstart), so it writes the program's
-# fields, answers, and forwards or redacts the query about half the time each -- the choice
-# GRPO has to learn. A random model gives GRPO nothing to sharpen.
-WARM_START_STEPS = 1500
+# The tiny model is warm-started (grpo_trainer.embedded.warmstart, DEFAULT_WARM_START_STEPS), so it
+# writes the program's fields, answers, and forwards or redacts the query about half the time each --
+# the choice GRPO has to learn. A random model gives GRPO nothing to sharpen. It ships with the package.
 # ------------------------------------------------------------------------------------------------
 
 HEADER = """\
@@ -53,10 +53,8 @@ HEADER = """\
 
 
 def default_model_dir() -> Path:
-    """The default's tiny model, generated, warm-started and cached on first use (minutes, once)."""
-    from grpo_trainer.embedded.tinymodel import ensure_tiny_model  # imports torch: only when needed
-
-    return ensure_tiny_model(warm_start_steps=WARM_START_STEPS)
+    """The default's tiny model in the cache: copied from the package (or, after a recipe change, built)."""
+    return ensure_tiny_model(warm_start_steps=DEFAULT_WARM_START_STEPS)
 
 
 def default_job(model_dir: Path | None = None) -> dict[str, Any]:

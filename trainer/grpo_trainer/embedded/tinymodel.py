@@ -10,10 +10,17 @@ overflowed a 512-token window at once).
 The build is deterministic for its parameters, and :func:`ensure_tiny_model`
 caches it under a key derived from them, so concurrent test sessions share one
 copy and never see a half-written directory.
+
+The embedded default's model (warm-started: minutes of CPU) ships with the package
+in ``tiny_model/``, with the key of the recipe that wrote it and the files'
+checksums; :func:`ensure_tiny_model` copies it instead of building when both
+match. ``python -m grpo_trainer.embedded.tinymodel --ship`` rebuilds it after a
+recipe change; ``--verify`` rebuilds it and compares.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import hashlib
@@ -22,16 +29,22 @@ import logging
 import os
 import random
 import shutil
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 logger = logging.getLogger(__name__)
 
 # Bump when the build changes in a way the parameters do not capture.
 RECIPE_VERSION = 2
 COMPLETE_MARKER = ".tiny-model-complete"
+
+# The embedded default's model: warm-started this many steps (see warmstart.py), shipped in SHIPPED_DIR.
+DEFAULT_WARM_START_STEPS = 1500
+SHIPPED_DIR = Path(__file__).resolve().parent / "tiny_model"
+CHECKSUMS = "SHA256SUMS"
 
 BOS = "<|begin_of_text|>"
 EOS = "<|im_end|>"
@@ -312,9 +325,10 @@ def default_cache_dir() -> Path:
 
 
 def ensure_tiny_model(cache_dir: str | Path | None = None, **params: int) -> Path:
-    """The cached model for ``params`` (see :func:`make_tiny_model`), built on first use.
+    """The cached model for ``params`` (see :func:`make_tiny_model`), made on first use.
 
-    Builds into a temporary sibling and renames it into place under a file lock,
+    Copied from the package when it ships the model for these parameters, else built.
+    Writes into a temporary sibling and renames it into place under a file lock,
     so a reader never sees a partial directory and two processes build it once.
     """
     spec = TinyModelSpec(**params)
@@ -332,10 +346,103 @@ def ensure_tiny_model(cache_dir: str | Path | None = None, **params: int) -> Pat
             shutil.rmtree(target)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
         try:
-            _build(spec, tmp)
+            shipped = shipped_model(spec)
+            if shipped is not None:
+                shutil.copytree(shipped, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(CHECKSUMS))
+                logger.info("tiny model copied from the package", extra={"key": spec.key(), "dir": str(target)})
+            else:
+                _build(spec, tmp)
             (tmp / COMPLETE_MARKER).write_text(spec.key() + "\n")
             os.rename(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return target
+
+
+# --------------------------------------------------------------------------- the shipped model
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def checksums(model_dir: Path) -> dict[str, str]:
+    """sha256 of each file of a model directory (markers and the checksum file itself left out)."""
+    return {
+        p.name: _sha256(p)
+        for p in sorted(model_dir.iterdir())
+        if p.is_file() and p.name not in (CHECKSUMS, COMPLETE_MARKER)
+    }
+
+
+def _read_checksums(model_dir: Path) -> dict[str, str]:
+    lines = (model_dir / CHECKSUMS).read_text(encoding="utf-8").splitlines()
+    return {name: digest for digest, name in (line.split("  ", 1) for line in lines if line.strip())}
+
+
+def shipped_model(spec: TinyModelSpec, shipped_dir: Path = SHIPPED_DIR) -> Optional[Path]:
+    """The packaged model directory when it is this spec's build with intact files, else None.
+
+    Its tiny_model.json names the recipe and parameters that wrote it (their key must be
+    ``spec``'s) and SHA256SUMS every file: an edited, truncated or stale copy is not used.
+    """
+    try:
+        written = json.loads((shipped_dir / "tiny_model.json").read_text(encoding="utf-8"))
+        recorded = _read_checksums(shipped_dir)
+    except (OSError, ValueError):
+        return None
+    recipe = written.pop("recipe", None)
+    try:
+        same_spec = recipe == RECIPE_VERSION and TinyModelSpec(**written).key() == spec.key()
+    except TypeError:  # parameters this version does not know
+        return None
+    if not same_spec:
+        return None
+    if checksums(shipped_dir) != recorded:
+        logger.warning("the packaged tiny model fails its checksums; building it", extra={"dir": str(shipped_dir)})
+        return None
+    return shipped_dir
+
+
+def ship(model_dir: Path, shipped_dir: Path = SHIPPED_DIR) -> dict[str, str]:
+    """Make ``model_dir`` (a build of this module) the packaged model, with its checksums."""
+    if shipped_dir.exists():
+        shutil.rmtree(shipped_dir)
+    shutil.copytree(
+        model_dir, shipped_dir, ignore=shutil.ignore_patterns(CHECKSUMS, COMPLETE_MARKER), copy_function=shutil.copyfile
+    )
+    shipped_dir.chmod(0o755)  # a package folder, not the build's private temporary one
+    sums = checksums(shipped_dir)
+    (shipped_dir / CHECKSUMS).write_text("".join(f"{d}  {n}\n" for n, d in sums.items()), encoding="utf-8")
+    return sums
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m grpo_trainer.embedded.tinymodel",
+        description="Build the embedded default's tiny model from its recipe (minutes of CPU).",
+    )
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--ship", action="store_true", help=f"rebuild it and write it into {SHIPPED_DIR}")
+    action.add_argument("--verify", action="store_true", help="rebuild it and compare with the shipped files")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    spec = TinyModelSpec(warm_start_steps=DEFAULT_WARM_START_STEPS)
+    with tempfile.TemporaryDirectory() as tmp:
+        built = _build(spec, Path(tmp) / "model")
+        if args.ship:
+            sums = ship(built)
+            logger.info("shipped", extra={"dir": str(SHIPPED_DIR), "key": spec.key(), "files": len(sums)})
+            return 0
+        ok = shipped_model(spec) is not None and checksums(built) == _read_checksums(SHIPPED_DIR)
+        logger.info("verified" if ok else "the shipped model differs from a fresh build", extra={"key": spec.key()})
+        return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
