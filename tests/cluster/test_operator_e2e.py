@@ -24,6 +24,7 @@ import pytest
 import yaml
 from controlplane import ControlPlane, wait_until
 
+from grpo_trainer.contract.progress import Progress
 from support.cluster_jobs import (
     CHART,
     RESTRICTED,
@@ -185,13 +186,10 @@ def test_papillon_job_runs_reports_progress_and_succeeds(
         "Progress",
         (_Progress,),
         {
-            "document": {
-                "step": 7,
-                "max_steps": 500,
-                "train_reward": 0.42,
-                "val_score": 0.5,
-                "adapter_version": "policy-v7",
-            }
+            # the trainer's own document (grpo_trainer.contract.progress), as its /progress serves it
+            "document": Progress(
+                job="papillon", step=7, max_steps=500, reward_mean=0.42, val_score=0.5, adapter_version="policy-v7"
+            ).model_dump(mode="json")
         },
     )
     server = ThreadingHTTPServer((trainer["status"]["podIP"], port), handler)

@@ -21,7 +21,8 @@ PORT_NAME = "http"
 def inference_pod(job: Job, settings: OperatorSettings, attempt: int) -> dict[str, Any]:
     spec = job.spec
     options = spec.inference
-    server = vllm_command(resolved(job, settings).vllm)
+    run = resolved(job, settings)
+    server = vllm_command(run.vllm)
     container: dict[str, Any] = {
         "name": "vllm",
         "image": options.image or settings.inference_image,
@@ -34,7 +35,7 @@ def inference_pod(job: Job, settings: OperatorSettings, attempt: int) -> dict[st
             "timeoutSeconds": 3,
             "failureThreshold": 3,
         },
-        "resources": resources(options, spec.train_kwargs.num_inference_gpus),
+        "resources": resources(options, run.inference_gpus),
     }
     pull = options.image_pull_policy or settings.image_pull_policy
     if pull:
