@@ -67,16 +67,27 @@ def is_true(ctype: str) -> Callable[[Job], bool]:
 
 
 def wait_job(cp: ControlPlane, ns: str, name: str, pred: Callable[[Job], Any], what: str, timeout: float = 30) -> Job:
-    """Poll the job until ``pred`` holds; on timeout, say which conditions it had last."""
+    """Poll the job until ``pred`` holds; on timeout, say which conditions it had last.
+
+    A job that has failed (Failed=True, terminal) while ``pred`` does not hold ends the wait at
+    once: a broken run fails the test in seconds, not after the whole timeout of a slow test.
+    """
     last: Job = {}
+    failed: list[dict[str, Any]] = []
 
     def check() -> Job | None:
         last.clear()
         last.update(get_job(cp, ns, name))
-        return last if pred(last) else None
+        if pred(last):
+            return last
+        failed[:] = [c for c in last.get("status", {}).get("conditions", []) if c["type"] == "Failed" and c["status"] == "True"]
+        return last if failed else None
 
     try:
-        return wait_until(check, timeout=timeout, interval=0.3, what=f"{name} {what}")
+        job = wait_until(check, timeout=timeout, interval=0.3, what=f"{name} {what}")
+        if failed:
+            raise AssertionError(f"{name} failed while waiting for {what}: {failed[0].get('reason')}: {failed[0].get('message')}")
+        return job
     except TimeoutError as exc:
         conditions = [
             (c["type"], c["status"], c["reason"], c.get("message"))

@@ -98,3 +98,17 @@ def test_the_contract_needs_only_the_standard_library_and_pydantic() -> None:
                 assert name.split(".")[0] in allowed, f"{path.name} imports {name}"
                 if name.startswith("grpo_trainer"):
                     assert name.startswith("grpo_trainer.contract"), f"{path.name} imports {name}"
+
+
+def test_every_module_of_both_packages_imports() -> None:
+    """Modules only a subprocess imports (the trainer's entry point, the vLLM wrapper) break here, not in a pod."""
+    code = (
+        "import importlib, pkgutil, grpo_operator, grpo_trainer\n"
+        "for pkg in (grpo_operator, grpo_trainer):\n"
+        "    for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
+        "        if not info.name.endswith('__main__'):\n"
+        "            importlib.import_module(info.name)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=checkout_env(), capture_output=True, text=True, cwd="/")
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from grpo_trainer import exit_codes  # noqa: E402
+from grpo_trainer.contract import exit_codes  # noqa: E402
 from grpo_trainer.contract.config import CONFIG_ENV, TERMINATION_LOG_ENV, TrainerConfig  # noqa: E402
 from grpo_trainer.contract.progress import termination_message  # noqa: E402
 from grpo_trainer.run.logs import configure_logging  # noqa: E402
