@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 BASE_SERVED_NAME = "base"
 LOCAL_HOST = "127.0.0.1"  # where a local run's vLLM listens
 TRAINER_MODULE = "grpo_trainer.run.main"
+LAUNCHER_MODULE = "grpo_trainer.run.launch"  # one rank per training GPU; forwards SIGTERM, keeps exit 75
 
 # Where things are inside the job's pods (grpo_operator.children mounts them there).
 RUN_MOUNT = "/mnt/grpo"
@@ -146,13 +147,10 @@ def max_loras(spec: GRPOJobSpec) -> int:
 
 
 def trainer_command(num_gpus: int, config_path: str = CONFIG_PATH, python: str = "python") -> list[str]:
-    """torchrun with one process per GPU; a plain process for one GPU or CPU."""
+    """The launcher with one process per GPU (not torchrun: see grpo_trainer.run.launch); one process otherwise."""
     if num_gpus <= 1:
         return [python, "-m", TRAINER_MODULE, "--config", config_path]
-    return [
-        python, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", str(num_gpus),
-        "-m", TRAINER_MODULE, "--config", config_path,
-    ]  # fmt: skip
+    return [python, "-m", LAUNCHER_MODULE, "--nproc", str(num_gpus), TRAINER_MODULE, "--config", config_path]
 
 
 def gpu_split(spec: GRPOJobSpec, target: Target) -> tuple[int, int]:

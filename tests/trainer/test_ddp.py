@@ -1,4 +1,4 @@
-"""Data parallelism: 2 CPU processes (torchrun, gloo) train exactly like 1 process.
+"""Data parallelism: 2 CPU processes (the trainer pod's launcher, gloo) train exactly like 1 process.
 
 The same global batch either way: one process accumulates 4 micro-batches of 2,
 two processes accumulate 2 micro-batches of 2 each (both 8 samples per optimizer
@@ -11,7 +11,7 @@ gradient: AdamW divides by sqrt(v), which turns the float noise of a different
 summation order (~1e-7 relative) on near-zero gradient entries into weight
 differences of ~1e-5 that say nothing about the data parallelism under test.
 
-This file is also the worker script torchrun runs (``python test_ddp.py --out``).
+This file is also the worker script the launcher runs (``python test_ddp.py --out``).
 """
 
 from __future__ import annotations
@@ -118,11 +118,10 @@ def _worker(out: Path) -> None:
 
 def test_two_processes_train_like_one(tmp_path: Path) -> None:
     out = tmp_path / "ddp.pt"
-    torchrun_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-    env = {k: v for k, v in os.environ.items() if k not in torchrun_vars}
+    rank_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in rank_vars}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__,
-         "--out", str(out)],
+        [sys.executable, "-m", "grpo_trainer.run.launch", "--nproc", "2", __file__, "--out", str(out)],
         cwd=tmp_path,
         env=env,
         capture_output=True,

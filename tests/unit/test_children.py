@@ -65,9 +65,8 @@ def test_papillon_pods_get_the_tutorials_gpu_counts():
 
 def test_trainer_runs_one_process_per_gpu():
     cmd = container(trainer_pod(make_job(), SETTINGS, 0))["command"]  # the seed: 3 training GPUs
-    assert cmd[:3] == ["python", "-m", "torch.distributed.run"]  # torchrun
-    assert cmd[cmd.index("--nproc-per-node") + 1] == "3"
-    assert cmd[cmd.index("--nproc-per-node") + 2 :] == ["-m", "grpo_trainer.run.main", "--config", "/etc/grpo/config.json"]
+    assert cmd[:3] == ["python", "-m", "grpo_trainer.run.launch"]  # the launcher that keeps exit 75 (not torchrun)
+    assert cmd[3:] == ["--nproc", "3", "grpo_trainer.run.main", "--config", "/etc/grpo/config.json"]
     assert trainer_command(1) == ["python", "-m", "grpo_trainer.run.main", "--config", "/etc/grpo/config.json"]
     assert trainer_command(0)[0] == "python"
 

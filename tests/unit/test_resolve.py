@@ -119,7 +119,7 @@ def test_a_local_machine_splits_its_gpus_vllm_first() -> None:
     assert (run.training_gpus, run.inference_gpus) == (3, 1)
     assert run.vllm.extra_env["CUDA_VISIBLE_DEVICES"] == "0"
     assert run.trainer_env["CUDA_VISIBLE_DEVICES"] == "1,2,3"
-    assert run.trainer_argv[run.trainer_argv.index("--nproc-per-node") + 1] == "3"
+    assert run.trainer_argv[run.trainer_argv.index("--nproc") + 1] == "3"
     assert run.config.device == "cuda" and run.vllm.device == "gpu"
 
 
@@ -132,7 +132,7 @@ def test_a_machine_without_gpus_runs_the_seed_on_its_cpu() -> None:
     run = resolve("j", seed_spec(), local_target(Path("/x"), gpus=0))
     assert (run.training_gpus, run.inference_gpus) == (0, 0)
     assert run.config.device == "cpu" and run.vllm.device == "cpu"
-    assert "CUDA_VISIBLE_DEVICES" not in run.trainer_env and "torch.distributed.run" not in run.trainer_argv
+    assert "CUDA_VISIBLE_DEVICES" not in run.trainer_env and "grpo_trainer.run.launch" not in run.trainer_argv
 
 
 def test_the_pods_render_the_resolution() -> None:

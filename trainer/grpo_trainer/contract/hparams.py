@@ -171,6 +171,13 @@ class TrainKwargs(LibraryKwargs):
     log_completions: bool = Field(False, description="Write every completion and reward as JSONL on the volume.")
     logging_steps: int = Field(1, ge=1, description="Log metrics every N steps.")
     lora_config: LoraConfig = nested(LoraConfig, "PEFT LoRA configuration of the trained adapter.")
+    ddp_timeout: int = Field(
+        1800,
+        ge=10,
+        le=86400,
+        description="Seconds a collective between the training processes may take (transformers' ddp_timeout). "
+        "The processes' wait for the main one (vLLM start, validation, rollouts) has no such limit.",
+    )
     num_training_gpus: int = Field(
         1, ge=0, le=64, description="GPUs of the trainer pod; one data-parallel process each (0: CPU)."
     )

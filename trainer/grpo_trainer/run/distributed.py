@@ -1,8 +1,14 @@
-"""Data-parallel context from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK).
+"""Data-parallel context from the launcher's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*).
 
-One process per training GPU (nccl) or per CPU worker (gloo). Without WORLD_SIZE
-the trainer is a single process and every collective here is a no-op, so the same
-code runs under torchrun, in the local runner and in tests.
+One process per training GPU (nccl) or per CPU worker (gloo), started by
+:mod:`grpo_trainer.run.launch` (or torchrun). Without WORLD_SIZE the trainer is a
+single process and every collective here is a no-op, so the same code runs under
+the launcher, in the local runner and in tests.
+
+Collectives time out after ``train_kwargs.ddp_timeout``. The long waits of the
+other ranks on the main one (vLLM starting, the baseline validation, a step's
+rollouts) are not collectives: :func:`wait_for_main` waits on the group's store
+without that limit, so a slow cold start cannot trip the collective watchdog.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Optional, TypeVar
 
 import torch
 import torch.distributed as torch_dist
@@ -19,6 +25,10 @@ import torch.distributed as torch_dist
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# How long the other ranks wait for the main rank at a step boundary: no practical limit.
+# If the main rank dies instead, the launcher ends the others at once.
+MAIN_RANK_WAIT = timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -29,6 +39,7 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    store: Optional[torch_dist.Store] = None  # the group's key-value store (distributed runs only)
 
     @property
     def is_main(self) -> bool:
@@ -56,15 +67,37 @@ def init_distributed(device: str = "auto", timeout_seconds: float = 1800.0) -> D
         dev = torch.device("cpu")
     if world_size <= 1:
         return DistContext(device=dev)
+    timeout = timedelta(seconds=timeout_seconds)
+    # Under the launcher (and torchrun) the store is the launcher's own; every rank is its client.
+    hosts_store = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+    store = torch_dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=hosts_store, timeout=timeout
+    )
     if not torch_dist.is_initialized():
         torch_dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
+            store=torch_dist.PrefixStore("process-group", store),
             rank=rank,
             world_size=world_size,
-            timeout=timedelta(seconds=timeout_seconds),
+            timeout=timeout,
         )
     log.info("joined process group", extra={"rank": rank, "world_size": world_size, "device": str(dev)})
-    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, store=store)
+
+
+def wait_for_main(ctx: DistContext, point: str) -> None:
+    """All ranks call this at the same point: the main rank marks it reached, the others wait until it has.
+
+    Called before a collective the main rank may reach much later than the others
+    (it alone talks to vLLM), so their wait is on the store, not in the collective.
+    """
+    if not ctx.is_distributed or ctx.store is None:
+        return
+    key = f"main-reached/{point}"
+    if ctx.is_main:
+        ctx.store.set(key, "1")
+    else:
+        ctx.store.wait([key], MAIN_RANK_WAIT)
 
 
 def shutdown(ctx: DistContext) -> None:

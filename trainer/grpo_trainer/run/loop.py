@@ -36,7 +36,7 @@ from grpo_trainer.grpo.rollout import ExampleSampler, PolicyCallError, Rollout, 
 from grpo_trainer.grpo.samples import TrainSample
 from grpo_trainer.grpo.update import UpdateStats, train_on_samples
 from grpo_trainer.run.checkpoint import CheckpointManager, TrainingState, capture_rng
-from grpo_trainer.run.distributed import DistContext, broadcast_object
+from grpo_trainer.run.distributed import DistContext, broadcast_object, wait_for_main
 from grpo_trainer.run.progress_board import ProgressBoard
 from grpo_trainer.run.progress_server import ProgressServer, TrainerMetrics
 from grpo_trainer.run.stopflag import StopFlag
@@ -434,6 +434,7 @@ class GRPORun:
                         sampled = self._next_step(self.sampling, step + 1)
                         plan, info = sampled.plan, sampled.info
                 if self.dist.is_distributed:
+                    wait_for_main(self.dist, f"plan-{step + 1}")
                     plan = broadcast_object(plan, self.dist)
                 if isinstance(plan, str) or plan is None:
                     break

@@ -1,7 +1,7 @@
-"""Entry point of the trainer process (one per GPU under torchrun).
+"""Entry point of the trainer process (one per training GPU under the launcher).
 
     python -m grpo_trainer.run.main --config /etc/grpo/config.json
-    torchrun --nproc-per-node 3 -m grpo_trainer.run.main --config ...
+    python -m grpo_trainer.run.launch --nproc 3 grpo_trainer.run.main --config ...
 
 Exit status: 0 when the run finished, 75 (EX_TEMPFAIL) when a signal stopped it
 after a checkpoint before the last step (a rerun resumes), 1 when it failed
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from grpo_trainer.run.distributed import init_distributed, shutdown
     from grpo_trainer.run.loop import GRPORun
 
-    dist = init_distributed(cfg.device)
+    dist = init_distributed(cfg.device, timeout_seconds=cfg.train.ddp_timeout)
     run = GRPORun(cfg, dist, stop)
     try:
         phase = run.run()
