@@ -4,7 +4,8 @@ What torchrun got wrong for a pod, checked here with three CPU ranks:
 
 * SIGTERM reaches every rank once and the launcher waits for their checkpoints,
   however long they take, then exits 75 (torchrun: SIGKILL after 30 s, exit 1);
-* a rank that dies ends the attempt at once: the others are killed, exit 1;
+* a rank that dies ends the attempt at once: the others are killed, exit 1; a
+  killed launcher takes its ranks with it;
 * ranks wait for a main rank that is late (vLLM starting, validation) on the store,
   not in a collective: a broadcast reached 3x later than ``ddp_timeout`` still works.
 
@@ -67,6 +68,28 @@ def test_sigterm_lets_every_rank_checkpoint_and_the_pod_exits_75(tmp_path: Path)
         assert (tmp_path / f"rank-{rank}.checkpointed").exists(), f"rank {rank} was cut off before its checkpoint"
 
 
+def test_a_killed_launcher_leaves_no_rank_behind(tmp_path: Path) -> None:
+    proc = launch("stop", tmp_path)
+    ready = [tmp_path / f"rank-{r}.ready" for r in range(RANKS)]
+    wait_for(ready, proc)
+    pids = [int(p.read_text()) for p in ready]
+    proc.kill()  # outside a container nothing else would reap the ranks
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"ranks outlived their launcher: {[p for p in pids if alive(p)]}"
+        time.sleep(0.1)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] if Path(f"/proc/{pid}").exists() else "X"
+    return status != "Z"  # a zombie has exited
+
+
 def test_a_dead_rank_ends_the_attempt_at_once(tmp_path: Path) -> None:
     proc = launch("die", tmp_path)
     output, _ = proc.communicate(timeout=120)
@@ -102,7 +125,7 @@ def _rank_stop(out: Path, rank: int) -> int:
 
     stop = StopFlag()
     signal.signal(signal.SIGTERM, record)
-    (out / f"rank-{rank}.ready").touch()
+    (out / f"rank-{rank}.ready").write_text(str(os.getpid()))
     while not stop.requested:
         time.sleep(0.05)
     time.sleep(SLOW_CHECKPOINT_SECONDS)

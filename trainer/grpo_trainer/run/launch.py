@@ -25,9 +25,11 @@ the main rank waits for vLLM and validates (``distributed.wait_for_main``).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 
 STORE_HOST = "127.0.0.1"  # one pod, one node: the ranks and the store share the loopback
 POLL_SECONDS = 0.2
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
@@ -68,6 +71,19 @@ def worker_env(rank: int, nproc: int, port: int, base: dict[str, str]) -> dict[s
         # The store is the launcher's: ranks (rank 0 included) connect to it as clients.
         "TORCHELASTIC_USE_AGENT_STORE": "True",
     }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((STORE_HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the launcher dies (a SIGKILLed launcher outside a
+    container, e.g. under grpo-local, must not leave ranks behind holding memory and the port)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def verdict(codes: list[int]) -> int:
@@ -107,19 +123,22 @@ class Launcher:
                 w.proc.kill()
 
     def run(self) -> int:
-        from torch.distributed import TCPStore  # here: `--help` and the tests of verdict() need no torch
-
-        store = TCPStore(STORE_HOST, 0, self.nproc, is_master=True, wait_for_workers=False)
+        # The ranks start before the store (they retry connecting until it listens): the fork
+        # happens while this process has one thread, so preexec_fn is safe here.
+        port = free_port()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._forward)
         base = dict(os.environ)
         for rank in range(self.nproc):
             # Own session: a terminal's Ctrl-C reaches the workers once, through the launcher.
-            env = worker_env(rank, self.nproc, store.port, base)
-            proc = subprocess.Popen(self.argv, env=env, start_new_session=True)
+            env = worker_env(rank, self.nproc, port, base)
+            proc = subprocess.Popen(self.argv, env=env, start_new_session=True, preexec_fn=_die_with_parent)
             self.workers.append(Worker(rank, proc))
             for signum in self.forwarded:  # a signal that came while the ranks were starting
                 proc.send_signal(signum)
+        from torch.distributed import TCPStore  # here: `--help` and the tests of verdict() need no torch
+
+        store = TCPStore(STORE_HOST, port, self.nproc, is_master=True, wait_for_workers=False)
         log.info("started %d ranks", self.nproc, extra={"store_port": store.port, "argv": self.argv})
         ok = (None, exit_codes.DONE, exit_codes.INTERRUPTED)
         killed = False
