@@ -15,6 +15,11 @@ apply`` to a trained adapter through the very pod specs a cluster would get:
   this machine's Python environment first on ``PATH`` (here the trainer image and
   the vLLM CPU build are that environment); processes run as the test's user (uid
   0), not ``runAsUser``; no cgroup limits, no liveness probes.
+* **GPUs** (``gpus=N``) are advertised, not real: the scheduler counts them, and a
+  container that requests ``nvidia.com/gpu`` runs on the CPU. The trainer is told so
+  with ``$GRPO_TRAINER_DEVICE=cpu`` (on a GPU node it would see the devices); a vLLM
+  container is the CPU build whatever it asked for, so a job for this node passes the
+  CPU build's flags in ``inference.extraArgs``.
 * **Network:** the host's. Each pod gets its own loopback address
   (``127.103.0.0/16``) as ``status.podIP``; its processes listen on all addresses.
   The container's ``/etc/hosts`` maps every Service of its namespace to 127.0.0.1 --
@@ -57,6 +62,10 @@ from pathlib import Path
 from typing import Any
 
 from controlplane import ControlPlane, wait_until
+
+from grpo_trainer.contract.config import DEVICE_ENV
+
+GPU_RESOURCE = "nvidia.com/gpu"
 
 NODE_LABEL = "grpo.test/process-node"
 TAINT = {"key": NODE_LABEL, "value": "true", "effect": "NoSchedule"}
@@ -275,9 +284,11 @@ class ProcessNode:
         image_env: Mapping[str, str] | None = None,
         cpu: str = "16",
         memory: str = "24Gi",
+        gpus: int = 0,
     ) -> None:
         """``image``: directories the containers' programs need besides this Python environment
-        (e.g. the checkout's source folders). ``image_env``: the image's own environment (a
+        (e.g. the checkout's source folders). ``gpus``: ``nvidia.com/gpu`` the node advertises
+        (see "GPUs" in the module docstring). ``image_env``: the image's own environment (a
         Dockerfile's ENV), under each container's; by default this process's PYTHONPATH, which
         puts the checkout's packages where an image has its site-packages."""
         self.cp = cp
@@ -289,6 +300,8 @@ class ProcessNode:
             image_env = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
         self.image_env = dict(image_env)
         self.capacity = {"cpu": cpu, "memory": memory, "pods": "20", "ephemeral-storage": "100Gi"}
+        if gpus:
+            self.capacity[GPU_RESOURCE] = str(gpus)
         self._pods: dict[str, Pod] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -717,6 +730,8 @@ class ProcessNode:
 
     def _env(self, pod: Pod, obj: dict[str, Any], spec: dict[str, Any]) -> dict[str, str]:
         env = {"PATH": f"{self.bin_dir}:{SYSTEM_PATH}", **self.image_env, "HOSTNAME": pod.name}
+        if GPU_RESOURCE in (spec.get("resources") or {}).get("limits", {}):
+            env[DEVICE_ENV] = "cpu"  # the fake GPUs: a trainer that asked for them trains on the CPU
         for source in spec.get("envFrom", []):
             ref = source.get("configMapRef") or source.get("secretRef")
             kind = "configmaps" if "configMapRef" in source else "secrets"
@@ -860,8 +875,10 @@ class ProcessNode:
 
 
 @contextlib.contextmanager
-def process_node(cp: ControlPlane, name: str, work_dir: Path, image: Iterable[Path] = ()) -> Iterator[ProcessNode]:
-    node = ProcessNode(cp, name, work_dir, image=image).start()
+def process_node(
+    cp: ControlPlane, name: str, work_dir: Path, image: Iterable[Path] = (), gpus: int = 0
+) -> Iterator[ProcessNode]:
+    node = ProcessNode(cp, name, work_dir, image=image, gpus=gpus).start()
     try:
         yield node
     finally:

@@ -10,16 +10,26 @@ kube-controller-manager, the model and data claims, the ConfigMap), env and
 read-only root filesystem. The operator reads the real trainer's /progress into
 the job's status.
 
-Fakes, and why: CPU instead of GPUs (the job asks for 0 GPUs; there is none
-here), and the images' contents are this machine's Python environment (no
-container runtime here; processnode.py says what else a process node is not).
-The job is the embedded default (a tiny model, the bundled PII data), so the run
-takes minutes.
+The job asks for the seed's GPUs (3 training + 1 inference): the trainer runs as
+three data-parallel ranks under the pod's launcher (gloo), so the faults below hit a
+multi-process trainer: one rank SIGKILLed (the OOM killer's choice) ends the attempt
+and the next resumes from the last checkpoint; SIGTERM to the container makes every
+rank checkpoint and the pod exit 75 ("interrupted", not a failure). The collective
+timeout is 10 s while vLLM takes far longer to start and the main rank validates:
+the other ranks wait for it on the launcher's store, not in a collective.
+
+Fakes, and why: the GPUs are advertised by the process node, not real (there is
+none here): the ranks and vLLM (its CPU build, given the CPU build's flags in
+``inference.extraArgs``) run on the CPU; the images' contents are this machine's
+Python environment (no container runtime here; processnode.py says what else a
+process node is not). The job is the embedded default (a tiny model, the bundled
+PII data), so the run takes minutes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import urllib.request
 import uuid
@@ -39,6 +49,7 @@ from support.chart import helm_install, start_operator_like_deployment
 from support.checkout import SOURCE_DIRS
 from support.cluster_jobs import RESTRICTED, cond, get_job, is_true, wait_job
 from support.operator import OperatorProcess, free_port
+from support.ranks import alive, rank_pids
 
 pytestmark = [pytest.mark.cluster, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(2400)]
 
@@ -47,6 +58,8 @@ STEPS = 5
 KILL_TRAINER_AT = 2  # completed steps (and checkpoints) when the trainer is killed
 INTERRUPT_TRAINER_AT = 3  # ... when its container gets SIGTERM (the pod is not deleted)
 KILL_VLLM_AT = 4
+TRAINING_GPUS, INFERENCE_GPUS = 3, 1  # the seed's
+COLLECTIVE_TIMEOUT = 10  # trainKwargs.ddp_timeout: far below vLLM's start-up and a validation here
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -63,7 +76,8 @@ def job_ns(control_plane: ControlPlane) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def node(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessNode]:
     # the project's packages: this checkout's source folders stand in for the image's site-packages
-    with process_node(control_plane, "cpu-node-0", tmp_path_factory.mktemp("cpu-node-0"), SOURCE_DIRS) as n:
+    gpus = TRAINING_GPUS + INFERENCE_GPUS
+    with process_node(control_plane, "cpu-node-0", tmp_path_factory.mktemp("cpu-node-0"), SOURCE_DIRS, gpus=gpus) as n:
         yield n
     assert not n.errors, n.errors
 
@@ -137,9 +151,20 @@ def job_document(model_dir: Path) -> dict[str, Any]:
     # This test is about the path, not the learning: half the default's rollouts, a validation at the end only.
     spec["grpo"].update(num_train_steps=STEPS, num_steps_for_val=STEPS, num_samples_per_input=4)
     spec["data"]["validation"]["limit"] = 16
+    spec["trainKwargs"].update(
+        num_training_gpus=TRAINING_GPUS, num_inference_gpus=INFERENCE_GPUS, ddp_timeout=COLLECTIVE_TIMEOUT
+    )
     placement = {"nodeSelector": {NODE_LABEL: "true"}, "tolerations": [TOLERATION]}
     spec["trainer"] = dict(placement)
-    spec["inference"] = dict(placement)
+    # The vLLM pod asks for a GPU; the process node runs the CPU build, which needs what
+    # grpo-local gives it on a CPU: whole prefills for seeded requests, a KV cache size, no
+    # thread pinning on a shared machine, and fp32 like the trainer (the served-adapter check).
+    spec["model"]["dtype"] = "float32"
+    spec["inference"] = {
+        **placement,
+        "extraArgs": ["--no-enable-chunked-prefill"],
+        "env": {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"},
+    }
     spec["storage"] = {"size": "1Gi"}
     spec["runPolicy"] = {"backoffLimit": 2}
     return doc
@@ -163,6 +188,12 @@ def log_events(text: str, msg: str) -> list[dict[str, Any]]:
             if doc.get("msg") == msg:
                 out.append(doc)
     return out
+
+
+def trainer_ranks(node: ProcessNode, ns: str, pod: str) -> dict[int, int]:
+    """The trainer container's rank processes: rank -> pid."""
+    (launcher,) = node.pids(ns, pod)
+    return rank_pids(launcher)
 
 
 def http_get(url: str) -> str:
@@ -199,21 +230,25 @@ def test_job_trains_survives_killed_and_stopped_trainer_and_killed_vllm_and_ends
     metrics = http_get(f"http://{trainer_ip}:{operator.env['GRPO_TRAINER_PORT']}/metrics")
     assert "grpo_trainer_step" in metrics, metrics[:2000]
 
-    # --- the trainer dies (SIGKILL, as the OOM killer would) after a checkpoint
+    ranks = trainer_ranks(node, ns, trainer0)
+    assert sorted(ranks) == list(range(TRAINING_GPUS)), ranks  # one process per (advertised) GPU
+
+    # --- one rank dies (SIGKILL, as the OOM killer would) after a checkpoint: the attempt ends
     wait_job(cp, ns, JOB, lambda j: j["status"].get("step", 0) >= KILL_TRAINER_AT, "step 2", timeout=900)
     saved = checkpoints(run_dir)
-    node.kill(ns, trainer0, sig=signal.SIGKILL)
+    os.kill(ranks[1], signal.SIGKILL)
     job = wait_job(cp, ns, JOB, lambda j: j["status"].get("restarts") == 1, "a trainer restart", timeout=120)
     assert job["status"]["trainerPod"] == f"{JOB}-trainer-1"
     (failed,) = [e for e in cp.get_json("events", namespace=ns)["items"] if e["reason"] == "TrainerFailed"]
-    assert f"pod {trainer0} failed, exit code 137" in failed["message"], failed["message"]
+    assert f"pod {trainer0} failed, exit code 1" in failed["message"], failed["message"]
+    assert all(not alive(pid) for pid in ranks.values()), "ranks outlived their attempt"
 
     wait_job(cp, ns, JOB, lambda j: j["status"].get("step", 0) >= INTERRUPT_TRAINER_AT, "step 3", timeout=900)
     resumed = log_events(node.logs(ns, f"{JOB}-trainer-1"), "resumed from checkpoint")
     assert len(resumed) == 1 and resumed[0]["step"] >= max(saved), (resumed, saved)  # at most one step lost
 
-    # --- the trainer's container is stopped (SIGTERM): it checkpoints and exits "interrupted";
-    # the job resumes without spending its backoffLimit
+    # --- the trainer's container is stopped (SIGTERM): every rank checkpoints and the container
+    # exits "interrupted"; the job resumes without spending its backoffLimit
     node.kill(ns, f"{JOB}-trainer-1", sig=signal.SIGTERM)
     job = wait_job(cp, ns, JOB, lambda j: j["status"].get("interruptions") == 1, "an interruption", timeout=300)
     assert job["status"]["restarts"] == 1 and job["status"]["trainerPod"] == f"{JOB}-trainer-2"

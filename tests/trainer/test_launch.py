@@ -25,6 +25,7 @@ import pytest
 
 from grpo_trainer.contract import exit_codes
 from grpo_trainer.run.launch import verdict
+from support.ranks import alive
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -79,15 +80,6 @@ def test_a_killed_launcher_leaves_no_rank_behind(tmp_path: Path) -> None:
     while any(alive(pid) for pid in pids):
         assert time.monotonic() < deadline, f"ranks outlived their launcher: {[p for p in pids if alive(p)]}"
         time.sleep(0.1)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] if Path(f"/proc/{pid}").exists() else "X"
-    return status != "Z"  # a zombie has exited
 
 
 def test_a_dead_rank_ends_the_attempt_at_once(tmp_path: Path) -> None:

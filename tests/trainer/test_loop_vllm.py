@@ -20,14 +20,24 @@ import httpx
 import pytest
 from safetensors.torch import load_file
 
+from grpo_operator.resolve import trainer_command
+from grpo_trainer.contract import exit_codes
 from grpo_trainer.contract.hparams import GRPOArgs, TrainKwargs
+from support.ranks import alive, rank_pids
 from support.vllm import trainer_config_for
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
 def _config(
-    server, run_dir: Path, steps: int, *, threads: int = 4, examples: int = 2, val_every: int = 100, overlap: bool = True
+    server,
+    run_dir: Path,
+    steps: int,
+    *,
+    threads: int = 4,
+    examples: int = 2,
+    val_every: int = 100,
+    overlap: bool = True,
 ) -> Path:
     cfg = trainer_config_for(
         server,
@@ -61,16 +71,17 @@ def _config(
     return path
 
 
-def _start(config: Path, log: Path) -> subprocess.Popen:
+def _start(config: Path, log: Path, ranks: int = 1) -> subprocess.Popen:
+    """The trainer as its pod runs it: one process, or ``ranks`` data-parallel ones under the launcher."""
     env = {**os.environ, "GRPO_LOG_FORMAT": "json", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "grpo_trainer.run.main", "--config", str(config)],
-        stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=config.parent,
-    )
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    cmd = trainer_command(ranks, config_path=str(config), python=sys.executable)  # the pod's command
+    return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=config.parent)
 
 
-def _run(config: Path, log: Path, timeout: float = 900) -> None:
-    proc = _start(config, log)
+def _run(config: Path, log: Path, timeout: float = 900, ranks: int = 1) -> None:
+    proc = _start(config, log, ranks)
     assert proc.wait(timeout=timeout) == 0, log.read_text()[-3000:]
 
 
@@ -126,40 +137,44 @@ def test_three_steps_make_three_served_adapter_versions(vllm_server, tmp_path):
     assert any(float((w1[k] - w3[k]).abs().max()) > 0 for k in w1)
 
 
-@pytest.mark.timeout(1800)  # two 4-step runs: ~1.5 min on a quiet machine, far more on a loaded one
-def test_kill_9_and_resume_gives_the_same_adapter_as_a_straight_run(vllm_server, tmp_path):
-    """4 steps straight vs 2 steps, SIGKILL during step 3, resume to 4: equal weights (1e-6).
+@pytest.mark.timeout(1800)  # two 4-step runs: ~3 min on a quiet machine, far more on a loaded one
+def test_kill_9_of_one_rank_and_resume_gives_the_same_adapter_as_a_straight_run(vllm_server, tmp_path):
+    """3 ranks, 4 steps straight vs 2 steps, SIGKILL of rank 1 during step 3, resume to 4: equal weights (1e-6).
 
-    The resumed run replays a whole step (3) after the restart and one more (4) on the
-    restored optimizer and scheduler state, so both the checkpointed and the state
-    carried past it must match.
-
-    Sequential (no overlap: a prefetched request could share a vLLM batch with a publish's
-    check request, which changes float results) and one rollout at a time (num_threads=1),
-    so vLLM batches are identical in both runs;
-    the resumed run reloads the adapter names of the straight run in place on the
-    shared server, which is harmless exactly when the weights are equal. Both runs
-    log their completions, so a failure shows the first step whose sampling differed.
+    Three data-parallel ranks under the pod's launcher (gloo), as the seed's 3-GPU
+    trainer runs: the dead rank ends the attempt at once (the launcher kills the others
+    and exits 1), and the next attempt resumes every rank from the step-2 checkpoint.
+    It replays a whole step (3) and one more (4) on the restored optimizer, scheduler
+    and RNG states, so both the checkpointed state and the state carried past it must
+    match. Sequential (no overlap: a prefetched request could share a vLLM batch with
+    a publish's check request, which changes float results) and one rollout at a time
+    (num_threads=1), so vLLM batches are identical in both runs; the resumed run reloads
+    the adapter names of the straight run in place on the shared server, which is
+    harmless exactly when the weights are equal. Both runs log their completions, so a
+    failure shows the first step whose sampling differed.
     """
     server = vllm_server
     straight = tmp_path / "straight"
-    _run(_config(server, straight, steps=4, threads=1, examples=1, overlap=False), tmp_path / "straight.log")
+    _run(_config(server, straight, steps=4, threads=1, examples=1, overlap=False), tmp_path / "straight.log", ranks=3)
 
     resumed = tmp_path / "resumed"
     config = _config(server, resumed, steps=4, threads=1, examples=1, overlap=False)
     log = tmp_path / "resumed.log"
-    proc = _start(config, log)
+    proc = _start(config, log, ranks=3)
     marker = resumed / "checkpoints" / "step-2" / "COMPLETE"
     deadline = time.monotonic() + 900
     while not marker.exists():
         assert proc.poll() is None, log.read_text()[-3000:]
         assert time.monotonic() < deadline, "no step-2 checkpoint"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    ranks = rank_pids(proc.pid)
+    assert sorted(ranks) == [0, 1, 2], ranks
+    os.kill(ranks[1], signal.SIGKILL)
+    assert proc.wait(timeout=60) == exit_codes.FAILED, "a dead rank must fail the attempt"
+    assert not any(alive(pid) for pid in ranks.values()), "ranks outlived their attempt"
     assert not (resumed / "checkpoints" / "step-4").exists()
 
-    _run(config, log)
+    _run(config, log, ranks=3)
     assert "resumed from checkpoint" in log.read_text()
     progress = _progress(resumed)
     assert progress["step"] == 4 and progress["phase"] == "done"
@@ -174,7 +189,7 @@ def test_kill_9_and_resume_gives_the_same_adapter_as_a_straight_run(vllm_server,
 
     ours, theirs = completions(straight), completions(resumed)
     # a step the killed process had logged is logged again by the resumed one: compare the last lines
-    differing = [step for step, texts in ours.items() if theirs.get(step, [])[-len(texts):] != texts]
+    differing = [step for step, texts in ours.items() if theirs.get(step, [])[-len(texts) :] != texts]
     assert not differing, f"the runs sampled differently at steps {differing}"
 
     a = load_file(straight / "adapters" / "step-4" / "adapter_model.safetensors")

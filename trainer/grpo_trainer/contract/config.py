@@ -9,6 +9,8 @@ environment variables that hold them.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -24,6 +26,9 @@ CONFIG_ENV = "GRPO_TRAINER_CONFIG"
 # Where the trainer writes its final progress when it exits (the pod's terminationMessagePath).
 TERMINATION_LOG_ENV = "GRPO_TERMINATION_LOG"
 DEFAULT_PORT = 9400
+# Overrides the config's device ("cpu"): set by a node that runs GPU pods on its CPUs (a
+# test cluster's process node, which advertises GPUs it does not have), never by the operator.
+DEVICE_ENV = "GRPO_TRAINER_DEVICE"
 
 
 class _Contract(BaseModel):
@@ -95,5 +100,9 @@ class TrainerConfig(_Contract):
         return self.model_dump_json(indent=2)
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrainerConfig":
-        return cls.model_validate(json.loads(Path(path).read_text(encoding="utf-8")))
+    def load(cls, path: str | Path, environ: Mapping[str, str] = os.environ) -> "TrainerConfig":
+        """The config file, with ``$GRPO_TRAINER_DEVICE`` (when set) as its device."""
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        if environ.get(DEVICE_ENV):
+            doc["device"] = environ[DEVICE_ENV]
+        return cls.model_validate(doc)

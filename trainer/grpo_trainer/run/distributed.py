@@ -59,6 +59,13 @@ def init_distributed(device: str = "auto", timeout_seconds: float = 1800.0) -> D
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            "the job asks for training GPUs (trainKwargs.num_training_gpus) but torch sees no CUDA device: "
+            f"torch {torch.__version__} is built for CUDA {torch.version.cuda}, which needs an NVIDIA driver that "
+            "supports it (CUDA 13: driver >= 580; see the README's GPU requirements for images built for CUDA 12), "
+            "the NVIDIA container runtime and the device plugin on the node"
+        )
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
         torch.cuda.set_device(local_rank)

@@ -381,6 +381,9 @@ class GRPORun:
         return gathered
 
     def _checkpoint(self, step: int) -> None:
+        # The main rank publishes the adapter (waiting out a vLLM restart) and validates
+        # before it gets here; the others wait on the store, not in the gather.
+        wait_for_main(self.dist, f"checkpoint-{step}")
         rngs = self._gather_rng()  # every rank takes part
         if not self.dist.is_main:
             return
