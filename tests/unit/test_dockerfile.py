@@ -102,7 +102,7 @@ def test_trainer_image_has_a_c_compiler_for_triton():
 
 
 def test_torch_comes_from_a_chosen_index_at_the_locks_version():
-    args = dict(re.findall(r"^ARG (\w+)=(\S+)", DOCKERFILE, re.M))
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)", DOCKERFILE, re.MULTILINE))
     assert args["TORCH_INDEX_URL"] == "https://pypi.org/simple"
     # the driver each choice needs is written next to it
     assert re.search(r"driver >= 580", DOCKERFILE) and "download.pytorch.org/whl/cu126" in DOCKERFILE
