@@ -158,7 +158,7 @@ def test_a_job_setting_an_operator_variable_is_rejected_naming_it(name: str) -> 
         with pytest.raises(InvalidJob) as err:
             parse_job(seed(**{pod_field: {"env": [{"name": name, "value": "x"}]}}))
         (problem,) = err.value.problems
-        assert problem.startswith(f"spec.{pod_field}.env: {name} is set by the operator; remove it"), problem
+        assert problem.startswith(f"spec.{pod_field}.env[0].name: {name} is set by the operator; remove it"), problem
 
 
 def test_a_local_run_reads_secret_backed_variables_from_its_environment(monkeypatch: pytest.MonkeyPatch) -> None:

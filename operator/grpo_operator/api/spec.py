@@ -354,6 +354,16 @@ class Resources(ApiModel):
     )
 
 
+def _cel_list(names: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{n}'" for n in names) + "]"
+
+
+_ENV_FIX = (
+    "is set by the operator; remove it (API keys: untrustedModel/judge apiKeySecretRef; "
+    "the hub token: model.hub.tokenSecretRef; GPUs: trainKwargs)"
+)
+
+
 class KeyRef(ApiModel):
     """One key of a Secret or ConfigMap in the job's namespace."""
 
@@ -377,6 +387,15 @@ class EnvVar(ApiModel):
     value: Optional[str] = Field(None, max_length=32768, description="A literal, non-secret value.")
     value_from: Optional[EnvVarSource] = Field(None, description="Read the value from a Secret or ConfigMap key.")
     rules = (
+        Rule(
+            cel=f"!(self.name in {_cel_list(OPERATOR_ENV_NAMES)})",
+            message=f"the name {_ENV_FIX}",
+            # per entry, so the message can name it (a filter over the list costs too much CEL budget)
+            message_expression=f"self.name + ' {_ENV_FIX}'",
+            check=lambda e: e.name not in OPERATOR_ENV_NAMES,
+            describe=lambda e: f"{e.name} {_ENV_FIX}",
+            field="name",
+        ),
         Rule(
             cel="!(has(self.value) && has(self.valueFrom))",
             message="set value or valueFrom, not both",
@@ -406,21 +425,6 @@ class PullSecretRef(ApiModel):
     """A docker-registry Secret in the job's namespace."""
 
     name: str = Field(..., max_length=253, pattern=DNS_SUBDOMAIN, description="Secret name (kubernetes.io/dockerconfigjson).")
-
-
-def _cel_list(names: tuple[str, ...]) -> str:
-    return "[" + ", ".join(f"'{n}'" for n in names) + "]"
-
-
-_OPERATOR_ENV_CEL = _cel_list(OPERATOR_ENV_NAMES)
-_ENV_FIX = (
-    "is set by the operator; remove it (API keys: untrustedModel/judge apiKeySecretRef; "
-    "the hub token: model.hub.tokenSecretRef; GPUs: trainKwargs)"
-)
-
-
-def _operator_names_in(options: PodOptions) -> list[str]:
-    return [e.name for e in options.env if e.name in OPERATOR_ENV_NAMES]
 
 
 class PodOptions(ApiModel):
@@ -475,18 +479,6 @@ class PodOptions(ApiModel):
         default_factory=dict, description="Extra pod annotations.", json_schema_extra={"maxProperties": 64}
     )
     labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.", json_schema_extra={"maxProperties": 64})
-    rules = (
-        Rule(
-            cel=f"!has(self.env) || self.env.all(e, !(e.name in {_OPERATOR_ENV_CEL}))",
-            message=f"a name {_ENV_FIX}",
-            message_expression=(
-                f"self.env.filter(e, e.name in {_OPERATOR_ENV_CEL}).map(e, e.name).join(', ') + ' {_ENV_FIX}'"
-            ),
-            check=lambda o: not _operator_names_in(o),
-            describe=lambda o: f"{', '.join(_operator_names_in(o))} {_ENV_FIX}",
-            field="env",
-        ),
-    )
 
     @field_validator("env")
     @classmethod
@@ -553,7 +545,7 @@ _HUB_TOKENS: tuple[tuple[str, str], ...] = (
     ),
 )
 _ONE_HUB_TOKEN_CEL = " && ".join(
-    f"(!({a_has}) || !({b_has}) || {a} == {b})"
+    f"(!({a_has}) || !({b_has}) || ({a}.name == {b}.name && {a}.key == {b}.key))"
     for i, (a_has, a) in enumerate(_HUB_TOKENS)
     for b_has, b in _HUB_TOKENS[i + 1 :]
 )
