@@ -10,13 +10,25 @@ Pure: no I/O, nothing imported beyond the API models and the trainer's contract.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
-from grpo_operator.api.spec import DatasetSource, ExternalLM, GRPOJobSpec, VolumeSource
+from grpo_operator.api.spec import (
+    DatasetSource,
+    EnvFromSource,
+    EnvVar,
+    ExternalLM,
+    GRPOJobSpec,
+    PodOptions,
+    VolumeSource,
+    hub_tokens,
+)
 from grpo_trainer.contract.config import (
     CONFIG_ENV,
+    HF_TOKEN_ENV,
     JUDGE_API_KEY_ENV,
+    TERMINATION_LOG_ENV,
     UNTRUSTED_API_KEY_ENV,
     DataSpec,
     LMEndpoint,
@@ -39,14 +51,34 @@ CONFIG_KEY = "config.json"
 CONFIG_PATH = f"{CONFIG_MOUNT}/{CONFIG_KEY}"
 MODEL_MOUNT = "/models"
 DATA_MOUNT = "/datasets"
+HOME = "/home/grpo"  # an emptyDir: the root filesystem is read-only
+TERMINATION_LOG = "/dev/termination-log"  # the kubelet's default terminationMessagePath
+CACHE_ROOT = f"{RUN_MOUNT}/.cache"
+GPU_RESOURCE = "nvidia.com/gpu"
+# vLLM serves GET /health; so does the trainer's progress server (grpo_trainer.run.progress_server).
+HEALTH_PATH = "/health"
+DEFAULT_STARTUP_SECONDS = 1800  # model download + load; a 1.5B model takes a few minutes, a 70B one far longer
 
-# Environment every trainer gets unless the job sets it: litellm's price-map download costs
-# ~7 s of retries per process offline; tokenizers' threads fight DSPy's; logs must not lag.
+# Environment every trainer gets (the API refuses these names in spec.trainer.env): litellm's
+# price-map download costs ~7 s of retries per process offline; tokenizers' threads fight
+# DSPy's; logs must not lag.
 TRAINER_ENV_DEFAULTS = {
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",
     "TOKENIZERS_PARALLELISM": "false",
     "PYTHONUNBUFFERED": "1",
 }
+
+
+@dataclass(frozen=True)
+class EnvRef:
+    """A variable whose value a pod reads from a Secret or ConfigMap key; a local run reads it from its environment."""
+
+    name: str
+    kind: Literal["secret", "configMap"]
+    source: str  # the Secret's or ConfigMap's name
+    key: str
+    optional: bool
+    field: str  # where the job asks for it, for messages: spec.judge.apiKeySecretRef
 
 
 class UnplaceableJob(ValueError):
@@ -119,6 +151,9 @@ class ResolvedJob:
     trainer_env: dict[str, str]
     training_gpus: int
     inference_gpus: int
+    # Variables read from Secret/ConfigMap keys (API keys, the hub token, the user's valueFrom entries).
+    trainer_env_refs: tuple[EnvRef, ...]
+    inference_env_refs: tuple[EnvRef, ...]
 
 
 def mounted(mount: str, volume: Optional[VolumeSource], path: str) -> str:
@@ -250,18 +285,69 @@ def vllm_server(spec: GRPOJobSpec, target: Target, inference_gpus: int) -> VLLMS
         python=target.vllm_python,
         extra_args=tuple(spec.inference.extra_args),
         extra_env={
-            **spec.inference.env,
+            **literal_env(spec.inference.env),
             **(_visible_devices(0, inference_gpus) if isinstance(target, LocalTarget) else {}),
         },
     )
 
 
+def literal_env(env: list[EnvVar]) -> dict[str, str]:
+    """The user's variables with a literal value (valueFrom ones are :class:`EnvRef`)."""
+    return {e.name: e.value or "" for e in env if e.value_from is None}
+
+
+def _user_refs(env: list[EnvVar], where: str) -> list[EnvRef]:
+    refs = []
+    for i, var in enumerate(env):
+        source = var.value_from
+        if source is None:
+            continue
+        key_ref = source.secret_key_ref or source.config_map_key_ref
+        assert key_ref is not None  # exactly one (rule in EnvVarSource)
+        kind: Literal["secret", "configMap"] = "secret" if source.secret_key_ref is not None else "configMap"
+        refs.append(EnvRef(var.name, kind, key_ref.name, key_ref.key, key_ref.optional, f"{where}.env[{i}].valueFrom"))
+    return refs
+
+
+def env_refs(spec: GRPOJobSpec) -> tuple[tuple[EnvRef, ...], tuple[EnvRef, ...]]:
+    """(trainer, vLLM) variables from Secret/ConfigMap keys. Secret values never reach a config file.
+
+    Both pods get the model's hub token (both download it); the trainer alone the data
+    sets' (the same Secret key, a rule of the spec) and the API keys.
+    """
+    trainer: list[EnvRef] = []
+    for var, lm, where in (
+        (UNTRUSTED_API_KEY_ENV, spec.untrusted_model, "spec.untrustedModel"),
+        (JUDGE_API_KEY_ENV, spec.judge, "spec.judge"),
+    ):
+        if lm is not None and lm.api_key_secret_ref is not None:
+            ref = lm.api_key_secret_ref
+            trainer.append(EnvRef(var, "secret", ref.name, ref.key, False, f"{where}.apiKeySecretRef"))
+    inference: list[EnvRef] = []
+    model_token = spec.model.hub.token_secret_ref if spec.model.hub else None
+    if model_token is not None:
+        token = EnvRef(
+            HF_TOKEN_ENV, "secret", model_token.name, model_token.key, False, "spec.model.hub.tokenSecretRef"
+        )
+        trainer.append(token)
+        inference.append(token)
+    elif hub_tokens(spec):
+        data_token = hub_tokens(spec)[0]
+        trainer.append(
+            EnvRef(HF_TOKEN_ENV, "secret", data_token.name, data_token.key, False, "spec.data.*.hub.tokenSecretRef")
+        )
+    trainer += _user_refs(spec.trainer.env, "spec.trainer")
+    inference += _user_refs(spec.inference.env, "spec.inference")
+    return tuple(trainer), tuple(inference)
+
+
 def resolve(name: str, spec: GRPOJobSpec, target: Target) -> ResolvedJob:
     """What runs for job ``name`` at ``target``. Raises :class:`UnplaceableJob` (local runs only)."""
     training_gpus, inference_gpus = gpu_split(spec, target)
-    trainer_env = {**TRAINER_ENV_DEFAULTS, CONFIG_ENV: target.config_path, **spec.trainer.env}
+    trainer_env = {**TRAINER_ENV_DEFAULTS, CONFIG_ENV: target.config_path, **literal_env(spec.trainer.env)}
     if isinstance(target, LocalTarget):
         trainer_env.update(_visible_devices(inference_gpus, training_gpus))
+    trainer_refs, inference_refs = env_refs(spec)
     return ResolvedJob(
         name=name,
         config=trainer_config(name, spec, target, training_gpus),
@@ -271,4 +357,160 @@ def resolve(name: str, spec: GRPOJobSpec, target: Target) -> ResolvedJob:
         trainer_env=trainer_env,
         training_gpus=training_gpus,
         inference_gpus=inference_gpus,
+        trainer_env_refs=trainer_refs,
+        inference_env_refs=inference_refs,
+    )
+
+
+# --------------------------------------------------------------------------- what only a pod needs
+
+
+@dataclass(frozen=True)
+class ResourceDefaults:
+    """CPU and memory a pod requests when the job says nothing: per GPU, or flat on a CPU-only job."""
+
+    cpu_per_gpu: int
+    memory_gi_per_gpu: int
+    cpu_without_gpus: int
+    memory_gi_without_gpus: int
+
+
+# The seed (3 + 1 GPUs, Qwen2.5-1.5B) asks for 16 CPUs and 88Gi on one node: room for three
+# ranks that each load the model in host memory before moving it to the GPU, DSPy's rollout
+# threads, and vLLM's engine and CPU-side LoRA slots; a 4-GPU node has more. CPU-only jobs
+# (tests, the tiny model) stay small.
+TRAINER_RESOURCES = ResourceDefaults(cpu_per_gpu=4, memory_gi_per_gpu=24, cpu_without_gpus=2, memory_gi_without_gpus=8)
+INFERENCE_RESOURCES = ResourceDefaults(
+    cpu_per_gpu=4, memory_gi_per_gpu=16, cpu_without_gpus=2, memory_gi_without_gpus=6
+)
+SHM_GI_PER_GPU = 2  # NCCL's shared-memory transport between ranks, vLLM's tensor-parallel broadcast
+
+
+@dataclass(frozen=True)
+class Health:
+    """The container's GET ``path`` probes: startup (a window for download and load), liveness, readiness."""
+
+    path: str
+    startup_seconds: int
+    readiness: bool  # vLLM's gates its Service and InferenceReady; the trainer has no Service
+    period_seconds: int = 10
+    timeout_seconds: int = 5
+    liveness_failures: int = 6  # a minute without an answer: restarted (vLLM) or stopped and recreated (trainer)
+    # Readiness answers sooner: the trainer's requests should not reach a vLLM that just died.
+    readiness_period_seconds: int = 5
+    readiness_timeout_seconds: int = 3
+    readiness_failures: int = 3
+
+    @property
+    def startup_failures(self) -> int:
+        return math.ceil(self.startup_seconds / self.period_seconds)
+
+
+@dataclass(frozen=True)
+class PodPlan:
+    """What a pod adds to its process: scratch and cache environment, resources, /dev/shm, probes, credentials.
+
+    Cluster only; the local runner has no use for it (its processes use this machine's
+    caches, memory and registry).
+    """
+
+    env: dict[str, str]  # under the process's own environment (ResolvedJob)
+    resources: dict[str, dict[str, str]]
+    shm_size: str
+    health: Optional[Health]
+    env_from: tuple[EnvFromSource, ...]
+    image_pull_secrets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ResolvedPods:
+    trainer: PodPlan
+    inference: PodPlan
+
+
+def cache_env(component: str) -> dict[str, str]:
+    """$HOME, /tmp and every cache of one pod's container (and Python's unbuffered, bytecode-free output).
+
+    The root filesystem is read-only, so all of them point at writable volumes. Caches
+    that are expensive to rebuild live on the job's volume, which outlives attempts:
+    the model download (shared by both pods: one download), and the compiled kernels
+    (Triton, TorchInductor, vLLM's torch.compile cache), which cost seconds to minutes at
+    every start and are keyed by versions, GPU architecture and model, so a restarted
+    trainer or vLLM reuses them. Compiled caches are per component because the two
+    images carry different torch/Triton builds. Cheap ones (numba, XDG config) stay in
+    the $HOME emptyDir.
+    """
+    compiled = f"{CACHE_ROOT}/{component}"
+    env = {
+        "HOME": HOME,
+        "XDG_CACHE_HOME": f"{HOME}/.cache",
+        "XDG_CONFIG_HOME": f"{HOME}/.config",
+        "TMPDIR": "/tmp",
+        "HF_HOME": f"{CACHE_ROOT}/huggingface",
+        "TRITON_CACHE_DIR": f"{compiled}/triton",
+        "TORCHINDUCTOR_CACHE_DIR": f"{compiled}/torchinductor",
+        "NUMBA_CACHE_DIR": f"{HOME}/.cache/numba",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    if component == "inference":
+        env["VLLM_CACHE_ROOT"] = f"{compiled}/vllm"
+    return env
+
+
+def pod_resources(options: PodOptions, gpus: int, defaults: ResourceDefaults) -> dict[str, dict[str, str]]:
+    """The user's requests and limits over the defaults, so a pod is never BestEffort.
+
+    A resource with only a limit requests that limit (as Kubernetes defaults it); memory
+    is limited to its request unless the job says otherwise (no overcommit to be
+    OOM-killed for); CPU is not limited (no CFS throttling of the data loader and
+    rollout threads). GPUs are extended resources: limits only.
+    """
+    requests = {k: str(v) for k, v in options.resources.requests.items()}
+    limits = {k: str(v) for k, v in options.resources.limits.items()}
+    if gpus > 0:
+        default = {"cpu": str(defaults.cpu_per_gpu * gpus), "memory": f"{defaults.memory_gi_per_gpu * gpus}Gi"}
+    else:
+        default = {"cpu": str(defaults.cpu_without_gpus), "memory": f"{defaults.memory_gi_without_gpus}Gi"}
+    for name, value in default.items():
+        requests.setdefault(name, limits.get(name, value))
+    limits.setdefault("memory", requests["memory"])
+    if gpus > 0:
+        limits[GPU_RESOURCE] = str(gpus)
+    return {"requests": requests, "limits": limits}
+
+
+def _pod_plan(
+    options: PodOptions, gpus: int, defaults: ResourceDefaults, health: Optional[Health], env: dict[str, str]
+) -> PodPlan:
+    return PodPlan(
+        env=env,
+        resources=pod_resources(options, gpus, defaults),
+        shm_size=options.shm_size or f"{max(1, SHM_GI_PER_GPU * gpus)}Gi",
+        health=health,
+        env_from=tuple(options.env_from),
+        image_pull_secrets=tuple(s.name for s in options.image_pull_secrets),
+    )
+
+
+def resolve_pods(spec: GRPOJobSpec, run: ResolvedJob, target: ClusterTarget) -> ResolvedPods:
+    """What the job's two pods add to the processes of ``run``."""
+    trainer_startup = spec.trainer.startup_timeout_seconds or DEFAULT_STARTUP_SECONDS
+    inference_startup = spec.inference.startup_timeout_seconds or DEFAULT_STARTUP_SECONDS
+    return ResolvedPods(
+        trainer=_pod_plan(
+            spec.trainer,
+            run.training_gpus,
+            TRAINER_RESOURCES,
+            # the progress server is the trainer's only HTTP server; without a port there is nothing to probe
+            Health(HEALTH_PATH, trainer_startup, readiness=False) if target.trainer_port else None,
+            {**cache_env("trainer"), TERMINATION_LOG_ENV: TERMINATION_LOG},
+        ),
+        inference=_pod_plan(
+            spec.inference,
+            run.inference_gpus,
+            INFERENCE_RESOURCES,
+            Health(HEALTH_PATH, inference_startup, readiness=True),
+            cache_env("inference"),
+        ),
     )

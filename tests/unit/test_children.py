@@ -168,7 +168,7 @@ def test_vllm_serves_lora_at_runtime_with_enough_rank_and_slots():
     assert flag(argv, "--model") == "Qwen/Qwen2.5-1.5B-Instruct"
     assert flag(argv, "--port") == "8000" == str(c["ports"][0]["containerPort"])
     assert env(pod)["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
-    assert env(pod)["VLLM_CACHE_ROOT"].startswith(env(pod)["HOME"])  # writable with a read-only root
+    assert env(pod)["VLLM_CACHE_ROOT"].startswith("/mnt/grpo/")  # writable with a read-only root, kept across attempts
     probe = c["readinessProbe"]["httpGet"]
     assert probe["path"] == "/health" and probe["port"] == "http"
     assert mounts(pod)["/mnt/grpo"]["name"] == "run"
@@ -269,14 +269,17 @@ def test_pod_options_reach_the_pod():
         "nodeSelector": {"nvidia.com/gpu.product": "H100"},
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         "priorityClassName": "training",
-        "env": {"NCCL_DEBUG": "INFO"},
+        "env": [{"name": "NCCL_DEBUG", "value": "INFO"}],
         "labels": {"team": "a"},
         "annotations": {"note": "x"},
     }
     pod = trainer_pod(make_job(doc), SETTINGS, 1)
     c, spec = container(pod), pod["spec"]
     assert c["image"] == "registry.example/trainer:2" and c["imagePullPolicy"] == "Always"
-    assert c["resources"] == {"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"nvidia.com/gpu": "3"}}
+    assert c["resources"] == {
+        "requests": {"cpu": "8", "memory": "64Gi"},
+        "limits": {"memory": "64Gi", "nvidia.com/gpu": "3"},  # memory limited to the request by default
+    }
     assert spec["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
     assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert spec["priorityClassName"] == "training"

@@ -74,3 +74,59 @@ def test_base_images_are_pinned():
             continue  # an earlier stage
         assert ":" in ref and not ref.endswith(":latest"), f"unpinned base image {ref}"
         assert re.search(r":\d+\.\d+\.\d+", ref), f"{ref}: pin a full version"
+
+
+def _run_lines(stage: str) -> list[str]:
+    return [i for i in _stages()[stage] if i.upper().startswith("RUN ")]
+
+
+def test_trainer_image_has_a_c_compiler_for_triton():
+    """Triton compiles a C launcher at a kernel's first launch on CUDA (TRL's chunked log-prob kernel)."""
+    stage = _stages()["trainer"]
+    installs = [r for r in _run_lines("trainer") if "apt-get install" in r]
+    assert installs, "the trainer stage installs no compiler"
+    (run,) = installs
+    packages = set(re.findall(r"apt-get install ([^&]+)", run)[0].split())
+    assert {"gcc", "libc6-dev"} <= packages
+    assert "--no-install-recommends" in packages and "-y" in packages
+    assert packages - {"-y", "--no-install-recommends"} == {"gcc", "libc6-dev"}, "keep the image minimal"
+    assert "apt-get update" in run and "rm -rf /var/lib/apt/lists/*" in run, "apt lists cleaned in the same layer"
+    # installed as root, before the image switches to its user
+    assert stage.index(run) < next(i for i, line in enumerate(stage) if line.upper().startswith("USER "))
+    env = " ".join(i for i in stage if i.upper().startswith("ENV "))
+    assert re.search(r"\bCC=gcc\b", env)
+    cache = re.search(r"TRITON_CACHE_DIR=(\S+)", env)
+    assert cache and cache.group(1).startswith(("/tmp/", "$HOME")), (
+        "Triton's cache must be writable as the image's user"
+    )
+
+
+def test_torch_comes_from_a_chosen_index_at_the_locks_version():
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)", DOCKERFILE, re.MULTILINE))
+    assert args["TORCH_INDEX_URL"] == "https://pypi.org/simple"
+    # the driver each choice needs is written next to it
+    assert re.search(r"driver >= 580", DOCKERFILE) and "download.pytorch.org/whl/cu126" in DOCKERFILE
+    (run,) = [r for r in _run_lines("trainer-build") if "pip install" in r]
+    assert '--index-url "${TORCH_INDEX_URL}"' in run
+    assert "\"$(grep -E '^torch==' /tmp/cuda-stack.txt)\"" in run, "torch at the lock's version"
+    assert run.rstrip().endswith('-c /tmp/constraints.txt ".[trainer]"')
+
+
+def test_the_lock_accepts_another_indexs_torch_build():
+    """With TORCH_INDEX_URL=cu128 torch is 2.13.0+cu128: the lock's pin must still hold, and its CUDA 13
+    wheels must not be forced on a CUDA 12 torch."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    lock = (ROOT / "requirements" / "constraints.txt").read_text().splitlines()
+    pins = dict(line.split("==", 1) for line in lock if "==" in line and not line.startswith("#"))
+    torch = Version(pins["torch"])
+    assert SpecifierSet(f"=={pins['torch']}").contains(Version(f"{torch}+cu128"))
+    (run,) = [r for r in _run_lines("trainer-build") if "pip install" in r]
+    stack = re.compile(re.search(r"stack='([^']+)'", run).group(1))
+    cuda = {line.split("==")[0] for line in lock if stack.match(line)}
+    rest = {line.split("==")[0] for line in lock if "==" in line and not stack.match(line)}
+    assert {"torch", "triton", "cuda-toolkit"} <= cuda and {n for n in pins if n.startswith("nvidia-")} <= cuda
+    # everything else the trainer runs on stays pinned by the lock
+    assert {"transformers", "peft", "trl", "accelerate", "dspy", "datasets", "filelock", "sympy"} <= rest
+    assert "torch==" in run and 'print("torch==" + version("torch"))\' >> /tmp/constraints.txt' in run

@@ -76,7 +76,11 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         if len(options) == 1:
             out = _structural(_merge(options[0] if "$ref" not in options[0] else _structural(options[0], defs), rest), defs)
         elif {o.get("type") for o in options} == {"integer", "string"}:
-            out = _structural({**rest, "x-kubernetes-int-or-string": True}, defs)
+            # The string form's own bounds stay (a quantity's pattern, as controller-gen emits it);
+            # the API server checks them on strings only.
+            (text,) = [o for o in options if o.get("type") == "string"]
+            bounds = {k: v for k, v in text.items() if k in ("pattern", "maxLength")}
+            out = _structural({**rest, **bounds, "x-kubernetes-int-or-string": True}, defs)
         else:
             raise ValueError(f"cannot express anyOf {node['anyOf']} structurally")
         # No `nullable`: the API server prunes nulls of non-nullable fields before

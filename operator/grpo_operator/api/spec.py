@@ -7,18 +7,75 @@ configuration pastes into a manifest unchanged.
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, WithJsonSchema, field_validator, model_validator
 
 from grpo_operator.api.base import ApiModel, Rule, exactly_one_of, nested
+from grpo_operator.api.quantity import QUANTITY_PATTERN, parse_quantity
+from grpo_trainer.contract.config import (
+    CONFIG_ENV,
+    HF_TOKEN_ENV,
+    JUDGE_API_KEY_ENV,
+    TERMINATION_LOG_ENV,
+    UNTRUSTED_API_KEY_ENV,
+)
 from grpo_trainer.contract.hparams import GRPOArgs, TrainKwargs
 
 IMPORT_PATH = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_.]*$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"  # what the API server accepts as an env var name
+CONFIG_KEY_NAME = r"^[-._a-zA-Z0-9]+$"  # a key of a Secret or ConfigMap
 
-Quantity = Union[int, str]
+
+def _quantity(value: int | str) -> int | str:
+    parse_quantity(value)  # a clear message naming the value, instead of the pattern
+    return value
+
+
+_QUANTITY_STRING = {"type": "string", "pattern": QUANTITY_PATTERN, "maxLength": 64}
+Quantity = Annotated[
+    Union[int, str],
+    AfterValidator(_quantity),
+    WithJsonSchema({"anyOf": [{"type": "integer"}, _QUANTITY_STRING]}),
+]
+QuantityString = Annotated[str, AfterValidator(_quantity), WithJsonSchema(_QUANTITY_STRING)]
+
+# Variables the operator sets in the job's pods (grpo_operator.resolve decides their values):
+# the config and termination-log paths, keys it fills from Secret references, GPU visibility,
+# $HOME and every cache (paths on the pod's writable volumes under a read-only root), and the
+# process and vLLM settings the run depends on. A user's value would silently replace one
+# (Kubernetes keeps the last duplicate), so the API refuses them.
+# tests/unit/test_children.py checks that every name a rendered pod gets is listed here.
+OPERATOR_ENV_NAMES: tuple[str, ...] = (
+    CONFIG_ENV,
+    TERMINATION_LOG_ENV,
+    UNTRUSTED_API_KEY_ENV,
+    JUDGE_API_KEY_ENV,
+    HF_TOKEN_ENV,
+    "CUDA_VISIBLE_DEVICES",
+    "HOME",
+    "TMPDIR",
+    "XDG_CACHE_HOME",
+    "XDG_CONFIG_HOME",
+    "HF_HOME",
+    "TRITON_CACHE_DIR",
+    "TORCHINDUCTOR_CACHE_DIR",
+    "NUMBA_CACHE_DIR",
+    "VLLM_CACHE_ROOT",
+    "PYTHONUNBUFFERED",
+    "PYTHONDONTWRITEBYTECODE",
+    "LITELLM_LOCAL_MODEL_COST_MAP",
+    "TOKENIZERS_PARALLELISM",
+    "VLLM_ALLOW_RUNTIME_LORA_UPDATING",
+    "VLLM_NO_USAGE_STATS",
+    "DO_NOT_TRACK",
+    "VLLM_CPU_KVCACHE_SPACE",
+    "VLLM_ENABLE_V1_MULTIPROCESSING",
+    "VLLM_CPU_OMP_THREADS_BIND",
+)
 
 
 # --------------------------------------------------------------------------- program
@@ -77,6 +134,7 @@ class LocalModel(ApiModel):
         description="Directory of a saved model. Absolute, or relative to the mount of 'volume' when one is given.",
     )
     volume: Optional[VolumeSource] = Field(None, description="Volume holding 'path'; mounted read-only in both pods.")
+    hub: Optional[ModelHub] = Field(None, description="Hub access for 'name' (a token for gated or private models).")
     served_name: Optional[str] = Field(
         None, max_length=128, description="Name vLLM serves the base model under (default: name or 'base')."
     )
@@ -90,6 +148,12 @@ class LocalModel(ApiModel):
             check=lambda m: m.volume is None or m.path is not None,
             field="volume",
         ),
+        Rule(
+            cel="!has(self.hub) || has(self.name)",
+            message="hub applies to a hub model; set name (the hub id), or remove hub for a model on a volume",
+            check=lambda m: m.hub is None or m.name is not None,
+            field="hub",
+        ),
     )
 
 
@@ -98,6 +162,25 @@ class SecretKeyRef(ApiModel):
 
     name: str = Field(..., max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", description="Secret name.")
     key: str = Field("api-key", max_length=253, description="Key inside the Secret.")
+
+
+class TokenSecretRef(ApiModel):
+    """The Secret key holding a Hugging Face hub token (gated or private repositories)."""
+
+    name: str = Field(..., max_length=253, pattern=DNS_SUBDOMAIN, description="Secret name.")
+    key: str = Field("token", max_length=253, pattern=CONFIG_KEY_NAME, description="Key inside the Secret.")
+
+
+class ModelHub(ApiModel):
+    """How the pods reach the Hugging Face hub for 'name'."""
+
+    token_secret_ref: Optional[TokenSecretRef] = Field(
+        None,
+        description=(
+            "Secret with a hub token, given to both pods as HF_TOKEN (never inline). "
+            "Needed for gated or private models."
+        ),
+    )
 
 
 class ExternalLM(ApiModel):
@@ -143,6 +226,13 @@ class HubDataset(ApiModel):
         "train", max_length=128, description="Split with optional slice in datasets syntax, e.g. train[:225]."
     )
     revision: Optional[str] = Field(None, max_length=128, description="Git revision to pin.")
+    token_secret_ref: Optional[TokenSecretRef] = Field(
+        None,
+        description=(
+            "Secret with a hub token for a gated or private dataset, given to the trainer as HF_TOKEN; "
+            "must be model.hub.tokenSecretRef when both are set (one HF_TOKEN per pod)."
+        ),
+    )
 
 
 class FileDataset(ApiModel):
@@ -205,14 +295,44 @@ class Toleration(ApiModel):
     toleration_seconds: Optional[int] = None
 
 
+def _request_above_limit(resources: Resources) -> list[str]:
+    """cpu/memory whose request exceeds the limit (the API server refuses such a pod at creation)."""
+    out = []
+    for name in ("cpu", "memory"):
+        request, limit = resources.requests.get(name), resources.limits.get(name)
+        if request is not None and limit is not None and parse_quantity(request) > parse_quantity(limit):
+            out.append(name)
+    return out
+
+
+_REQUEST_LE_LIMIT_CEL = (
+    "!has(self.requests) || !has(self.limits) || ['cpu', 'memory'].all(r, !(r in self.requests) || !(r in self.limits)"
+    " || !isQuantity(string(self.requests[r])) || !isQuantity(string(self.limits[r]))"
+    " || quantity(string(self.requests[r])).compareTo(quantity(string(self.limits[r]))) <= 0)"
+)
+
+
 class Resources(ApiModel):
-    """CPU/memory requests and limits. GPUs come from trainKwargs, not from here."""
+    """CPU/memory requests and limits, over the operator's defaults. GPUs come from trainKwargs, not from here.
+
+    Unset, a pod requests CPU and memory per GPU and is limited to its memory request
+    (QoS Burstable: never the first evicted, never OOM-killed for a neighbour's use);
+    set limits.cpu equal to requests.cpu for Guaranteed. A resource given only a limit
+    requests that limit, as Kubernetes does.
+    """
 
     requests: dict[str, Quantity] = Field(
-        default_factory=dict, description="Resource requests, e.g. cpu: 8, memory: 64Gi.", json_schema_extra={"maxProperties": 32}
+        default_factory=dict,
+        description=(
+            "Resource requests, e.g. cpu: 8, memory: 64Gi. Default: trainer 4 CPUs and 24Gi per training GPU, "
+            "vLLM 4 CPUs and 16Gi per inference GPU (2 CPUs and 8Gi / 6Gi on CPU)."
+        ),
+        json_schema_extra={"maxProperties": 32},
     )
     limits: dict[str, Quantity] = Field(
-        default_factory=dict, description="Resource limits.", json_schema_extra={"maxProperties": 32}
+        default_factory=dict,
+        description="Resource limits. Default: memory limited to its request, CPU unlimited.",
+        json_schema_extra={"maxProperties": 32},
     )
     rules = (
         Rule(
@@ -221,7 +341,90 @@ class Resources(ApiModel):
             message="GPU counts come from trainKwargs.num_training_gpus / num_inference_gpus; remove nvidia.com/gpu here",
             check=lambda r: "nvidia.com/gpu" not in r.requests and "nvidia.com/gpu" not in r.limits,
         ),
+        Rule(
+            cel=_REQUEST_LE_LIMIT_CEL,
+            message="a cpu or memory request exceeds its limit; lower the request or raise the limit",
+            check=lambda r: not _request_above_limit(r),
+            describe=lambda r: (
+                f"requests.{_request_above_limit(r)[0]} exceeds limits.{_request_above_limit(r)[0]}; "
+                "lower the request or raise the limit"
+            ),
+            field="requests",
+        ),
     )
+
+
+def _cel_list(names: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{n}'" for n in names) + "]"
+
+
+_ENV_FIX = (
+    "is set by the operator; remove it (API keys: untrustedModel/judge apiKeySecretRef; "
+    "the hub token: model.hub.tokenSecretRef; GPUs: trainKwargs)"
+)
+
+
+class KeyRef(ApiModel):
+    """One key of a Secret or ConfigMap in the job's namespace."""
+
+    name: str = Field(..., max_length=253, pattern=DNS_SUBDOMAIN, description="Name of the Secret or ConfigMap.")
+    key: str = Field(..., max_length=253, pattern=CONFIG_KEY_NAME, description="The key.")
+    optional: bool = Field(False, description="Start the pod even when the object or key is missing (variable unset).")
+
+
+class EnvVarSource(ApiModel):
+    """Where a variable's value comes from (core/v1 EnvVarSource: Secret and ConfigMap keys)."""
+
+    secret_key_ref: Optional[KeyRef] = Field(None, description="A key of a Secret: for tokens and passwords.")
+    config_map_key_ref: Optional[KeyRef] = Field(None, description="A key of a ConfigMap.")
+    rules = (exactly_one_of("secret_key_ref", "config_map_key_ref"),)
+
+
+class EnvVar(ApiModel):
+    """An environment variable of the pod's container, as in core/v1 (value, or valueFrom a Secret/ConfigMap key)."""
+
+    name: str = Field(..., min_length=1, max_length=256, pattern=ENV_NAME, description="Variable name.")
+    value: Optional[str] = Field(None, max_length=32768, description="A literal, non-secret value.")
+    value_from: Optional[EnvVarSource] = Field(None, description="Read the value from a Secret or ConfigMap key.")
+    rules = (
+        Rule(
+            cel=f"!(self.name in {_cel_list(OPERATOR_ENV_NAMES)})",
+            message=f"the name {_ENV_FIX}",
+            # per entry, so the message can name it (a filter over the list costs too much CEL budget)
+            message_expression=f"self.name + ' {_ENV_FIX}'",
+            check=lambda e: e.name not in OPERATOR_ENV_NAMES,
+            describe=lambda e: f"{e.name} {_ENV_FIX}",
+            field="name",
+        ),
+        Rule(
+            cel="!(has(self.value) && has(self.valueFrom))",
+            message="set value or valueFrom, not both",
+            check=lambda e: e.value is None or e.value_from is None,
+            field="valueFrom",
+        ),
+    )
+
+
+class ObjectRef(ApiModel):
+    """A whole Secret or ConfigMap in the job's namespace."""
+
+    name: str = Field(..., max_length=253, pattern=DNS_SUBDOMAIN, description="Name of the Secret or ConfigMap.")
+    optional: bool = Field(False, description="Start the pod even when it is missing.")
+
+
+class EnvFromSource(ApiModel):
+    """Every key of a Secret or ConfigMap as variables (core/v1 EnvFromSource)."""
+
+    prefix: Optional[str] = Field(None, max_length=253, pattern=ENV_NAME, description="Prepended to every key.")
+    secret_ref: Optional[ObjectRef] = Field(None, description="A Secret whose keys become variables.")
+    config_map_ref: Optional[ObjectRef] = Field(None, description="A ConfigMap whose keys become variables.")
+    rules = (exactly_one_of("secret_ref", "config_map_ref"),)
+
+
+class PullSecretRef(ApiModel):
+    """A docker-registry Secret in the job's namespace."""
+
+    name: str = Field(..., max_length=253, pattern=DNS_SUBDOMAIN, description="Secret name (kubernetes.io/dockerconfigjson).")
 
 
 class PodOptions(ApiModel):
@@ -239,15 +442,53 @@ class PodOptions(ApiModel):
         default_factory=list, max_length=32, description="Tolerations, e.g. for tainted GPU nodes."
     )
     priority_class_name: Optional[str] = Field(None, max_length=253, description="PriorityClass of the pod.")
-    env: dict[str, str] = Field(
-        default_factory=dict,
-        description="Extra non-secret environment variables.",
-        json_schema_extra={"maxProperties": 64},
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=64,
+        description=(
+            "Extra environment variables, as in a container: {name, value} or {name, valueFrom: {secretKeyRef | "
+            "configMapKeyRef}}. Names the operator sets are refused: " + ", ".join(OPERATOR_ENV_NAMES) + "."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    env_from: list[EnvFromSource] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Secrets and ConfigMaps whose keys all become variables; the operator's own variables win over them.",
+    )
+    image_pull_secrets: list[PullSecretRef] = Field(
+        default_factory=list, max_length=16, description="Registry credentials for a private image."
+    )
+    shm_size: Optional[QuantityString] = Field(
+        None,
+        description=(
+            "sizeLimit of the memory-backed /dev/shm (NCCL, vLLM), counted in the pod's memory. "
+            "Default: 2Gi per GPU, 1Gi without GPUs."
+        ),
+    )
+    startup_timeout_seconds: Optional[int] = Field(
+        None,
+        ge=60,
+        le=86400,
+        description=(
+            "How long the container may take to answer GET /health after it starts (model download and "
+            "load included) before the kubelet restarts it. Default: 1800."
+        ),
     )
     annotations: dict[str, str] = Field(
         default_factory=dict, description="Extra pod annotations.", json_schema_extra={"maxProperties": 64}
     )
     labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.", json_schema_extra={"maxProperties": 64})
+
+    @field_validator("env")
+    @classmethod
+    def _each_name_once(cls, env: list[EnvVar]) -> list[EnvVar]:
+        seen: set[str] = set()
+        for var in env:
+            if var.name in seen:
+                raise ValueError(f"{var.name} is set twice; keep one entry per name")
+            seen.add(var.name)
+        return env
 
 
 class InferenceOptions(PodOptions):
@@ -293,6 +534,29 @@ class RunPolicy(ApiModel):
 MIN_CONSTRAINED_COMPLETION = 128
 
 IMMUTABLE = "is immutable once the job exists; create a new GRPOJob instead"
+
+# Where hub tokens are set, as CEL presence tests and as the Python path to the reference.
+_HUB_TOKENS: tuple[tuple[str, str], ...] = (
+    ("has(self.model.hub) && has(self.model.hub.tokenSecretRef)", "self.model.hub.tokenSecretRef"),
+    ("has(self.data.train.hub) && has(self.data.train.hub.tokenSecretRef)", "self.data.train.hub.tokenSecretRef"),
+    (
+        "has(self.data.validation) && has(self.data.validation.hub) && has(self.data.validation.hub.tokenSecretRef)",
+        "self.data.validation.hub.tokenSecretRef",
+    ),
+)
+_ONE_HUB_TOKEN_CEL = " && ".join(
+    f"(!({a_has}) || !({b_has}) || ({a}.name == {b}.name && {a}.key == {b}.key))"
+    for i, (a_has, a) in enumerate(_HUB_TOKENS)
+    for b_has, b in _HUB_TOKENS[i + 1 :]
+)
+
+
+def hub_tokens(spec: GRPOJobSpec) -> list[TokenSecretRef]:
+    """The hub token references of a job (model first), each as written."""
+    refs: list[Optional[TokenSecretRef]] = [spec.model.hub.token_secret_ref if spec.model.hub else None]
+    for source in (spec.data.train, spec.data.validation):
+        refs.append(source.hub.token_secret_ref if source is not None and source.hub is not None else None)
+    return [r for r in refs if r is not None]
 
 
 class GRPOJobSpec(ApiModel):
@@ -360,5 +624,14 @@ class GRPOJobSpec(ApiModel):
             message="compute_overall_score needs an LLM judge; set judge (or untrustedModel, which it defaults to)",
             check=lambda s: s.metric.builtin != "compute_overall_score" or s.judge is not None or s.untrusted_model is not None,
             field="judge",
+        ),
+        Rule(
+            cel=_ONE_HUB_TOKEN_CEL,
+            message=(
+                "model.hub, data.train.hub and data.validation.hub name different tokenSecretRefs, and a pod has one "
+                "HF_TOKEN; use one Secret key with a token that reads all of them"
+            ),
+            check=lambda s: len({(r.name, r.key) for r in hub_tokens(s)}) <= 1,
+            field="data",
         ),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from grpo_operator.children.meta import CONFIG, Job, config_map_name, object_meta, service_name
-from grpo_operator.resolve import CONFIG_KEY, ClusterTarget, ResolvedJob, resolve
+from grpo_operator.resolve import CONFIG_KEY, ClusterTarget, ResolvedJob, ResolvedPods, resolve, resolve_pods
 from grpo_operator.settings import OperatorSettings
 
 
@@ -25,6 +25,12 @@ def cluster_target(job: Job, settings: OperatorSettings) -> ClusterTarget:
 def resolved(job: Job, settings: OperatorSettings) -> ResolvedJob:
     """The job's resolution for its pods (grpo_operator.resolve): what every pod builder renders."""
     return resolve(job.name, job.spec, cluster_target(job, settings))
+
+
+def resolved_pods(job: Job, settings: OperatorSettings) -> tuple[ResolvedJob, ResolvedPods]:
+    """The job's resolution and what its two pods add to it: what the pod builders render."""
+    run = resolved(job, settings)
+    return run, resolve_pods(job.spec, run, cluster_target(job, settings))
 
 
 def config_map(job: Job, settings: OperatorSettings) -> dict[str, Any]:

@@ -8,45 +8,42 @@ from __future__ import annotations
 
 from typing import Any
 
-from grpo_operator.children.config import resolved
+from grpo_operator.children.config import resolved_pods
 from grpo_operator.children.meta import INFERENCE, Job, inference_pod_name, object_meta, selector_labels, service_name
-from grpo_operator.children.podspec import CACHE_ENV, env_list, model_mounts, pod, resources, run_mount, scratch_mounts
+from grpo_operator.children.podspec import env_from, env_list, model_mounts, pod, probes, run_mount, scratch_mounts
 from grpo_operator.settings import OperatorSettings
 from grpo_trainer.contract.vllm_command import vllm_command
 
-HEALTH_PATH = "/health"
 PORT_NAME = "http"
 
 
 def inference_pod(job: Job, settings: OperatorSettings, attempt: int) -> dict[str, Any]:
-    spec = job.spec
-    options = spec.inference
-    run = resolved(job, settings)
+    options = job.spec.inference
+    run, pods = resolved_pods(job, settings)
+    plan = pods.inference
     server = vllm_command(run.vllm)
     container: dict[str, Any] = {
         "name": "vllm",
         "image": options.image or settings.inference_image,
         "command": server.argv,
-        "env": env_list(CACHE_ENV, server.env),
+        "env": env_list(plan.env, server.env, refs=run.inference_env_refs),
         "ports": [{"name": PORT_NAME, "containerPort": settings.inference_port, "protocol": "TCP"}],
-        "readinessProbe": {
-            "httpGet": {"path": HEALTH_PATH, "port": PORT_NAME},
-            "periodSeconds": 5,
-            "timeoutSeconds": 3,
-            "failureThreshold": 3,
-        },
-        "resources": resources(options, run.inference_gpus),
+        "resources": plan.resources,
+        **probes(plan.health, PORT_NAME),
     }
+    if plan.env_from:
+        container["envFrom"] = env_from(plan.env_from)
     pull = options.image_pull_policy or settings.image_pull_policy
     if pull:
         container["imagePullPolicy"] = pull
-    mounts = [run_mount(job), *model_mounts(job), *scratch_mounts()]
+    mounts = [run_mount(job), *model_mounts(job), *scratch_mounts(plan)]
     return pod(
         job,
         name=inference_pod_name(job, attempt),
         component=INFERENCE,
         attempt=attempt,
         options=options,
+        plan=plan,
         container=container,
         mounts=mounts,
         # vLLM crashes are restarted in place by the kubelet; a lost pod is recreated by the operator.

@@ -1,11 +1,11 @@
 """What both of a job's pods share: security, writable scratch space, volumes,
-co-location, scheduling options and Kueue admission.
+environment, probes, co-location, scheduling options and Kueue admission.
 
 Pods follow Pod Security "restricted": non-root (uid 1000), no privilege
 escalation, all capabilities dropped, seccomp RuntimeDefault, and a read-only
-root filesystem. vLLM, torch, Triton and the Hugging Face libraries write caches
-under $HOME and /tmp, so those are emptyDirs; the model download cache lives on
-the job's volume so a restarted pod does not download again.
+root filesystem. $HOME and /tmp are emptyDirs; where each cache lives, the
+resources and the probes are decided by grpo_operator.resolve (a PodPlan) and
+only rendered here.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from grpo_operator.api.spec import PodOptions, VolumeSource
+from grpo_operator.api.spec import EnvFromSource, PodOptions, VolumeSource
 from grpo_operator.children.meta import (
     ATTEMPT_LABEL,
     COMPONENT_LABEL,
@@ -24,11 +24,9 @@ from grpo_operator.children.meta import (
     object_meta,
     pvc_name,
 )
-from grpo_operator.resolve import DATA_MOUNT, MODEL_MOUNT, RUN_MOUNT
+from grpo_operator.resolve import DATA_MOUNT, HOME, MODEL_MOUNT, RUN_MOUNT, EnvRef, Health, PodPlan
 
 RUN_AS_USER = 1000
-HOME = "/home/grpo"
-GPU_RESOURCE = "nvidia.com/gpu"
 HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
 
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -36,21 +34,6 @@ KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
 KUEUE_GROUP_COUNT_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
 KUEUE_ADMISSION_GATE = "kueue.x-k8s.io/admission"
 POD_GROUP_SIZE = 2  # trainer + vLLM
-
-# Environment that points every cache at writable places.
-CACHE_ENV: dict[str, str] = {
-    "HOME": HOME,
-    "XDG_CACHE_HOME": f"{HOME}/.cache",
-    "XDG_CONFIG_HOME": f"{HOME}/.config",
-    "TMPDIR": "/tmp",
-    "HF_HOME": f"{RUN_MOUNT}/.cache/huggingface",
-    "TRITON_CACHE_DIR": f"{HOME}/.cache/triton",
-    "TORCHINDUCTOR_CACHE_DIR": f"{HOME}/.cache/torchinductor",
-    "NUMBA_CACHE_DIR": f"{HOME}/.cache/numba",
-    "VLLM_CACHE_ROOT": f"{HOME}/.cache/vllm",
-    "PYTHONUNBUFFERED": "1",
-    "PYTHONDONTWRITEBYTECODE": "1",
-}
 
 
 def pod_security_context() -> dict[str, Any]:
@@ -92,12 +75,16 @@ class Mount:
         return vm
 
 
-def scratch_mounts() -> list[Mount]:
-    """The run volume plus writable emptyDirs for /tmp, $HOME and shared memory (NCCL, vLLM)."""
+def scratch_mounts(plan: PodPlan) -> list[Mount]:
+    """Writable emptyDirs for /tmp, $HOME and shared memory (NCCL, vLLM; the runtime's default is 64Mi).
+
+    /dev/shm is memory-backed, so what it holds counts in the pod's memory; its
+    sizeLimit keeps a runaway writer from growing it up to the whole limit.
+    """
     return [
         Mount({"name": "tmp", "emptyDir": {}}, "/tmp"),
         Mount({"name": "home", "emptyDir": {}}, HOME),
-        Mount({"name": "shm", "emptyDir": {"medium": "Memory"}}, "/dev/shm"),
+        Mount({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": plan.shm_size}}, "/dev/shm"),
     ]
 
 
@@ -140,26 +127,53 @@ def volume_mounts(mounts: list[Mount]) -> list[dict[str, Any]]:
     return list(unique.values())
 
 
-def resources(options: PodOptions, gpus: int) -> dict[str, Any]:
-    """The user's CPU/memory plus the GPU count from trainKwargs (extended resources go in limits)."""
-    requests = {k: str(v) for k, v in options.resources.requests.items()}
-    limits = {k: str(v) for k, v in options.resources.limits.items()}
-    if gpus > 0:
-        limits[GPU_RESOURCE] = str(gpus)
-    out: dict[str, Any] = {}
-    if requests:
-        out["requests"] = requests
-    if limits:
-        out["limits"] = limits
-    return out
-
-
-def env_list(*sources: dict[str, str]) -> list[dict[str, Any]]:
-    """Later sources override earlier ones; order kept stable for readable manifests."""
+def env_list(*sources: dict[str, str], refs: tuple[EnvRef, ...] = ()) -> list[dict[str, Any]]:
+    """Literal values (later sources override earlier ones, order kept stable) then Secret/ConfigMap keys."""
     merged: dict[str, str] = {}
     for source in sources:
         merged.update(source)
-    return [{"name": k, "value": v} for k, v in merged.items()]
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in merged.items()]
+    for ref in refs:
+        selector: dict[str, Any] = {"name": ref.source, "key": ref.key}
+        if ref.optional:
+            selector["optional"] = True
+        kind = "secretKeyRef" if ref.kind == "secret" else "configMapKeyRef"
+        env.append({"name": ref.name, "valueFrom": {kind: selector}})
+    return env
+
+
+def env_from(sources: tuple[EnvFromSource, ...]) -> list[dict[str, Any]]:
+    return [s.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True) for s in sources]
+
+
+def probes(health: Optional[Health], port: str) -> dict[str, Any]:
+    """startupProbe, livenessProbe (and readinessProbe) on GET ``health.path``; none without a server."""
+    if health is None:
+        return {}
+    get = {"path": health.path, "port": port}
+    out: dict[str, Any] = {
+        # Liveness and readiness wait for this: a slow model download is not a hang.
+        "startupProbe": {
+            "httpGet": get,
+            "periodSeconds": health.period_seconds,
+            "timeoutSeconds": health.timeout_seconds,
+            "failureThreshold": health.startup_failures,
+        },
+        "livenessProbe": {
+            "httpGet": get,
+            "periodSeconds": health.period_seconds,
+            "timeoutSeconds": health.timeout_seconds,
+            "failureThreshold": health.liveness_failures,
+        },
+    }
+    if health.readiness:
+        out["readinessProbe"] = {
+            "httpGet": get,
+            "periodSeconds": health.readiness_period_seconds,
+            "timeoutSeconds": health.readiness_timeout_seconds,
+            "failureThreshold": health.readiness_failures,
+        }
+    return out
 
 
 def co_location(job: Job) -> Optional[dict[str, Any]]:
@@ -192,6 +206,7 @@ def pod(
     component: str,
     attempt: int,
     options: PodOptions,
+    plan: PodPlan,
     container: dict[str, Any],
     mounts: list[Mount],
     restart_policy: str,
@@ -212,6 +227,8 @@ def pod(
         ],
         "volumes": volumes(mounts),
     }
+    if plan.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": name} for name in plan.image_pull_secrets]
     affinity = co_location(job)
     if affinity:
         spec["affinity"] = affinity

@@ -22,9 +22,9 @@ from typing import Any, Optional
 import yaml
 
 from grpo_operator.api import GRPOJob, GRPOJobSpec, InvalidJob, parse_job
-from grpo_operator.api.spec import DatasetSource, ExternalLM
-from grpo_operator.resolve import LOCAL_HOST, LocalTarget, UnplaceableJob, resolve
-from grpo_trainer.contract.config import DEFAULT_PORT, JUDGE_API_KEY_ENV, UNTRUSTED_API_KEY_ENV, TrainerConfig
+from grpo_operator.api.spec import DatasetSource
+from grpo_operator.resolve import LOCAL_HOST, LocalTarget, UnplaceableJob, env_refs, resolve
+from grpo_trainer.contract.config import DEFAULT_PORT, TrainerConfig
 from grpo_trainer.contract.vllm_command import VLLMServerSpec
 
 log = logging.getLogger(__name__)
@@ -157,15 +157,17 @@ def localize(spec: GRPOJobSpec, volumes: Mapping[str, Path]) -> GRPOJobSpec:
     return spec.model_copy(update={"model": model, "data": data})
 
 
-def check_api_keys(spec: GRPOJobSpec) -> None:
-    """Local runs read API keys from the environment variables the operator would fill from Secrets."""
-    lms: list[tuple[str, Optional[ExternalLM], str]] = [
-        ("spec.untrustedModel", spec.untrusted_model, UNTRUSTED_API_KEY_ENV),
-        ("spec.judge", spec.judge, JUDGE_API_KEY_ENV),
-    ]
-    for where, lm, env in lms:
-        if lm is not None and lm.api_key_secret_ref is not None and not os.environ.get(env):
-            raise InvalidInput(f"{where}.apiKeySecretRef: local runs read this key from ${env}; set it")
+def check_env_refs(spec: GRPOJobSpec) -> None:
+    """A local run has no Secrets or ConfigMaps: the variables a pod would read from them (API keys, the
+    hub token, the job's valueFrom entries; grpo_operator.resolve.env_refs) come from this environment,
+    which both processes inherit."""
+    trainer, inference = env_refs(spec)
+    for ref in (*trainer, *inference):
+        if not ref.optional and not os.environ.get(ref.name):
+            raise InvalidInput(f"{ref.field}: local runs read this key from ${ref.name}; set it")
+    for where, options in (("spec.trainer", spec.trainer), ("spec.inference", spec.inference)):
+        if options.env_from:
+            log.warning("%s.envFrom: a local run has no Secrets or ConfigMaps; set those variables here", where)
 
 
 def port_in_use(port: int, host: str) -> bool:
@@ -206,7 +208,7 @@ def make_plan(options: RunOptions) -> Plan:
         raise InvalidInput(f"invalid job {source}:\n  " + "\n  ".join(exc.problems)) from None
     name = job_name(job, options.job_file)
     spec = localize(job.spec, options.volumes)
-    check_api_keys(spec)
+    check_env_refs(spec)
     check_ports(options)
     run_dir = (options.run_dir or Path("runs") / name).expanduser().resolve()
 

@@ -21,6 +21,9 @@ from grpo_trainer.contract.hparams import GRPOArgs, TrainKwargs
 # Environment variables the operator fills from the job's Secret references.
 UNTRUSTED_API_KEY_ENV = "GRPO_UNTRUSTED_API_KEY"
 JUDGE_API_KEY_ENV = "GRPO_JUDGE_API_KEY"
+# The Hugging Face hub token (model.hub / data.*.hub tokenSecretRef): huggingface_hub,
+# datasets, transformers and vLLM all read it from here, so no code passes it along.
+HF_TOKEN_ENV = "HF_TOKEN"
 # Where the trainer finds its config when no --config is given.
 CONFIG_ENV = "GRPO_TRAINER_CONFIG"
 # Where the trainer writes its final progress when it exits (the pod's terminationMessagePath).

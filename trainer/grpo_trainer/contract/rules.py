@@ -28,6 +28,10 @@ class Rule:
     message: str
     check: Callable[[Any], bool]
     field: str = ""
+    # Optional: a CEL expression (API server) and a Python function (pydantic) that say
+    # *which* value broke the rule, e.g. the offending name; ``message`` stays the fallback.
+    message_expression: str = ""
+    describe: Callable[[Any], str] | None = None
     # Transition rules (those that reference oldSelf) are enforced only by the
     # API server; pydantic has no previous object to compare against.
     transition: bool = False
@@ -35,6 +39,8 @@ class Rule:
     def to_cel(self) -> dict[str, str]:
         """The rule as an entry of x-kubernetes-validations."""
         entry = {"rule": self.cel, "message": self.message}
+        if self.message_expression:
+            entry["messageExpression"] = self.message_expression
         if self.field:
             entry["fieldPath"] = "." + self.field
         return entry
@@ -69,7 +75,7 @@ class RuledModel(BaseModel):
             if rule.transition:
                 continue
             if not rule.check(self):
-                raise RuleViolation(rule.field, rule.message)
+                raise RuleViolation(rule.field, rule.describe(self) if rule.describe else rule.message)
         return self
 
 

@@ -1,9 +1,12 @@
-"""The trainer's HTTP endpoint: ``/progress`` (JSON), ``/metrics`` (Prometheus), ``/healthz``.
+"""The trainer's HTTP endpoint: ``/progress`` (JSON), ``/metrics`` (Prometheus), ``/health``, ``/healthz``.
 
 The operator has no write access to the trainer and reads its state by polling
 ``/progress``; Prometheus scrapes ``/metrics``. Metrics live in a dedicated
 CollectorRegistry (no process-global state, several trainers per test process)
 and are driven by the ProgressBoard, so they always agree with the document.
+``/health`` is the kubelet's startup and liveness probe (the path vLLM serves too): it
+answers without touching the board, so a step holding the board's lock never reads as
+a hang. ``/healthz`` adds the phase, for people.
 """
 
 from __future__ import annotations
@@ -160,7 +163,7 @@ class ProgressServer:
     def start(self) -> ProgressServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="progress-server", daemon=True)
         self._thread.start()
-        log.info("serving /progress, /metrics and /healthz on port %d", self.port)
+        log.info("serving /progress, /metrics, /health and /healthz on port %d", self.port)
         return self
 
     def stop(self) -> None:
@@ -185,11 +188,15 @@ def _handler(board: ProgressBoard, metrics: TrainerMetrics) -> type[BaseHTTPRequ
                 self._send(HTTPStatus.OK, "application/json", board.snapshot().model_dump_json().encode())
             elif route == "/metrics":
                 self._send(HTTPStatus.OK, CONTENT_TYPE_LATEST, metrics.render())
+            elif route == "/health":
+                self._send(HTTPStatus.OK, "text/plain", b"ok\n")
             elif route == "/healthz":
                 body = json.dumps({"status": "ok", "phase": board.snapshot().phase}).encode()
                 self._send(HTTPStatus.OK, "application/json", body)
             else:
-                self._send(HTTPStatus.NOT_FOUND, "text/plain", b"not found: try /progress, /metrics or /healthz\n")
+                self._send(
+                    HTTPStatus.NOT_FOUND, "text/plain", b"not found: try /progress, /metrics, /health or /healthz\n"
+                )
 
         def _send(self, status: HTTPStatus, content_type: str, body: bytes) -> None:
             self.send_response(status)
