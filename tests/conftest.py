@@ -7,7 +7,7 @@ import os
 import pytest
 
 from support.checkout import pythonpath
-from support.vllm import mark_vllm_tests, tiny_model_dir, vllm_server  # noqa: F401  (fixtures)
+from support.vllm import mark_vllm_tests, qwen2_vllm_server, tiny_model_dir, vllm_server  # noqa: F401  (fixtures)
 
 # Every child process (operator, trainer, vLLM, pods of the process node) imports this
 # checkout, also when pytest is run without scripts/test.sh.

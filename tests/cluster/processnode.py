@@ -16,10 +16,11 @@ apply`` to a trained adapter through the very pod specs a cluster would get:
   the vLLM CPU build are that environment); processes run as the test's user (uid
   0), not ``runAsUser``; no cgroup limits, no liveness probes.
 * **GPUs** (``gpus=N``) are advertised, not real: the scheduler counts them, and a
-  container that requests ``nvidia.com/gpu`` runs on the CPU. The trainer is told so
-  with ``$GRPO_TRAINER_DEVICE=cpu`` (on a GPU node it would see the devices); a vLLM
-  container is the CPU build whatever it asked for, so a job for this node passes the
-  CPU build's flags in ``inference.extraArgs``.
+  container that requests ``nvidia.com/gpu`` runs on the CPU with ``FAKE_GPU_ENV``: the
+  trainer is told so with ``$GRPO_TRAINER_DEVICE=cpu`` (on a GPU node it would see the
+  devices); a vLLM container is the CPU build whatever it asked for, given the CPU
+  build's environment here, and a job for this node passes the one flag it needs
+  (``--no-enable-chunked-prefill``) in ``inference.extraArgs``.
 * **Network:** the host's. Each pod gets its own loopback address
   (``127.103.0.0/16``) as ``status.podIP``; its processes listen on all addresses.
   The container's ``/etc/hosts`` maps every Service of its namespace to 127.0.0.1 --
@@ -66,6 +67,9 @@ from controlplane import ControlPlane, wait_until
 from grpo_trainer.contract.config import DEVICE_ENV
 
 GPU_RESOURCE = "nvidia.com/gpu"
+# What a container that asked for GPUs gets here instead (see "GPUs" above): the trainer is
+# told to use the CPU, and vLLM's CPU build the settings grpo-local gives it on a CPU.
+FAKE_GPU_ENV = {DEVICE_ENV: "cpu", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 
 NODE_LABEL = "grpo.test/process-node"
 TAINT = {"key": NODE_LABEL, "value": "true", "effect": "NoSchedule"}
@@ -731,7 +735,7 @@ class ProcessNode:
     def _env(self, pod: Pod, obj: dict[str, Any], spec: dict[str, Any]) -> dict[str, str]:
         env = {"PATH": f"{self.bin_dir}:{SYSTEM_PATH}", **self.image_env, "HOSTNAME": pod.name}
         if GPU_RESOURCE in (spec.get("resources") or {}).get("limits", {}):
-            env[DEVICE_ENV] = "cpu"  # the fake GPUs: a trainer that asked for them trains on the CPU
+            env.update(FAKE_GPU_ENV)
         for source in spec.get("envFrom", []):
             ref = source.get("configMapRef") or source.get("secretRef")
             kind = "configmaps" if "configMapRef" in source else "secrets"

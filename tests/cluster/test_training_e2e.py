@@ -157,14 +157,14 @@ def job_document(model_dir: Path) -> dict[str, Any]:
     placement = {"nodeSelector": {NODE_LABEL: "true"}, "tolerations": [TOLERATION]}
     spec["trainer"] = dict(placement)
     # The vLLM pod asks for a GPU; the process node runs the CPU build, which needs what
-    # grpo-local gives it on a CPU: whole prefills for seeded requests, a KV cache size, no
-    # thread pinning on a shared machine, and fp32 like the trainer (the served-adapter check).
+    # grpo-local gives it on a CPU: whole prefills for seeded requests, and fp32 like the
+    # trainer (the served-adapter check). The node gives it the rest (processnode.FAKE_GPU_ENV).
     spec["model"]["dtype"] = "float32"
-    spec["inference"] = {
-        **placement,
-        "extraArgs": ["--no-enable-chunked-prefill"],
-        "env": {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"},
-    }
+    spec["inference"] = {**placement, "extraArgs": ["--no-enable-chunked-prefill"]}
+    # The GPU pods' defaults ask for a GPU node's memory; the process node has this machine's.
+    small = {"requests": {"cpu": "500m", "memory": "2Gi"}, "limits": {"memory": "8Gi"}}
+    spec["trainer"]["resources"] = small
+    spec["inference"]["resources"] = small
     spec["storage"] = {"size": "1Gi"}
     spec["runPolicy"] = {"backoffLimit": 2}
     return doc

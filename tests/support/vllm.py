@@ -5,8 +5,10 @@ Fixtures (registered in tests/conftest.py):
 * ``tiny_model_dir`` (session): the cached tiny model (:func:`grpo_trainer.embedded.tinymodel.ensure_tiny_model`).
 * ``vllm_server`` (session): one vLLM server on that model with runtime LoRA
   loading enabled, as a :class:`VLLMServer` (URLs, served name, model dir, log).
+* ``qwen2_vllm_server`` (session): the same on a tiny Qwen2 (the seed's architecture:
+  q/k/v biases, tied embeddings), for the tests that must hold for it too.
 
-Tests that use ``vllm_server`` get the ``vllm`` marker. If vLLM cannot start the
+Tests that use either server get the ``vllm`` marker. If vLLM cannot start the
 fixture fails with the tail of its log; ``GRPO_SKIP_VLLM=1`` skips such tests
 instead. Start-up is ~25-45 s on 2 cores, once per session.
 
@@ -122,15 +124,31 @@ def tiny_model_dir() -> Path:
     return ensure_tiny_model()
 
 
-@pytest.fixture(scope="session")
-def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
+def _skip_without_vllm() -> None:
     if os.environ.get("GRPO_SKIP_VLLM") == "1":
         pytest.skip("GRPO_SKIP_VLLM=1: tests that need a vLLM server are skipped")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
+    _skip_without_vllm()
     yield from start_vllm_server(tiny_model_dir, tmp_path_factory.mktemp("vllm-server"))
 
 
+@pytest.fixture(scope="session")
+def qwen2_vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
+    from grpo_trainer.embedded.tinymodel import ensure_tiny_model
+
+    _skip_without_vllm()
+    model_dir = ensure_tiny_model(architecture="qwen2")
+    yield from start_vllm_server(model_dir, tmp_path_factory.mktemp("vllm-qwen2"), served_name="qwen2-base")
+
+
+VLLM_FIXTURES = ("vllm_server", "qwen2_vllm_server")
+
+
 def mark_vllm_tests(items: list[pytest.Item]) -> None:
-    """Add the ``vllm`` marker to every test that uses the ``vllm_server`` fixture."""
+    """Add the ``vllm`` marker to every test that uses a vLLM server fixture."""
     for item in items:
-        if "vllm_server" in getattr(item, "fixturenames", ()):
+        if set(VLLM_FIXTURES) & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.vllm)

@@ -156,30 +156,38 @@ def run(
     return rollouts, policy
 
 
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def server(request: pytest.FixtureRequest) -> VLLMServer:
+    """The rollout path on the tiny Llama and on the seed's architecture (a tiny Qwen2)."""
+    return request.getfixturevalue("vllm_server" if request.param == "llama" else "qwen2_vllm_server")
+
+
 @pytest.fixture(scope="module")
-def batch(vllm_server: VLLMServer) -> Batch:
+def batch(server: VLLMServer) -> Batch:
     examples = papillon_examples(2)
-    untrusted = external_lm(None, role="untrusted", vllm=endpoint(vllm_server), default_max_tokens=32)
-    rollouts, policy = run(vllm_server, examples, 4, untrusted=untrusted, failure_score=0.0, format_failure_score=-1.0)
+    untrusted = external_lm(None, role="untrusted", vllm=endpoint(server), default_max_tokens=32)
+    rollouts, policy = run(server, examples, 4, untrusted=untrusted, failure_score=0.0, format_failure_score=-1.0)
     return Batch(rollouts=rollouts, examples=examples, policy=policy, untrusted=untrusted)
 
 
 @pytest.fixture(scope="module")
-def tokenizer(vllm_server: VLLMServer) -> Any:
-    return AutoTokenizer.from_pretrained(vllm_server.model_dir)
+def tokenizer(server: VLLMServer) -> Any:
+    return AutoTokenizer.from_pretrained(server.model_dir)
 
 
-def test_every_rollout_runs_both_predictors_once_and_is_scored_by_the_metric(batch: Batch) -> None:
+@pytest.mark.vllm
+def test_every_rollout_runs_both_predictors_once_and_is_scored_by_the_metric(batch: Batch, server: VLLMServer) -> None:
     assert [(r.example_index, r.sample_index) for r in batch.rollouts] == [(e, s) for e in range(2) for s in range(4)]
     for r in batch.rollouts:
         assert r.failure is None, r.error
         assert [(c.predictor, c.invocation) for c in r.calls] == [(CRAFT, 0), (RESPOND, 0)]
         assert r.reward == papillon_offline(batch.examples[r.example_index], dspy.Prediction(**r.prediction))
-        assert all(c.model == "base" and c.finish_reason == "stop" for c in r.calls)
+        assert all(c.model == server.served_name and c.finish_reason == "stop" for c in r.calls)
     assert len({r.reward for r in batch.rollouts}) > 1, "the metric must tell samples apart"
 
 
-def test_recorded_ids_and_logprobs_are_exactly_what_vllm_returned(batch: Batch, vllm_server: VLLMServer) -> None:
+@pytest.mark.vllm
+def test_recorded_ids_and_logprobs_are_exactly_what_vllm_returned(batch: Batch, server: VLLMServer) -> None:
     calls = [c for r in batch.rollouts for c in r.calls]
     by_completion = {tuple(c.completion_ids): c for c in calls}
     raw = [entry["response"] for entry in batch.policy.history]
@@ -192,11 +200,12 @@ def test_recorded_ids_and_logprobs_are_exactly_what_vllm_returned(batch: Batch, 
         assert len(recorded.completion_ids) == len(recorded.logprobs) > 0
     # The prompt ids are the chat prompt of the recorded messages (vLLM's own tokenizer endpoint).
     for c in calls[:4]:
-        body = {"model": vllm_server.served_name, "messages": c.messages, "add_generation_prompt": True}
-        tokens = httpx.post(f"{vllm_server.url}/tokenize", json=body, timeout=30).json()["tokens"]
+        body = {"model": server.served_name, "messages": c.messages, "add_generation_prompt": True}
+        tokens = httpx.post(f"{server.url}/tokenize", json=body, timeout=30).json()["tokens"]
         assert c.prompt_ids == tokens
 
 
+@pytest.mark.vllm
 def test_completion_ids_are_the_sampled_tokens_not_a_retokenisation(batch: Batch, tokenizer: Any) -> None:
     calls = [c for r in batch.rollouts for c in r.calls]
     for c in calls:
@@ -208,6 +217,7 @@ def test_completion_ids_are_the_sampled_tokens_not_a_retokenisation(batch: Batch
     assert retokenised_differs, "a random model's samples are rarely canonical BPE: re-tokenising would change them"
 
 
+@pytest.mark.vllm
 def test_samples_differ_and_each_rollout_keeps_its_own_calls_across_threads(batch: Batch, tokenizer: Any) -> None:
     for e in range(2):
         crafted = [tuple(r.calls[0].completion_ids) for r in batch.rollouts if r.example_index == e]
@@ -219,15 +229,17 @@ def test_samples_differ_and_each_rollout_keeps_its_own_calls_across_threads(batc
         assert batch.examples[r.example_index].user_query in tokenizer.decode(r.calls[0].prompt_ids)
 
 
-def test_the_same_seed_samples_the_same_tokens(batch: Batch, vllm_server: VLLMServer) -> None:
-    untrusted = external_lm(None, role="untrusted", vllm=endpoint(vllm_server), default_max_tokens=32)
-    again, _ = run(vllm_server, batch.examples[:1], 2, untrusted=untrusted, seed=7)
-    other, _ = run(vllm_server, batch.examples[:1], 2, untrusted=untrusted, seed=8)
+@pytest.mark.vllm
+def test_the_same_seed_samples_the_same_tokens(batch: Batch, server: VLLMServer) -> None:
+    untrusted = external_lm(None, role="untrusted", vllm=endpoint(server), default_max_tokens=32)
+    again, _ = run(server, batch.examples[:1], 2, untrusted=untrusted, seed=7)
+    other, _ = run(server, batch.examples[:1], 2, untrusted=untrusted, seed=8)
     first = [r.calls[0].completion_ids for r in batch.rollouts[:2]]
     assert [r.calls[0].completion_ids for r in again] == first  # the untrusted reply is unseeded: compare craft
     assert [r.calls[0].completion_ids for r in other] != first
 
 
+@pytest.mark.vllm
 def test_real_rollouts_become_train_samples_with_the_sampled_tokens(batch: Batch) -> None:
     grouped = build_groups(batch.rollouts, multitask=True, scale_rewards=False)
     assert len(grouped.batches) == 1 and grouped.total_groups == 4  # 2 examples x 2 predictors

