@@ -13,7 +13,8 @@ What it runs (nothing from the hub, no vLLM, no network):
    8 sequences per micro-batch × 4 accumulated, gradient checkpointing, bf16,
    dapo, LoRA r=8 α=16 dropout 0.05 on q,k,v,o,gate,up,down, lr 1e-6,
    constant_with_warmup, weight_decay 0.001) on synthetic samples: random
-   token ids of about 725 tokens (prompt 540–660 + completion 80–170), groups of
+   token ids of about 725 tokens (prompt 540–660 + completion 80–170; the CPU
+   smoke 48–80 + 12–40), groups of
    8 with random rewards (the project's ``advantages``, unscaled as the seed),
    sampler logprobs = the policy's own + N(0, 0.3²) noise (so the truncated
    importance weight varies and sometimes hits its cap of 2).
@@ -60,8 +61,11 @@ in the H200 image, pandas, pyarrow, httpx; no network), in one command:
 building the project's venv (which needs the wheelhouse), and installs the carried
 wheels with ``pip install --no-index --no-deps --target`` into a temporary folder
 put first on PYTHONPATH. Carried: trl, datasets, dill, multiprocess, pydantic,
-pydantic-core, annotated-types, typing-inspection, typing-extensions (about 5 MB;
-bench/gpu_wheels.sh lists them). Expected: about 2 minutes on an H200.
+pydantic-core, annotated-types, typing-inspection, typing-extensions: 4.4 MiB for
+CPython 3.12 (GPU_PYTHON=3.x bash bench/gpu_wheels.sh for another). Estimated (not
+yet measured there) under 2 minutes on an H200, start-up of the machine aside.
+Rehearsed here on a venv holding only the H200 image's packages, with the same
+command and the carried wheels for 3.11.
 
     bash bench/run.sh gpu_check --device cpu --no-write   # the CI smoke (tests/trainer/test_gpu_check.py)
 """
@@ -75,7 +79,6 @@ import gc
 import json
 import logging
 import math
-import os
 import random
 import statistics
 import subprocess
@@ -165,8 +168,9 @@ QWEN25_15B = dict(
 TINY_QWEN2 = dict(QWEN25_15B, hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4)
 TINY_QWEN2.update(num_key_value_heads=2, vocab_size=2048, max_position_embeddings=2048, bos_token_id=1, eos_token_id=2)
 
-PROMPT_TOKENS = (540, 660)  # uniform, inclusive: about 725 tokens per sequence with the completion
-COMPLETION_TOKENS = (80, 170)
+# (prompt, completion) token counts, uniform and inclusive: about 725 tokens per sequence on the GPU,
+# ten times fewer in the CPU smoke (the 2-core CI machine).
+LENGTHS = {"cuda": ((540, 660), (80, 170)), "cpu": ((48, 80), (12, 40))}
 GROUP = 8  # the seed's num_samples_per_input
 SAMPLER_NOISE = 0.3  # std of the sampler's logprobs around the policy's
 LORA_B_STD = 0.02  # LoRA B is zero at init, which would hide the adapter path from every comparison
@@ -247,14 +251,17 @@ def count_base(model: PreTrainedModel) -> ParamCounts:
     return ParamCounts(total=sum(p.numel() for p in model.parameters()), layers=layers, head=head)
 
 
-def synthetic_samples(n: int, vocab: int, rng: random.Random, scale_rewards: bool) -> list[TrainSample]:
+def synthetic_samples(
+    n: int, vocab: int, lengths: tuple[tuple[int, int], tuple[int, int]], rng: random.Random, scale_rewards: bool
+) -> list[TrainSample]:
     """``n`` samples in groups of GROUP: random tokens, random rewards, the project's group advantages."""
+    (p_lo, p_hi), (c_lo, c_hi) = lengths
     out: list[TrainSample] = []
     for g in range(math.ceil(n / GROUP)):
         rewards = [rng.random() for _ in range(GROUP)]
         for adv in advantages(rewards, scale_rewards=scale_rewards):
-            prompt = [rng.randrange(3, vocab) for _ in range(rng.randint(*PROMPT_TOKENS))]
-            completion = [rng.randrange(3, vocab) for _ in range(rng.randint(*COMPLETION_TOKENS))]
+            prompt = [rng.randrange(3, vocab) for _ in range(rng.randint(p_lo, p_hi))]
+            completion = [rng.randrange(3, vocab) for _ in range(rng.randint(c_lo, c_hi))]
             out.append(TrainSample(prompt, completion, [0.0] * len(completion), adv, group=f"g{g}"))
     return out[:n]
 
@@ -278,7 +285,9 @@ def with_sampler_logprobs(policy: Policy, samples: Sequence[TrainSample], gen: t
 @contextlib.contextmanager
 def lora_dropout(model: torch.nn.Module, p: float) -> Iterator[None]:
     """Set every LoRA dropout to ``p`` for the block (comparisons need the same forward twice)."""
-    drops = [m for name, m in model.named_modules() if ".lora_dropout." in f"{name}." and isinstance(m, torch.nn.Dropout)]
+    drops = [
+        m for name, m in model.named_modules() if ".lora_dropout." in f"{name}." and isinstance(m, torch.nn.Dropout)
+    ]
     saved = [d.p for d in drops]
     for d in drops:
         d.p = p
@@ -330,7 +339,13 @@ def flat(grads: dict[str, torch.Tensor], names: Sequence[str]) -> torch.Tensor:
 
 
 def compare_with_trl(
-    policy: Policy, trl_base: PreTrainedModel, samples: list[TrainSample], vocab: int, tol: Tolerance, work: Path, report: Report
+    policy: Policy,
+    trl_base: PreTrainedModel,
+    samples: list[TrainSample],
+    vocab: int,
+    tol: Tolerance,
+    work: Path,
+    report: Report,
 ) -> None:
     """One micro-batch through TRL's _compute_loss and through train_on_samples (one optimizer step)."""
     from support.trl_reference import grpo_trainer, trl_layout, trl_scores, word_tokenizer  # TRL: only here
@@ -376,7 +391,9 @@ def compare_with_trl(
         trainer.model.zero_grad(set_to_none=True)
         trl_loss = trainer._compute_loss(trainer.model, inputs)
         trl_loss.backward()
-        trl_grads = {n: p.grad.detach().float().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        trl_grads = {
+            n: p.grad.detach().float().clone() for n, p in trainer.model.named_parameters() if p.grad is not None
+        }
         trainer.model.zero_grad(set_to_none=True)
         loss_scale = float((layout["advantages"].unsqueeze(1).abs() * ratio * mask).sum()) / n_items
 
@@ -447,7 +464,13 @@ def peak_flops(device: torch.device) -> tuple[str, float | None]:
 
 
 def timed_update(
-    policy: Policy, samples: list[TrainSample], counts: ParamCounts, shape: dict[str, object], warmup: int, steps: int, report: Report
+    policy: Policy,
+    samples: list[TrainSample],
+    counts: ParamCounts,
+    shape: dict[str, object],
+    warmup: int,
+    steps: int,
+    report: Report,
 ) -> None:
     device = policy.device
     optimizer = build_optimizer(policy.trainable_parameters(), SEED_TRAIN)
@@ -487,7 +510,9 @@ def timed_update(
         f"mean length {tokens / max(len(done), 1):.0f} tokens, {1 - tokens / max(padded, 1):.1%} padding",
     )
     report.figure("seconds per optimizer step (median)", f"{statistics.median(seconds):.3f}")
-    report.figure("trained tokens / s (completion tokens, as progress.json counts)", f"{completion_tokens / total:,.0f}")
+    report.figure(
+        "trained tokens / s (completion tokens, as progress.json counts)", f"{completion_tokens / total:,.0f}"
+    )
     report.figure("sequence tokens / s (prompt + completion)", f"{tokens / total:,.0f}")
     name, peak = peak_flops(device)
     model_flops, hardware_flops = flops(done, counts, int(shape["num_hidden_layers"]), int(shape["hidden_size"]))
@@ -517,7 +542,9 @@ def launcher_check(device: torch.device, report: Report) -> None:
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     except subprocess.TimeoutExpired:
-        report.check("launcher --nproc 1: group, all_reduce, broadcast_object", False, "timed out after 300 s", "exit 0")
+        report.check(
+            "launcher --nproc 1: group, all_reduce, broadcast_object", False, "timed out after 300 s", "exit 0"
+        )
         return
     seconds = time.perf_counter() - started
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("gpu_check_worker ")), "")
@@ -582,9 +609,13 @@ def reload_check(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cuda (default) or cpu: the tiny CI smoke")
+    parser.add_argument(
+        "--device", choices=("cuda", "cpu"), default="cuda", help="cuda (default) or cpu: the tiny CI smoke"
+    )
     parser.add_argument("--steps", type=int, default=None, help="timed optimizer steps (default 4 on cuda, 1 on cpu)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed optimizer steps first (default 1 on cuda, 0 on cpu)")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed optimizer steps first (default 1 on cuda, 0 on cpu)"
+    )
     write = parser.add_mutually_exclusive_group()
     write.add_argument("--write", action="store_true", help="write bench/RESULTS.md's section on cpu too")
     write.add_argument("--no-write", action="store_true", help="never write bench/RESULTS.md")
@@ -611,11 +642,13 @@ def main() -> int:
     trl_base = copy.deepcopy(base)  # before wrap_policy patches the LM head: TRL adds its own
     policy = wrap_policy(base, SEED_TRAIN, device)
     randomise_lora_b(policy, seed=1)
-    counts = ParamCounts(counts.total, counts.layers, counts.head, sum(p.numel() for p in policy.trainable_parameters()))
+    counts = ParamCounts(
+        counts.total, counts.layers, counts.head, sum(p.numel() for p in policy.trainable_parameters())
+    )
     per_step = SEED_TRAIN.per_device_train_batch_size * SEED_TRAIN.gradient_accumulation_steps
     gen = torch.Generator().manual_seed(2)
     vocab = int(shape["vocab_size"])
-    samples = synthetic_samples(per_step * (warmup + steps), vocab, rng, SEED_TRAIN.scale_rewards)
+    samples = synthetic_samples(per_step * (warmup + steps), vocab, LENGTHS[device.type], rng, SEED_TRAIN.scale_rewards)
     samples = with_sampler_logprobs(policy, samples, gen)
     setup_seconds = time.perf_counter() - started
 
@@ -638,7 +671,11 @@ def main() -> int:
         f"α={SEED_TRAIN.lora_config.lora_alpha:g} on {len(SEED_TRAIN.lora_config.target_modules)} projections: "
         f"{counts.lora / 1e6:.2f} M trainable",
     )
-    report.figure("versions", f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, trl {_trl_version()}")
+    report.figure(
+        "versions",
+        f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
+        f"trl {_trl_version()}",
+    )
     report.figure("wall time", f"{time.perf_counter() - started:.0f} s (model and samples {setup_seconds:.0f} s)")
     kwargs = json.dumps(SEED_TRAIN_KWARGS, separators=(", ", ": "))
     body = report.markdown() + f"\n\ntrain_kwargs (the seed's): `{kwargs}`\n"

@@ -77,7 +77,9 @@ def grpo_trainer(
     return trainer
 
 
-def trl_layout(samples: Sequence[TrainSample], pad_id: int, device: torch.device | None = None) -> dict[str, torch.Tensor]:
+def trl_layout(
+    samples: Sequence[TrainSample], pad_id: int, device: torch.device | None = None
+) -> dict[str, torch.Tensor]:
     """TRL's batch layout: left-padded prompts, right-padded completions, the sampler's logprobs, advantages."""
     p_width = max(len(s.prompt_ids) for s in samples)
     t_width = max(len(s.completion_ids) for s in samples)

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from support.trl_reference import grpo_trainer, trl_layout, word_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 from trl import GRPOTrainer
 from trl.trainer.utils import nanstd
@@ -46,6 +45,7 @@ from grpo_trainer.grpo.policy import (
     wrap_policy,
 )
 from grpo_trainer.grpo.samples import TrainSample, advantages
+from support.trl_reference import grpo_trainer, trl_layout, word_tokenizer
 
 VOCAB = 64
 PAD, EOS, BOS = 0, 2, 3
@@ -129,7 +129,12 @@ def _trl_inputs(samples: list[TrainSample], mask_truncated: bool, n_items: int, 
     old = -4.0 + 0.4 * torch.randn((b, t_width), generator=gen)
     ref = -4.0 + 0.4 * torch.randn((b, t_width), generator=gen)
     sampler = layout.pop("sampling_per_token_logps")
-    inputs = {**layout, "old_per_token_logps": old, "ref_per_token_logps": ref, "num_items_in_batch": torch.tensor(n_items)}
+    inputs = {
+        **layout,
+        "old_per_token_logps": old,
+        "ref_per_token_logps": ref,
+        "num_items_in_batch": torch.tensor(n_items),
+    }
     return TrlInputs(inputs=inputs, old=old, ref=ref, sampler=sampler)
 
 
@@ -259,9 +264,7 @@ def test_token_logprobs_match_trl_and_a_plain_forward(tmp_path: Path) -> None:
         with torch.no_grad():
             trl_policy, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, torch.ones_like(ids), t)
             with trainer.model.disable_adapter():
-                trl_ref, _, _ = trainer._get_per_token_logps_and_entropies(
-                    trainer.model, ids, torch.ones_like(ids), t
-                )
+                trl_ref, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, torch.ones_like(ids), t)
             logits = base.lm_head(base.model(ids).last_hidden_state)[0] / TEMPERATURE
         plain = logits.log_softmax(-1)[torch.arange(n - 1, n + t - 1), torch.tensor(s.completion_ids)]
         torch.testing.assert_close(ours_policy[i, :t], trl_policy[0], atol=1e-5, rtol=1e-5)

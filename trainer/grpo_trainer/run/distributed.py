@@ -52,7 +52,9 @@ class DistContext:
         return self.world_size > 1 or self.grouped
 
 
-def init_distributed(device: str = "auto", timeout_seconds: float = 1800.0, *, group_of_one: bool = False) -> DistContext:
+def init_distributed(
+    device: str = "auto", timeout_seconds: float = 1800.0, *, group_of_one: bool = False
+) -> DistContext:
     """Join the process group torchrun describes, or return a single-process context.
 
     ``device``: "auto" (cuda if available), "cpu" or "cuda". GPUs use nccl with
