@@ -30,10 +30,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from datasets import Dataset
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-from trl import GRPOConfig, GRPOTrainer
+from transformers import LlamaConfig, LlamaForCausalLM
+from trl import GRPOTrainer
 from trl.trainer.utils import nanstd
 
 from grpo_trainer.contract.hparams import TrainKwargs
@@ -47,6 +45,7 @@ from grpo_trainer.grpo.policy import (
     wrap_policy,
 )
 from grpo_trainer.grpo.samples import TrainSample, advantages
+from support.trl_reference import grpo_trainer, trl_layout, word_tokenizer
 
 VOCAB = 64
 PAD, EOS, BOS = 0, 2, 3
@@ -72,12 +71,6 @@ def _tiny_model() -> LlamaForCausalLM:
     return LlamaForCausalLM(cfg)
 
 
-def _tokenizer() -> PreTrainedTokenizerFast:
-    tk = Tokenizer(models.WordLevel(vocab={f"t{i}": i for i in range(VOCAB)}, unk_token="t1"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="t0", eos_token="t2", bos_token="t3")
-
-
 TRAIN = TrainKwargs(
     temperature=TEMPERATURE,
     lora_config={"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"]},
@@ -85,11 +78,11 @@ TRAIN = TrainKwargs(
 
 
 def _trl_trainer(model: LlamaForCausalLM, out: Path, **config: object) -> GRPOTrainer:
-    args = GRPOConfig(
-        output_dir=str(out),
-        report_to="none",
-        use_cpu=True,
-        bf16=False,  # GRPOConfig defaults to bf16, which autocasts on CPU too; we compare in fp32
+    return grpo_trainer(
+        model,
+        out,
+        word_tokenizer(VOCAB, pad=PAD, eos=EOS, bos=BOS),
+        peft_lora_config(TRAIN),
         per_device_train_batch_size=4,
         num_generations=4,
         gradient_accumulation_steps=ACCUM,
@@ -97,17 +90,6 @@ def _trl_trainer(model: LlamaForCausalLM, out: Path, **config: object) -> GRPOTr
         temperature=TEMPERATURE,
         **config,
     )
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=lambda completions, **_: [0.0] * len(completions),
-        args=args,
-        train_dataset=Dataset.from_dict({"prompt": ["t5 t6"] * 4}),
-        processing_class=_tokenizer(),
-        peft_config=peft_lora_config(TRAIN),
-    )
-    trainer.model.train()
-    trainer.current_gradient_accumulation_steps = ACCUM
-    return trainer
 
 
 # Two micro-batches of four; prompts of different lengths; one truncated completion per micro-batch.
@@ -136,31 +118,19 @@ class TrlInputs:
 
 
 def _trl_inputs(samples: list[TrainSample], mask_truncated: bool, n_items: int, seed: int) -> TrlInputs:
-    """TRL's batch layout: left-padded prompts, right-padded completions, truncation already masked."""
-    p_width = max(len(s.prompt_ids) for s in samples)
-    t_width = max(len(s.completion_ids) for s in samples)
-    b = len(samples)
-    prompt_ids = torch.full((b, p_width), PAD)
-    prompt_mask = torch.zeros((b, p_width), dtype=torch.long)
-    completion_ids = torch.full((b, t_width), PAD)
-    completion_mask = torch.zeros((b, t_width), dtype=torch.long)
-    sampler = torch.zeros((b, t_width))
+    """TRL's batch layout (support.trl_reference), with truncated completions already masked."""
+    layout = trl_layout(samples, PAD)
     for i, s in enumerate(samples):
-        prompt_ids[i, p_width - len(s.prompt_ids) :] = torch.tensor(s.prompt_ids)
-        prompt_mask[i, p_width - len(s.prompt_ids) :] = 1
-        completion_ids[i, : len(s.completion_ids)] = torch.tensor(s.completion_ids)
-        completion_mask[i, : len(s.completion_ids)] = 0 if (mask_truncated and s.truncated) else 1
-        sampler[i, : len(s.completion_ids)] = torch.tensor(s.sampler_logprobs)
+        if mask_truncated and s.truncated:
+            layout["completion_mask"][i] = 0
+    b, t_width = layout["completion_ids"].shape
     gen = torch.Generator().manual_seed(seed)
     # Old and reference logprobs away from the current ones, so that both clip sides and the KL are exercised.
     old = -4.0 + 0.4 * torch.randn((b, t_width), generator=gen)
     ref = -4.0 + 0.4 * torch.randn((b, t_width), generator=gen)
+    sampler = layout.pop("sampling_per_token_logps")
     inputs = {
-        "prompt_ids": prompt_ids,
-        "prompt_mask": prompt_mask,
-        "completion_ids": completion_ids,
-        "completion_mask": completion_mask,
-        "advantages": torch.tensor([s.advantage for s in samples]),
+        **layout,
         "old_per_token_logps": old,
         "ref_per_token_logps": ref,
         "num_items_in_batch": torch.tensor(n_items),
@@ -294,9 +264,7 @@ def test_token_logprobs_match_trl_and_a_plain_forward(tmp_path: Path) -> None:
         with torch.no_grad():
             trl_policy, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, torch.ones_like(ids), t)
             with trainer.model.disable_adapter():
-                trl_ref, _, _ = trainer._get_per_token_logps_and_entropies(
-                    trainer.model, ids, torch.ones_like(ids), t
-                )
+                trl_ref, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, torch.ones_like(ids), t)
             logits = base.lm_head(base.model(ids).last_hidden_state)[0] / TEMPERATURE
         plain = logits.log_softmax(-1)[torch.arange(n - 1, n + t - 1), torch.tensor(s.completion_ids)]
         torch.testing.assert_close(ours_policy[i, :t], trl_policy[0], atol=1e-5, rtol=1e-5)

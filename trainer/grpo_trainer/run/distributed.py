@@ -40,6 +40,7 @@ class DistContext:
     local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     store: Optional[torch_dist.Store] = None  # the group's key-value store (distributed runs only)
+    grouped: bool = False  # in a process group although the only rank (init_distributed(group_of_one=True))
 
     @property
     def is_main(self) -> bool:
@@ -47,14 +48,19 @@ class DistContext:
 
     @property
     def is_distributed(self) -> bool:
-        return self.world_size > 1
+        """Whether collectives go through a process group (more than one rank, or a group of one)."""
+        return self.world_size > 1 or self.grouped
 
 
-def init_distributed(device: str = "auto", timeout_seconds: float = 1800.0) -> DistContext:
+def init_distributed(
+    device: str = "auto", timeout_seconds: float = 1800.0, *, group_of_one: bool = False
+) -> DistContext:
     """Join the process group torchrun describes, or return a single-process context.
 
     ``device``: "auto" (cuda if available), "cpu" or "cuda". GPUs use nccl with
-    cuda:LOCAL_RANK; CPU uses gloo.
+    cuda:LOCAL_RANK; CPU uses gloo. ``group_of_one``: join a group under the
+    launcher even with WORLD_SIZE=1 (the trainer never does; bench/gpu_check.py
+    does, to run nccl's collectives on a one-GPU machine).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -72,7 +78,7 @@ def init_distributed(device: str = "auto", timeout_seconds: float = 1800.0) -> D
         dev = torch.device("cuda", local_rank)
     else:
         dev = torch.device("cpu")
-    if world_size <= 1:
+    if world_size <= 1 and not (group_of_one and "MASTER_PORT" in os.environ):
         return DistContext(device=dev)
     timeout = timedelta(seconds=timeout_seconds)
     # Under the launcher (and torchrun) the store is the launcher's own; every rank is its client.
@@ -89,7 +95,9 @@ def init_distributed(device: str = "auto", timeout_seconds: float = 1800.0) -> D
             timeout=timeout,
         )
     log.info("joined process group", extra={"rank": rank, "world_size": world_size, "device": str(dev)})
-    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, store=store)
+    return DistContext(
+        rank=rank, world_size=world_size, local_rank=local_rank, device=dev, store=store, grouped=world_size == 1
+    )
 
 
 def wait_for_main(ctx: DistContext, point: str) -> None:
