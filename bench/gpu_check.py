@@ -104,43 +104,14 @@ from grpo_trainer.grpo.samples import TrainSample, advantages
 from grpo_trainer.grpo.update import micro_batches, optimizer_batches, train_on_samples
 from grpo_trainer.run.distributed import DistContext
 from grpo_trainer.vllm.adapters import AdapterStore
+from support.seed import seed_call
 
 NAME = "gpu_check"
 BENCH = Path(__file__).resolve().parent
 WORKER = BENCH / "_gpu_check_worker.py"
 
-# The tutorial's train_kwargs, verbatim (/work/shared/seed/rl_papillon_seed.md, "NOTE: Training on 4 GPUs").
-SEED_TRAIN_KWARGS: dict[str, object] = {
-    "per_device_train_batch_size": 8,
-    "gradient_accumulation_steps": 4,
-    "temperature": 1.0,
-    "top_k": -1,
-    "top_p": 1.0,
-    "repetition_penalty": 1.0,
-    "beta": 0.00,
-    "learning_rate": 1e-6,
-    "gradient_checkpointing": True,
-    "bf16": True,
-    "lr_scheduler_type": "constant_with_warmup",
-    "loss_type": "dapo",
-    "max_steps": 1000,
-    "report_to": "wandb",
-    "log_completions": True,
-    "logging_steps": 1,
-    "max_prompt_length": None,
-    "max_completion_length": None,
-    "scale_rewards": False,
-    "max_grad_norm": 1.0,
-    "lora_config": {
-        "lora_alpha": 16,
-        "lora_dropout": 0.05,
-        "r": 8,
-        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"],
-    },
-    "num_training_gpus": 3,
-    "num_inference_gpus": 1,
-    "weight_decay": 0.001,
-}
+# The tutorial's train_kwargs (tests/data/rl_papillon_seed.py, "NOTE: Training on 4 GPUs").
+SEED_TRAIN_KWARGS: dict[str, object] = seed_call()[0]
 SEED_TRAIN = TrainKwargs(**SEED_TRAIN_KWARGS)
 
 # Qwen2.5-1.5B-Instruct's config.json, less the tokenizer-only and dtype keys.

@@ -55,6 +55,7 @@ from grpo_trainer.run.distributed import DistContext
 from grpo_trainer.run.loop import GRPORun, Sampling, StepPlan
 from grpo_trainer.run.stopflag import StopFlag
 from grpo_trainer.vllm.adapters import version_step
+from support.trl_reference import trl_layout
 from support.vllm import VLLMServer, start_vllm_server, trainer_config_for
 
 NAME = "trainer_step"
@@ -209,28 +210,6 @@ def trl_trainer(model_dir: Path, out: Path) -> Any:
     trainer.current_gradient_accumulation_steps = TRAIN.gradient_accumulation_steps
     trainer.create_optimizer_and_scheduler(num_training_steps=TRAIN.max_steps)
     return trainer
-
-
-def trl_layout(samples: Sequence[TrainSample], pad_id: int) -> dict[str, torch.Tensor]:
-    """TRL's batch layout: left-padded prompts, right-padded completions, the sampler's logprobs."""
-    p_width = max(len(s.prompt_ids) for s in samples)
-    t_width = max(len(s.completion_ids) for s in samples)
-    b = len(samples)
-    out = {
-        "prompt_ids": torch.full((b, p_width), pad_id),
-        "prompt_mask": torch.zeros((b, p_width), dtype=torch.long),
-        "completion_ids": torch.full((b, t_width), pad_id),
-        "completion_mask": torch.zeros((b, t_width), dtype=torch.long),
-        "sampling_per_token_logps": torch.zeros((b, t_width)),
-        "advantages": torch.tensor([s.advantage for s in samples]),
-    }
-    for i, s in enumerate(samples):
-        out["prompt_ids"][i, p_width - len(s.prompt_ids) :] = torch.tensor(s.prompt_ids)
-        out["prompt_mask"][i, p_width - len(s.prompt_ids) :] = 1
-        out["completion_ids"][i, : len(s.completion_ids)] = torch.tensor(s.completion_ids)
-        out["completion_mask"][i, : len(s.completion_ids)] = 1
-        out["sampling_per_token_logps"][i, : len(s.completion_ids)] = torch.tensor(s.sampler_logprobs)
-    return out
 
 
 def trl_update(trainer: Any, samples: Sequence[TrainSample], times: UpdateTimes) -> None:

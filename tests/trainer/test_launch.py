@@ -25,7 +25,6 @@ import pytest
 
 from grpo_trainer.contract import exit_codes
 from grpo_trainer.run.launch import verdict
-from support.ranks import alive
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -70,6 +69,8 @@ def test_sigterm_lets_every_rank_checkpoint_and_the_pod_exits_75(tmp_path: Path)
 
 
 def test_a_killed_launcher_leaves_no_rank_behind(tmp_path: Path) -> None:
+    from support.ranks import alive  # here: the ranks run this file without the tests on their path
+
     proc = launch("stop", tmp_path)
     ready = [tmp_path / f"rank-{r}.ready" for r in range(RANKS)]
     wait_for(ready, proc)

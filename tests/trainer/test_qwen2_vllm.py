@@ -50,8 +50,8 @@ def test_qwen2_adapters_on_all_projections_hot_swap_and_serve_as_on_disk(
 
     tokenizer = AutoTokenizer.from_pretrained(server.model_dir)
     messages = [{"role": "user", "content": "please write an email to maria garcia about the appointment"}]
-    token_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    token_ids = list(token_ids["input_ids"] if isinstance(token_ids, dict) else token_ids)
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    token_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     assert len(token_ids) > 10
 
     served: dict[int, list[float]] = {}

@@ -10,22 +10,11 @@ import pytest
 from grpo_operator.api import InvalidJob, parse_job
 from grpo_operator.resolve import ClusterTarget, resolve
 from support.jobdocs import INVALID_CASES, ROOT, load_example, mutated
-
-SEED = ROOT / "tests" / "data" / "rl_papillon_seed.py"
+from support.seed import seed_call
 
 
 def _seed_call() -> tuple[dict, dict]:
-    """train_kwargs and the ArborGRPO(...) keyword arguments, read from the tutorial's code."""
-    tree = ast.parse(SEED.read_text())
-    train_kwargs: dict = {}
-    arbor: dict = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "train_kwargs":
-            train_kwargs = ast.literal_eval(node.value)
-        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "ArborGRPO":
-            arbor = {kw.arg: kw.value for kw in node.keywords}
-    assert train_kwargs and arbor, "seed snippet not understood"
-    return train_kwargs, arbor
+    return seed_call()
 
 
 def test_seed_train_kwargs_arrive_unchanged():
@@ -97,7 +86,10 @@ def test_minimal_job_gets_defaults():
                 "program": {"builtin": "papillon"},
                 "metric": {"builtin": "papillon_offline"},
                 "model": {"path": "/models/tiny"},
-                "data": {"train": {"file": {"path": "/data/train.jsonl"}}, "validation": {"file": {"path": "/data/val.jsonl"}}},
+                "data": {
+                    "train": {"file": {"path": "/data/train.jsonl"}},
+                    "validation": {"file": {"path": "/data/val.jsonl"}},
+                },
             },
         }
     )
