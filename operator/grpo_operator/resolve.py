@@ -331,8 +331,8 @@ def env_refs(spec: GRPOJobSpec) -> tuple[tuple[EnvRef, ...], tuple[EnvRef, ...]]
         )
         trainer.append(token)
         inference.append(token)
-    elif hub_tokens(spec):
-        data_token = hub_tokens(spec)[0]
+    elif data_tokens := hub_tokens(spec):
+        data_token = data_tokens[0]
         trainer.append(
             EnvRef(HF_TOKEN_ENV, "secret", data_token.name, data_token.key, False, "spec.data.*.hub.tokenSecretRef")
         )

@@ -55,7 +55,7 @@ class DistContext:
 def init_distributed(
     device: str = "auto", timeout_seconds: float = 1800.0, *, group_of_one: bool = False
 ) -> DistContext:
-    """Join the process group torchrun describes, or return a single-process context.
+    """Join the process group the launcher (or torchrun) describes, or return a single-process context.
 
     ``device``: "auto" (cuda if available), "cpu" or "cuda". GPUs use nccl with
     cuda:LOCAL_RANK; CPU uses gloo. ``group_of_one``: join a group under the

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 STORE_HOST = "127.0.0.1"  # one pod, one node: the ranks and the store share the loopback
 POLL_SECONDS = 0.2
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Exits that let the other ranks finish (done, or stopped after a checkpoint); any other ends the attempt.
+CLEAN_EXITS = (exit_codes.DONE, exit_codes.INTERRUPTED)
 
 
 @dataclass
@@ -88,7 +90,7 @@ def _die_with_parent() -> None:
 
 def verdict(codes: list[int]) -> int:
     """The launcher's exit status from its workers' (negative: killed by that signal)."""
-    if any(code not in (exit_codes.DONE, exit_codes.INTERRUPTED) for code in codes):
+    if any(code not in CLEAN_EXITS for code in codes):
         return exit_codes.FAILED
     if any(code == exit_codes.INTERRUPTED for code in codes):
         return exit_codes.INTERRUPTED
@@ -140,10 +142,9 @@ class Launcher:
 
         store = TCPStore(STORE_HOST, port, self.nproc, is_master=True, wait_for_workers=False)
         log.info("started %d ranks", self.nproc, extra={"store_port": store.port, "argv": self.argv})
-        ok = (None, exit_codes.DONE, exit_codes.INTERRUPTED)
         killed = False
         while any(w.code is None for w in self.workers):
-            failed = next((w for w in self.workers if w.code not in ok), None)
+            failed = next((w for w in self.workers if w.code is not None and w.code not in CLEAN_EXITS), None)
             if failed is not None and not killed:
                 self._kill_rest(failed)
                 killed = True
