@@ -66,8 +66,9 @@ FROM ${PYTHON_IMAGE} AS trainer
 # A C compiler for Triton: on CUDA, TRL's chunked log-prob kernel is a Triton kernel, and
 # Triton compiles a small C launcher with the system compiler at its first launch ("Failed
 # to find C compiler" without one). gcc + libc6-dev only; Python's headers are in the base image.
+# git and ssh for spec.code's git sources (the trainer pod's init containers run this image).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && apt-get install -y --no-install-recommends gcc libc6-dev git openssh-client ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=trainer-build /opt/venv /opt/venv
 # HOME and the caches are writable places for a plain `docker run`; the operator's pods set

@@ -29,6 +29,7 @@ from _results import header, write_section
 
 from grpo_operator.local.default import default_job
 from grpo_operator.local.plan import Plan, RunOptions, make_plan
+from grpo_trainer.dspy.task import checked_task
 from grpo_trainer.run.distributed import DistContext
 from grpo_trainer.run.loop import GRPORun
 from grpo_trainer.vllm.process import VLLMProcess
@@ -53,7 +54,7 @@ def validation_noise(seeds: int, work: Path) -> list[float]:
             grpo = plan.config.grpo.model_copy(update={"seed": seed})
             cfg = plan.config.model_copy(update={"grpo": grpo, "run_dir": str(work / f"noise-{seed}"), "port": 0})
             run = GRPORun(cfg, DistContext())
-            sampling = run._setup_sampling(None)
+            sampling = run._setup_sampling(None, checked_task(cfg))
             run._serve(sampling, 0)
             scores.append(run._evaluate(sampling, sampling.val, "val"))
             print(f"  seed {seed}: validation {scores[-1]:.4f}", flush=True)

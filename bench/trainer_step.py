@@ -45,6 +45,7 @@ from _results import header, write_section
 from grpo_trainer.contract.config import TrainerConfig
 from grpo_trainer.contract.hparams import GRPOArgs, TrainKwargs
 from grpo_trainer.contract.progress import Progress
+from grpo_trainer.dspy.task import Task
 from grpo_trainer.embedded.tinymodel import ensure_tiny_model
 from grpo_trainer.grpo.loss import importance_weights
 from grpo_trainer.grpo.optim import build_optimizer, build_scheduler
@@ -107,8 +108,8 @@ class BenchRun(GRPORun):
         self.phases = phases
         self.batches: list[list[TrainSample]] = []
 
-    def _setup_sampling(self, state: Any) -> Sampling:
-        sampling = super()._setup_sampling(state)
+    def _setup_sampling(self, state: Any, task: Task) -> Sampling:
+        sampling = super()._setup_sampling(state, task)
         sampling.board.subscribe(self.phases)
         return sampling
 

@@ -9,11 +9,16 @@ Pure: no I/O, nothing imported beyond the API models and the trainer's contract.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
+from grpo_operator.api.spec import (
+    CodeSource as CodeSpec,
+)
 from grpo_operator.api.spec import (
     DatasetSource,
     EnvFromSource,
@@ -25,11 +30,16 @@ from grpo_operator.api.spec import (
     hub_tokens,
 )
 from grpo_trainer.contract.config import (
+    CODE_FETCH_MODULE,
     CONFIG_ENV,
+    GIT_SSH_KEY_ENV,
+    GIT_TOKEN_ENV,
     HF_TOKEN_ENV,
     JUDGE_API_KEY_ENV,
+    PIP_INDEX_URL_ENV,
     TERMINATION_LOG_ENV,
     UNTRUSTED_API_KEY_ENV,
+    CodeSource,
     DataSpec,
     LMEndpoint,
     TrainerConfig,
@@ -51,6 +61,8 @@ CONFIG_KEY = "config.json"
 CONFIG_PATH = f"{CONFIG_MOUNT}/{CONFIG_KEY}"
 MODEL_MOUNT = "/models"
 DATA_MOUNT = "/datasets"
+CODE_MOUNT = "/code"  # spec.code[i] at /code/<i>
+CODE_ARCHIVE_KEY = "code.tar.gz"  # the key of a packed-code ConfigMap (grpo_operator.code_pack)
 HOME = "/home/grpo"  # an emptyDir: the root filesystem is read-only
 TERMINATION_LOG = "/dev/termination-log"  # the kubelet's default terminationMessagePath
 CACHE_ROOT = f"{RUN_MOUNT}/.cache"
@@ -116,6 +128,13 @@ class LocalTarget:
     gpus: int  # NVIDIA GPUs on this machine
     python: str  # this interpreter (its venv has the trainer and vLLM)
 
+    # spec.code[i] on this machine: a packed ConfigMap's archive or a directory standing in for a claim.
+    code_paths: tuple[str, ...] = ()
+    # Importable besides spec.code (after it): (directory, why) -- --code DIR, the job file's folder, the cwd.
+    extra_code: tuple[tuple[str, str], ...] = ()
+    # Data sets a pod reads from a ConfigMap (configMap, inline), as files the plan wrote: split -> path.
+    data_files: Mapping[str, str] = field(default_factory=dict)
+
     model_mount: str = field(default="", init=False)
     data_mount: str = field(default="", init=False)
     vllm_bind_host: str = field(default=LOCAL_HOST, init=False)
@@ -140,6 +159,16 @@ Target = Union[ClusterTarget, LocalTarget]
 
 
 @dataclass(frozen=True)
+class CodeFetch:
+    """Fetching spec.code[index] (git, pip) before the trainer starts: a pod's init container, a local run's step."""
+
+    index: int
+    argv: list[str]
+    dest: str  # the folder it fills: an emptyDir at /code/<i> in pods, a run-directory folder locally
+    env_refs: tuple[EnvRef, ...]  # its credentials, from Secret keys (a local run: from its environment)
+
+
+@dataclass(frozen=True)
 class ResolvedJob:
     """Everything a runner starts for a job, decided once."""
 
@@ -154,6 +183,7 @@ class ResolvedJob:
     # Variables read from Secret/ConfigMap keys (API keys, the hub token, the user's valueFrom entries).
     trainer_env_refs: tuple[EnvRef, ...]
     inference_env_refs: tuple[EnvRef, ...]
+    code_fetches: tuple[CodeFetch, ...] = ()  # git and pip sources, fetched before the trainer starts
 
 
 def mounted(mount: str, volume: Optional[VolumeSource], path: str) -> str:
@@ -225,7 +255,31 @@ def _endpoint(lm: Optional[ExternalLM], key_env: str) -> Optional[LMEndpoint]:
     )
 
 
-def _data(src: Optional[DatasetSource], data_mount: str) -> Optional[DataSpec]:
+DATA_SPLITS = ("train", "validation")
+
+
+def inline_data_key(split: str) -> str:
+    """The key of an inline data set in the job's config ConfigMap (and its file name in a local run)."""
+    return f"data-{split}.jsonl"
+
+
+def inline_data_files(spec: GRPOJobSpec) -> dict[str, str]:
+    """The job's inline data sets as JSONL files, by key: written into the job's config ConfigMap."""
+    files: dict[str, str] = {}
+    for split in DATA_SPLITS:
+        src: Optional[DatasetSource] = getattr(spec.data, split)
+        if src is not None and src.inline is not None:
+            rows = (json.dumps(row, ensure_ascii=False) + "\n" for row in src.inline.rows)
+            files[inline_data_key(split)] = "".join(rows)
+    return files
+
+
+def config_map_data_dir(name: str) -> str:
+    """Where a pod sees a ConfigMap of data sets (grpo_operator.children mounts it there)."""
+    return f"{DATA_MOUNT}/configmap-{name}"
+
+
+def _data(src: Optional[DatasetSource], split: str, target: Target) -> Optional[DataSpec]:
     if src is None:
         return None
     common = dict(fields=dict(src.fields), input_fields=src.input_fields, limit=src.limit)
@@ -234,14 +288,105 @@ def _data(src: Optional[DatasetSource], data_mount: str) -> Optional[DataSpec]:
         return DataSpec(source="hub", id=h.id, config=h.config, split=h.split, revision=h.revision, **common)
     if src.file is not None:
         f = src.file
-        return DataSpec(source="file", path=mounted(data_mount, f.volume, f.path), format=f.format, **common)
+        return DataSpec(source="file", path=mounted(target.data_mount, f.volume, f.path), format=f.format, **common)
+    if src.config_map is not None or src.inline is not None:
+        fmt = src.config_map.format if src.config_map is not None else "jsonl"
+        if isinstance(target, LocalTarget):  # no ConfigMaps here: the plan wrote the file and says where
+            path = target.data_files[split]
+        elif src.config_map is not None:
+            path = f"{config_map_data_dir(src.config_map.name)}/{src.config_map.key}"
+        else:
+            path = f"{CONFIG_MOUNT}/{inline_data_key(split)}"
+        return DataSpec(source="file", path=path, format=fmt, **common)
     assert src.url is not None  # exactly one source (rule in DatasetSource)
     return DataSpec(source="url", url=src.url.url, format=src.url.format, **common)
 
 
+def code_origin(index: int, source: CodeSpec) -> str:
+    """How messages name a code source: ``spec.code[0].configMap 'my-code'``."""
+    if source.config_map is not None:
+        return f"spec.code[{index}].configMap {source.config_map.name!r}"
+    if source.git is not None:
+        return f"spec.code[{index}].git {source.git.url!r}"
+    if source.pip is not None:
+        return f"spec.code[{index}].pip {' '.join(source.pip.requirements)!r}"
+    assert source.volume is not None  # exactly one (rule in CodeSource)
+    return f"spec.code[{index}].volume {source.volume.claim_name!r}"
+
+
+def _code_root(index: int, target: Target) -> str:
+    return target.code_paths[index] if isinstance(target, LocalTarget) else f"{CODE_MOUNT}/{index}"
+
+
+def _fetch_refs(index: int, source: CodeSpec) -> tuple[EnvRef, ...]:
+    """The credentials fetching spec.code[index] reads from Secret keys."""
+    where = f"spec.code[{index}]"
+    refs: list[EnvRef] = []
+    if source.git is not None:
+        for var, ref, name in (
+            (GIT_TOKEN_ENV, source.git.token_secret_ref, "tokenSecretRef"),
+            (GIT_SSH_KEY_ENV, source.git.ssh_key_secret_ref, "sshKeySecretRef"),
+        ):
+            if ref is not None:
+                refs.append(EnvRef(var, "secret", ref.name, ref.key, False, f"{where}.git.{name}"))
+    if source.pip is not None and source.pip.index_url_secret_ref is not None:
+        ref = source.pip.index_url_secret_ref
+        refs.append(EnvRef(PIP_INDEX_URL_ENV, "secret", ref.name, ref.key, False, f"{where}.pip.indexUrlSecretRef"))
+    return tuple(refs)
+
+
+def code_env_refs(spec: GRPOJobSpec) -> tuple[EnvRef, ...]:
+    """Every Secret key the job's code fetches read (the operator checks they exist; a local run reads its env)."""
+    return tuple(r for i, source in enumerate(spec.code) for r in _fetch_refs(i, source))
+
+
+def code_fetches(spec: GRPOJobSpec, target: Target) -> list[CodeFetch]:
+    """The git and pip sources of spec.code, each as the fetch command that fills its folder."""
+    out: list[CodeFetch] = []
+    for i, source in enumerate(spec.code):
+        dest = _code_root(i, target)
+        argv = [target.python, "-m", CODE_FETCH_MODULE]
+        if source.git is not None:
+            g = source.git
+            argv += ["git", "--url", g.url, "--dest", f"{dest}/repo"]
+            argv += ["--ref", g.ref] if g.ref else []
+            argv += ["--commit", g.commit] if g.commit else []
+        elif source.pip is not None:
+            pip = source.pip
+            argv += ["pip", "--dest", dest, *pip.requirements]
+            argv += ["--index-url", pip.index_url] if pip.index_url else []
+            for extra in pip.extra_index_urls:
+                argv += ["--extra-index-url", extra]
+        else:
+            continue
+        out.append(CodeFetch(index=i, argv=argv, dest=dest, env_refs=_fetch_refs(i, source)))
+    return out
+
+
+def code_sources(spec: GRPOJobSpec, target: Target) -> list[CodeSource]:
+    """The trainer's import path additions, in the job's order: /code/<i> in pods, where the plan found them locally."""
+    out: list[CodeSource] = []
+    for i, source in enumerate(spec.code):
+        root, origin = _code_root(i, target), code_origin(i, source)
+        if source.config_map is not None:
+            local = isinstance(target, LocalTarget)
+            out.append(CodeSource(kind="archive", path=root if local else f"{root}/{CODE_ARCHIVE_KEY}", origin=origin))
+        elif source.git is not None:
+            repo = f"{root}/repo"
+            path = f"{repo}/{source.git.sub_path.strip('/')}" if source.git.sub_path else repo
+            out.append(CodeSource(kind="dir", path=path, origin=origin, fetched=repo))
+        elif source.pip is not None:
+            out.append(CodeSource(kind="dir", path=root, origin=origin, fetched=root))
+        else:
+            out.append(CodeSource(kind="dir", path=root, origin=origin))
+    if isinstance(target, LocalTarget):
+        out.extend(CodeSource(kind="dir", path=path, origin=why) for path, why in target.extra_code)
+    return out
+
+
 def trainer_config(name: str, spec: GRPOJobSpec, target: Target, training_gpus: int) -> TrainerConfig:
     """The trainer's config file for a job where it runs."""
-    train_data = _data(spec.data.train, target.data_mount)
+    train_data = _data(spec.data.train, "train", target)
     assert train_data is not None
     device: Literal["cuda", "cpu"] = "cuda" if training_gpus > 0 else "cpu"
     return TrainerConfig(
@@ -259,7 +404,8 @@ def trainer_config(name: str, spec: GRPOJobSpec, target: Target, training_gpus: 
         untrusted=_endpoint(spec.untrusted_model, UNTRUSTED_API_KEY_ENV),
         judge=_endpoint(spec.judge, JUDGE_API_KEY_ENV),
         train_data=train_data,
-        val_data=_data(spec.data.validation, target.data_mount),
+        val_data=_data(spec.data.validation, "validation", target),
+        code=code_sources(spec, target),
         grpo=spec.grpo,
         train=spec.train_kwargs,
         port=target.trainer_port,
@@ -359,6 +505,7 @@ def resolve(name: str, spec: GRPOJobSpec, target: Target) -> ResolvedJob:
         inference_gpus=inference_gpus,
         trainer_env_refs=trainer_refs,
         inference_env_refs=inference_refs,
+        code_fetches=tuple(code_fetches(spec, target)),
     )
 
 
@@ -456,6 +603,18 @@ def cache_env(component: str) -> dict[str, str]:
     if component == "inference":
         env["VLLM_CACHE_ROOT"] = f"{compiled}/vllm"
     return env
+
+
+# An init container fetching code (git clone, pip install): small next to the trainer's own request.
+CODE_FETCH_RESOURCES = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
+CODE_FETCH_ENV = {
+    "HOME": HOME,
+    "TMPDIR": "/tmp",
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PIP_NO_CACHE_DIR": "1",
+    "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+}
 
 
 def pod_resources(options: PodOptions, gpus: int, defaults: ResourceDefaults) -> dict[str, dict[str, str]]:

@@ -10,7 +10,9 @@ apply`` to a trained adapter through the very pod specs a cluster would get:
   ConfigMap or Secret → its keys as files; an emptyDir → a fresh directory), and
   the root filesystem is made read-only when the container asks for
   ``readOnlyRootFilesystem``. The command, args, env (values, Secret and ConfigMap
-  references, downward-API fields) and workingDir are the pod's.
+  references, downward-API fields) and workingDir are the pod's. Init containers run
+  first, in order, each to its end (blocking this node's loop meanwhile); one that
+  fails fails the pod, as under ``restartPolicy: Never``.
 * **What is not a container runtime:** no image is pulled -- the command runs with
   this machine's Python environment first on ``PATH`` (here the trainer image and
   the vLLM CPU build are that environment); processes run as the test's user (uid
@@ -79,6 +81,7 @@ SYNC_SECONDS = 0.5
 HEARTBEAT_SECONDS = 10
 LEASE_SECONDS = 40
 RESTART_BACKOFF = (1.0, 2.0, 4.0, 8.0)  # seconds before restart number 1, 2, 3, 4+ (a kubelet: 10 s .. 5 min)
+INIT_CONTAINER_TIMEOUT = 600.0  # an init container (a git clone, a pip install) that takes longer is killed
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"  # the default of a container's terminationMessagePath
 TERMINATION_MESSAGE_BYTES = 4096
@@ -215,6 +218,22 @@ class Container:
             text = "\n".join(lines)[-FALLBACK_LOG_BYTES:]
         return text
 
+    def ended(self, rc: int) -> dict[str, Any]:
+        """The ``terminated`` state of a run that returned ``rc`` (negative: killed by that signal)."""
+        code = rc if rc >= 0 else 128 - rc
+        state: dict[str, Any] = {
+            "exitCode": code,
+            "reason": "Completed" if code == 0 else "Error",
+            "startedAt": self.started_at,
+            "finishedAt": now(),
+        }
+        if code == 128 + signal.SIGKILL:
+            state["signal"] = signal.SIGKILL
+        message = self.last_words(code)
+        if message:
+            state["message"] = message
+        return state
+
     @property
     def running(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
@@ -270,6 +289,8 @@ class Pod:
     last_status: dict[str, Any] | None = None
     transitions: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)  # condition → (status, time)
     created_dirs: set[Path] = dataclasses.field(default_factory=set)
+    init_containers: list[Container] = dataclasses.field(default_factory=list)  # run in order, each to its end
+    init_failed: bool = False  # one exited non-zero: the pod fails (restartPolicy Never) before its containers
 
 
 # --------------------------------------------------------------------------- the node
@@ -432,6 +453,7 @@ class ProcessNode:
         pod_dir = self.work_dir / "pods" / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}"
         (pod_dir / "logs").mkdir(parents=True, exist_ok=True)
         containers = [Container(c["name"], c, pod_dir / "logs" / f"{c['name']}.log") for c in spec["containers"]]
+        inits = [Container(c["name"], c, pod_dir / "logs" / f"{c['name']}.log") for c in spec.get("initContainers", [])]
         pod = Pod(
             uid=meta["uid"],
             namespace=meta["namespace"],
@@ -441,7 +463,8 @@ class ProcessNode:
             containers=containers,
             restart_policy=spec.get("restartPolicy", "Always"),
             start_time=now(),
-            images={c["name"]: c.get("image", "") for c in spec["containers"]},
+            images={c["name"]: c.get("image", "") for c in [*spec.get("initContainers", []), *spec["containers"]]},
+            init_containers=inits,
         )
         self._pods[pod.uid] = pod
         return pod
@@ -463,32 +486,51 @@ class ProcessNode:
     def _start_containers(self, pod: Pod, obj: dict[str, Any]) -> None:
         try:
             volumes = self._volumes(pod, obj)
-            envs = {c.name: self._env(pod, obj, c.spec) for c in pod.containers}
+            envs = {c.name: self._env(pod, obj, c.spec) for c in [*pod.init_containers, *pod.containers]}
         except PodSetupError as exc:
             for c in pod.containers:
                 c.waiting = (exc.reason, str(exc))
             return
         hosts = pod.dir / "hosts"
         hosts.write_text(self._hosts_file(pod, obj))
+        for c in pod.init_containers:  # in order, each to its end, before any container (here: blocking)
+            self._prepare(pod, c, volumes, hosts, envs[c.name])
+            self._launch(c)
+            assert c.popen is not None
+            try:
+                rc = c.popen.wait(timeout=INIT_CONTAINER_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                c.kill()
+                rc = -signal.SIGKILL
+            c.terminated = c.ended(rc)
+            if c.terminated["exitCode"] != 0:
+                pod.init_failed, pod.set_up = True, True
+                for main in pod.containers:
+                    main.waiting = ("PodInitializing", "")
+                return
         for c in pod.containers:
-            mounts = [self._bind(volumes, vm) for vm in c.spec.get("volumeMounts", [])]
-            mounts.append(BindMount(hosts, "/etc/hosts", read_only=True))
-            c.termination_file = pod.dir / f"termination-{c.name}"
-            c.termination_file.touch()
-            mounts.append(
-                BindMount(c.termination_file, c.spec.get("terminationMessagePath") or TERMINATION_MESSAGE_PATH)
-            )
-            for m in mounts:
-                created = missing_ancestor(m.target)
-                if created is not None:
-                    self._created_paths.add(created)
-            security = c.spec.get("securityContext", {})
-            c.script = mount_script(
-                mounts, bool(security.get("readOnlyRootFilesystem")), c.spec.get("workingDir") or "/", self.image
-            )
-            c.env = envs[c.name]
+            self._prepare(pod, c, volumes, hosts, envs[c.name])
             self._launch(c)
         pod.set_up = True
+
+    def _prepare(self, pod: Pod, c: Container, volumes: dict[str, Path], hosts: Path, env: dict[str, str]) -> None:
+        """A container's mount namespace script and environment."""
+        mounts = [self._bind(volumes, vm) for vm in c.spec.get("volumeMounts", [])]
+        mounts.append(BindMount(hosts, "/etc/hosts", read_only=True))
+        c.termination_file = pod.dir / f"termination-{c.name}"
+        c.termination_file.touch()
+        mounts.append(
+            BindMount(c.termination_file, c.spec.get("terminationMessagePath") or TERMINATION_MESSAGE_PATH)
+        )
+        for m in mounts:
+            created = missing_ancestor(m.target)
+            if created is not None:
+                self._created_paths.add(created)
+        security = c.spec.get("securityContext", {})
+        c.script = mount_script(
+            mounts, bool(security.get("readOnlyRootFilesystem")), c.spec.get("workingDir") or "/", self.image
+        )
+        c.env = env
 
     def _launch(self, c: Container) -> None:
         argv = [*(c.spec.get("command") or []), *(c.spec.get("args") or [])]
@@ -529,18 +571,8 @@ class ProcessNode:
             self._probe(pod, c)
             return
         c.signal(signal.SIGKILL)  # what the leader left behind (a kubelet kills the whole cgroup)
-        code = rc if rc >= 0 else 128 - rc
-        ended = {
-            "exitCode": code,
-            "reason": "Completed" if code == 0 else "Error",
-            "startedAt": c.started_at,
-            "finishedAt": now(),
-        }
-        if code == 128 + signal.SIGKILL:
-            ended["signal"] = signal.SIGKILL
-        message = c.last_words(code)
-        if message:
-            ended["message"] = message
+        ended = c.ended(rc)
+        code = ended["exitCode"]
         c.ready = False
         if pod.restart_policy == "Always" or (pod.restart_policy == "OnFailure" and code != 0):
             c.last_terminated = ended
@@ -606,7 +638,9 @@ class ProcessNode:
         statuses = [c.status(pod.images[c.name]) for c in pod.containers]
         started = all(c.started_at is not None for c in pod.containers)
         finished = all(c.terminated is not None for c in pod.containers)
-        if finished:
+        if pod.init_failed:
+            phase = "Failed"
+        elif finished:
             phase = "Succeeded" if all(c.terminated["exitCode"] == 0 for c in pod.containers) else "Failed"  # type: ignore[index]
         elif started:
             phase = "Running"
@@ -631,12 +665,14 @@ class ProcessNode:
             "conditions": [
                 *scheduled,
                 condition("PodReadyToStartContainers", pod.set_up),
-                condition("Initialized", True),
+                condition("Initialized", all((c.terminated or {}).get("exitCode") == 0 for c in pod.init_containers)),
                 condition("ContainersReady", ready),
                 condition("Ready", ready),
             ],
             "containerStatuses": statuses,
         }
+        if pod.init_containers:
+            status["initContainerStatuses"] = [c.status(pod.images[c.name]) for c in pod.init_containers]
         if status == pod.last_status:
             return
         code, body = self.cp.request(
@@ -687,9 +723,9 @@ class ProcessNode:
     def _key_files(self, pod: Pod, name: str, vol: dict[str, Any]) -> Path:
         kind = "configmaps" if "configMap" in vol else "secrets"
         ref = vol.get("configMap") or vol["secret"]
-        data = self._data(pod.namespace, kind, ref.get("name") or ref["secretName"], ref.get("optional", False))
+        data = self._file_data(pod.namespace, kind, ref.get("name") or ref["secretName"], ref.get("optional", False))
         items = ref.get("items") or [{"key": k, "path": k} for k in data]
-        return self._write_files(pod.dir / "volumes" / name, {i["path"]: data[i["key"]].encode() for i in items})
+        return self._write_files(pod.dir / "volumes" / name, {i["path"]: data[i["key"]] for i in items})
 
     def _projected(self, pod: Pod, obj: dict[str, Any], name: str, projected: dict[str, Any]) -> Path:
         """ServiceAccount token, ConfigMap, Secret and downward-API items in one directory."""
@@ -709,9 +745,9 @@ class ProcessNode:
             elif "configMap" in source or "secret" in source:
                 kind = "configmaps" if "configMap" in source else "secrets"
                 ref = source.get("configMap") or source["secret"]
-                data = self._data(pod.namespace, kind, ref["name"], ref.get("optional", False))
+                data = self._file_data(pod.namespace, kind, ref["name"], ref.get("optional", False))
                 items = ref.get("items") or [{"key": k, "path": k} for k in data]
-                files.update({i["path"]: data[i["key"]].encode() for i in items if i["key"] in data})
+                files.update({i["path"]: data[i["key"]] for i in items if i["key"] in data})
             elif "downwardAPI" in source:
                 for item in source["downwardAPI"].get("items", []):
                     files[item["path"]] = self._field(pod, obj, item["fieldRef"]["fieldPath"]).encode()
@@ -760,16 +796,29 @@ class ProcessNode:
                     )
         return env
 
-    def _data(self, ns: str, kind: str, name: str, optional: bool) -> dict[str, str]:
+    def _object(self, ns: str, kind: str, name: str, optional: bool) -> dict[str, Any]:
         status, got = self.cp.request("GET", f"/api/v1/namespaces/{ns}/{kind}/{name}")
         if status != 200:
             if optional:
                 return {}
             raise PodSetupError("CreateContainerConfigError", f"{kind[:-1]} {name!r} not found")
-        data = got.get("data") or {}
+        return got
+
+    def _data(self, ns: str, kind: str, name: str, optional: bool) -> dict[str, str]:
+        """A Secret's or ConfigMap's ``data``, as env sees it."""
+        data = self._object(ns, kind, name, optional).get("data") or {}
         if kind == "secrets":
             return {k: base64.b64decode(v).decode() for k, v in data.items()}
         return dict(data)
+
+    def _file_data(self, ns: str, kind: str, name: str, optional: bool) -> dict[str, bytes]:
+        """Every key as a volume of the object holds it: a ConfigMap's binaryData too, as the kubelet writes it."""
+        obj = self._object(ns, kind, name, optional)
+        if kind == "secrets":
+            return {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
+        files = {k: v.encode() for k, v in (obj.get("data") or {}).items()}
+        files.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
+        return files
 
     def _field(self, pod: Pod, obj: dict[str, Any], path: str) -> str:
         values = {

@@ -18,6 +18,12 @@ rank checkpoint and the pod exit 75 ("interrupted", not a failure). The collecti
 timeout is 10 s while vLLM takes far longer to start and the main rank validates:
 the other ranks wait for it on the launcher's store, not in a collective.
 
+A second test brings a team's own task (examples/own_program, not PAPILLON) without an image:
+its program cloned from a git server, its metric packed into a ConfigMap, the package the metric
+needs pip-installed from an index (git and index served by the test on loopback, fetched by the
+trainer pod's init containers) and the team's settings on a volume; a misspelt importPath fails
+its job at once (InvalidProgram, no retry).
+
 Fakes, and why: the GPUs are advertised by the process node, not real (there is
 none here): the ranks and vLLM (its CPU build, given the CPU build's one flag in
 ``inference.extraArgs``) run on the CPU; the images' contents are this machine's
@@ -32,6 +38,7 @@ import json
 import os
 import re
 import signal
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -300,3 +307,100 @@ def test_job_trains_survives_killed_and_stopped_trainer_and_killed_vllm_and_ends
     assert f'grpo_job_step{{name="{JOB}",namespace="{ns}"}} {float(STEPS)}' in text
     assert f'grpo_job_state{{name="{JOB}",namespace="{ns}",state="Succeeded"}} 1.0' in text
     assert get_job(cp, ns, JOB)["status"]["step"] == STEPS
+
+
+# --------------------------------------------------------------------------- the user's own code
+
+OWN_PROGRAM = Path(__file__).resolve().parents[2] / "examples" / "own_program"
+OWN_STEPS = 3
+
+
+def own_program_job(model_dir: Path, name: str, program: str) -> dict[str, Any]:
+    """A task that is not PAPILLON (examples/own_program), on the CPU; its code comes with the test."""
+    doc = job_document(model_dir)
+    doc["metadata"] = {"name": name}
+    spec = doc["spec"]
+    spec["program"] = {"importPath": program}
+    spec["metric"] = {"importPath": "topics.metric:topic_match"}
+    spec["data"] = {
+        "train": {"file": {"path": "train.jsonl", "volume": {"claimName": "topics-data"}}},
+        "validation": {"file": {"path": "val.jsonl", "volume": {"claimName": "topics-data"}}},
+    }
+    spec["grpo"].update(num_train_steps=OWN_STEPS, num_steps_for_val=OWN_STEPS, num_samples_per_input=4)
+    spec["trainKwargs"].update(num_training_gpus=0, num_inference_gpus=0)
+    spec["runPolicy"] = {"backoffLimit": 2}
+    return doc
+
+
+def test_a_users_own_program_from_every_kind_of_code_source_trains_and_a_misspelt_one_fails_at_once(
+    control_plane: ControlPlane, job_ns: str, node: ProcessNode, operator: OperatorProcess, tmp_path: Path
+):
+    """Two jobs at once, their code from every kind of source: the program cloned from the team's git
+    server, the metric packed into a ConfigMap, the package it needs pip-installed from their index (git
+    and index served by this test over HTTP on loopback; git and pip fetched by the pod's init
+    containers), the team's settings on a volume. One trains; the other has a misspelt importPath."""
+    from safetensors.numpy import load_file
+
+    from grpo_operator.code_pack import SHA_ANNOTATION, config_map
+    from support.own_program import TEAM_METRIC, WORDS_REQUIREMENT, team_task
+    from support.pyindex import git_http, package_index
+
+    cp, ns = control_plane, job_ns
+    model_dir = default_model_dir()
+    read_only_claim(cp, ns, "models", model_dir.parent)
+    read_only_claim(cp, ns, "topics-data", OWN_PROGRAM / "data")
+    task = team_task(tmp_path)
+    read_only_claim(cp, ns, "team-settings", task.settings)
+    packed = config_map("team-metrics", task.metrics, namespace=ns)
+    with git_http(task.repo, tmp_path / "git") as git_url, package_index([task.wheel], tmp_path / "index") as index:
+        code = [
+            {"git": {"url": git_url, "ref": "main", "subPath": "src"}},
+            {"configMap": {"name": "team-metrics"}},
+            {"pip": {"requirements": [WORDS_REQUIREMENT], "indexUrl": index}},
+            {"volume": {"claimName": "team-settings"}},
+        ]
+        docs = [packed]
+        for name, program in (("topics", "topics.program:Topic"), ("topics-typo", "topics.programs:Topic")):
+            doc = own_program_job(model_dir, name, program)  # the typo's module is topics.program
+            doc["spec"].update(code=code, metric={"importPath": TEAM_METRIC})
+            docs.append(doc)
+        job_file = tmp_path / "topics.yaml"
+        job_file.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+        cp.kubectl("apply", "-f", job_file, "-n", ns)
+        applied = time.monotonic()
+
+        # --- the misspelt importPath fails in the trainer's first seconds, with no retry spent
+        typo = wait_job(cp, ns, "topics-typo", is_true("Failed"), "Failed=True", timeout=300)
+        print(f"misspelt importPath: Failed {time.monotonic() - applied:.0f} s after kubectl apply")
+        failed = cond(typo, "Failed")
+        assert failed["reason"] == "InvalidProgram", failed
+        assert "program.importPath 'topics.programs:Topic'" in failed["message"], failed["message"]
+        assert typo["status"]["restarts"] == 0 and typo["status"]["trainerPod"] == "topics-typo-trainer-0"
+        events = cp.get_json("events", namespace=ns)["items"]
+        events = [e for e in events if e["involvedObject"]["name"] == "topics-typo"]
+        assert any(e["reason"] == "InvalidProgram" and e["type"] == "Warning" for e in events), events
+        pods = [p["metadata"]["name"] for p in cp.get_json("pods", namespace=ns)["items"]]
+        assert "topics-typo-trainer-1" not in pods
+
+        # --- the other trains on the team's code and data
+        job = wait_job(cp, ns, "topics", is_true("Succeeded"), "Succeeded=True", timeout=1500)
+        assert job["status"]["step"] == OWN_STEPS and job["status"]["restarts"] == 0
+
+    run_dir = claim_dir(cp, ns, "topics-run")
+    # the result differs from the base model: LoRA's B matrices start at zero and were trained
+    weights = load_file(str(run_dir / "adapters" / f"step-{OWN_STEPS}" / "adapter_model.safetensors"))
+    assert any("lora_B" in k and float(abs(v).max()) > 0 for k, v in weights.items()), "LoRA B is still 0"
+    progress = Progress.read(run_dir)
+    assert progress is not None and progress.served_check is not None
+    assert progress.served_check["served_vs_disk"] <= 1e-3, progress.served_check
+    # which code trained it: the commit cloned, the ConfigMap's archive, the package installed
+    git, archive, pip, settings = json.loads((run_dir / "code.json").read_text())
+    assert settings["origin"] == "spec.code[3].volume 'team-settings'" and settings["path"] == "/code/3"
+    assert git["git_commit"] == task.commit and git["path"] == "/code/0/repo/src"
+    assert archive["sha256"] == packed["metadata"]["annotations"][SHA_ANNOTATION]
+    assert pip["pip_freeze"] == ["topic-words==1.0"]
+    status_code = job["status"]["code"]  # what `kubectl get -o yaml` shows
+    assert f"@{task.commit[:12]}" in status_code and "topic-words==1.0" in status_code, status_code
+    trainer = cp.get_json("pod", "topics-trainer-0", namespace=ns)
+    inits = {s["name"]: s["state"]["terminated"]["exitCode"] for s in trainer["status"]["initContainerStatuses"]}
+    assert inits == {"code-0": 0, "code-2": 0}  # git and pip; the ConfigMap needs no fetch

@@ -12,14 +12,13 @@ import pytest
 
 from grpo_operator.local.display import BarDisplay, LineDisplay, format_duration
 from grpo_operator.local.report import (
-    RewardHistory,
     best_adapter_path,
     summarize,
     summary_table,
     write_plot,
     write_summary,
 )
-from grpo_trainer.contract.progress import Progress
+from grpo_trainer.contract.progress import Progress, StepDiagnostics
 
 
 def synthetic_progress(step: int = 10) -> Progress:
@@ -31,6 +30,7 @@ def synthetic_progress(step: int = 10) -> Progress:
         max_steps=10,
         reward_mean=0.61,
         reward_std=0.12,
+        reward_means={s: round(0.05 * s + 0.11, 3) for s in range(1, step + 1)},
         val_scores={0: 0.40, 5: 0.55, 10: 0.52},
         baseline_val_score=0.40,
         val_score=0.52,
@@ -38,6 +38,20 @@ def synthetic_progress(step: int = 10) -> Progress:
         best_step=5,
         tokens_generated=123456,
         tokens_trained=98765,
+        diagnostics=StepDiagnostics(
+            loss=-0.0123,
+            grad_norm=0.4567,
+            learning_rate=2e-5,
+            clip_fraction=0.031,
+            clip_fraction_low=0.011,
+            clip_fraction_high=0.02,
+            mean_kl=0.0042,
+            mean_ratio=1.0011,
+            mean_importance_weight=0.9987,
+            zero_variance_group_share=0.25,
+            completion_length_mean=87.5,
+            completion_length_max=256,
+        ),
         started_at=start,
         updated_at=start + timedelta(minutes=3, seconds=12),
         finished=True,
@@ -52,9 +66,7 @@ def run_dir(tmp_path: Path) -> Path:
 
 
 def test_summary_table_compares_baseline_final_and_best(run_dir: Path) -> None:
-    summary = summarize(
-        synthetic_progress(), run_dir, outcome="finished", wall_seconds=150.0, reward_means={1: 0.2, 10: 0.61}
-    )
+    summary = summarize(synthetic_progress(), run_dir, outcome="finished", wall_seconds=150.0)
     table = summary_table(summary, run_dir / "report.png")
     lines = {line.split("  ")[0].strip(): line for line in table.splitlines()}
     assert "0.400" in lines["validation score, baseline"]
@@ -64,20 +76,28 @@ def test_summary_table_compares_baseline_final_and_best(run_dir: Path) -> None:
     assert "2:30 this run" in lines["wall time"] and "3:12 since the trainer first started" in lines["wall time"]
     assert "123,456" in lines["tokens generated"]
     assert str(run_dir / "adapters" / "step-5") in lines["best adapter"]
+    # the last update's diagnostics, as the trainer reported them
+    assert "-0.0123, 0.4567" in lines["last step: loss, grad norm"]
+    assert "3.1% (low 1.1%, high 2.0%)" in lines["last step: clipped tokens"]
+    assert "0.0042, 1.0011 (importance weight 0.9987)" in lines["last step: KL, ratio"]
+    assert "25%" in lines["last step: groups with no signal"]
+    assert "mean 87.5, max 256" in lines["last step: completion tokens"]
+
+
+def test_summary_table_without_a_trained_step_has_no_diagnostics(run_dir: Path) -> None:
+    progress = synthetic_progress(0).model_copy(update={"diagnostics": None})
+    table = summary_table(summarize(progress, run_dir, outcome="stopped", wall_seconds=1.0))
+    assert "last step" not in table
 
 
 def test_summary_json_and_plot_are_written(run_dir: Path) -> None:
-    summary = summarize(
-        synthetic_progress(),
-        run_dir,
-        outcome="finished",
-        wall_seconds=150.0,
-        reward_means={s: 0.1 * s for s in range(1, 11)},
-    )
+    summary = summarize(synthetic_progress(), run_dir, outcome="finished", wall_seconds=150.0)
     doc = json.loads(write_summary(summary, run_dir).read_text())
     assert doc["best_val_score"] == 0.55 and doc["baseline_val_score"] == 0.40
     assert doc["best_adapter"] == str(run_dir / "adapters" / "step-5")
     assert doc["val_scores"] == {"0": 0.40, "5": 0.55, "10": 0.52}
+    assert doc["reward_means"] == {str(s): round(0.05 * s + 0.11, 3) for s in range(1, 11)}  # the trainer's own
+    assert doc["last_step_diagnostics"]["clip_fraction_high"] == 0.02
 
     png = write_plot(summary, run_dir / "report.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -88,16 +108,6 @@ def test_summary_json_and_plot_are_written(run_dir: Path) -> None:
 
 def test_best_adapter_is_none_before_any_adapter_won(tmp_path: Path) -> None:
     assert best_adapter_path(tmp_path) is None
-
-
-def test_reward_history_survives_a_resume_and_drops_steps_of_a_longer_older_run(tmp_path: Path) -> None:
-    history = RewardHistory(tmp_path)
-    for step, reward in ((1, 0.1), (2, 0.2), (3, 0.3)):
-        history.record(synthetic_progress(step).model_copy(update={"reward_mean": reward}))
-    resumed = RewardHistory(tmp_path)
-    assert resumed.means == {1: 0.1, 2: 0.2, 3: 0.3}
-    resumed.record(synthetic_progress(2).model_copy(update={"reward_mean": 0.25}))  # a rerun from an older checkpoint
-    assert resumed.means == {1: 0.1, 2: 0.25}
 
 
 def test_line_display_prints_one_line_per_change() -> None:

@@ -270,3 +270,130 @@ def test_ctrl_c_while_vllm_starts_stops_it_and_exits_0(
     assert code == 0, out.read_text()
     assert not (run_dir / "logs" / "trainer.log").exists()
     assert survivors() == []
+
+
+# -- grpo-local --check: the trainer's own check of the job's code, program, metric and data ------
+
+OWN_PROGRAM = Path(__file__).resolve().parents[2] / "examples" / "own_program"
+
+
+def _own_program_doc(default_doc: dict[str, Any], data_dir: Path, program: str = "topics.program:Topic") -> dict:
+    spec = default_doc["spec"]
+    spec["program"] = {"importPath": program}
+    spec["metric"] = {"importPath": "topics.metric:topic_match"}
+    spec["data"] = {
+        "train": {"file": {"path": str(data_dir / "train.jsonl")}},
+        "validation": {"file": {"path": str(data_dir / "val.jsonl")}},
+    }
+    return default_doc
+
+
+def test_check_imports_a_users_program_beside_the_job_file_and_starts_nothing(
+    cli, default_doc: dict[str, Any], tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(OWN_PROGRAM, project)
+    job = project / "topics.yaml"
+    job.write_text(yaml.safe_dump(_own_program_doc(default_doc, project / "data"), sort_keys=False))
+    run_dir = tmp_path / "run"
+    started = time.monotonic()
+    result = cli(str(job), "--check", "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.split("the trainer found:\n", 1)[1])
+    assert found["program"] == "Topic" and found["train_examples"] == 16 and found["inputs"] == ["text"]
+    assert {"origin": "the job file's folder", "path": str(project)} in [
+        {k: c[k] for k in ("origin", "path")} for c in found["code"]
+    ]
+    assert not list(run_dir.glob("logs/*.log")), "--check started a process"
+    assert time.monotonic() - started < 90  # no model load, no vLLM (generous for a loaded machine)
+
+    job.write_text(yaml.safe_dump(_own_program_doc(default_doc, project / "data", "topics.programs:Topic")))
+    result = cli(str(job), "--check", "--run-dir", str(run_dir))
+    assert result.returncode == 2, result.stdout
+    assert "InvalidProgram: program.importPath 'topics.programs:Topic'" in result.stderr, result.stderr
+
+
+def test_check_uses_packed_code_appended_to_the_job_file(cli, default_doc: dict[str, Any], tmp_path: Path) -> None:
+    """The ConfigMap a cluster job mounts, read from the job file: the code is nowhere else on disk."""
+    from grpo_operator.code_pack import config_map
+
+    doc = _own_program_doc(default_doc, OWN_PROGRAM / "data")
+    doc["spec"]["code"] = [{"configMap": {"name": "topics-code"}}]
+    packed = config_map("topics-code", OWN_PROGRAM, excludes=("data", "__pycache__"))
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    job = jobs / "topics.yaml"
+    job.write_text(yaml.safe_dump_all([doc, packed], sort_keys=False))
+    result = cli(str(job), "--check", "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.split("the trainer found:\n", 1)[1])
+    first = found["code"][0]
+    assert first["origin"] == "spec.code[0].configMap 'topics-code'"
+    assert first["sha256"] == packed["metadata"]["annotations"]["grpo.dev/code-sha256"]
+
+
+def test_check_reads_inline_rows_and_a_config_map_file_from_the_job_file(
+    cli, default_doc: dict[str, Any], tmp_path: Path
+) -> None:
+    """Data without a volume: rows in the job, a file in a ConfigMap appended to the job file."""
+    rows = [json.loads(line) for line in (OWN_PROGRAM / "data" / "train.jsonl").read_text().splitlines()]
+    doc = _own_program_doc(default_doc, OWN_PROGRAM / "data")
+    doc["spec"]["data"] = {
+        "train": {"inline": {"rows": rows[:5]}},
+        "validation": {"configMap": {"name": "topics-val", "key": "val.jsonl"}},
+    }
+    val = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "topics-val"},
+        "data": {"val.jsonl": (OWN_PROGRAM / "data" / "val.jsonl").read_text()},
+    }
+    job = tmp_path / "topics.yaml"
+    job.write_text(yaml.safe_dump_all([doc, val], sort_keys=False))
+    result = cli(str(job), "--check", "--run-dir", str(tmp_path / "run"), "--code", str(OWN_PROGRAM))
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.split("the trainer found:\n", 1)[1])
+    assert found["train_examples"] == 5 and found["val_examples"] == 8
+
+
+def test_check_brings_code_from_git_a_config_map_pip_and_a_volume_as_a_pod_would(
+    cli, default_doc: dict[str, Any], tmp_path: Path
+) -> None:
+    """The program from a git repository, the metric packed in a ConfigMap (in the job file), the
+    package the metric imports from the team's index (loopback), its settings from a volume (a folder
+    here): fetched as the init containers would."""
+    from grpo_operator.code_pack import config_map
+    from support.own_program import TEAM_METRIC, WORDS_REQUIREMENT, team_task
+    from support.pyindex import package_index
+
+    task = team_task(tmp_path)
+    doc = _own_program_doc(default_doc, OWN_PROGRAM / "data")
+    doc["spec"]["metric"] = {"importPath": TEAM_METRIC}
+    packed = config_map("team-metrics", task.metrics)
+    jobs = tmp_path / "jobs"  # not beside the code: only the job's sources can provide it
+    jobs.mkdir()
+    job = jobs / "topics.yaml"
+    with package_index([task.wheel], tmp_path / "index") as index:
+        doc["spec"]["code"] = [
+            {"git": {"url": f"file://{task.repo}", "ref": "main", "subPath": "src"}},
+            {"configMap": {"name": "team-metrics"}},
+            {"pip": {"requirements": [WORDS_REQUIREMENT], "indexUrl": index}},
+            {"volume": {"claimName": "team-settings"}},
+        ]
+        job.write_text(yaml.safe_dump_all([doc, packed], sort_keys=False))
+        volume = f"team-settings={task.settings}"
+        result = cli(str(job), "--check", "--run-dir", str(tmp_path / "run"), "--volume", volume, timeout=300)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.split("the trainer found:\n", 1)[1])
+    git, archive, pip, settings = found["code"][:4]
+    assert settings["origin"] == "spec.code[3].volume 'team-settings'" and settings["path"] == str(task.settings)
+    assert git["origin"] == f"spec.code[0].git 'file://{task.repo}'" and git["git_commit"] == task.commit
+    assert git["path"] == str(tmp_path / "run" / "code" / "0" / "repo" / "src")
+    assert archive["sha256"] == packed["metadata"]["annotations"]["grpo.dev/code-sha256"]
+    assert pip["pip_freeze"] == ["topic-words==1.0"]
+
+    # without the pip source the metric cannot import its package: InvalidMetric, named
+    doc["spec"]["code"] = [c for c in doc["spec"]["code"] if "pip" not in c]
+    job.write_text(yaml.safe_dump_all([doc, packed], sort_keys=False))
+    result = cli(str(job), "--check", "--run-dir", str(tmp_path / "run"), "--volume", volume, timeout=300)
+    assert result.returncode == 2 and "InvalidMetric" in result.stderr and "topic_words" in result.stderr, result.stderr

@@ -53,6 +53,8 @@ def test_the_launchers_exit_status_is_the_ranks_verdict() -> None:
     assert verdict([0, 0, 0]) == exit_codes.DONE
     assert verdict([75, 75, 75]) == verdict([0, 75, 75]) == exit_codes.INTERRUPTED
     assert verdict([75, 1, 75]) == verdict([75, -9, 75]) == verdict([0, -15, 0]) == exit_codes.FAILED
+    # the main rank found the job invalid and the others were killed: still invalid, no retry
+    assert verdict([exit_codes.INVALID_JOB, -9, -9]) == exit_codes.INVALID_JOB
 
 
 def test_sigterm_lets_every_rank_checkpoint_and_the_pod_exits_75(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import ast
 import re
 
 import pytest
+import yaml
 
 from grpo_operator.api import InvalidJob, parse_job
 from grpo_operator.resolve import ClusterTarget, resolve
@@ -100,5 +101,5 @@ def test_minimal_job_gets_defaults():
 
 
 def test_examples_all_valid():
-    for path in sorted((ROOT / "examples").glob("*.yaml")):
-        parse_job(load_example(path.name))
+    for path in sorted((ROOT / "examples").rglob("*.yaml")):
+        parse_job(yaml.safe_load(path.read_text()))

@@ -80,8 +80,9 @@ def _run_lines(stage: str) -> list[str]:
     return [i for i in _stages()[stage] if i.upper().startswith("RUN ")]
 
 
-def test_trainer_image_has_a_c_compiler_for_triton():
-    """Triton compiles a C launcher at a kernel's first launch on CUDA (TRL's chunked log-prob kernel)."""
+def test_trainer_image_has_a_c_compiler_for_triton_and_git_for_code_sources():
+    """Triton compiles a C launcher at a kernel's first launch on CUDA (TRL's chunked log-prob kernel);
+    spec.code's git sources are cloned by init containers running this image."""
     stage = _stages()["trainer"]
     installs = [r for r in _run_lines("trainer") if "apt-get install" in r]
     assert installs, "the trainer stage installs no compiler"
@@ -89,7 +90,8 @@ def test_trainer_image_has_a_c_compiler_for_triton():
     packages = set(re.findall(r"apt-get install ([^&]+)", run)[0].split())
     assert {"gcc", "libc6-dev"} <= packages
     assert "--no-install-recommends" in packages and "-y" in packages
-    assert packages - {"-y", "--no-install-recommends"} == {"gcc", "libc6-dev"}, "keep the image minimal"
+    wanted = {"gcc", "libc6-dev", "git", "openssh-client", "ca-certificates"}
+    assert packages - {"-y", "--no-install-recommends"} == wanted, "keep the image minimal"
     assert "apt-get update" in run and "rm -rf /var/lib/apt/lists/*" in run, "apt lists cleaned in the same layer"
     # installed as root, before the image switches to its user
     assert stage.index(run) < next(i for i, line in enumerate(stage) if line.upper().startswith("USER "))

@@ -161,8 +161,12 @@ def test_failure_event_quotes_the_trainers_error_or_the_end_of_its_log():
         return decide(observe(pods=(pod, a_pod("papillon-inference-0", "inference"))), SETTINGS)
 
     report = json.dumps({"phase": "failed", "step": 3, "error": "RuntimeError: CUDA out of memory"})
-    assert failed(report).events[0].message.startswith(
-        "pod papillon-trainer-0 failed, exit code 1, RuntimeError: CUDA out of memory; restart 1 of 3"
+    assert (
+        failed(report)
+        .events[0]
+        .message.startswith(
+            "pod papillon-trainer-0 failed, exit code 1, RuntimeError: CUDA out of memory; restart 1 of 3"
+        )
     )
     tail = "loading model\nTraceback (most recent call last):\n  ...\nOSError: /models/x is not a directory\n"
     assert "OSError: /models/x is not a directory" in failed(tail).events[0].message
@@ -192,6 +196,56 @@ def test_trainer_failure_beyond_backoff_limit_fails_the_job():
     # once Failed, later reconciles change nothing
     later = decide(observe(plan.status, (failed,), T0 + timedelta(hours=1), job_spec=s), SETTINGS)
     assert later.create == [] and later.delete_pods == [] and state(later.status) == "Failed"
+
+
+def test_an_invalid_job_fails_at_once_with_the_trainers_reason_and_no_retry():
+    """Exit 78: the trainer found the program, metric or data wrong before loading the model."""
+    error = "program.importPath 'topics.programs:Topic': ValueError: cannot import"
+    report = json.dumps({"phase": "failed", "error": error, "error_reason": "InvalidProgram"})
+    invalid = a_pod(
+        "papillon-trainer-0",
+        "trainer",
+        "Failed",
+        containerStatuses=[
+            {"name": "trainer", "state": {"terminated": {"exitCode": exit_codes.INVALID_JOB, "message": report}}}
+        ],
+    )
+    s = spec(runPolicy={"backoffLimit": 3})
+    plan = decide(observe(pods=(invalid, a_pod("papillon-inference-0", "inference")), job_spec=s), SETTINGS)
+    assert state(plan.status) == "Failed" and plan.status["restarts"] == 0
+    failed = cond(plan, "Failed")
+    assert failed["reason"] == "InvalidProgram"
+    assert "program.importPath 'topics.programs:Topic'" in failed["message"] and "no retry" in failed["message"]
+    assert plan.create == [] and plan.delete_pods == ["papillon-inference-0"]  # vLLM's GPU freed, trainer log kept
+    (transition,) = [t for t in plan.transitions if t.ctype == "Failed"]
+    assert transition.warning  # an Event of its own
+    # an older trainer without a report still fails without a retry
+    bare = a_pod(
+        "papillon-trainer-0",
+        "trainer",
+        "Failed",
+        containerStatuses=[{"name": "trainer", "state": {"terminated": {"exitCode": exit_codes.INVALID_JOB}}}],
+    )
+    plan = decide(observe(pods=(bare, a_pod("papillon-inference-0", "inference")), job_spec=s), SETTINGS)
+    assert cond(plan, "Failed")["reason"] == "InvalidJob" and plan.status["restarts"] == 0
+
+
+def test_a_failed_code_fetch_is_named_with_its_error_and_retried():
+    """An init container (git clone, pip install of spec.code) failed: maybe the network; a retry may succeed."""
+    error = "ERROR grpo_trainer.usercode.fetch: git clone https://git.example/t.git exited 128: fatal: not found"
+    pod = a_pod(
+        "papillon-trainer-0",
+        "trainer",
+        "Failed",
+        initContainerStatuses=[
+            {"name": "code-0", "state": {"terminated": {"exitCode": 1, "reason": "Error", "message": error}}}
+        ],
+        containerStatuses=[{"name": "trainer", "state": {"waiting": {"reason": "PodInitializing"}}}],
+    )
+    plan = decide(observe(pods=(pod, a_pod("papillon-inference-0", "inference"))), SETTINGS)
+    assert plan.status["restarts"] == 1
+    (event,) = plan.events
+    assert "exit code 1, init container code-0 Error" in event.message and "fatal: not found" in event.message
 
 
 def test_succeeded_trainer_completes_the_job_and_frees_vllm():

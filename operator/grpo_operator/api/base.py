@@ -35,3 +35,14 @@ def exactly_one_of(*fields: str) -> Rule:
         message=f"set exactly one of {listed}",
         check=lambda obj: sum(getattr(obj, f) is not None for f in fields) == 1,
     )
+
+
+def not_both(first: str, second: str) -> Rule:
+    """Rule for two optional fields that exclude each other (the second one is named as the field to drop)."""
+    a, b = to_camel(first), to_camel(second)
+    return Rule(
+        cel=f"!(has(self.{a}) && has(self.{b}))",
+        message=f"set {a} or {b}, not both",
+        check=lambda obj: getattr(obj, first) is None or getattr(obj, second) is None,
+        field=b,
+    )

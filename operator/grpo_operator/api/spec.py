@@ -7,11 +7,13 @@ configuration pastes into a manifest unchanged.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional, Union
+import json
+import re
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import AfterValidator, Field, WithJsonSchema, field_validator, model_validator
 
-from grpo_operator.api.base import ApiModel, Rule, exactly_one_of, nested
+from grpo_operator.api.base import ApiModel, Rule, exactly_one_of, nested, not_both
 from grpo_operator.api.quantity import QUANTITY_PATTERN, parse_quantity
 from grpo_trainer.contract.config import (
     CONFIG_ENV,
@@ -91,7 +93,9 @@ class ProgramRef(ApiModel):
         None,
         pattern=IMPORT_PATH,
         max_length=256,
-        description="'module:attr' of a dspy.Module class or factory importable in the trainer image.",
+        description=(
+            "'module:attr' of a dspy.Module class or factory, importable from spec.code or the trainer image."
+        ),
     )
     rules = (exactly_one_of("builtin", "import_path"),)
 
@@ -107,9 +111,99 @@ class MetricRef(ApiModel):
         ),
     )
     import_path: Optional[str] = Field(
-        None, pattern=IMPORT_PATH, max_length=256, description="'module:attr' of a metric function."
+        None,
+        pattern=IMPORT_PATH,
+        max_length=256,
+        description="'module:attr' of a metric function, importable from spec.code or the trainer image.",
     )
     rules = (exactly_one_of("builtin", "import_path"),)
+
+
+# --------------------------------------------------------------------------- code
+
+
+class ConfigMapCode(ApiModel):
+    """A module tree packed into a ConfigMap by ``grpo-pack-code DIR --name NAME`` (at most 1 MiB)."""
+
+    name: str = Field(
+        ..., min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="The ConfigMap, in the job's namespace."
+    )
+
+
+class SecretKey(ApiModel):
+    """One key of a Secret in the job's namespace."""
+
+    name: str = Field(..., min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="The Secret.")
+    key: str = Field(..., min_length=1, max_length=253, pattern=CONFIG_KEY_NAME, description="The key in it.")
+
+
+class GitCode(ApiModel):
+    """A git repository, cloned by an init container of the trainer pod; the commit used is recorded."""
+
+    url: str = Field(
+        ...,
+        min_length=1,
+        max_length=2048,
+        pattern=r"^(https?://|ssh://|git://|git@|file://)[^\s]+$",
+        description=(
+            "Clone URL: https:// (http:// only inside a trusted network), ssh://, git@host:path, git://, or file:// "
+            "for a path the pod can see. No credentials in it: use tokenSecretRef or sshKeySecretRef."
+        ),
+    )
+    ref: Optional[str] = Field(None, min_length=1, max_length=255, description="Branch or tag (default: the remote's HEAD).")
+    commit: Optional[str] = Field(
+        None, pattern=r"^[0-9a-f]{40}$", description="The exact commit to check out (a full SHA); pins the code."
+    )
+    sub_path: Optional[str] = Field(
+        None, min_length=1, max_length=1024, description="Folder of the repository to import from (default: its root)."
+    )
+    token_secret_ref: Optional[SecretKey] = Field(None, description="An HTTPS access token (sent as a header, never in the URL).")
+    ssh_key_secret_ref: Optional[SecretKey] = Field(None, description="An SSH private key, for ssh:// and git@ URLs.")
+    rules = (
+        Rule(
+            cel="!self.url.matches('^https?://[^/]*@')",
+            message="credentials in the URL would be stored in the job; put the token in a Secret (tokenSecretRef)",
+            check=lambda g: re.match(r"^https?://[^/]*@", g.url) is None,
+            field="url",
+        ),
+        not_both("token_secret_ref", "ssh_key_secret_ref"),
+    )
+
+
+class PipCode(ApiModel):
+    """Python packages installed by an init container into a folder on the import path (not into the image)."""
+
+    requirements: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        ...,
+        min_length=1,
+        max_length=64,
+        description=(
+            "Requirement specifiers, e.g. 'rapidfuzz==3.9.6'. Installed without their dependencies, which come "
+            "from the trainer image (a second torch would shadow the image's); list any others explicitly."
+        ),
+    )
+    index_url: Optional[str] = Field(None, max_length=2048, pattern=r"^https?://", description="A package index instead of PyPI.")
+    extra_index_urls: list[Annotated[str, Field(max_length=2048, pattern=r"^https?://")]] = Field(
+        default_factory=list, max_length=8, description="Further indexes."
+    )
+    index_url_secret_ref: Optional[SecretKey] = Field(
+        None, description="A Secret key holding the whole index URL with its credentials (given to pip as PIP_INDEX_URL)."
+    )
+    rules = (not_both("index_url", "index_url_secret_ref"),)
+
+
+class CodeSource(ApiModel):
+    """Where some of the program's and metric's code comes from; put on the trainer's import path."""
+
+    config_map: Optional[ConfigMapCode] = Field(
+        None, description="Code packed into a ConfigMap (grpo-pack-code); small trees, no image build."
+    )
+    volume: Optional[VolumeSource] = Field(
+        None, description="A directory on a claim (mounted read-only): the directory is put on the import path."
+    )
+    git: Optional[GitCode] = Field(None, description="A git repository, cloned before the trainer starts.")
+    pip: Optional[PipCode] = Field(None, description="Packages pip installs into a folder before the trainer starts.")
+    rules = (exactly_one_of("config_map", "volume", "git", "pip"),)
 
 
 # --------------------------------------------------------------------------- models
@@ -250,12 +344,48 @@ class UrlDataset(ApiModel):
     format: Literal["auto", "jsonl", "csv", "parquet"] = Field("auto", description="File format (auto: by extension).")
 
 
+class ConfigMapDataset(ApiModel):
+    """A data file kept as one key of a ConfigMap: ``kubectl create configmap NAME --from-file=train.jsonl``."""
+
+    name: str = Field(..., min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="The ConfigMap, in the job's namespace.")
+    key: str = Field(..., min_length=1, max_length=253, pattern=CONFIG_KEY_NAME, description="The key holding the file.")
+    format: Literal["auto", "jsonl", "csv", "parquet"] = Field("auto", description="File format (auto: by the key's extension).")
+
+
+# A row is whatever columns the program reads; the rows travel in the job's own config
+# ConfigMap, which also holds the trainer's config and must stay under the 1 MiB object limit.
+INLINE_MAX_BYTES = 256 * 1024
+INLINE_MAX_ROWS = 2000
+Row = Annotated[dict[str, Any], WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True})]
+
+
+class InlineDataset(ApiModel):
+    """A small data set written into the job itself (at most 256 KiB as JSON)."""
+
+    rows: list[Row] = Field(
+        ..., min_length=1, max_length=INLINE_MAX_ROWS, description="The examples, one object of columns each."
+    )
+
+    @field_validator("rows")
+    @classmethod
+    def _fits(cls, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        size = len(json.dumps(rows, separators=(",", ":")).encode())
+        if size > INLINE_MAX_BYTES:
+            raise ValueError(
+                f"{size // 1024} KiB of inline rows; at most {INLINE_MAX_BYTES // 1024} KiB fit in the job. Use "
+                "configMap (a file of up to 1 MiB: kubectl create configmap NAME --from-file=FILE), or file or url"
+            )
+        return rows
+
+
 class DatasetSource(ApiModel):
     """Where examples come from, and how their columns map to the program's inputs."""
 
     hub: Optional[HubDataset] = None
     file: Optional[FileDataset] = None
     url: Optional[UrlDataset] = None
+    config_map: Optional[ConfigMapDataset] = Field(None, description="A file in a ConfigMap (up to 1 MiB).")
+    inline: Optional[InlineDataset] = Field(None, description="Rows written in the job (up to 256 KiB).")
     fields: dict[str, str] = Field(
         default_factory=dict,
         description=(
@@ -270,7 +400,7 @@ class DatasetSource(ApiModel):
         description="Program fields that are inputs (dspy.Example.with_inputs). Default: the built-in program's.",
     )
     limit: Optional[int] = Field(None, ge=1, description="Use only the first N examples after slicing.")
-    rules = (exactly_one_of("hub", "file", "url"),)
+    rules = (exactly_one_of("hub", "file", "url", "config_map", "inline"),)
 
 
 class Datasets(ApiModel):
@@ -396,12 +526,7 @@ class EnvVar(ApiModel):
             describe=lambda e: f"{e.name} {_ENV_FIX}",
             field="name",
         ),
-        Rule(
-            cel="!(has(self.value) && has(self.valueFrom))",
-            message="set value or valueFrom, not both",
-            check=lambda e: e.value is None or e.value_from is None,
-            field="valueFrom",
-        ),
+        not_both("value", "value_from"),
     )
 
 
@@ -565,6 +690,17 @@ class GRPOJobSpec(ApiModel):
     program: ProgramRef = Field(..., description="The DSPy program to optimise.", json_schema_extra={"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": IMMUTABLE}]})
     metric: MetricRef = Field(..., description="The reward metric.", json_schema_extra={"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": IMMUTABLE}]})
     model: LocalModel = Field(..., description="The local model served by vLLM and trained with LoRA.", json_schema_extra={"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": IMMUTABLE}]})
+    code: list[CodeSource] = Field(
+        default_factory=list,
+        max_length=8,
+        description=(
+            "The program's and metric's own code, without building an image: each source is put on the "
+            "trainer's import path, the first one first. The trainer checks program, metric and data before "
+            "it loads the model; a mistake fails the job at once (InvalidProgram, InvalidMetric, InvalidData, "
+            "InvalidCode) without spending retries."
+        ),
+        json_schema_extra={"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": IMMUTABLE}]},
+    )
     untrusted_model: Optional[ExternalLM] = Field(
         None, description="The external model the program delegates to (PAPILLON's untrusted LLM). Default: the local base model."
     )

@@ -22,7 +22,7 @@ from grpo_operator.children.meta import (
     trainer_pod_name,
 )
 from grpo_operator.children.trainer import referenced_secrets, trainer_pod
-from grpo_operator.children.volume import persistent_volume_claim, user_claims
+from grpo_operator.children.volume import persistent_volume_claim, user_claims, user_config_maps
 
 __all__ = [
     "ATTEMPT_LABEL",
@@ -34,6 +34,7 @@ __all__ = [
     "TRAINER",
     "Job",
     "cluster_target",
+    "user_config_maps",
     "config_map",
     "config_map_name",
     "inference_pod",

@@ -9,7 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 from grpo_operator.children.meta import CONFIG, Job, config_map_name, object_meta, service_name
-from grpo_operator.resolve import CONFIG_KEY, ClusterTarget, ResolvedJob, ResolvedPods, resolve, resolve_pods
+from grpo_operator.resolve import (
+    CONFIG_KEY,
+    ClusterTarget,
+    ResolvedJob,
+    ResolvedPods,
+    inline_data_files,
+    resolve,
+    resolve_pods,
+)
 from grpo_operator.settings import OperatorSettings
 
 
@@ -38,5 +46,6 @@ def config_map(job: Job, settings: OperatorSettings) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": object_meta(job, config_map_name(job), CONFIG),
-        "data": {CONFIG_KEY: resolved(job, settings).config.to_json()},
+        # the trainer's config, and the job's inline data sets (resolve points the config at them)
+        "data": {CONFIG_KEY: resolved(job, settings).config.to_json(), **inline_data_files(job.spec)},
     }

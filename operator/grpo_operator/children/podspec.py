@@ -24,7 +24,17 @@ from grpo_operator.children.meta import (
     object_meta,
     pvc_name,
 )
-from grpo_operator.resolve import DATA_MOUNT, HOME, MODEL_MOUNT, RUN_MOUNT, EnvRef, Health, PodPlan
+from grpo_operator.resolve import (
+    CODE_MOUNT,
+    DATA_MOUNT,
+    HOME,
+    MODEL_MOUNT,
+    RUN_MOUNT,
+    EnvRef,
+    Health,
+    PodPlan,
+    config_map_data_dir,
+)
 
 RUN_AS_USER = 1000
 HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
@@ -105,10 +115,35 @@ def model_mounts(job: Job) -> list[Mount]:
 
 
 def data_mounts(job: Job) -> list[Mount]:
+    """Data on claims at /datasets/<claim>, data in ConfigMaps at /datasets/configmap-<name>."""
     mounts: list[Mount] = []
     for source in (job.spec.data.train, job.spec.data.validation):
         if source is not None and source.file is not None and source.file.volume is not None:
             mounts.append(user_volume_mount(source.file.volume, DATA_MOUNT))
+        if source is not None and source.config_map is not None:
+            name = source.config_map.name
+            volume = {"name": f"data-{name}"[:63].rstrip("-."), "configMap": {"name": name}}
+            mounts.append(Mount(volume, config_map_data_dir(name), read_only=True))
+    return mounts
+
+
+def code_mounts(job: Job, *, writable: Optional[int] = None) -> list[Mount]:
+    """spec.code[i] at /code/<i>, where grpo_operator.resolve.code_sources points the trainer: read-only,
+    except source ``writable``'s for the init container that fetches it (git and pip fill an emptyDir)."""
+    mounts: list[Mount] = []
+    for i, source in enumerate(job.spec.code):
+        if writable is not None and i != writable:
+            continue
+        path = f"{CODE_MOUNT}/{i}"
+        if source.config_map is not None:
+            volume: dict[str, Any] = {"name": f"code-{i}", "configMap": {"name": source.config_map.name}}
+            mounts.append(Mount(volume, path, read_only=True))
+        elif source.volume is not None:
+            claim = {"claimName": source.volume.claim_name, "readOnly": True}
+            volume = {"name": f"code-{i}", "persistentVolumeClaim": claim}
+            mounts.append(Mount(volume, path, read_only=True, sub_path=source.volume.sub_path))
+        else:
+            mounts.append(Mount({"name": f"code-{i}", "emptyDir": {}}, path, read_only=writable is None))
     return mounts
 
 
@@ -211,8 +246,10 @@ def pod(
     mounts: list[Mount],
     restart_policy: str,
     termination_grace_seconds: int,
+    init_containers: tuple[tuple[dict[str, Any], list[Mount]], ...] = (),
 ) -> dict[str, Any]:
-    """A job pod around one container, with everything the two pods share."""
+    """A job pod around one container (after its init containers, each with its mounts), with everything
+    the two pods share."""
     meta = object_meta(job, name, component)
     meta["labels"] = {**options.labels, **meta["labels"], ATTEMPT_LABEL: str(attempt)}
     annotations = dict(options.annotations)
@@ -225,8 +262,13 @@ def pod(
         "containers": [
             {**container, "securityContext": container_security_context(), "volumeMounts": volume_mounts(mounts)}
         ],
-        "volumes": volumes(mounts),
+        "volumes": volumes([*mounts, *(m for _, init_mounts in init_containers for m in init_mounts)]),
     }
+    if init_containers:
+        spec["initContainers"] = [
+            {**c, "securityContext": container_security_context(), "volumeMounts": volume_mounts(m)}
+            for c, m in init_containers
+        ]
     if plan.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": name} for name in plan.image_pull_secrets]
     affinity = co_location(job)

@@ -10,6 +10,7 @@ from grpo_operator.children.config import resolved_pods
 from grpo_operator.children.meta import TRAINER, Job, config_map_name, trainer_pod_name
 from grpo_operator.children.podspec import (
     Mount,
+    code_mounts,
     data_mounts,
     env_from,
     env_list,
@@ -19,7 +20,15 @@ from grpo_operator.children.podspec import (
     run_mount,
     scratch_mounts,
 )
-from grpo_operator.resolve import CONFIG_MOUNT, TERMINATION_LOG, env_refs
+from grpo_operator.resolve import (
+    CODE_FETCH_ENV,
+    CODE_FETCH_RESOURCES,
+    CONFIG_MOUNT,
+    TERMINATION_LOG,
+    CodeFetch,
+    code_env_refs,
+    env_refs,
+)
 from grpo_operator.settings import OperatorSettings
 
 PORT_NAME = "http"
@@ -28,7 +37,8 @@ PORT_NAME = "http"
 def referenced_secrets(job: Job) -> list[tuple[str, str]]:
     """(secret, key) pairs the job's pods cannot start without, each once (the operator checks they exist)."""
     trainer, inference = env_refs(job.spec)
-    keys = [(r.source, r.key) for r in (*trainer, *inference) if r.kind == "secret" and not r.optional]
+    refs = (*trainer, *inference, *code_env_refs(job.spec))
+    keys = [(r.source, r.key) for r in refs if r.kind == "secret" and not r.optional]
     return list(dict.fromkeys(keys))
 
 
@@ -55,7 +65,12 @@ def trainer_pod(job: Job, settings: OperatorSettings, attempt: int) -> dict[str,
     if pull:
         container["imagePullPolicy"] = pull
     config = Mount({"name": "config", "configMap": {"name": config_map_name(job)}}, CONFIG_MOUNT, read_only=True)
-    mounts = [run_mount(job), config, *model_mounts(job), *data_mounts(job), *scratch_mounts(plan)]
+    scratch = scratch_mounts(plan)
+    fetchers = tuple(
+        (code_fetcher(fetch, container), [*code_mounts(job, writable=fetch.index), *scratch[:2]])  # /tmp, $HOME
+        for fetch in run.code_fetches
+    )
+    mounts = [run_mount(job), config, *model_mounts(job), *data_mounts(job), *code_mounts(job), *scratch]
     return pod(
         job,
         name=trainer_pod_name(job, attempt),
@@ -68,4 +83,20 @@ def trainer_pod(job: Job, settings: OperatorSettings, attempt: int) -> dict[str,
         # The operator counts trainer failures against backoffLimit and recreates the pod.
         restart_policy="Never",
         termination_grace_seconds=60,
+        init_containers=fetchers,
     )
+
+
+def code_fetcher(fetch: CodeFetch, trainer: dict[str, Any]) -> dict[str, Any]:
+    """The init container that fills spec.code[i]'s folder (git, pip): the trainer's image, its credentials only."""
+    container: dict[str, Any] = {
+        "name": f"code-{fetch.index}",
+        "image": trainer["image"],
+        "command": fetch.argv,
+        "env": env_list(CODE_FETCH_ENV, refs=fetch.env_refs),
+        "resources": CODE_FETCH_RESOURCES,
+        "terminationMessagePolicy": "FallbackToLogsOnError",  # its error reaches the job's Event
+    }
+    if "imagePullPolicy" in trainer:
+        container["imagePullPolicy"] = trainer["imagePullPolicy"]
+    return container

@@ -27,7 +27,7 @@ def persistent_volume_claim(job: Job) -> Optional[dict[str, Any]]:
 
 
 def user_claims(job: Job) -> list[str]:
-    """Claims the job reads but does not own (model, data files, existing run volume), in spec order."""
+    """Claims the job reads but does not own (model, data files, code, existing run volume), in spec order."""
     spec = job.spec
     names: list[str] = []
     if spec.storage.existing_claim:
@@ -37,4 +37,18 @@ def user_claims(job: Job) -> list[str]:
     for source in (spec.data.train, spec.data.validation):
         if source is not None and source.file is not None and source.file.volume is not None:
             names.append(source.file.volume.claim_name)
+    names.extend(c.volume.claim_name for c in spec.code if c.volume is not None)
     return list(dict.fromkeys(names))
+
+
+def user_config_maps(job: Job) -> list[tuple[str, str]]:
+    """(ConfigMap, what the job uses it for) the trainer pod mounts and cannot start without, each once."""
+    uses: dict[str, str] = {}
+    for i, c in enumerate(job.spec.code):
+        if c.config_map is not None:
+            uses.setdefault(c.config_map.name, f"spec.code[{i}]")
+    for split in ("train", "validation"):
+        source = getattr(job.spec.data, split)
+        if source is not None and source.config_map is not None:
+            uses.setdefault(source.config_map.name, f"spec.data.{split}")
+    return list(uses.items())

@@ -41,6 +41,10 @@ WARNING_REASONS = frozenset(
         "CreateFailed",
         "BackoffLimitExceeded",
         "DeadlineExceeded",
+        "InvalidJob",
+        "InvalidProgram",
+        "InvalidMetric",
+        "InvalidData",
         "TrainerFailed",
         "InferenceFailed",
         "Evicted",
@@ -144,6 +148,12 @@ def _problem(pod: Mapping[str, Any]) -> tuple[Optional[str], str]:
 
 
 def _exit(pod: Mapping[str, Any]) -> tuple[Optional[int], Optional[str], str]:
+    """The container's exit, or the init container's that failed (a code fetch of spec.code)."""
+    for cs in (pod.get("status") or {}).get("initContainerStatuses") or []:
+        terminated = (cs.get("state") or {}).get("terminated")
+        if terminated and terminated.get("exitCode"):
+            reason = f"init container {cs.get('name')} {terminated.get('reason') or 'failed'}"
+            return terminated.get("exitCode"), reason, terminated.get("message") or ""
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
         terminated = (cs.get("state") or {}).get("terminated")
         if terminated:

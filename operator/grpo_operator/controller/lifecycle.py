@@ -182,6 +182,11 @@ def interrupted(pod: PodView) -> bool:
     return pod.phase == "Succeeded" and report is not None and report.get("phase") == "stopped"
 
 
+def invalid_job(pod: PodView) -> bool:
+    """The trainer found the job itself wrong (exit_codes.INVALID_JOB): fail it, spend no retry."""
+    return pod.phase == "Failed" and pod.exit_code == exit_codes.INVALID_JOB
+
+
 def _next_trainer(job: Job, settings: OperatorSettings, status: dict[str, Any], old: PodView, plan: Plan) -> str:
     """Replace the finished trainer pod with the next attempt's (counters already updated in ``status``)."""
     attempt = trainer_attempt(status)
@@ -319,6 +324,15 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
         )
         plan.events.append(Event("Normal", "TrainerInterrupted", message))
         new["Training"] = Cond.false("TrainerRestarting", message)
+    elif t_pod is not None and t_pod.phase == "Failed" and not t_pod.deleting and invalid_job(t_pod):
+        # The program, metric or data is wrong (checked before the model loads): a retry fails the same way.
+        report = t_pod.final_report or {}
+        reason = str(report.get("error_reason") or "InvalidJob")
+        new["Failed"] = Cond.true(reason, f"{report.get('error') or t_pod.describe_exit()} (no retry: fix the job)")
+        new["Succeeded"] = Cond.false("JobFailed")
+        _finish(status, obs, plan, keep_trainer=True)
+        new.update(_finished_conditions(False))
+        return done()
     elif t_pod is not None and t_pod.phase == "Failed" and not t_pod.deleting:
         limit = spec.run_policy.backoff_limit
         restarts = int(status["restarts"])

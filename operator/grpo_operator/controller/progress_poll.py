@@ -23,10 +23,11 @@ from typing import Any, Optional
 from pydantic.alias_generators import to_camel
 
 from grpo_operator.controller.conditions import rfc3339
-from grpo_trainer.contract.progress import STATUS_FIELDS
+from grpo_trainer.contract.progress import CODE_SUMMARY_CHARS, STATUS_FIELDS
 
 log = logging.getLogger(__name__)
 
+STATUS_STRING_CHARS = CODE_SUMMARY_CHARS  # the longest string status field (spec.code's summary)
 PROGRESS_PATH = "/progress"
 
 def progress_url(host: str, port: int) -> str:
@@ -67,7 +68,7 @@ def _coerce(value: Any, kind: type) -> Any:
         if kind is float:
             real = float(value)
             return real if math.isfinite(real) else None
-        return str(value)
+        return str(value)[:STATUS_STRING_CHARS]  # what the status schema accepts, whatever the trainer sent
     except (TypeError, ValueError):
         return None
 

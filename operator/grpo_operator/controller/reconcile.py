@@ -156,12 +156,19 @@ class Reconciler:
         for claim in children.user_claims(job):
             if not self._claim_exists(ns, claim):
                 missing.append(f"PersistentVolumeClaim {claim!r} not found in namespace {ns!r}")
+        for config_map, use in children.user_config_maps(job):
+            if not self._user_object_exists("ConfigMap", ns, config_map):
+                missing.append(f"ConfigMap {config_map!r} ({use}) not found in namespace {ns!r}")
         return missing
 
     def _claim_exists(self, namespace: str, name: str) -> bool:
         """Whether a user's PersistentVolumeClaim exists (remembered once seen)."""
-        read = partial(self.cluster.read, "PersistentVolumeClaim", namespace, name)
-        return self._found.get(("PersistentVolumeClaim", namespace, name, None), read) is not None
+        return self._user_object_exists("PersistentVolumeClaim", namespace, name)
+
+    def _user_object_exists(self, kind: str, namespace: str, name: str) -> bool:
+        """Whether an object the job reads but does not own exists (remembered once seen)."""
+        read = partial(self.cluster.read, kind, namespace, name)
+        return self._found.get((kind, namespace, name, None), read) is not None
 
     def _child(self, kind: str, job: children.Job, name: str) -> Optional[Any]:
         """The job's own child (a ConfigMap's data, else True), remembered once found.

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 from grpo_operator.local.display import DisplayLogHandler, make_display
 from grpo_operator.local.plan import DEFAULT_VLLM_PORT, InvalidInput, RunOptions
-from grpo_operator.local.runner import EXIT_INVALID, EXIT_KILLED, EXIT_OK, run
+from grpo_operator.local.runner import EXIT_INVALID, EXIT_KILLED, EXIT_OK, check, run
 from grpo_trainer.contract.config import DEFAULT_PORT
 
 
@@ -69,6 +69,21 @@ def parser() -> argparse.ArgumentParser:
         metavar="NAME=DIR",
         help="a directory standing in for the PersistentVolumeClaim NAME (model or data volumes); repeatable",
     )
+    p.add_argument(
+        "--code",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder the trainer imports the program and metric from (after spec.code; the job file's "
+        "folder and the working directory always are); repeatable",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="only check the job: the file, then the program, metric, data and code as the trainer does "
+        "first (seconds; no model, no vLLM); exit 0 or 2",
+    )
     p.add_argument("--fresh", action="store_true", help="delete the run directory first (no resume)")
     p.add_argument("--no-plot", action="store_true", help="do not write report.png")
     p.add_argument("--print-default", action="store_true", help="print the embedded default job as YAML and exit")
@@ -100,8 +115,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         volumes=dict(args.volume),
         fresh=args.fresh,
         plot=not args.no_plot,
+        code_dirs=tuple(args.code),
     )
     try:
+        if args.check:
+            checked = check(options)
+            display.close()
+            if checked.exit_code == EXIT_OK:
+                sys.stdout.write(f"the job is valid; the trainer found:\n{checked.report}\n")
+            else:
+                sys.stderr.write(f"grpo-local: invalid job: {checked.report}\n")
+            return checked.exit_code
         result = run(options, display)
     except InvalidInput as exc:
         display.close()

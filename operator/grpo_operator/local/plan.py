@@ -9,6 +9,7 @@ data paths are checked on disk, API keys come from the environment, ports are fr
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import re
@@ -23,7 +24,19 @@ import yaml
 
 from grpo_operator.api import GRPOJob, GRPOJobSpec, InvalidJob, parse_job
 from grpo_operator.api.spec import DatasetSource
-from grpo_operator.resolve import LOCAL_HOST, LocalTarget, UnplaceableJob, env_refs, resolve
+from grpo_operator.code_pack import PackError, archive_of
+from grpo_operator.resolve import (
+    DATA_SPLITS,
+    LOCAL_HOST,
+    CodeFetch,
+    LocalTarget,
+    UnplaceableJob,
+    code_env_refs,
+    env_refs,
+    inline_data_files,
+    inline_data_key,
+    resolve,
+)
 from grpo_trainer.contract.config import DEFAULT_PORT, TrainerConfig
 from grpo_trainer.contract.vllm_command import VLLMServerSpec
 
@@ -51,6 +64,7 @@ class RunOptions:
     volumes: Mapping[str, Path] = field(default_factory=dict)
     fresh: bool = False
     plot: bool = True
+    code_dirs: tuple[Path, ...] = ()  # --code DIR: importable by the trainer (after spec.code)
 
 
 @dataclass(frozen=True)
@@ -63,27 +77,45 @@ class Plan:
     vllm: VLLMServerSpec
     trainer_argv: list[str]
     trainer_env: dict[str, str]
+    # What a pod would read from ConfigMaps (spec.code archives, configMap and inline data sets),
+    # written into the run directory before the trainer starts
+    job_files: dict[Path, bytes] = field(default_factory=dict)
+    code_fetches: tuple[CodeFetch, ...] = ()  # spec.code's git and pip sources, fetched into the run directory
 
 
 # --------------------------------------------------------------------------- the job
 
 
-def load_document(job_file: Optional[Path]) -> dict[str, Any]:
-    """The job manifest from a YAML file, or the embedded default."""
+@dataclass(frozen=True)
+class Documents:
+    """A job file: one GRPOJob, and the ConfigMaps of its packed code (``grpo-pack-code`` output, appended)."""
+
+    job: dict[str, Any]
+    config_maps: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def load_document(job_file: Optional[Path]) -> Documents:
+    """The job manifest (and any code ConfigMaps beside it) from a YAML file, or the embedded default."""
     if job_file is None:
         from grpo_operator.local.default import default_job
 
         log.info("running the embedded default job (grpo-local --print-default shows it)")
-        return default_job()
+        return Documents(default_job())
     try:
         docs = [d for d in yaml.safe_load_all(job_file.read_text(encoding="utf-8")) if d is not None]
     except OSError as exc:
         raise InvalidInput(f"cannot read job file {job_file}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         raise InvalidInput(f"{job_file} is not valid YAML: {exc}") from None
-    if len(docs) != 1 or not isinstance(docs[0], dict):
-        raise InvalidInput(f"{job_file} must hold exactly one GRPOJob document (a YAML mapping)")
-    return docs[0]
+    if not all(isinstance(d, dict) for d in docs):
+        raise InvalidInput(f"{job_file}: every document must be a YAML mapping")
+    config_maps = {str((d.get("metadata") or {}).get("name")): d for d in docs if d.get("kind") == "ConfigMap"}
+    jobs = [d for d in docs if d.get("kind") != "ConfigMap"]
+    if len(jobs) != 1:
+        raise InvalidInput(
+            f"{job_file} must hold exactly one GRPOJob document (plus, optionally, the ConfigMaps of its spec.code)"
+        )
+    return Documents(jobs[0], config_maps)
 
 
 def with_steps(doc: dict[str, Any], steps: Optional[int]) -> dict[str, Any]:
@@ -157,12 +189,95 @@ def localize(spec: GRPOJobSpec, volumes: Mapping[str, Path]) -> GRPOJobSpec:
     return spec.model_copy(update={"model": model, "data": data})
 
 
+def locate_code(
+    spec: GRPOJobSpec, docs: Documents, volumes: Mapping[str, Path], run_dir: Path
+) -> tuple[tuple[str, ...], dict[Path, bytes]]:
+    """spec.code on this machine: packed ConfigMaps from the job file (their archives land in the run
+    directory), volumes from ``--volume``, git and pip fetched into the run directory. Returns the path of
+    each source and the archives to write."""
+    paths: list[str] = []
+    archives: dict[Path, bytes] = {}
+    for i, source in enumerate(spec.code):
+        where = f"spec.code[{i}]"
+        if source.config_map is not None:
+            name = source.config_map.name
+            manifest = docs.config_maps.get(name)
+            if manifest is None:
+                raise InvalidInput(
+                    f"{where}.configMap: a local run reads ConfigMap {name!r} from the job file; append it "
+                    f"(grpo-pack-code DIR --name {name} >> JOB.yaml), or pass the folder itself with --code DIR"
+                )
+            try:
+                archive = archive_of(manifest)
+            except PackError as exc:
+                raise InvalidInput(f"{where}.configMap: {exc}") from None
+            path = run_dir / "code" / f"{name}.tar.gz"
+            archives[path] = archive
+            paths.append(str(path))
+        elif source.git is not None or source.pip is not None:
+            paths.append(str(run_dir / "code" / str(i)))  # the runner fetches into it before the trainer starts
+        else:
+            assert source.volume is not None
+            directory = _local("", source.volume.claim_name, volumes, source.volume.sub_path, f"{where}")
+            if not directory.is_dir():
+                raise InvalidInput(f"{where}.volume: code directory {directory} does not exist")
+            paths.append(str(directory))
+    return tuple(paths), archives
+
+
+def locate_data(spec: GRPOJobSpec, docs: Documents, run_dir: Path) -> tuple[dict[str, str], dict[Path, bytes]]:
+    """configMap and inline data sets as files in the run directory: split -> path, and the files to write."""
+    paths: dict[str, str] = {}
+    files: dict[Path, bytes] = {}
+    inline = inline_data_files(spec)
+    for split in DATA_SPLITS:
+        source: Optional[DatasetSource] = getattr(spec.data, split)
+        if source is None:
+            continue
+        if source.inline is not None:
+            path = run_dir / inline_data_key(split)
+            files[path] = inline[inline_data_key(split)].encode()
+        elif source.config_map is not None:
+            name, key = source.config_map.name, source.config_map.key
+            manifest = docs.config_maps.get(name)
+            if manifest is None:
+                raise InvalidInput(
+                    f"spec.data.{split}.configMap: a local run reads ConfigMap {name!r} from the job file; append it "
+                    f"(kubectl create configmap {name} --from-file={key} --dry-run=client -o yaml >> JOB.yaml), "
+                    "or use file"
+                )
+            text = (manifest.get("data") or {}).get(key)
+            binary = (manifest.get("binaryData") or {}).get(key)
+            if text is None and binary is None:
+                raise InvalidInput(f"spec.data.{split}.configMap: ConfigMap {name!r} has no key {key!r}")
+            path = run_dir / "data" / name / key
+            files[path] = text.encode() if text is not None else base64.b64decode(binary)
+        else:
+            continue
+        paths[split] = str(path)
+    return paths, files
+
+
+def extra_code(options: RunOptions) -> tuple[tuple[str, str], ...]:
+    """What a local run can import besides spec.code: ``--code`` folders, the job file's folder, the cwd."""
+    found: dict[str, str] = {}
+    for directory in options.code_dirs:
+        path = directory.expanduser().resolve()
+        if not path.is_dir():
+            raise InvalidInput(f"--code {directory}: no such directory")
+        found.setdefault(str(path), f"--code {directory}")
+    if options.job_file is not None:
+        found.setdefault(str(options.job_file.expanduser().resolve().parent), "the job file's folder")
+    found.setdefault(str(Path.cwd().resolve()), "the working directory")
+    return tuple(found.items())
+
+
 def check_env_refs(spec: GRPOJobSpec) -> None:
     """A local run has no Secrets or ConfigMaps: the variables a pod would read from them (API keys, the
     hub token, the job's valueFrom entries; grpo_operator.resolve.env_refs) come from this environment,
     which both processes inherit."""
     trainer, inference = env_refs(spec)
-    for ref in (*trainer, *inference):
+    for ref in (*trainer, *inference, *code_env_refs(spec)):
         if not ref.optional and not os.environ.get(ref.name):
             raise InvalidInput(f"{ref.field}: local runs read this key from ${ref.name}; set it")
     for where, options in (("spec.trainer", spec.trainer), ("spec.inference", spec.inference)):
@@ -199,18 +314,25 @@ def local_gpus() -> int:
         return 0
 
 
-def make_plan(options: RunOptions) -> Plan:
-    """Validate everything and decide every command; starts nothing. Raises InvalidInput."""
+def make_plan(options: RunOptions, *, ports: bool = True) -> Plan:
+    """Validate everything and decide every command; starts nothing. Raises InvalidInput.
+
+    ``ports``: check that the servers' ports are free (not for ``--check``, which starts no server).
+    """
+    docs = load_document(options.job_file)
     try:
-        job = parse_job(with_steps(load_document(options.job_file), options.steps))
+        job = parse_job(with_steps(docs.job, options.steps))
     except InvalidJob as exc:
         source = options.job_file or "the default job"
         raise InvalidInput(f"invalid job {source}:\n  " + "\n  ".join(exc.problems)) from None
     name = job_name(job, options.job_file)
     spec = localize(job.spec, options.volumes)
     check_env_refs(spec)
-    check_ports(options)
+    if ports:
+        check_ports(options)
     run_dir = (options.run_dir or Path("runs") / name).expanduser().resolve()
+    code_paths, code_archives = locate_code(spec, docs, options.volumes, run_dir)
+    data_files, data_contents = locate_data(spec, docs, run_dir)
 
     target = LocalTarget(
         run_dir=str(run_dir),
@@ -219,6 +341,9 @@ def make_plan(options: RunOptions) -> Plan:
         trainer_port=options.trainer_port,
         gpus=local_gpus(),
         python=sys.executable,
+        code_paths=code_paths,
+        extra_code=extra_code(options),
+        data_files=data_files,
     )
     try:
         run = resolve(name, spec, target)
@@ -231,4 +356,6 @@ def make_plan(options: RunOptions) -> Plan:
         vllm=run.vllm,
         trainer_argv=run.trainer_argv,
         trainer_env=run.trainer_env,
+        job_files={**code_archives, **data_contents},
+        code_fetches=run.code_fetches,
     )

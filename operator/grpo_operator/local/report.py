@@ -1,8 +1,8 @@
 """The end of a local run: a summary table, ``summary.json`` and ``report.png``.
 
-The progress document keeps validation scores per step but only the latest
-reward, so the runner records the reward of every step it sees in
-``reward_means.json`` (kept across resumed runs) and the plot reads that.
+Everything comes from the trainer's own progress document (its per-step rewards and
+validation scores survive resumes: the trainer restores the document from its
+checkpoint), so the report never re-derives what the trainer already recorded.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Optional
 
 from grpo_operator.local.display import format_duration
-from grpo_trainer.contract.progress import Progress
+from grpo_trainer.contract.progress import Progress, StepDiagnostics
 from grpo_trainer.run.atomic import write_text_atomic
 
 if TYPE_CHECKING:
@@ -24,34 +24,11 @@ log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "report.png"
-REWARDS_FILE = "reward_means.json"
 BEST_POINTER = "adapters/best.json"  # written by the trainer (grpo_trainer.vllm.adapters); read without importing torch
 
 TABLE_MAX_WIDTH = 100
 
 Outcome = Literal["finished", "stopped", "failed"]
-
-
-class RewardHistory:
-    """Mean rollout reward per step, as observed in the progress document; persisted in the run dir."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / REWARDS_FILE
-        self.means: dict[int, float] = {}
-        if self.path.is_file():
-            try:
-                self.means = {int(k): float(v) for k, v in json.loads(self.path.read_text()).items()}
-            except (ValueError, AttributeError) as exc:
-                log.warning("ignoring unreadable %s: %s", self.path, exc)
-
-    def record(self, progress: Progress) -> None:
-        if progress.reward_mean is None or progress.step < 1:
-            return
-        if self.means.get(progress.step) != progress.reward_mean:
-            self.means[progress.step] = progress.reward_mean
-            # steps beyond the current one belong to an older run of this directory that went further
-            self.means = {s: r for s, r in self.means.items() if s <= progress.step}
-            write_text_atomic(self.path, json.dumps(dict(sorted(self.means.items())), indent=1) + "\n")
 
 
 @dataclass(frozen=True)
@@ -75,6 +52,7 @@ class Summary:
     error: Optional[str] = None
     val_scores: dict[int, float] = field(default_factory=dict)
     reward_means: dict[int, float] = field(default_factory=dict)
+    last_step_diagnostics: Optional[dict[str, float]] = None  # StepDiagnostics of the last step, as JSON
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -90,9 +68,7 @@ def best_adapter_path(run_dir: Path) -> Optional[Path]:
         return None
 
 
-def summarize(
-    progress: Progress, run_dir: Path, *, outcome: Outcome, wall_seconds: float, reward_means: dict[int, float]
-) -> Summary:
+def summarize(progress: Progress, run_dir: Path, *, outcome: Outcome, wall_seconds: float) -> Summary:
     adapter = best_adapter_path(run_dir)
     return Summary(
         job=progress.job,
@@ -111,7 +87,8 @@ def summarize(
         tokens_trained=progress.tokens_trained,
         error=progress.error,
         val_scores=dict(sorted(progress.val_scores.items())),
-        reward_means=dict(sorted(reward_means.items())),
+        reward_means=dict(sorted(progress.reward_means.items())),
+        last_step_diagnostics=progress.diagnostics.model_dump() if progress.diagnostics is not None else None,
     )
 
 
@@ -121,6 +98,26 @@ def _score(value: Optional[float], baseline: Optional[float] = None) -> str:
     if baseline is None:
         return f"{value:.3f}"
     return f"{value:.3f} ({value - baseline:+.3f})"
+
+
+def _diagnostic_rows(doc: Optional[dict[str, float]]) -> list[tuple[str, str]]:
+    """The last update as a GRPO practitioner checks it: is it learning, clipping, drifting, starved of signal?"""
+    if doc is None:
+        return []
+    d = StepDiagnostics.model_validate(doc)
+    return [
+        ("last step: loss, grad norm", f"{d.loss:.4f}, {d.grad_norm:.4f} (learning rate {d.learning_rate:.2e})"),
+        (
+            "last step: clipped tokens",
+            f"{d.clip_fraction:.1%} (low {d.clip_fraction_low:.1%}, high {d.clip_fraction_high:.1%})",
+        ),
+        (
+            "last step: KL, ratio",
+            f"{d.mean_kl:.4f}, {d.mean_ratio:.4f} (importance weight {d.mean_importance_weight:.4f})",
+        ),
+        ("last step: groups with no signal", f"{d.zero_variance_group_share:.0%}"),
+        ("last step: completion tokens", f"mean {d.completion_length_mean:.1f}, max {d.completion_length_max}"),
+    ]
 
 
 def summary_table(s: Summary, plot: Optional[Path] = None) -> str:
@@ -141,6 +138,7 @@ def summary_table(s: Summary, plot: Optional[Path] = None) -> str:
         ),
         ("tokens generated", f"{s.tokens_generated:,}"),
         ("tokens trained", f"{s.tokens_trained:,}"),
+        *_diagnostic_rows(s.last_step_diagnostics),
         ("best adapter", s.best_adapter or "- (the base model)"),
         ("run directory", s.run_dir),
     ]

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from grpo_operator.local.plan import CONFIG_FILE, InvalidInput, Plan
 from grpo_trainer.contract.config import TrainerConfig
 from grpo_trainer.contract.progress import PROGRESS_FILE, Progress
-from grpo_trainer.run.atomic import write_text_atomic
+from grpo_trainer.run.atomic import write_bytes_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,9 @@ def write_config(plan: Plan) -> None:
                 ", ".join(changed),
             )
     write_text_atomic(path, plan.config.to_json() + "\n")
+    for file, data in plan.job_files.items():  # what pods read from ConfigMaps, where the config points
+        file.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(file, data)
 
 
 def log_tail(path: Path, offset: int = 0, lines: int = LOG_TAIL_LINES) -> str:

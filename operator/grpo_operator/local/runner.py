@@ -5,7 +5,8 @@ trainer; the runner follows ``progress.json``, restarts a vLLM that died, and tu
 Ctrl-C into a stop after the trainer's next checkpoint (a second Ctrl-C kills).
 
 Exit codes: 0 finished or stopped (rerun to resume), 1 the run failed, 2 invalid
-input, 130 killed by a second Ctrl-C.
+input (the job file, or its program, metric or data as the trainer checks them
+before loading the model), 130 killed by a second Ctrl-C.
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ from types import FrameType
 from typing import Optional
 
 from grpo_operator.local.display import Display
-from grpo_operator.local.plan import Plan, RunOptions, make_plan
+from grpo_operator.local.plan import CONFIG_FILE, Plan, RunOptions, make_plan
 from grpo_operator.local.processes import LocalVLLM, become_subreaper, kill_group, signal_group, spawn, stop_group
 from grpo_operator.local.report import (
     Outcome,
-    RewardHistory,
     Summary,
     summarize,
     summary_table,
@@ -33,6 +33,7 @@ from grpo_operator.local.report import (
     write_summary,
 )
 from grpo_operator.local.rundir import LOGS_DIR, latest_checkpoint, lock_run_dir, log_tail, read_progress, write_config
+from grpo_operator.resolve import TRAINER_MODULE
 from grpo_trainer.contract import exit_codes
 from grpo_trainer.contract.progress import PROGRESS_FILE, Progress
 from grpo_trainer.vllm.process import VLLMStartError
@@ -83,7 +84,6 @@ class Supervisor:
         self.trainer: Optional[subprocess.Popen[bytes]] = None
         self.stop_requested = False
         self.vllm_restarts = 0
-        self.history = RewardHistory(plan.run_dir)
         self._progress_stamp: Optional[int] = None
         self._trainer_log_offset = 0
         self._started_wall = time.time()
@@ -164,7 +164,6 @@ class Supervisor:
         if progress is None:
             return
         self._progress_stamp = stamp
-        self.history.record(progress)
         self.display.update(progress)
 
     def _supervise(self) -> int:
@@ -237,6 +236,12 @@ class Supervisor:
             # but the step in progress
             outcome = "stopped"
             exit_code = EXIT_OK
+        elif code == exit_codes.INVALID_JOB:  # found before any model loaded; no point in a rerun as is
+            outcome = "failed"
+            exit_code = EXIT_INVALID
+            reason = progress.error_reason if progress is not None and progress.error_reason else "InvalidJob"
+            what = progress.error if progress is not None and progress.error else log_tail(self.trainer_log)
+            error = f"{reason}: {what}"
         else:
             outcome = "failed"
             exit_code = EXIT_FAILED
@@ -248,9 +253,7 @@ class Supervisor:
             )
         if progress is None:
             return RunResult(exit_code, outcome, error=error)
-        summary = summarize(
-            progress, self.plan.run_dir, outcome=outcome, wall_seconds=wall_seconds, reward_means=self.history.means
-        )
+        summary = summarize(progress, self.plan.run_dir, outcome=outcome, wall_seconds=wall_seconds)
         write_summary(summary, self.plan.run_dir)
         plot_path: Optional[Path] = None
         if self.plot:
@@ -268,6 +271,71 @@ def run(options: RunOptions, display: Display) -> RunResult:
     try:
         write_config(plan)
         log.info("run directory %s", plan.run_dir)
+        failed = fetch_code(plan)
+        if failed is not None:
+            return RunResult(EXIT_INVALID, "failed", error=failed)
         return Supervisor(plan, display, plot=options.plot).run()
     finally:
         lock.close()
+
+
+FETCH_TIMEOUT = 1800.0
+
+
+def fetch_code(plan: Plan) -> Optional[str]:
+    """What the pod's init containers do: fetch spec.code's git and pip sources (into the run directory).
+    Returns why one failed, or None."""
+    for fetch in plan.code_fetches:
+        log.info("fetching spec.code[%d] into %s", fetch.index, fetch.dest)
+        try:
+            done = subprocess.run(
+                fetch.argv, env=dict(os.environ), capture_output=True, text=True, timeout=FETCH_TIMEOUT
+            )
+        except subprocess.TimeoutExpired:
+            return f"InvalidCode: fetching spec.code[{fetch.index}] took longer than {FETCH_TIMEOUT:.0f} s"
+        if done.returncode != 0:
+            return f"InvalidCode: fetching spec.code[{fetch.index}] failed: {done.stderr.strip()[-2000:]}"
+    return None
+
+
+CHECK_TIMEOUT = 600.0  # imports and a data read; a hub data set may download
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    exit_code: int  # EXIT_OK or EXIT_INVALID (EXIT_FAILED when the check itself could not run)
+    report: str  # what the trainer found (JSON), or why the job is invalid
+
+
+def check(options: RunOptions) -> CheckResult:
+    """The job file's validation plus the trainer's own check of program, metric, data and code, with no
+    model loaded and no vLLM started: what a pod would find in its first seconds. Raises InvalidInput."""
+    plan = make_plan(options, ports=False)
+    lock = lock_run_dir(plan.run_dir, options.fresh)
+    try:
+        write_config(plan)
+        failed = fetch_code(plan)
+        if failed is not None:
+            return CheckResult(EXIT_INVALID, failed)
+        done = subprocess.run(
+            [*plan.trainer_argv[:1], "-m", TRAINER_MODULE, "--config", str(plan.run_dir / CONFIG_FILE), "--check"]
+            + ["--log-format", "text"],
+            env={**os.environ, **plan.trainer_env, "RANK": "0"},
+            cwd=plan.run_dir,
+            capture_output=True,
+            text=True,
+            timeout=CHECK_TIMEOUT,
+        )
+    finally:
+        lock.close()
+    if done.returncode == exit_codes.DONE:
+        return CheckResult(EXIT_OK, done.stdout.strip())
+    if done.returncode == exit_codes.INVALID_JOB:
+        return CheckResult(EXIT_INVALID, _last_error(done.stderr))
+    return CheckResult(EXIT_FAILED, f"the check exited with code {done.returncode}:\n{done.stderr[-3000:]}")
+
+
+def _last_error(stderr: str) -> str:
+    """The trainer's "invalid job: ..." line (its log's last word on the matter)."""
+    lines = [line for line in stderr.splitlines() if "invalid job:" in line]
+    return lines[-1].split("invalid job:", 1)[1].strip() if lines else stderr.strip()[-2000:]

@@ -34,6 +34,13 @@ DEFAULT_PORT = 9400
 DEVICE_ENV = "GRPO_TRAINER_DEVICE"
 
 
+# What the job's code fetch (grpo_trainer.usercode.fetch, an init container) reads its credentials from.
+GIT_TOKEN_ENV = "GRPO_GIT_TOKEN"
+GIT_SSH_KEY_ENV = "GRPO_GIT_SSH_KEY"
+PIP_INDEX_URL_ENV = "PIP_INDEX_URL"
+CODE_FETCH_MODULE = "grpo_trainer.usercode.fetch"
+
+
 class _Contract(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -77,6 +84,19 @@ class DataSpec(_Contract):
     limit: Optional[int] = None
 
 
+class CodeSource(_Contract):
+    """Code of the user's program and metric, put on the trainer's import path before they resolve."""
+
+    kind: Literal["dir", "archive"] = Field(
+        ..., description="dir: a directory to import from; archive: a .tar.gz of one (a packed ConfigMap), unpacked first."
+    )
+    path: str
+    origin: str = Field(..., description="Where the job names it, for messages: spec.code[0].configMap 'my-code'.")
+    fetched: Optional[str] = Field(
+        None, description="The folder a fetch (git, pip) left its record in (.grpo-source.json): the code's identity."
+    )
+
+
 class TrainerConfig(_Contract):
     """Everything one trainer run needs; produced by grpo_operator.api.translate."""
 
@@ -90,6 +110,9 @@ class TrainerConfig(_Contract):
     judge: Optional[LMEndpoint] = Field(None, description="None: same as untrusted.")
     train_data: DataSpec
     val_data: Optional[DataSpec] = None
+    code: list[CodeSource] = Field(
+        default_factory=list, description="Import path additions, first wins (the job's code sources)."
+    )
     grpo: GRPOArgs = Field(default_factory=GRPOArgs)
     train: TrainKwargs = Field(default_factory=TrainKwargs)
     port: int = Field(DEFAULT_PORT, description="HTTP port for /progress, /metrics and /healthz (0: off).")

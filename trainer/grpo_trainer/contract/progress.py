@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 log = logging.getLogger(__name__)
 
 PROGRESS_FILE = "progress.json"
+CODE_SUMMARY_CHARS = 1024
 
 Phase = Literal["starting", "baseline", "rollout", "train", "sync", "validate", "done", "stopped", "failed"]
 TimedPhase = Literal[
@@ -35,6 +36,8 @@ TimedPhase = Literal[
     "validate",
     "step",
 ]
+# Why a job is invalid (the trainer exits exit_codes.INVALID_JOB): the reason of its Failed condition.
+ErrorReason = Literal["InvalidCode", "InvalidProgram", "InvalidMetric", "InvalidData"]
 PHASES: tuple[str, ...] = get_args(Phase)
 TIMED_PHASES: tuple[str, ...] = get_args(TimedPhase)
 
@@ -123,6 +126,12 @@ class Progress(_Doc):
     eta_seconds: Optional[float] = None
     finished: bool = False
     error: Optional[str] = None
+    error_reason: Optional[ErrorReason] = Field(
+        None, description="Set when the job itself is wrong (no retry helps): which part of it."
+    )
+    code: Optional[str] = Field(
+        None, max_length=CODE_SUMMARY_CHARS, description="The job's spec.code as imported: hashes, commits, packages."
+    )
     served_check: Optional[dict[str, Any]] = Field(
         None,
         description="End-of-run proof that vLLM serves the adapter on the volume (trainer/grpo_trainer/vllm/served_check.py).",
@@ -157,12 +166,15 @@ STATUS_FIELDS: dict[str, StatusField] = {
     "best_adapter_version": StatusField("best_adapter_version", str, "Adapter with the best validation score."),
     "best_step": StatusField("best_step", int, "Step of the best adapter."),
     "estimated_remaining_seconds": StatusField("eta_seconds", int, "Estimated seconds until the last step ends."),
+    "code": StatusField(
+        "code", str, "The code spec.code brought, as the trainer imported it: archive hashes, git commits, pip packages."
+    ),
 }
 
 # The scalar fields of a finished run: what fits a pod's termination message (Kubernetes keeps
 # 4 KiB). What the status is made of, plus how the run ended.
 FINAL_FIELDS = frozenset(
-    {f.source for f in STATUS_FIELDS.values()} | {"job", "phase", "max_steps", "finished", "error", "updated_at"}
+    {f.source for f in STATUS_FIELDS.values()} | {"job", "phase", "max_steps", "finished", "error", "error_reason", "updated_at"}
 )
 TERMINATION_MESSAGE_BYTES = 4096
 

@@ -49,6 +49,10 @@ class DataError(ValueError):
     """A data set could not be read or does not fit the program."""
 
 
+class DataUnavailable(DataError):
+    """A remote data set could not be fetched for now (network, a 5xx or 429): a retry may succeed."""
+
+
 def describe(spec: DataSpec) -> str:
     if spec.source == "hub":
         return f"hub dataset {spec.id}" + (f" ({spec.config})" if spec.config else "") + f" split {spec.split}"
@@ -115,12 +119,15 @@ def download(url: str, cache_dir: Path, *, timeout: float = 120.0) -> Path:
     try:
         with os.fdopen(fd, "wb") as out, httpx.stream("GET", url, timeout=timeout, follow_redirects=True) as response:
             if response.status_code != 200:
-                raise DataError(f"download of {url} failed: HTTP {response.status_code}")
+                transient = response.status_code >= 500 or response.status_code == 429
+                raise (DataUnavailable if transient else DataError)(
+                    f"download of {url} failed: HTTP {response.status_code}"
+                )
             for chunk in response.iter_bytes():
                 out.write(chunk)
         os.replace(tmp, target)
     except httpx.HTTPError as exc:
-        raise DataError(f"download of {url} failed: {type(exc).__name__}: {exc}") from exc
+        raise DataUnavailable(f"download of {url} failed: {type(exc).__name__}: {exc}") from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -180,6 +187,8 @@ def _hub_rows(spec: DataSpec) -> tuple[list[dict[str, Any]], list[str]]:
         raise DataError("a hub data set needs an id")
     try:
         ds = datasets.load_dataset(spec.id, spec.config, split=spec.split, revision=spec.revision)
+    except (ConnectionError, TimeoutError) as exc:  # the hub is unreachable or slow: retried, not the job's fault
+        raise DataUnavailable(f"cannot load {describe(spec)}: {type(exc).__name__}: {exc}") from exc
     except Exception as exc:
         raise DataError(f"cannot load {describe(spec)}: {type(exc).__name__}: {exc}") from exc
     return ds.to_list(), list(ds.column_names)

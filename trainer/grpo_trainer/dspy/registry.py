@@ -116,7 +116,7 @@ def data_defaults(name: str, program: Optional[dspy.Module] = None) -> DataDefau
         return DataDefaults(fields=PUPA_FIELDS, inputs=INPUT_FIELDS)
     inputs: tuple[str, ...] = ()
     if program is not None:
-        params = inspect.signature(program.forward).parameters.values()
+        params = inspect.signature(type(program).forward).parameters.values()  # DSPy warns on instance.forward
         inputs = tuple(
             p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"
         )

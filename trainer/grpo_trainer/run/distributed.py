@@ -86,6 +86,9 @@ def init_distributed(
     store = torch_dist.TCPStore(
         os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=hosts_store, timeout=timeout
     )
+    # The main rank joins after checking the job's task (grpo_trainer.run.main): the others wait for
+    # it here, on the store, not in the group's rendezvous below, which ``timeout`` bounds.
+    _meet_main(store, rank, "join")
     if not torch_dist.is_initialized():
         torch_dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
@@ -108,11 +111,15 @@ def wait_for_main(ctx: DistContext, point: str) -> None:
     """
     if not ctx.is_distributed or ctx.store is None:
         return
+    _meet_main(ctx.store, ctx.rank, point)
+
+
+def _meet_main(store: torch_dist.Store, rank: int, point: str) -> None:
     key = f"main-reached/{point}"
-    if ctx.is_main:
-        ctx.store.set(key, "1")
+    if rank == 0:
+        store.set(key, "1")
     else:
-        ctx.store.wait([key], MAIN_RANK_WAIT)
+        store.wait([key], MAIN_RANK_WAIT)
 
 
 def shutdown(ctx: DistContext) -> None:

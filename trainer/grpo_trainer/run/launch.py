@@ -12,6 +12,8 @@ deadline of its own (the pod's ``terminationGracePeriodSeconds`` bounds it), and
 exits with the workers' own verdict:
 
 * every worker 0 -> 0 (done);
+* the main worker found the job invalid (78) -> the others are killed and the
+  launcher exits 78: the operator fails the job without a retry;
 * a worker failed or died of a signal -> the others are killed at once (their
   collectives cannot complete without it) and the launcher exits 1: the attempt is
   lost back to the last checkpoint, and the next one resumes from there;
@@ -89,7 +91,12 @@ def _die_with_parent() -> None:
 
 
 def verdict(codes: list[int]) -> int:
-    """The launcher's exit status from its workers' (negative: killed by that signal)."""
+    """The launcher's exit status from its workers' (negative: killed by that signal).
+
+    An invalid job (one rank found it, the others were then killed) stays invalid: no retry helps.
+    """
+    if exit_codes.INVALID_JOB in codes:
+        return exit_codes.INVALID_JOB
     if any(code not in CLEAN_EXITS for code in codes):
         return exit_codes.FAILED
     if any(code == exit_codes.INTERRUPTED for code in codes):

@@ -24,10 +24,9 @@ import torch.distributed as torch_dist
 from transformers import set_seed
 
 from grpo_trainer.contract.config import TrainerConfig
-from grpo_trainer.contract.progress import Progress, StepDiagnostics
-from grpo_trainer.dspy.data import load_examples
-from grpo_trainer.dspy.lms import PolicyChatAdapter, PolicyLM, derive_seed, external_lm
-from grpo_trainer.dspy.registry import data_defaults, resolve_metric, resolve_program
+from grpo_trainer.contract.progress import CODE_SUMMARY_CHARS, Progress, StepDiagnostics
+from grpo_trainer.dspy.lms import PolicyChatAdapter, PolicyLM, derive_seed
+from grpo_trainer.dspy.task import Task, checked_task
 from grpo_trainer.grpo.groups import build_groups
 from grpo_trainer.grpo.optim import build_optimizer, build_scheduler
 from grpo_trainer.grpo.policy import Policy, load_policy
@@ -35,12 +34,14 @@ from grpo_trainer.grpo.prefetch import Drawn, Prefetcher, publish_unloads, resum
 from grpo_trainer.grpo.rollout import ExampleSampler, PolicyCallError, Rollout, run_rollouts
 from grpo_trainer.grpo.samples import TrainSample
 from grpo_trainer.grpo.update import UpdateStats, train_on_samples
+from grpo_trainer.run.atomic import write_text_atomic
 from grpo_trainer.run.checkpoint import CheckpointManager, TrainingState, capture_rng
 from grpo_trainer.run.distributed import DistContext, broadcast_object, wait_for_main
 from grpo_trainer.run.progress_board import ProgressBoard
 from grpo_trainer.run.progress_server import ProgressServer, TrainerMetrics
 from grpo_trainer.run.stopflag import StopFlag
 from grpo_trainer.run.tracking import CompletionLog, make_tracker
+from grpo_trainer.usercode.install import CODE_IDENTITY_FILE, code_summary, identity_json
 from grpo_trainer.vllm.adapters import AdapterStore, VLLMAdapterSync, version_name
 from grpo_trainer.vllm.served_check import check_served_adapter
 
@@ -108,8 +109,12 @@ class Sampling:
 class GRPORun:
     """One trainer process's part of a run."""
 
-    def __init__(self, cfg: TrainerConfig, dist: DistContext, stop: Optional[StopFlag] = None) -> None:
+    def __init__(
+        self, cfg: TrainerConfig, dist: DistContext, stop: Optional[StopFlag] = None, task: Optional[Task] = None
+    ) -> None:
+        """``task``: the main rank's checked task (grpo_trainer.dspy.task.checked_task; made here when None)."""
         self.cfg = cfg
+        self.task = task
         self.dist = dist
         self.stop = stop or StopFlag()
         self.run_dir = cfg.run_path
@@ -135,7 +140,7 @@ class GRPORun:
             log.info("resumed from checkpoint", extra={"step": state.step, "ranks": self.dist.world_size})
         return state
 
-    def _setup_sampling(self, state: Optional[TrainingState]) -> Sampling:
+    def _setup_sampling(self, state: Optional[TrainingState], task: Task) -> Sampling:
         cfg = self.cfg
         for sub in ("adapters", "checkpoints", "logs"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -146,20 +151,9 @@ class GRPORun:
         server = None
         if cfg.port:
             server = ProgressServer(board, cfg.port, metrics=TrainerMetrics()).start()
-        untrusted = external_lm(
-            cfg.untrusted, role="untrusted", vllm=cfg.vllm, default_max_tokens=cfg.train.max_completion_length
-        )
-        judge = external_lm(
-            cfg.judge or cfg.untrusted, role="judge", vllm=cfg.vllm, default_max_tokens=cfg.train.max_completion_length
-        )
-        program = resolve_program(cfg.program, untrusted_lm=untrusted, exclude_demos=cfg.grpo.exclude_demos)
-        metric = resolve_metric(cfg.metric, judge_lm=judge)
-        defaults = data_defaults(cfg.program, program)
-        train = load_examples(cfg.train_data, default_fields=defaults.fields, default_inputs=defaults.inputs)
-        if cfg.grpo.use_train_as_val or cfg.val_data is None:
-            val = train
-        else:
-            val = load_examples(cfg.val_data, default_fields=defaults.fields, default_inputs=defaults.inputs)
+        program, train = task.program, task.train
+        write_text_atomic(self.run_dir / CODE_IDENTITY_FILE, identity_json(task.code))  # which code trained it
+        board.code(code_summary(task.code, CODE_SUMMARY_CHARS))
         if state is not None and state.sampler:
             sampler = ExampleSampler.from_state(len(train), state.sampler)
         else:
@@ -170,10 +164,10 @@ class GRPORun:
         program.set_lm(lm)
         return Sampling(
             program=program,
-            metric=metric,
+            metric=task.metric,
             lm=lm,
             train=train,
-            val=val,
+            val=task.val,
             sampler=sampler,
             sync=sync,
             store=store,
@@ -411,11 +405,17 @@ class GRPORun:
     # -- the run ------------------------------------------------------------------------------
 
     def run(self) -> str:
-        """Train to the end (or until stopped); returns the final phase: done or stopped."""
+        """Train to the end (or until stopped); returns the final phase: done or stopped.
+
+        Raises TaskError (main rank) when the job's program, metric or data is wrong, before any model loads.
+        """
+        if self.dist.is_main and self.task is None:
+            self.task = checked_task(self.cfg)
         state = self._setup_policy()
         step = state.step if state is not None else 0
         if self.dist.is_main:
-            self.sampling = s = self._setup_sampling(state)
+            assert self.task is not None
+            self.sampling = s = self._setup_sampling(state, self.task)
             if state is not None and state.best_step:
                 s.sync.set_best(state.best_step)
             for version in resume_versions(step, self.overlap):

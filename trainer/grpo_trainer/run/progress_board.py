@@ -21,6 +21,7 @@ from grpo_trainer.contract.progress import (
     PHASES,
     PROGRESS_FILE,
     TIMED_PHASES,
+    ErrorReason,
     Phase,
     Progress,
     StepDiagnostics,
@@ -59,6 +60,7 @@ class ProgressBoard:
             self._doc = initial.model_copy(deep=True)
             self._doc.max_steps = max_steps
             self._doc.phase, self._doc.finished, self._doc.error = "starting", False, None
+            self._doc.error_reason = None
         else:
             self._doc = Progress(job=job, max_steps=max_steps)
         self._observers: list[ProgressObserver] = []
@@ -186,6 +188,12 @@ class ProgressBoard:
             self._doc.best_adapter_version = name
             self._publish()
 
+    def code(self, summary: str | None) -> None:
+        """The job's code as imported (usercode.install.code_summary)."""
+        with self._lock:
+            self._doc.code = summary
+            self._publish()
+
     def record_served_check(self, check: dict[str, Any]) -> None:
         with self._lock:
             self._doc.served_check = check
@@ -196,9 +204,11 @@ class ProgressBoard:
             self._doc.phase, self._doc.finished, self._doc.eta_seconds = "done", True, 0.0
             self._publish()
 
-    def fail(self, error: str) -> None:
+    def fail(self, error: str, *, reason: ErrorReason | None = None) -> None:
+        """The run failed; ``reason``: the job itself is wrong (no retry helps)."""
         with self._lock:
             self._doc.phase, self._doc.finished, self._doc.error = "failed", True, error
+            self._doc.error_reason = reason
             self._publish()
 
     # -- publication --------------------------------------------------------------------
