@@ -77,7 +77,8 @@ def variants() -> list[Variant]:
         Variant("seed", SEED_TRAIN),
         Variant("no checkpointing", SEED_TRAIN.model_copy(update={"gradient_checkpointing": False})),
         Variant(
-            "lora dropout 0", SEED_TRAIN.model_copy(update={"lora_config": lora.model_copy(update={"lora_dropout": 0.0})})
+            "lora dropout 0",
+            SEED_TRAIN.model_copy(update={"lora_config": lora.model_copy(update={"lora_dropout": 0.0})}),
         ),
         Variant("eager attention", SEED_TRAIN, lambda base: base.set_attn_implementation("eager")),
         Variant(
@@ -104,17 +105,25 @@ class Timing:
     memory: str
 
 
-def make_policy(shape: dict[str, object], device: torch.device, dtype: torch.dtype, variant: Variant) -> tuple[Policy, ParamCounts]:
+def make_policy(
+    shape: dict[str, object], device: torch.device, dtype: torch.dtype, variant: Variant
+) -> tuple[Policy, ParamCounts]:
     torch.manual_seed(0)
     base = build_base(shape, device, dtype)
     variant.prepare(base)
     counts = count_base(base)
     policy = wrap_policy(base, variant.train, device)
-    return policy, ParamCounts(counts.total, counts.layers, counts.head, sum(p.numel() for p in policy.trainable_parameters()))
+    lora = sum(p.numel() for p in policy.trainable_parameters())
+    return policy, ParamCounts(counts.total, counts.layers, counts.head, lora)
 
 
 def time_variant(
-    policy: Policy, counts: ParamCounts, samples: list[TrainSample], shape: dict[str, object], variant: Variant, steps: int
+    policy: Policy,
+    counts: ParamCounts,
+    samples: list[TrainSample],
+    shape: dict[str, object],
+    variant: Variant,
+    steps: int,
 ) -> Timing:
     device = policy.device
     train = variant.train

@@ -40,6 +40,14 @@ class OperatorSettings(BaseModel):
         16, ge=1, le=256, description="Jobs reconciled at the same time (a thread each, mostly waiting on the API)."
     )
     progress_poll_seconds: float = Field(10.0, gt=0, description="How often the trainer's /progress is read.")
+    replace_unplaceable_seconds: float = Field(
+        120.0,
+        ge=0,
+        description=(
+            "ReadWriteOnce jobs: once one pod is on a node and the other has been unschedulable this long, "
+            "delete both and recreate them off that node (0: never)."
+        ),
+    )
     progress_timeout_seconds: float = Field(2.0, gt=0, description="Timeout of one /progress request.")
     namespaces: tuple[str, ...] = Field((), description="Namespaces to watch; empty: the whole cluster.")
     check_secrets: bool = Field(

@@ -542,9 +542,15 @@ def _stage(
 
 
 def fake_gpu_nodes(
-    names: Iterable[str], gpus: int = 4, cpu: str = "64", memory: str = "512Gi", pods: int = 110
+    names: Iterable[str],
+    gpus: int = 4,
+    cpu: str = "64",
+    memory: str = "512Gi",
+    pods: int = 110,
+    labels: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Node objects that KWOK manages (``KWOK_NODE_ANNOTATION``), each advertising ``gpus`` nvidia.com/gpu."""
+    """Node objects that KWOK manages (``KWOK_NODE_ANNOTATION``), each advertising ``gpus`` nvidia.com/gpu
+    (and carrying ``labels`` besides the usual ones)."""
     resources = {
         "cpu": cpu,
         "memory": memory,
@@ -567,6 +573,7 @@ def fake_gpu_nodes(
                     "nvidia.com/gpu.present": "true",
                     "nvidia.com/gpu.count": str(gpus),
                     "nvidia.com/gpu.product": GPU_PRODUCT,
+                    **(labels or {}),
                 },
             },
             "spec": {},

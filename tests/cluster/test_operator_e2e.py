@@ -87,12 +87,15 @@ def job_ns(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Itera
     control_plane.delete_namespace(name)
 
 
-def start_operator(cp: ControlPlane, kubeconfig: Path, ns: str, log: Path) -> OperatorProcess:
+def start_operator(
+    cp: ControlPlane, kubeconfig: Path, ns: str, log: Path, extra: dict[str, str] | None = None
+) -> OperatorProcess:
     settings = {
         "GRPO_RESYNC_SECONDS": "2",
         "GRPO_PROGRESS_POLL_SECONDS": "1",
         "GRPO_TRAINER_PORT": str(free_port()),
         "GRPO_LOG_LEVEL": "INFO",
+        **(extra or {}),
     }
     return OperatorProcess(operator_env(cp.env(kubeconfig=kubeconfig)), [ns], log, settings).start()
 
@@ -320,6 +323,53 @@ def test_unschedulable_job_says_why_within_a_minute(
     message = cond(job, "Training")["message"]
     assert "papillon-trainer-0" in message and "nvidia.com/gpu" in message
     assert any(e["reason"] == "Unschedulable" and e["type"] == "Warning" for e in events(cp, ns))
+
+
+def test_rwo_pods_that_cannot_share_a_node_are_moved_together_to_one_that_fits(
+    control_plane: ControlPlane, operator_kubeconfig: Path, job_ns: str, tmp_path: Path
+):
+    """The scheduler places the two pods one at a time: on a 3-GPU node the first leaves no room
+    for the second. The operator deletes both after replace_unplaceable_seconds and recreates them
+    off that node, so both land on the 4-GPU node that appears meanwhile."""
+    cp, ns = control_plane, job_ns
+    pool = {"grpo.test/pool": ns[-5:]}  # only this test's pods go to its nodes
+    small, big = f"small-{ns[-5:]}", f"big-{ns[-5:]}"
+    cp.add_gpu_nodes([small], gpus=3, labels=pool)
+    log = tmp_path / "operator.log"
+    proc = start_operator(cp, operator_kubeconfig, ns, log, {"GRPO_REPLACE_UNPLACEABLE_SECONDS": "5"})
+    try:
+        apply_jobs(cp, ns, job_manifest(trainer={"nodeSelector": pool}, inference={"nodeSelector": pool}))
+
+        def one_placed_one_stuck() -> bool:
+            ps = pods(cp, ns).values()
+            stuck = [p for p in ps if any(
+                c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable"
+                for c in p.get("status", {}).get("conditions", []))]  # fmt: skip
+            return len(stuck) == 1 and any(p["spec"].get("nodeName") == small for p in ps)
+
+        wait_until(one_placed_one_stuck, timeout=60, what="one pod on the 3-GPU node, the other unschedulable")
+        cp.add_gpu_nodes([big], gpus=4, labels=pool)
+
+        def together_on_big() -> dict[str, Any] | None:
+            ps = pods(cp, ns)
+            both = [ps.get("papillon-trainer-0"), ps.get("papillon-inference-0")]
+            ok = all(p and p["spec"].get("nodeName") == big and p["status"].get("phase") == "Running" for p in both)
+            return ps if ok else None
+
+        wait_until(together_on_big, timeout=120, what="both pods running on the 4-GPU node")
+        job = wait_job(cp, ns, "papillon", is_true("Training"), "Training=True")
+        assert job["status"]["placement"]["replacements"] >= 1
+        assert job["status"]["restarts"] == 0 and job["status"]["interruptions"] == 0  # no attempt was spent
+        replacing = [e for e in events(cp, ns) if e["reason"] == "Replacing"]
+        assert replacing and all(e["type"] == "Warning" for e in replacing)
+        assert any(f"on node {small}" in e["message"] and "recreating both off that node" in e["message"]
+                   for e in replacing), [e["message"] for e in replacing]
+    finally:
+        proc.stop_and_check_log()
+        # the pods go before their nodes (a pod on a deleted node lingers until the pod GC gets to it,
+        # and keeps the namespace terminating into the next test)
+        cp.kubectl("delete", "pods", "--all", "-n", ns, "--grace-period=0", "--wait=true", "--timeout=60s", check=False)
+        cp.kubectl("delete", "node", small, big, "--ignore-not-found", check=False)
 
 
 def test_missing_secret_and_claim_are_named_until_they_appear(

@@ -293,6 +293,16 @@ def test_job_trains_survives_killed_and_stopped_trainer_and_killed_vllm_and_ends
         assert (run_dir / "adapters" / f"step-{best}" / "adapter_model.safetensors").is_file()
     else:  # no adapter of this short run beat the base model: no adapter claims to be the best
         assert status["bestValScore"] == status["baselineValScore"] and "bestAdapterVersion" not in status
+    # what a pipeline reads (kubectl get -o jsonpath='{.status.result}'): the best, kept in result/ on the volume
+    result = status["result"]
+    assert (result["path"], result["step"], result["finished"]) == ("result", best or 0, True), result
+    assert result["valScore"] == status["bestValScore"] and result["baseModel"]
+    if best:
+        assert result["adapter"] == "result/adapter"
+        assert (run_dir / "result" / "adapter" / "adapter_model.safetensors").read_bytes() == (
+            run_dir / "adapters" / f"step-{best}" / "adapter_model.safetensors"
+        ).read_bytes()
+    assert json.loads((run_dir / "result" / "result.json").read_text())["job"] == JOB
     check = progress.served_check
     assert check is not None and check["adapter"] == f"policy-v{STEPS}", check
     assert check["served_vs_disk"] <= 1e-3, check

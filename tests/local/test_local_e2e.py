@@ -1,7 +1,9 @@
 """``grpo-local`` end to end on the embedded default: real vLLM (CPU build), the real trainer, the tiny model.
 
 These prove the runner's contract (completion, report, Ctrl-C → checkpoint → resume,
-no process left behind); whether the tiny model learns is the learning test's job.
+no process left behind) and, on the same run, that the embedded default as it runs on a
+CPU learns through those faults (the margin of tests/support/learning.py; the overlapped
+mode is tests/local/test_learning.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from grpo_operator.local.default import NUM_TRAIN_STEPS
 from grpo_trainer.contract.progress import Progress
+from support.learning import assert_learned_and_served
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -79,7 +83,8 @@ def wait_for_output(runner: subprocess.Popen, out: Path, text: str) -> None:
         time.sleep(0.5)
 
 
-def test_a_run_survives_a_killed_vllm_stops_on_ctrl_c_and_resumes_to_a_finished_report(
+@pytest.mark.timeout(2400)
+def test_the_default_survives_a_killed_vllm_and_ctrl_c_resumes_to_a_finished_report_and_learns(
     cli,
     start_cli,
     tmp_path: Path,
@@ -87,13 +92,14 @@ def test_a_run_survives_a_killed_vllm_stops_on_ctrl_c_and_resumes_to_a_finished_
     marker: str,
     survivors: Callable[[], list[str]],
 ) -> None:
-    """One run through the faults a user meets, in order (one run, not one per fault: CI time):
-    vLLM SIGKILLed mid-run (restarted with the same command, the trainer waits for it), then
-    Ctrl-C (stops after a checkpoint), then the same command again (resumes from that step and
-    finishes with the summary, the report and the adapter on disk)."""
-    steps = 4
+    """One run of the embedded default (no job file) through the faults a user meets, in order
+    (one run, not one per fault: CI time): vLLM SIGKILLed mid-run (restarted with the same
+    command, the trainer waits for it), then Ctrl-C (stops after a checkpoint), then the same
+    command again (resumes from that step and finishes with the summary, the report and the
+    adapter on disk, served by vLLM) -- and the validation score rose beyond noise."""
+    steps = NUM_TRAIN_STEPS
     run_dir = tmp_path / "run"
-    args = ["--steps", str(steps), "--run-dir", str(run_dir), "--port", str(ports[0]), "--trainer-port", str(ports[1])]
+    args = ["--run-dir", str(run_dir), "--port", str(ports[0]), "--trainer-port", str(ports[1])]
     first = tmp_path / "first.out"
     runner = start_cli(*args, out=first)
     try:
@@ -154,6 +160,18 @@ def test_a_run_survives_a_killed_vllm_stops_on_ctrl_c_and_resumes_to_a_finished_
     assert (run_dir / "adapters" / f"step-{steps}" / "adapter_config.json").is_file()
     assert (run_dir / "checkpoints" / f"step-{steps}" / "COMPLETE").is_file()
     assert survivors() == []
+    assert_learned_and_served(run_dir, steps)
+
+    # the result a user takes away: the best adapter by validation (it learned, so not the base), described
+    assert final.result is not None and final.result.finished and final.best_step
+    assert (final.result.step, final.result.adapter) == (final.best_step, "result/adapter")
+    best_weights = run_dir / "adapters" / f"step-{final.best_step}" / "adapter_model.safetensors"
+    assert (run_dir / "result" / "adapter" / "adapter_model.safetensors").read_bytes() == best_weights.read_bytes()
+    assert json.loads((run_dir / "result" / "result.json").read_text())["val_scores"][str(final.best_step)] == (
+        final.best_val_score
+    )
+    assert json.loads((run_dir / "result" / "program.json").read_text())  # the student's DSPy state
+    assert summary["result_dir"] == str(run_dir / "result") and f"{run_dir / 'result'} (best adapter" in result.stdout
 
 
 def test_second_ctrl_c_kills_everything_at_once(

@@ -23,14 +23,21 @@ def spec(**changes: Any):
     return parse_job(doc).spec
 
 
-def a_pod(name: str, component: str, phase: str = "Running", ready: bool = True, **status: Any) -> PodView:
-    """A pod of the job as the API server reports it (on a fake GPU node)."""
+def a_pod(
+    name: str,
+    component: str,
+    phase: str = "Running",
+    ready: bool = True,
+    node: str | None = "gpu-node-0",
+    **status: Any,
+) -> PodView:
+    """A pod of the job as the API server reports it (on a fake GPU node; ``node=None``: not placed)."""
     conds = [{"type": "Ready", "status": "True" if ready and phase == "Running" else "False"}]
     conds += status.pop("conditions", [])
     return pod_view(
         {
             "metadata": {"name": name, "labels": {"app.kubernetes.io/component": component}},
-            "spec": {"nodeName": "gpu-node-0"},
+            "spec": {"nodeName": node} if node else {},
             "status": {"phase": phase, "conditions": conds, "podIP": "127.100.0.7", **status},
         }
     )

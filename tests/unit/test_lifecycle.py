@@ -323,6 +323,80 @@ def test_unschedulable_trainer_is_reported_with_the_schedulers_words():
     assert any(t.reason == "Unschedulable" and t.warning for t in plan.transitions)
 
 
+def unplaced(name: str, component: str, since: datetime, message: str) -> Any:
+    """A pod the scheduler has failed to place since ``since`` (no node)."""
+    return a_pod(
+        name, component, "Pending", ready=False, node=None,
+        conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
+                     "lastTransitionTime": since.strftime("%Y-%m-%dT%H:%M:%SZ")}],
+    )  # fmt: skip
+
+
+BESIDE = "0/2 nodes are available: 1 Insufficient nvidia.com/gpu, 1 node(s) didn't match pod affinity rules."
+
+
+def test_rwo_pods_that_cannot_share_a_node_are_both_recreated_off_it_after_the_wait():
+    """The trainer took a node with no GPU left for vLLM: after replace_unplaceable_seconds both
+    go, and the next attempt's pods (same names) are kept off that node."""
+    trainer = a_pod("papillon-trainer-0", "trainer", node="gpu-a")
+    wait = SETTINGS.replace_unplaceable_seconds
+    early = unplaced("papillon-inference-0", "inference", T0 - timedelta(seconds=wait - 5), BESIDE)
+    plan = decide(observe(pods=(trainer, early)), SETTINGS)
+    assert plan.delete_pods == [] and "placement" not in plan.status
+    assert cond(plan, "InferenceReady")["reason"] == "Unschedulable"
+
+    stuck = unplaced("papillon-inference-0", "inference", T0 - timedelta(seconds=wait + 1), BESIDE)
+    plan = decide(observe(pods=(trainer, stuck)), SETTINGS)
+    assert sorted(plan.delete_pods) == ["papillon-inference-0", "papillon-trainer-0"] and plan.create == []
+    assert plan.status["placement"] == {"avoidNodes": ["gpu-a"], "replacements": 1}
+    assert plan.status["restarts"] == 0 and plan.status["interruptions"] == 0  # not a failure, same attempt
+    for ctype in ("Training", "InferenceReady"):
+        assert cond(plan, ctype)["reason"] == "Replacing"
+        assert "papillon-inference-0" in cond(plan, ctype)["message"] and "gpu-a" in cond(plan, ctype)["message"]
+    warned = [t for t in plan.transitions if t.reason == "Replacing"]
+    assert warned and all(t.warning for t in warned) and all(BESIDE in t.message for t in warned)
+    assert GRPOJobStatus.model_validate(plan.status).placement.avoid_nodes == ["gpu-a"]  # the CRD keeps it
+
+    # once both are gone: recreated under the same names, both kept off gpu-a, beside each other
+    plan = decide(observe(status=plan.status, pods=()), SETTINGS)
+    made = {m["metadata"]["name"]: m for m in plan.create if m["kind"] == "Pod"}
+    assert sorted(made) == ["papillon-inference-0", "papillon-trainer-0"]
+    for pod in made.values():
+        affinity = pod["spec"]["affinity"]
+        terms = affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        assert terms == [{"matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["gpu-a"]}]}]
+        assert affinity["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+
+
+def test_when_neither_pod_fits_off_the_avoided_nodes_they_are_forgotten_and_every_node_tried_again():
+    late = T0 - timedelta(seconds=SETTINGS.replace_unplaceable_seconds + 1)
+    status = {"placement": {"avoidNodes": ["gpu-a", "gpu-b"], "replacements": 2}}
+    pods = (
+        unplaced("papillon-trainer-0", "trainer", late, "0/2 nodes are available: 2 node(s) didn't match affinity."),
+        unplaced("papillon-inference-0", "inference", late, BESIDE),
+    )
+    plan = decide(observe(status=status, pods=pods), SETTINGS)
+    assert plan.status["placement"] == {"avoidNodes": [], "replacements": 3}
+    assert sorted(plan.delete_pods) == ["papillon-inference-0", "papillon-trainer-0"]
+    # with nothing avoided, two unplaceable pods are only reported (the scheduler's words)
+    plan = decide(observe(pods=pods), SETTINGS)
+    assert plan.delete_pods == [] and cond(plan, "Training")["reason"] == "Unschedulable"
+
+
+def test_no_replacement_for_shared_volumes_kueue_jobs_or_when_turned_off():
+    trainer = a_pod("papillon-trainer-0", "trainer", node="gpu-a")
+    stuck = unplaced("papillon-inference-0", "inference", T0 - timedelta(hours=1), BESIDE)
+    storage = spec().storage.model_dump(by_alias=True, exclude_none=True)
+    cases = [
+        (spec(storage={**storage, "accessMode": "ReadWriteMany"}), SETTINGS),
+        (spec(queueName="gpu-queue"), SETTINGS),
+        (spec(), SETTINGS.model_copy(update={"replace_unplaceable_seconds": 0})),
+    ]
+    for job_spec, settings in cases:
+        plan = decide(observe(pods=(trainer, stuck), job_spec=job_spec), settings)
+        assert plan.delete_pods == [] and "placement" not in plan.status, job_spec
+
+
 def test_kueue_gated_pods_wait_for_admission():
     gated = a_pod(
         "papillon-inference-0", "inference", "Pending", ready=False,

@@ -16,7 +16,7 @@ from grpo_operator.api.status import CONDITION_ORDER, GRPOJobStatus
 from grpo_operator.controller.conditions import Cond, conditions, pod_view, state, transitions
 from grpo_operator.controller.progress_poll import fetch_progress, progress_status, progress_url
 from grpo_operator.controller.prometheus import OperatorMetrics
-from grpo_trainer.contract.progress import Progress
+from grpo_trainer.contract.progress import Progress, RunResult
 
 T0 = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -173,6 +173,7 @@ def test_progress_is_read_from_the_trainer_over_http(progress_server):
         eta_seconds=300.7,
         updated_at=datetime(2026, 11, 25, 12, 3, tzinfo=timezone.utc),
         val_scores={0: 0.41, 10: 0.58},
+        result=RunResult(path="result", adapter="result/adapter", step=10, val_score=0.58, base_model="Qwen/Qwen2.5-1.5B"),
     )
     handler.document = json.loads(doc.model_dump_json())
     fields = progress_status(fetch_progress(progress_url(host, port), timeout=2), T0)
@@ -187,6 +188,10 @@ def test_progress_is_read_from_the_trainer_over_http(progress_server):
         "bestAdapterVersion": "policy-v10",
         "bestStep": 10,
         "estimatedRemainingSeconds": 300,
+        "result": {  # an object, camelCase as the CRD has it: what a pipeline reads with jsonpath
+            "path": "result", "adapter": "result/adapter", "step": 10, "valScore": 0.58,
+            "baseModel": "Qwen/Qwen2.5-1.5B", "finished": False,
+        },  # fmt: skip
         "progressPercentage": 2,
         "lastProgressTime": "2026-11-25T12:03:00Z",
     }
@@ -199,6 +204,9 @@ def test_progress_skips_bad_values_and_reads_no_synonyms():
     fields = progress_status(doc, T0)
     assert fields["step"] == 3 and fields["progressPercentage"] == 75
     assert "valScore" not in fields and "trainReward" not in fields and "bestStep" not in fields
+    # a result that is not one (a string, a missing step) is skipped, not half-copied
+    assert "result" not in progress_status({"result": "result/"}, T0)
+    assert "result" not in progress_status({"result": {"path": "result", "base_model": "m"}}, T0)
     assert fields["lastProgressTime"] == "2023-11-14T22:13:20Z"
     assert progress_status({}, T0) == {"lastProgressTime": "2026-11-25T12:00:00Z"}
     # keys the document never had are not read (a reader that guesses hides a writer's rename)

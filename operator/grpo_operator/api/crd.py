@@ -37,6 +37,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Val", "type": "number", "jsonPath": ".status.valScore"},
     {"name": "Best", "type": "number", "jsonPath": ".status.bestValScore", "priority": 1},
     {"name": "Adapter", "type": "string", "jsonPath": ".status.adapterVersion", "priority": 1},
+    {"name": "Result", "type": "string", "jsonPath": ".status.result.adapter", "priority": 1},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "priority": 1},
     {
         "name": "Reason",

@@ -650,7 +650,14 @@ class RunPolicy(ApiModel):
 
     backoff_limit: int = Field(3, ge=0, le=100, description="Trainer pod failures tolerated before the job fails.")
     active_deadline_seconds: Optional[int] = Field(None, ge=1, description="Fail with DeadlineExceeded after this long running.")
-    ttl_seconds_after_finished: Optional[int] = Field(None, ge=0, description="Delete the finished job after this long.")
+    ttl_seconds_after_finished: Optional[int] = Field(
+        None,
+        ge=0,
+        description=(
+            "Delete the finished job after this long, and with it the job's own volume (adapters, checkpoints, "
+            "result/); a storage.existingClaim is never deleted."
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- spec

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import Field, create_model
+from pydantic import BaseModel, Field, create_model
 from pydantic.alias_generators import to_camel
 
 from grpo_operator.api.base import ApiModel
@@ -40,7 +40,20 @@ class Condition(ApiModel):
     observed_generation: Optional[int] = Field(None, ge=0)
 
 
+def _status_object(kind: type[BaseModel]) -> type[ApiModel]:
+    """The status schema's mirror of a progress document's object (camelCase, every field optional)."""
+    return create_model(  # type: ignore[call-overload]
+        f"{kind.__name__}Status",
+        __base__=ApiModel,
+        __doc__=kind.__doc__,
+        **{name: (Optional[f.annotation], Field(None, description=f.description))
+           for name, f in kind.model_fields.items()},
+    )
+
+
 def _progress_field(kind: type, description: str) -> Any:
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        return (Optional[_status_object(kind)], Field(None, description=description))
     if kind is str:
         return (Optional[str], Field(None, description=description))
     return (Optional[kind], Field(None, ge=0, description=description) if kind is int else Field(None, description=description))
@@ -56,6 +69,20 @@ ProgressStatus = create_model(  # type: ignore[call-overload]
 )
 DERIVED_PROGRESS_FIELDS = ("progress_percentage", "last_progress_time")
 PROGRESS_STATUS_FIELDS: tuple[str, ...] = tuple(to_camel(n) for n in (*STATUS_FIELDS, *DERIVED_PROGRESS_FIELDS))
+
+
+class Placement(ApiModel):
+    """Where the operator has re-placed a ReadWriteOnce job's pods (both must share one node)."""
+
+    avoid_nodes: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description=(
+            "Nodes the pods are kept off: each held one of them while the other could not be placed "
+            "beside it. Cleared when neither pod fits anywhere, so freed nodes are tried again."
+        ),
+    )
+    replacements: int = Field(0, ge=0, description="Times both pods were deleted and recreated to be placed together.")
 
 
 class GRPOJobStatus(ProgressStatus):
@@ -85,5 +112,8 @@ class GRPOJobStatus(ProgressStatus):
         ),
     )
     inference_restarts: int = Field(0, ge=0, description="vLLM pod restarts.")
+    placement: Optional[Placement] = Field(
+        None, description="ReadWriteOnce jobs: the operator's re-placements of both pods onto one node."
+    )
     trainer_pod: Optional[str] = Field(None, description="Name of the current trainer pod.")
     inference_pod: Optional[str] = Field(None, description="Name of the current vLLM pod.")

@@ -21,6 +21,7 @@ from grpo_operator.children.meta import (
     service_name,
     trainer_pod_name,
 )
+from grpo_operator.children.podspec import co_located
 from grpo_operator.children.trainer import referenced_secrets, trainer_pod
 from grpo_operator.children.volume import persistent_volume_claim, user_claims, user_config_maps
 
@@ -34,6 +35,7 @@ __all__ = [
     "TRAINER",
     "Job",
     "cluster_target",
+    "co_located",
     "user_config_maps",
     "config_map",
     "config_map_name",

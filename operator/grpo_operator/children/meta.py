@@ -33,12 +33,14 @@ DNS_LABEL_MAX = 63
 
 @dataclass(frozen=True)
 class Job:
-    """The parsed GRPOJob a builder works from: identity (for owner references) and spec."""
+    """The parsed GRPOJob a builder works from: identity (for owner references), spec, and the
+    nodes its pods are kept off (``status.placement.avoidNodes``, decided by the lifecycle)."""
 
     name: str
     namespace: str
     uid: str
     spec: GRPOJobSpec
+    avoid_nodes: tuple[str, ...] = ()
 
 
 def dns_label(base: str, suffix: str) -> str:

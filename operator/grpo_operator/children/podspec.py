@@ -211,14 +211,20 @@ def probes(health: Optional[Health], port: str) -> dict[str, Any]:
     return out
 
 
+def co_located(job: Job) -> bool:
+    """Trainer and vLLM must share a node: both mount the job's ReadWriteOnce volume."""
+    return job.spec.storage.access_mode == "ReadWriteOnce"
+
+
 def co_location(job: Job) -> Optional[dict[str, Any]]:
     """Required pod affinity putting trainer and vLLM on one node (ReadWriteOnce volumes).
 
     Both pods carry the same term, and both match it, so whichever is scheduled
     first may go anywhere (the scheduler's self-affinity rule) and the other
-    follows it.
+    follows it. Nodes the lifecycle re-placed the pods away from are excluded by
+    a required node affinity.
     """
-    if job.spec.storage.access_mode != "ReadWriteOnce":
+    if not co_located(job):
         return None
     term = {
         "labelSelector": {
@@ -227,7 +233,14 @@ def co_location(job: Job) -> Optional[dict[str, Any]]:
         },
         "topologyKey": HOSTNAME_TOPOLOGY,
     }
-    return {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}
+    affinity: dict[str, Any] = {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}
+    if job.avoid_nodes:
+        # by node name (what spec.nodeName holds; the hostname label may differ on some clouds)
+        field = {"key": "metadata.name", "operator": "NotIn", "values": list(job.avoid_nodes)}
+        affinity["nodeAffinity"] = {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchFields": [field]}]}
+        }
+    return affinity
 
 
 def tolerations(options: PodOptions) -> list[dict[str, Any]]:

@@ -48,6 +48,7 @@ WARNING_REASONS = frozenset(
         "TrainerFailed",
         "InferenceFailed",
         "Evicted",
+        "Replacing",
     }
 )
 PENDING_STATE = "Pending"
@@ -85,6 +86,7 @@ class PodView:
     start_time: Optional[str] = None
     problem_reason: Optional[str] = None
     problem_message: str = ""
+    unschedulable_since: Optional[str] = None  # PodScheduled=False's lastTransitionTime
     exit_code: Optional[int] = None
     exit_reason: Optional[str] = None
     exit_message: str = ""  # the container's termination message (the trainer's final progress, or a log tail)
@@ -169,6 +171,10 @@ def pod_view(pod: Mapping[str, Any], component_label: str = "app.kubernetes.io/c
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
     reason, message = _problem(pod)
     code, exit_reason, exit_message = _exit(pod)
+    unscheduled = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled" and c.get("status") == "False"),
+        {},
+    )
     return PodView(
         name=meta.get("name", ""),
         component=(meta.get("labels") or {}).get(component_label, ""),
@@ -180,6 +186,7 @@ def pod_view(pod: Mapping[str, Any], component_label: str = "app.kubernetes.io/c
         start_time=status.get("startTime"),
         problem_reason=reason,
         problem_message=message,
+        unschedulable_since=unscheduled.get("lastTransitionTime"),
         exit_code=code,
         exit_reason=exit_reason,
         exit_message=exit_message,

@@ -62,7 +62,8 @@ class Observed:
     @property
     def job(self) -> Job:
         assert self.spec is not None
-        return Job(self.name, self.namespace, self.uid, self.spec)
+        avoid = (self.status.get("placement") or {}).get("avoidNodes") or ()
+        return Job(self.name, self.namespace, self.uid, self.spec, avoid_nodes=tuple(avoid))
 
     def pods_of(self, component: str) -> list[PodView]:
         return [p for p in self.pods if p.component == component]
@@ -197,6 +198,62 @@ def _next_trainer(job: Job, settings: OperatorSettings, status: dict[str, Any], 
     return name
 
 
+MAX_AVOID_NODES = 16  # the status schema's bound; the oldest are forgotten first
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """Both pods of a ReadWriteOnce job deleted, to be recreated (same names) under a new placement."""
+
+    placement: dict[str, Any]  # the new status.placement
+    pods: tuple[str, str]
+    message: str
+
+
+def replace_apart(
+    obs: Observed, settings: OperatorSettings, pods: tuple[Optional[PodView], Optional[PodView]]
+) -> Optional[Replacement]:
+    """Re-place a ReadWriteOnce job's pods that cannot share a node.
+
+    The scheduler places the two pods one at a time: the first may take a node without
+    room for the second, which then waits forever. Once the second has been unschedulable
+    for ``replace_unplaceable_seconds`` both are deleted and recreated off that node.
+    When neither fits anywhere the avoided nodes are forgotten, so nodes that have freed
+    up are tried again. Kueue jobs are left to Kueue.
+    """
+    job = obs.job
+    wait = settings.replace_unplaceable_seconds
+    if not children.co_located(job) or job.spec.queue_name or wait <= 0:
+        return None
+    live = [p for p in pods if p is not None and not p.deleting]
+    if len(live) != 2:
+        return None
+    stuck = [p for p in live if not p.node and p.problem_reason == "Unschedulable"]
+    since = [parse_time(p.unschedulable_since) for p in stuck]
+    if not stuck or any(t is None or obs.now < t + timedelta(seconds=wait) for t in since):
+        return None
+    placement = dict(obs.status.get("placement") or {})
+    avoid = list(placement.get("avoidNodes") or [])
+    placed = [p for p in live if p.node]
+    if placed:
+        held, waiting = placed[0], stuck[0]
+        avoid = [n for n in avoid if n != held.node][-(MAX_AVOID_NODES - 1) :] + [str(held.node)]
+        message = (
+            f"pod {waiting.name} could not be placed beside pod {held.name} on node {held.node} for {wait:g} s "
+            f"({waiting.problem_message or 'unschedulable'}); recreating both off that node"
+        )
+    elif avoid:
+        avoid = []
+        message = (
+            f"neither pod fits on a node not tried yet ({stuck[0].problem_message}); "
+            "recreating both, every node allowed again"
+        )
+    else:
+        return None
+    placement.update(avoidNodes=avoid, replacements=int(placement.get("replacements") or 0) + 1)
+    return Replacement(placement, (live[0].name, live[1].name), message)
+
+
 def decide(obs: Observed, settings: OperatorSettings) -> Plan:
     """The plan for one job. Never raises on odd observations; always returns a full status."""
     old_conditions = list(obs.status.get("conditions") or [])
@@ -305,6 +362,16 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
     status["trainerPod"] = t_name
     if t_created and not status.get("startTime"):
         status["startTime"] = rfc3339(obs.now)
+
+    replacement = replace_apart(obs, settings, (t_pod, i_pod))
+    if replacement is not None:
+        status["placement"] = replacement.placement
+        plan.delete_pods.extend(n for n in replacement.pods if n not in plan.delete_pods)
+        new["Training"] = Cond.false("Replacing", replacement.message)
+        new["InferenceReady"] = Cond.false("Replacing", replacement.message)
+        new["Succeeded"] = Cond.false("NotFinished")
+        new["Failed"] = Cond.false("NotFinished")
+        return done()
 
     if t_pod is not None and t_pod.phase == "Succeeded" and not t_pod.deleting and not interrupted(t_pod):
         new["Succeeded"] = Cond.true("TrainerSucceeded", f"trainer pod {t_pod.name} completed")

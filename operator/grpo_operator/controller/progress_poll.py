@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Optional
 
+from pydantic import BaseModel, ValidationError
 from pydantic.alias_generators import to_camel
 
 from grpo_operator.controller.conditions import rfc3339
@@ -58,9 +59,18 @@ def _time(value: Any) -> Optional[str]:
 
 
 def _coerce(value: Any, kind: type) -> Any:
-    """The value as ``kind``, or None when it is not one (negative counts and non-finite numbers included)."""
+    """The value as ``kind``, or None when it is not one (negative counts and non-finite numbers included).
+
+    A model kind becomes an object with camelCase keys, as the status schema has it.
+    """
     if value is None or isinstance(value, bool):
         return None
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        try:
+            model = kind.model_validate(value)
+        except ValidationError:
+            return None
+        return {to_camel(k): v for k, v in model.model_dump(mode="json", exclude_none=True).items()}
     try:
         if kind is int:
             number = int(value)

@@ -53,6 +53,7 @@ class Summary:
     val_scores: dict[int, float] = field(default_factory=dict)
     reward_means: dict[int, float] = field(default_factory=dict)
     last_step_diagnostics: Optional[dict[str, float]] = None  # StepDiagnostics of the last step, as JSON
+    result_dir: Optional[str] = None  # the run's result/ (grpo_trainer.run.result), once written
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -89,6 +90,7 @@ def summarize(progress: Progress, run_dir: Path, *, outcome: Outcome, wall_secon
         val_scores=dict(sorted(progress.val_scores.items())),
         reward_means=dict(sorted(progress.reward_means.items())),
         last_step_diagnostics=progress.diagnostics.model_dump() if progress.diagnostics is not None else None,
+        result_dir=str(run_dir / progress.result.path) if progress.result is not None else None,
     )
 
 
@@ -142,6 +144,8 @@ def summary_table(s: Summary, plot: Optional[Path] = None) -> str:
         ("best adapter", s.best_adapter or "- (the base model)"),
         ("run directory", s.run_dir),
     ]
+    if s.result_dir is not None:
+        rows.append(("result", f"{s.result_dir} (best adapter, program state, model card)"))
     if plot is not None:
         rows.append(("plot", str(plot)))
     width = max(len(k) for k, _ in rows)

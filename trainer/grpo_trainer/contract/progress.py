@@ -96,6 +96,20 @@ class StepDiagnostics(_Doc):
     completion_length_max: int
 
 
+class RunResult(_Doc):
+    """Where the run's result is on its volume (grpo_trainer.run.result) and what it holds."""
+
+    path: str = Field(description="The result folder, relative to the run directory (the job volume's root).")
+    adapter: Optional[str] = Field(
+        None,
+        description="The best adapter's PEFT folder, relative to the run directory; none while the base model scores best.",
+    )
+    step: int = Field(description="The step of that adapter (0: the base model).")
+    val_score: Optional[float] = Field(None, description="Its validation score.")
+    base_model: str = Field(description="The model the adapter applies to (the job's model).")
+    finished: bool = Field(False, description="The run has ended; before that, the best result so far.")
+
+
 class Progress(_Doc):
     """Where a run is. JSON keys are snake_case and flat (what grpo_operator.controller.progress_poll reads); score maps are keyed by step."""
 
@@ -132,6 +146,7 @@ class Progress(_Doc):
     code: Optional[str] = Field(
         None, max_length=CODE_SUMMARY_CHARS, description="The job's spec.code as imported: hashes, commits, packages."
     )
+    result: Optional[RunResult] = Field(None, description="The best result so far, written to the volume's result/.")
     served_check: Optional[dict[str, Any]] = Field(
         None,
         description="End-of-run proof that vLLM serves the adapter on the volume (trainer/grpo_trainer/vllm/served_check.py).",
@@ -149,7 +164,7 @@ class StatusField:
     """A value of this document that the operator copies into ``GRPOJob.status``."""
 
     source: str  # the Progress field it is read from
-    kind: type[int] | type[float] | type[str]
+    kind: type[int] | type[float] | type[str] | type[BaseModel]  # a model: an object in the status
     description: str  # also the CRD's description of the status field
 
 
@@ -168,6 +183,9 @@ STATUS_FIELDS: dict[str, StatusField] = {
     "estimated_remaining_seconds": StatusField("eta_seconds", int, "Estimated seconds until the last step ends."),
     "code": StatusField(
         "code", str, "The code spec.code brought, as the trainer imported it: archive hashes, git commits, pip packages."
+    ),
+    "result": StatusField(
+        "result", RunResult, "The best result so far on the job's volume (result/): adapter, step, score, base model."
     ),
 }
 

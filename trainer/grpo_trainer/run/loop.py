@@ -39,6 +39,7 @@ from grpo_trainer.run.checkpoint import CheckpointManager, TrainingState, captur
 from grpo_trainer.run.distributed import DistContext, broadcast_object, wait_for_main
 from grpo_trainer.run.progress_board import ProgressBoard
 from grpo_trainer.run.progress_server import ProgressServer, TrainerMetrics
+from grpo_trainer.run.result import write_result
 from grpo_trainer.run.stopflag import StopFlag
 from grpo_trainer.run.tracking import CompletionLog, make_tracker
 from grpo_trainer.usercode.install import CODE_IDENTITY_FILE, code_summary, identity_json
@@ -255,6 +256,7 @@ class GRPORun:
             else:
                 s.board.best_adapter(None)
             s.sync.set_best(step or None)
+            self._write_result(s, finished=False)
         if s.tracker is not None:
             metrics = {"val/score": score}
             if train_score is not None:
@@ -457,6 +459,7 @@ class GRPORun:
             s = self.sampling
             if phase == "done":
                 self._check_served_adapter(s, step)
+                self._write_result(s, finished=True)
                 s.board.finish()
             else:
                 s.board.set_phase("stopped")
@@ -465,6 +468,23 @@ class GRPORun:
             if s.completions is not None:
                 s.completions.close()
         return phase
+
+    def _write_result(self, s: Sampling, *, finished: bool) -> None:
+        """Replace result/ on the volume with the best adapter so far (see grpo_trainer.run.result)."""
+        assert self.task is not None
+        snapshot = s.board.snapshot()
+        best = s.store.best() if snapshot.best_step else None
+        result = write_result(
+            self.run_dir,
+            job=self.cfg.job_name,
+            base_model=self.cfg.model,
+            best=best,
+            best_score=snapshot.best_val_score,
+            program=self.task.program,
+            progress=snapshot,
+            finished=finished,
+        )
+        s.board.record_result(result)
 
     def _check_served_adapter(self, s: Sampling, step: int) -> None:
         """Record whether vLLM serves exactly the final adapter on the volume (scored on the last trained sample)."""

@@ -24,6 +24,7 @@ from grpo_trainer.contract.progress import (
     ErrorReason,
     Phase,
     Progress,
+    RunResult,
     StepDiagnostics,
     TimedPhase,
 )
@@ -192,6 +193,11 @@ class ProgressBoard:
         """The job's code as imported (usercode.install.code_summary)."""
         with self._lock:
             self._doc.code = summary
+            self._publish()
+
+    def record_result(self, result: RunResult) -> None:
+        with self._lock:
+            self._doc.result = result
             self._publish()
 
     def record_served_check(self, check: dict[str, Any]) -> None:

@@ -1,0 +1,119 @@
+"""The run's result on its volume: what a user, a pipeline or an export takes away.
+
+    <run_dir>/result/
+        adapter/       the best adapter by validation score, a PEFT folder (vLLM's
+                       ``--lora-modules``, ``PeftModel.from_pretrained``); absent while the
+                       base model scores best
+        program.json   the student program's DSPy state (``Module.load`` reads it), its LMs
+                       left out: the LM to use is the adapter, served or loaded, and an LM's
+                       state may hold an endpoint's key
+        result.json    the RunResult (contract.progress) plus the job, the scores by step
+                       and the code's identity
+        README.md      a short model card: what it is and how to use it
+
+Written at each new best validation score and once more when the run finishes, each
+time replaced as a whole (staged, then renamed), so whoever reads it -- the operator,
+an export, a user after a crash -- finds a complete result of the best step so far.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from grpo_trainer.contract.progress import Progress, RunResult
+from grpo_trainer.run.atomic import staged_dir
+from grpo_trainer.vllm.adapters import BestAdapter
+
+log = logging.getLogger(__name__)
+
+RESULT_DIR = "result"
+ADAPTER_DIR = "adapter"
+PROGRAM_FILE = "program.json"
+RESULT_FILE = "result.json"
+CARD_FILE = "README.md"
+
+
+def _without_lms(state: Any) -> Any:
+    """A predictor's state (it has a signature) with its LM dropped, at any depth."""
+    if isinstance(state, dict):
+        return {k: None if k == "lm" and "signature" in state else _without_lms(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [_without_lms(v) for v in state]
+    return state
+
+
+def program_state(program: Any) -> dict[str, Any]:
+    """The program's state exactly as ``Module.save`` writes it (what ``Module.load`` reads), LMs dropped."""
+    with tempfile.TemporaryDirectory(prefix="grpo-program-") as tmp:
+        path = Path(tmp) / PROGRAM_FILE
+        program.save(str(path))
+        state = json.loads(path.read_text(encoding="utf-8"))
+    return _without_lms(state)
+
+
+def model_card(result: RunResult, progress: Progress, job: str) -> str:
+    baseline = progress.baseline_val_score
+    scored = f"{result.val_score:.4f}" if result.val_score is not None else "not measured"
+    lines = [
+        f"# {job}: GRPO-trained LoRA adapter",
+        "",
+        f"- base model: `{result.base_model}`",
+        f"- adapter: {f'`{ADAPTER_DIR}/` (step {result.step})' if result.adapter else 'none: the base model scored best'}",
+        f"- validation score: {scored}" + (f" (before training: {baseline:.4f})" if baseline is not None else ""),
+        f"- steps trained: {progress.step} of {progress.max_steps}" + ("" if result.finished else " (run in progress)"),
+    ]
+    if progress.code:
+        lines.append(f"- code: {progress.code}")
+    if result.adapter:
+        lines += [
+            "",
+            "Serve it: `vllm serve <base model> --enable-lora --lora-modules "
+            f"{job}=<this folder>/{ADAPTER_DIR}`. Load it: "
+            f"`PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(<base model>), '<this folder>/{ADAPTER_DIR}')`.",
+        ]
+    lines += ["", f"The program's DSPy state: `{PROGRAM_FILE}` (`program.load(...)` on the same program class).", ""]
+    return "\n".join(lines)
+
+
+def write_result(
+    run_dir: Path,
+    *,
+    job: str,
+    base_model: str,
+    best: Optional[BestAdapter],
+    best_score: Optional[float],
+    program: Any,
+    progress: Progress,
+    finished: bool,
+) -> RunResult:
+    """Replace ``<run_dir>/result`` with the best adapter (None: the base model) and what describes it."""
+    result = RunResult(
+        path=RESULT_DIR,
+        adapter=f"{RESULT_DIR}/{ADAPTER_DIR}" if best is not None else None,
+        step=best.step if best is not None else 0,
+        val_score=best.score if best is not None else best_score,
+        base_model=base_model,
+        finished=finished,
+    )
+    doc = {
+        **result.model_dump(mode="json"),
+        "job": job,
+        "steps": progress.step,
+        "max_steps": progress.max_steps,
+        "baseline_val_score": progress.baseline_val_score,
+        "val_scores": {str(k): v for k, v in progress.val_scores.items()},
+        "code": progress.code,
+    }
+    with staged_dir(run_dir / RESULT_DIR) as staging:
+        if best is not None:
+            shutil.copytree(best.path, staging / ADAPTER_DIR)
+        (staging / PROGRAM_FILE).write_text(json.dumps(program_state(program), indent=2) + "\n")
+        (staging / RESULT_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+        (staging / CARD_FILE).write_text(model_card(result, progress, job))
+    log.info("result written", extra={"result": result.model_dump(mode="json")})
+    return result
