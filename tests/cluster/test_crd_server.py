@@ -65,6 +65,17 @@ def test_run_defining_fields_are_immutable(control_plane, grpojob_crd, namespace
         "patch", "grpojob", "papillon", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}', check=False
     )
     assert ok.returncode == 0, ok.stderr
+    # the volume: its size and class are fixed, whether to keep it may be decided late
+    for change in ({"size": "999Gi"}, {"storageClassName": "fast"}):
+        refused = control_plane.kubectl(
+            "patch", "grpojob", "papillon", "-n", namespace, "--type=merge",
+            "-p", json.dumps({"spec": {"storage": change}}), check=False,
+        )  # fmt: skip
+        assert refused.returncode != 0 and "except retainOnDelete" in refused.stderr, (change, refused.stderr)
+    keep = json.dumps({"spec": {"storage": {"retainOnDelete": True}}})
+    ok = control_plane.kubectl("patch", "grpojob", "papillon", "-n", namespace, "--type=merge", "-p", keep, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert control_plane.get_json("grpojob", "papillon", namespace=namespace)["spec"]["storage"]["retainOnDelete"]
 
 
 def test_resources_with_requests_only_are_accepted(control_plane, grpojob_crd, namespace):

@@ -24,6 +24,7 @@ import pytest
 import yaml
 from controlplane import ControlPlane, wait_until
 
+from grpo_operator.children import JOB_LABEL
 from grpo_trainer.contract.progress import Progress
 from support.cluster_jobs import (
     CHART,
@@ -403,6 +404,38 @@ def test_missing_secret_and_claim_are_named_until_they_appear(
     volumes = pods(cp, ns)["papillon-trainer-0"]["spec"]["volumes"]
     assert {"name": "run", "persistentVolumeClaim": {"claimName": "shared-runs"}} in volumes
     assert "PersistentVolumeClaim/papillon-run" not in children(cp, ns)
+
+
+def test_a_kept_volume_outlives_its_job_and_a_new_job_mounts_it_only_when_told(
+    control_plane: ControlPlane, job_ns: str, operator: OperatorProcess
+):
+    """storage.retainOnDelete: the finished job is deleted by its TTL, the garbage collector takes the
+    pods but not the volume; a job re-applied under the name is told about the volume instead of
+    silently resuming from it, and one that names it as existingClaim mounts it."""
+    cp, ns = control_plane, job_ns
+    apply_jobs(cp, ns, job_manifest(storage={"retainOnDelete": True}, runPolicy={"ttlSecondsAfterFinished": 1}))
+    wait_job(cp, ns, "papillon", is_true("Training"), "Training=True")
+    volume_uid = cp.get_json("pvc", "papillon-run", namespace=ns)["metadata"]["uid"]
+    exit_running_pod(cp, ns, "papillon-trainer-0", 0)
+    wait_until(lambda: not job_exists(cp, ns, "papillon"), timeout=60, what="the finished job deleted by its TTL")
+    wait_until(lambda: not pods(cp, ns), timeout=60, what="the job's pods collected")
+    claim = cp.get_json("pvc", "papillon-run", namespace=ns)
+    assert claim["metadata"]["uid"] == volume_uid and not claim["metadata"].get("ownerReferences")
+    assert claim["metadata"]["labels"][JOB_LABEL] == "papillon" and not claim["metadata"].get("deletionTimestamp")
+
+    cp.apply_yaml(yaml.safe_dump(job_manifest()), ns)
+    job = wait_job(
+        cp, ns, "papillon", lambda j: "storage.existingClaim: papillon-run" in cond(j, "Created").get("message", ""),
+        "Created=False naming the kept volume",
+    )  # fmt: skip
+    assert cond(job, "Created")["status"] == "False" and not pods(cp, ns)
+    cp.kubectl("delete", "grpojob", "papillon", "-n", ns, "--wait=true", "--timeout=30s")
+
+    cp.apply_yaml(yaml.safe_dump(job_manifest(storage={"existingClaim": "papillon-run"})), ns)
+    wait_job(cp, ns, "papillon", is_true("Training"), "Training=True on the kept volume")
+    volumes = pods(cp, ns)["papillon-trainer-0"]["spec"]["volumes"]
+    assert {"name": "run", "persistentVolumeClaim": {"claimName": "papillon-run"}} in volumes
+    assert cp.get_json("pvc", "papillon-run", namespace=ns)["metadata"]["uid"] == volume_uid
 
 
 def test_deleting_the_job_leaves_no_children(control_plane: ControlPlane, job_ns: str, operator: OperatorProcess):

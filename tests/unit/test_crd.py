@@ -93,7 +93,11 @@ def test_status_subresource_and_immutable_spec_fields():
     version = doc["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
-    for field in ("program", "metric", "model", "data", "grpo", "trainKwargs", "storage"):
+    for field in ("program", "metric", "model", "data", "grpo", "trainKwargs"):
         assert any(r["rule"] == "self == oldSelf" for r in spec[field]["x-kubernetes-validations"]), field
+    # storage: every field but retainOnDelete (the API server test changes both)
+    (rule,) = [r["rule"] for r in spec["storage"]["x-kubernetes-validations"] if "oldSelf" in r["rule"]]
+    for field in spec["storage"]["properties"]:
+        assert (f"self.{field} == oldSelf.{field}" in rule) == (field != "retainOnDelete"), field
     for mutable in ("suspend", "runPolicy", "trainer", "inference"):
         assert not any("oldSelf" in r["rule"] for r in spec[mutable].get("x-kubernetes-validations", [])), mutable

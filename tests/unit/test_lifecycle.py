@@ -258,6 +258,30 @@ def test_succeeded_trainer_completes_the_job_and_frees_vllm():
     assert any(t.ctype == "Succeeded" and t.status == "True" for t in plan.transitions)
 
 
+def test_a_retained_volume_is_released_from_its_job_when_the_job_finishes_and_only_then():
+    storage = spec().storage.model_dump(by_alias=True, exclude_none=True)
+    keep = spec(storage={**storage, "retainOnDelete": True})
+    running = decide(observe(pods=running_pair(), job_spec=keep), SETTINGS)
+    assert running.release_claims == []  # deleting a running job still deletes its volume
+
+    done = (a_pod("papillon-trainer-0", "trainer", "Succeeded"), a_pod("papillon-inference-0", "inference"))
+    plan = decide(observe(pods=done, job_spec=keep), SETTINGS)
+    assert state(plan.status) == "Succeeded" and plan.release_claims == ["papillon-run"]
+    assert decide(observe(pods=done), SETTINGS).release_claims == []  # not asked for: owned to the end
+    # once released (no longer the job's), a finished job leaves it alone
+    finished = decide(observe(status=plan.status, pods=done[:1], job_spec=keep, pvc_exists=False), SETTINGS)
+    assert finished.release_claims == [] and state(finished.status) == "Succeeded"
+
+
+def test_a_new_job_does_not_mount_the_volume_an_earlier_job_of_its_name_kept():
+    """Mounting it silently would resume the old run from its checkpoints: the user chooses."""
+    plan = decide(observe(pvc_exists=False, config_map_data=None, service_exists=False, retained_claim=True), SETTINGS)
+    assert plan.create == []
+    created = cond(plan, "Created")
+    assert created["status"] == "False" and "storage.existingClaim: papillon-run" in created["message"]
+    assert "storage.retainOnDelete" in created["message"]
+
+
 def test_vllm_loss_recreates_it_while_the_trainer_keeps_running():
     lost = a_pod("papillon-inference-0", "inference", "Failed", reason="Evicted", message="node pressure")
     plan = decide(observe(pods=(a_pod("papillon-trainer-0", "trainer"), lost)), SETTINGS)

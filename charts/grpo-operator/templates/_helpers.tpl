@@ -59,10 +59,11 @@ operator/reconcile.py (Cluster) and operator/handlers.py.
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "create", "patch"]
-# The job's own volume; user claims (model, data, existingClaim) are only checked.
+# The job's own volume (patched only to drop the job's owner reference when
+# storage.retainOnDelete keeps it); user claims (model, data, existingClaim) are only checked.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["get", "create"]
+  verbs: ["get", "create", "patch"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]

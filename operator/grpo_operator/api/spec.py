@@ -635,12 +635,27 @@ class Storage(ApiModel):
         "ReadWriteOnce", description="ReadWriteOnce puts both pods on one node; ReadWriteMany lets them spread."
     )
     existing_claim: Optional[str] = Field(None, max_length=253, description="Use this PVC instead of creating one.")
+    retain_on_delete: bool = Field(
+        False,
+        description=(
+            "Keep the job's own volume (adapters, checkpoints, result/) when the finished job is deleted, by you or "
+            "by runPolicy.ttlSecondsAfterFinished: the operator drops the claim's owner reference when the job "
+            "finishes; the claim keeps its labels, and a later job mounts it with storage.existingClaim. Deleting "
+            "a job that has not finished still deletes its volume. The one storage field that may change."
+        ),
+    )
     rules = (
         Rule(
             cel="self.accessMode != 'ReadWriteOncePod'",
             message="ReadWriteOncePod cannot be shared by the trainer and vLLM pods; use ReadWriteOnce or ReadWriteMany",
             check=lambda s: s.access_mode != "ReadWriteOncePod",
             field="accessMode",
+        ),
+        Rule(
+            cel="!(self.retainOnDelete && has(self.existingClaim))",
+            message="retainOnDelete keeps the job's own volume; an existingClaim is never deleted: remove retainOnDelete",
+            check=lambda s: not (s.retain_on_delete and s.existing_claim),
+            field="retainOnDelete",
         ),
     )
 
@@ -666,6 +681,13 @@ class RunPolicy(ApiModel):
 MIN_CONSTRAINED_COMPLETION = 128
 
 IMMUTABLE = "is immutable once the job exists; create a new GRPOJob instead"
+# storage, except retainOnDelete (whether to keep the volume may be decided late): every other field,
+# present or absent alike, as it was
+STORAGE_UNCHANGED = " && ".join(
+    f"has(self.{f}) == has(oldSelf.{f}) && (!has(self.{f}) || self.{f} == oldSelf.{f})"
+    for f in ("size", "storageClassName", "accessMode", "existingClaim")
+)
+STORAGE_IMMUTABLE = "is immutable once the job exists, except retainOnDelete; create a new GRPOJob instead"
 
 # Where hub tokens are set, as CEL presence tests and as the Python path to the reference.
 _HUB_TOKENS: tuple[tuple[str, str], ...] = (
@@ -728,7 +750,7 @@ class GRPOJobSpec(ApiModel):
     storage: Storage = nested(
         Storage,
         "The shared adapter/checkpoint volume.",
-        json_schema_extra={"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": IMMUTABLE}]},
+        json_schema_extra={"x-kubernetes-validations": [{"rule": STORAGE_UNCHANGED, "message": STORAGE_IMMUTABLE}]},
     )
     run_policy: RunPolicy = nested(RunPolicy, "Failure, deadline and clean-up policy.")
     suspend: bool = Field(False, description="Delete the pods and keep the volume; resuming continues from the last checkpoint.")

@@ -102,6 +102,27 @@ class Cluster:
                 return False
             raise
 
+    def release_claim(self, namespace: str, name: str, owner_uid: str) -> None:
+        """Drop the owner reference to ``owner_uid`` from a claim, so deleting that owner keeps it.
+
+        A JSON patch that first tests the claim's uid: a claim deleted and recreated meanwhile
+        under the same name is left alone.
+        """
+        claim = self.read("PersistentVolumeClaim", namespace, name)
+        if claim is None:
+            return
+        meta = claim["metadata"]
+        owners = meta.get("ownerReferences") or []
+        kept = [o for o in owners if o.get("uid") != owner_uid]
+        if len(kept) == len(owners):
+            return
+        patch = [
+            {"op": "test", "path": "/metadata/uid", "value": meta["uid"]},
+            {"op": "replace", "path": "/metadata/ownerReferences", "value": kept},
+        ]
+        self._call(self.core.patch_namespaced_persistent_volume_claim, name, namespace, patch)
+        log.info("kept volume %s/%s: no longer owned by its job (storage.retainOnDelete)", namespace, name)
+
     def replace_config_map(self, manifest: Mapping[str, Any]) -> None:
         meta = manifest["metadata"]
         self._call(self.core.patch_namespaced_config_map, meta["name"], meta["namespace"], {"data": manifest["data"]})

@@ -57,6 +57,7 @@ class Observed:
     pods: tuple[PodView, ...]
     missing: tuple[str, ...] = ()
     progress: Optional[Mapping[str, Any]] = None
+    retained_claim: bool = False  # the job's claim name is taken by a volume an earlier job left (retainOnDelete)
     now: datetime = field(default_factory=lambda: datetime.now().astimezone())
 
     @property
@@ -84,6 +85,7 @@ class Plan:
     create: list[dict[str, Any]] = field(default_factory=list)
     replace: list[dict[str, Any]] = field(default_factory=list)
     delete_pods: list[str] = field(default_factory=list)
+    release_claims: list[str] = field(default_factory=list)  # drop the job's owner reference (retainOnDelete)
     delete_job: bool = False
     events: list[Event] = field(default_factory=list)
     transitions: list[Transition] = field(default_factory=list)
@@ -139,6 +141,8 @@ def _progress_message(status: Mapping[str, Any]) -> str:
 
 def _finish(status: dict[str, Any], obs: Observed, plan: Plan, keep_trainer: bool) -> None:
     status["completionTime"] = status.get("completionTime") or rfc3339(obs.now)
+    if obs.spec is not None and obs.spec.storage.retain_on_delete and obs.pvc_exists:
+        plan.release_claims.append(children.pvc_name(obs.job))  # still ours: from now on deleting the job keeps it
     for pod in obs.pods:
         if pod.deleting or pod.name in plan.delete_pods:
             continue
@@ -291,6 +295,12 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
 
     # ---------------------------------------------------------------- shared children
     missing = list(obs.missing)
+    if obs.retained_claim:
+        claim = children.pvc_name(job)
+        missing.append(
+            f"PersistentVolumeClaim {claim!r} is the volume an earlier job of this name kept (storage.retainOnDelete): "
+            f"set storage.existingClaim: {claim} to train on it (the run resumes from its checkpoints), or delete it"
+        )
     if not missing:
         pvc = children.persistent_volume_claim(job)
         if pvc is not None and not obs.pvc_exists:

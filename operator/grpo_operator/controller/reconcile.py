@@ -188,6 +188,16 @@ class Reconciler:
 
         return self._found.get((kind, job.namespace, name, job.uid), read)
 
+    def _retained(self, job: children.Job) -> bool:
+        """The job's claim name holds a volume no job owns any more, labelled as this job's: one an
+        earlier job of the same name kept (storage.retainOnDelete)."""
+        obj = self.cluster.read("PersistentVolumeClaim", job.namespace, children.pvc_name(job))
+        meta = (obj or {}).get("metadata") or {}
+        labels = meta.get("labels") or {}
+        return bool(obj) and not meta.get("ownerReferences") and not meta.get("deletionTimestamp") and (
+            labels.get(children.JOB_LABEL) == job.name
+        )
+
     def use_pod_index(self, index: PodIndex) -> None:
         """Read pods from Kopf's index from now on (call once Kopf has filled it: from any handler)."""
         self._pod_index = index
@@ -268,6 +278,7 @@ class Reconciler:
             spec_error=None,
             status=status,
             pvc_exists=pvc is not None and pvc.result() is not None,
+            retained_claim=pvc is not None and pvc.result() is None and self._retained(job),
             config_map_data=config.result(),
             service_exists=service.result() is not None,
             pods=pods,
@@ -288,6 +299,9 @@ class Reconciler:
             self.cluster.patch_status(ns, name, plan.status)
         for pod in plan.delete_pods:
             self.cluster.delete_pod(ns, pod)
+        for claim in plan.release_claims:
+            self.cluster.release_claim(ns, claim, obs.uid)
+            self._found.forget(("PersistentVolumeClaim", ns, claim, obs.uid))
         for manifest in plan.replace:
             self.cluster.replace_config_map(manifest)
             self._found.forget(("ConfigMap", ns, manifest["metadata"]["name"], obs.uid))
