@@ -276,6 +276,37 @@ def randomise_lora_b(policy: Policy, seed: int) -> None:
                 p.copy_(LORA_B_STD * torch.randn(p.shape, generator=gen))
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where a GPU benchmark runs: the seed's model shape in bf16 on a GPU, the tiny one in fp32 on the CPU."""
+
+    device: torch.device
+    shape: dict[str, object]
+    dtype: torch.dtype
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def parse_target(parser: argparse.ArgumentParser, tool: str) -> tuple[argparse.Namespace, Target] | None:
+    """The arguments, with ``--device``, and the target they name; None, said on stderr, when cuda is
+    asked for and there is none."""
+    parser.add_argument(
+        "--device", choices=("cuda", "cpu"), default="cuda", help="cuda (default) or cpu: the tiny CI smoke"
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    choice = args.device
+    if choice == "cuda" and not torch.cuda.is_available():
+        print(f"{tool}: no CUDA device here; run with --device cpu for the smoke", file=sys.stderr)
+        return None
+    if choice == "cuda":
+        dtype = torch.bfloat16 if SEED_TRAIN.bf16 else torch.float32
+        return args, Target(torch.device("cuda", torch.cuda.current_device()), QWEN25_15B, dtype)
+    return args, Target(torch.device("cpu"), TINY_QWEN2, torch.float32)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -579,9 +610,6 @@ def reload_check(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--device", choices=("cuda", "cpu"), default="cuda", help="cuda (default) or cpu: the tiny CI smoke"
-    )
     parser.add_argument("--steps", type=int, default=None, help="timed optimizer steps (default 4 on cuda, 1 on cpu)")
     parser.add_argument(
         "--warmup", type=int, default=None, help="untimed optimizer steps first (default 1 on cuda, 0 on cpu)"
@@ -589,18 +617,13 @@ def main() -> int:
     write = parser.add_mutually_exclusive_group()
     write.add_argument("--write", action="store_true", help="write bench/RESULTS.md's section on cpu too")
     write.add_argument("--no-write", action="store_true", help="never write bench/RESULTS.md")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    cuda = args.device == "cuda"
-    if cuda and not torch.cuda.is_available():
-        print("gpu_check: no CUDA device here; run with --device cpu for the smoke", file=sys.stderr)
+    if (parsed := parse_target(parser, NAME)) is None:
         return 2
+    args, target = parsed
+    device, shape, dtype, cuda = target.device, target.shape, target.dtype, target.cuda
     steps = args.steps if args.steps is not None else (4 if cuda else 1)
     warmup = args.warmup if args.warmup is not None else (1 if cuda else 0)
-    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-    shape = QWEN25_15B if cuda else TINY_QWEN2
     tol = TOL_BF16 if cuda else TOL_FP32
-    dtype = torch.bfloat16 if cuda and SEED_TRAIN.bf16 else torch.float32
     started = time.perf_counter()
     report = Report()
     torch.manual_seed(0)

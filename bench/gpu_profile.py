@@ -25,7 +25,6 @@ Writes the ``gpu_profile`` section of bench/RESULTS.md on a GPU (``--no-write`` 
 from __future__ import annotations
 
 import argparse
-import logging
 import random
 import statistics
 import sys
@@ -38,13 +37,12 @@ from _results import header, write_section
 from gpu_check import (
     LENGTHS,
     PEAK_BF16_DENSE,
-    QWEN25_15B,
     SEED_TRAIN,
-    TINY_QWEN2,
     ParamCounts,
     build_base,
     count_base,
     flops,
+    parse_target,
     release,
     sync,
     synthetic_samples,
@@ -196,18 +194,12 @@ def profiled_step(policy: Policy, samples: list[TrainSample], train: TrainKwargs
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps per variant, after one warm-up")
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    cuda = args.device == "cuda"
-    if cuda and not torch.cuda.is_available():
-        print("gpu_profile: no CUDA device here; --device cpu runs the smoke", file=sys.stderr)
+    if (parsed := parse_target(parser, NAME)) is None:
         return 2
-    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-    shape = QWEN25_15B if cuda else TINY_QWEN2
-    dtype = torch.bfloat16 if cuda else torch.float32
+    args, target = parsed
+    device, shape, dtype, cuda = target.device, target.shape, target.dtype, target.cuda
     started = time.perf_counter()
     per_step = SEED_TRAIN.per_device_train_batch_size * SEED_TRAIN.gradient_accumulation_steps
     samples: list[TrainSample] = []

@@ -173,7 +173,9 @@ def test_progress_is_read_from_the_trainer_over_http(progress_server):
         eta_seconds=300.7,
         updated_at=datetime(2026, 11, 25, 12, 3, tzinfo=timezone.utc),
         val_scores={0: 0.41, 10: 0.58},
-        result=RunResult(path="result", adapter="result/adapter", step=10, val_score=0.58, base_model="Qwen/Qwen2.5-1.5B"),
+        result=RunResult(
+            path="result", adapter="result/adapter", step=10, val_score=0.58, base_model="Qwen/Qwen2.5-1.5B"
+        ),
     )
     handler.document = json.loads(doc.model_dump_json())
     fields = progress_status(fetch_progress(progress_url(host, port), timeout=2), T0)

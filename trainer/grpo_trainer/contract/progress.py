@@ -102,7 +102,9 @@ class RunResult(_Doc):
     path: str = Field(description="The result folder, relative to the run directory (the job volume's root).")
     adapter: Optional[str] = Field(
         None,
-        description="The best adapter's PEFT folder, relative to the run directory; none while the base model scores best.",
+        description=(
+            "The best adapter's PEFT folder, relative to the run directory; none while the base model scores best."
+        ),
     )
     step: int = Field(description="The step of that adapter (0: the base model).")
     val_score: Optional[float] = Field(None, description="Its validation score.")

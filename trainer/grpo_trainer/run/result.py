@@ -59,11 +59,12 @@ def program_state(program: Any) -> dict[str, Any]:
 def model_card(result: RunResult, progress: Progress, job: str) -> str:
     baseline = progress.baseline_val_score
     scored = f"{result.val_score:.4f}" if result.val_score is not None else "not measured"
+    adapter = f"`{ADAPTER_DIR}/` (step {result.step})" if result.adapter else "none: the base model scored best"
     lines = [
         f"# {job}: GRPO-trained LoRA adapter",
         "",
         f"- base model: `{result.base_model}`",
-        f"- adapter: {f'`{ADAPTER_DIR}/` (step {result.step})' if result.adapter else 'none: the base model scored best'}",
+        f"- adapter: {adapter}",
         f"- validation score: {scored}" + (f" (before training: {baseline:.4f})" if baseline is not None else ""),
         f"- steps trained: {progress.step} of {progress.max_steps}" + ("" if result.finished else " (run in progress)"),
     ]
@@ -72,9 +73,9 @@ def model_card(result: RunResult, progress: Progress, job: str) -> str:
     if result.adapter:
         lines += [
             "",
-            "Serve it: `vllm serve <base model> --enable-lora --lora-modules "
-            f"{job}=<this folder>/{ADAPTER_DIR}`. Load it: "
-            f"`PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(<base model>), '<this folder>/{ADAPTER_DIR}')`.",
+            f"Serve it: `vllm serve <base model> --enable-lora --lora-modules {job}=<this folder>/{ADAPTER_DIR}`.",
+            "Load it: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(<base model>), "
+            f"'<this folder>/{ADAPTER_DIR}')`.",
         ]
     lines += ["", f"The program's DSPy state: `{PROGRAM_FILE}` (`program.load(...)` on the same program class).", ""]
     return "\n".join(lines)
