@@ -438,6 +438,29 @@ def test_a_kept_volume_outlives_its_job_and_a_new_job_mounts_it_only_when_told(
     assert cp.get_json("pvc", "papillon-run", namespace=ns)["metadata"]["uid"] == volume_uid
 
 
+def test_a_job_with_serve_keeps_its_vllm_pod_after_success_until_serve_is_turned_off(
+    control_plane: ControlPlane, job_ns: str, operator: OperatorProcess
+):
+    cp, ns = control_plane, job_ns
+    apply_jobs(cp, ns, job_manifest(serve={"enabled": True}))
+    wait_job(cp, ns, "papillon", is_true("Training"), "Training=True")
+    exit_running_pod(cp, ns, "papillon-trainer-0", 0)
+    job = wait_job(
+        cp, ns, "papillon", lambda j: is_true("Succeeded")(j) and is_true("InferenceReady")(j), "Succeeded, serving"
+    )
+    assert cond(job, "InferenceReady")["reason"] == "Serving"
+    # no trainer reported a result here (KWOK): the base model is what is served
+    assert job["status"]["endpoint"] == {
+        "url": f"http://papillon-vllm.{ns}.svc.cluster.local:8000/v1", "model": job["spec"]["model"]["name"],
+    }  # fmt: skip
+    assert cp.get_json("pod", "papillon-inference-0", namespace=ns)["status"]["phase"] == "Running"
+
+    cp.kubectl("patch", "grpojob", "papillon", "-n", ns, "--type=merge", "-p", '{"spec":{"serve":{"enabled":false}}}')
+    wait_until(lambda: "papillon-inference-0" not in pods(cp, ns), timeout=30, what="the vLLM pod freed")
+    job = wait_job(cp, ns, "papillon", lambda j: "endpoint" not in j["status"], "no endpoint")
+    assert is_true("Succeeded")(job)
+
+
 def test_deleting_the_job_leaves_no_children(control_plane: ControlPlane, job_ns: str, operator: OperatorProcess):
     cp, ns = control_plane, job_ns
     apply_jobs(cp, ns, job_manifest())

@@ -372,7 +372,7 @@ def test_a_users_own_program_from_every_kind_of_code_source_trains_and_a_misspel
         docs = [packed]
         for name, program in (("topics", "topics.program:Topic"), ("topics-typo", "topics.programs:Topic")):
             doc = own_program_job(model_dir, name, program)  # the typo's module is topics.program
-            doc["spec"].update(code=code, metric={"importPath": TEAM_METRIC})
+            doc["spec"].update(code=code, metric={"importPath": TEAM_METRIC}, serve={"enabled": True})
             docs.append(doc)
         job_file = tmp_path / "topics.yaml"
         job_file.write_text(yaml.safe_dump_all(docs, sort_keys=False))
@@ -395,6 +395,20 @@ def test_a_users_own_program_from_every_kind_of_code_source_trains_and_a_misspel
         # --- the other trains on the team's code and data
         job = wait_job(cp, ns, "topics", is_true("Succeeded"), "Succeeded=True", timeout=1500)
         assert job["status"]["step"] == OWN_STEPS and job["status"]["restarts"] == 0
+
+    # --- and goes on serving its result (spec.serve): the vLLM pod that served training stays
+    job = wait_job(cp, ns, "topics", lambda j: cond(j, "InferenceReady").get("reason") == "Serving", "Serving")
+    endpoint, result = job["status"]["endpoint"], job["status"]["result"]
+    assert endpoint["url"] == f"http://topics-vllm.{ns}.svc.cluster.local:{operator.env['GRPO_INFERENCE_PORT']}/v1"
+    assert endpoint["model"] == ("topics" if result.get("adapter") else str(model_dir))
+    assert cond(job, "InferenceReady")["status"] == "True" and job["status"]["inferencePod"] == "topics-inference-0"
+    models = f"http://127.0.0.1:{operator.env['GRPO_INFERENCE_PORT']}/v1/models"  # the pods share the host network
+    with urllib.request.urlopen(models, timeout=10) as resp:
+        served = {m["id"]: m.get("root") for m in json.loads(resp.read())["data"]}
+    if result.get("adapter"):  # the best adapter, from result/ on the volume as vLLM sees it
+        assert served.get("topics") == "/mnt/grpo/result/adapter", served
+    else:
+        assert endpoint["model"] in served, served
 
     run_dir = claim_dir(cp, ns, "topics-run")
     # the result differs from the base model: LoRA's B matrices start at zero and were trained

@@ -282,6 +282,53 @@ def test_a_new_job_does_not_mount_the_volume_an_earlier_job_of_its_name_kept():
     assert "storage.retainOnDelete" in created["message"]
 
 
+def serving_spec() -> Any:
+    return spec(serve={"enabled": True})
+
+
+def test_a_succeeded_job_with_serve_keeps_vllm_serving_its_result_until_serve_is_turned_off():
+    result = {"path": "result", "adapter": "result/adapter", "step": 7, "valScore": 0.9, "baseModel": "m"}
+    done = (a_pod("papillon-trainer-0", "trainer", "Succeeded"), a_pod("papillon-inference-0", "inference"))
+    plan = decide(observe(pods=done, job_spec=serving_spec(), progress={"result": result}), SETTINGS)
+    assert state(plan.status) == "Succeeded" and plan.delete_pods == [] and plan.create == []
+    endpoint = plan.status["endpoint"]
+    assert endpoint == {"url": "http://papillon-vllm.ns.svc.cluster.local:8000/v1", "model": "papillon"}
+    ready = cond(plan, "InferenceReady")
+    assert (ready["status"], ready["reason"]) == ("True", "Serving") and endpoint["url"] in ready["message"]
+
+    # vLLM lost after the job finished: the next attempt serves the result adapter from its command line
+    lost = a_pod("papillon-inference-0", "inference", "Failed", reason="Evicted", message="node pressure")
+    plan = decide(observe(status=plan.status, pods=(done[0], lost), job_spec=serving_spec()), SETTINGS)
+    assert plan.delete_pods == ["papillon-inference-0"] and plan.status["inferenceRestarts"] == 1
+    (pod,) = plan.create
+    argv = pod["spec"]["containers"][0]["command"]
+    assert argv[argv.index("--lora-modules") + 1] == "papillon=/mnt/grpo/result/adapter"
+    assert pod["metadata"]["name"] == "papillon-inference-1"
+
+    # serve turned off: the pod goes, and with it the endpoint
+    off = decide(observe(status=plan.status, pods=done), SETTINGS)
+    assert off.delete_pods == ["papillon-inference-0"] and off.status["endpoint"] is None  # removed by the patch
+
+
+def test_a_failed_job_or_one_whose_base_model_won_serves_no_adapter():
+    failed = a_pod("papillon-trainer-0", "trainer", "Failed", exit_code=1)
+    status = {"restarts": 3, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                                             "lastTransitionTime": "2026-11-25T11:00:00Z"}]}  # fmt: skip
+    plan = decide(observe(status=status, pods=(failed, a_pod("papillon-inference-0", "inference")),
+                          job_spec=serving_spec()), SETTINGS)  # fmt: skip
+    assert plan.delete_pods == ["papillon-inference-0"] and plan.status.get("endpoint") is None
+    done = (a_pod("papillon-trainer-0", "trainer", "Succeeded"),)
+    base = {"path": "result", "step": 0, "valScore": 0.5, "baseModel": "m"}  # no adapter beat the base
+    plan = decide(observe(pods=done, job_spec=serving_spec(), progress={"result": base}), SETTINGS)
+    (pod,) = plan.create  # no vLLM pod left: one is started, serving the base model
+    assert "--lora-modules" not in pod["spec"]["containers"][0]["command"]
+    assert plan.status["endpoint"]["model"] == spec().model.name
+    with_adapter = {**base, "adapter": "result/adapter", "step": 3}
+    plan = decide(observe(pods=done, job_spec=serving_spec(), progress={"result": with_adapter}), SETTINGS)
+    (pod,) = plan.create  # the serving pod, not a training one
+    assert "papillon=/mnt/grpo/result/adapter" in pod["spec"]["containers"][0]["command"]
+
+
 def test_vllm_loss_recreates_it_while_the_trainer_keeps_running():
     lost = a_pod("papillon-inference-0", "inference", "Failed", reason="Evicted", message="node pressure")
     plan = decide(observe(pods=(a_pod("papillon-trainer-0", "trainer"), lost)), SETTINGS)

@@ -660,6 +660,18 @@ class Storage(ApiModel):
     )
 
 
+class Serve(ApiModel):
+    """Serving the result once the job has succeeded."""
+
+    enabled: bool = Field(
+        False,
+        description=(
+            "Keep the vLLM pod after Succeeded, serving the best adapter (result/adapter) as the model named "
+            "like the job, at status.endpoint; recreated if lost. false, or deleting the job, stops it."
+        ),
+    )
+
+
 class RunPolicy(ApiModel):
     """Failure, deadline and clean-up policy (as batch/v1 Job and Kubeflow TrainJob)."""
 
@@ -753,6 +765,7 @@ class GRPOJobSpec(ApiModel):
         json_schema_extra={"x-kubernetes-validations": [{"rule": STORAGE_UNCHANGED, "message": STORAGE_IMMUTABLE}]},
     )
     run_policy: RunPolicy = nested(RunPolicy, "Failure, deadline and clean-up policy.")
+    serve: Serve = nested(Serve, "Serving the result after the job succeeds.")
     suspend: bool = Field(False, description="Delete the pods and keep the volume; resuming continues from the last checkpoint.")
     queue_name: Optional[str] = Field(
         None, max_length=63, pattern=DNS_LABEL, description="Kueue LocalQueue; the pods start gated until admitted."

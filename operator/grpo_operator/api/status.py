@@ -85,6 +85,13 @@ class Placement(ApiModel):
     replacements: int = Field(0, ge=0, description="Times both pods were deleted and recreated to be placed together.")
 
 
+class Endpoint(ApiModel):
+    """Where a succeeded job with serve.enabled serves its result (an OpenAI-compatible API)."""
+
+    url: str = Field(description="The vLLM Service's OpenAI base URL inside the cluster, e.g. for dspy.LM(api_base=...).")
+    model: str = Field(description="The model name to ask for: the job's name (its best adapter), else the base model.")
+
+
 class GRPOJobStatus(ProgressStatus):
     """Observed state and progress of a GRPOJob."""
 
@@ -112,6 +119,7 @@ class GRPOJobStatus(ProgressStatus):
         ),
     )
     inference_restarts: int = Field(0, ge=0, description="vLLM pod restarts.")
+    endpoint: Optional[Endpoint] = Field(None, description="serve.enabled: where the succeeded job serves its result.")
     placement: Optional[Placement] = Field(
         None, description="ReadWriteOnce jobs: the operator's re-placements of both pods onto one node."
     )

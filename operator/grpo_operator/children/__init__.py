@@ -5,7 +5,7 @@ No I/O here; the handlers create what these return.
 """
 
 from grpo_operator.children.config import cluster_target, config_map, resolved
-from grpo_operator.children.inference import inference_pod, inference_service
+from grpo_operator.children.inference import inference_pod, inference_service, result_endpoint
 from grpo_operator.children.meta import (
     ATTEMPT_LABEL,
     COMPONENT_LABEL,
@@ -46,6 +46,7 @@ __all__ = [
     "pvc_name",
     "referenced_secrets",
     "resolved",
+    "result_endpoint",
     "service_name",
     "trainer_pod",
     "trainer_pod_name",

@@ -6,22 +6,36 @@ grpo_trainer.contract.vllm_command.vllm_command as the local runner renders it.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from grpo_operator.children.config import resolved_pods
+from grpo_operator.children.config import resolved, resolved_pods
 from grpo_operator.children.meta import INFERENCE, Job, inference_pod_name, object_meta, selector_labels, service_name
 from grpo_operator.children.podspec import env_from, env_list, model_mounts, pod, probes, run_mount, scratch_mounts
 from grpo_operator.settings import OperatorSettings
+from grpo_trainer.contract.progress import RESULT_ADAPTER_DIR, result_model_name
 from grpo_trainer.contract.vllm_command import vllm_command
 
 PORT_NAME = "http"
 
 
-def inference_pod(job: Job, settings: OperatorSettings, attempt: int) -> dict[str, Any]:
+def result_endpoint(job: Job, settings: OperatorSettings, *, adapter: bool) -> dict[str, str]:
+    """status.endpoint of a job serving its result: the Service's OpenAI URL and the model to ask for."""
+    run = resolved(job, settings)
+    model = result_model_name(job.name) if adapter else run.vllm.served_model_name
+    return {"url": run.config.vllm.base_url, "model": model}
+
+
+def inference_pod(job: Job, settings: OperatorSettings, attempt: int, *, serve_result: bool = False) -> dict[str, Any]:
+    """The vLLM pod; ``serve_result``: one that serves the finished job's result adapter from its start."""
     options = job.spec.inference
     run, pods = resolved_pods(job, settings)
     plan = pods.inference
-    server = vllm_command(run.vllm)
+    spec = run.vllm
+    if serve_result:
+        adapter = f"{run.config.run_dir}/{RESULT_ADAPTER_DIR}"
+        spec = replace(spec, lora_modules=((result_model_name(job.name), adapter),))
+    server = vllm_command(spec)
     container: dict[str, Any] = {
         "name": "vllm",
         "image": options.image or settings.inference_image,

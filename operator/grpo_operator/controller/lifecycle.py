@@ -139,7 +139,9 @@ def _progress_message(status: Mapping[str, Any]) -> str:
     return f"step {step}/{max_steps}" if max_steps else f"step {step}"
 
 
-def _finish(status: dict[str, Any], obs: Observed, plan: Plan, keep_trainer: bool) -> None:
+def _finish(
+    status: dict[str, Any], obs: Observed, plan: Plan, keep_trainer: bool, keep_inference: bool = False
+) -> None:
     status["completionTime"] = status.get("completionTime") or rfc3339(obs.now)
     if obs.spec is not None and obs.spec.storage.retain_on_delete and obs.pvc_exists:
         plan.release_claims.append(children.pvc_name(obs.job))  # still ours: from now on deleting the job keeps it
@@ -148,6 +150,8 @@ def _finish(status: dict[str, Any], obs: Observed, plan: Plan, keep_trainer: boo
             continue
         if pod.component == TRAINER and keep_trainer:
             continue  # its logs stay readable; the pod has exited and holds no GPU
+        if pod.component == INFERENCE and keep_inference:
+            continue  # serving the result (_serve_result looks after it)
         if pod.component == TRAINER and pod.finished:
             continue
         plan.delete_pods.append(pod.name)
@@ -161,6 +165,46 @@ def _finished_conditions(succeeded: bool) -> dict[ConditionType, Cond]:
         "Training": Cond.false(reason, "the job has finished"),
         "InferenceReady": Cond.false(reason, "the job has finished; the vLLM pod is deleted"),
     }
+
+
+def _serving(obs: Observed, succeeded: bool) -> bool:
+    return succeeded and obs.spec is not None and obs.spec.serve.enabled
+
+
+def _serve_result(
+    obs: Observed, settings: OperatorSettings, status: dict[str, Any], plan: Plan, new: dict[ConditionType, Cond]
+) -> None:
+    """A succeeded job's vLLM pod, kept serving the best adapter (or the base model, when it scored best).
+
+    The pod that served training stays (the trainer loaded the result into it as its last act); a lost
+    one is recreated as the next attempt with the result adapter on its command line.
+    """
+    job = obs.job
+    adapter = bool((status.get("result") or {}).get("adapter"))
+    attempt = int(status["inferenceRestarts"])
+
+    def build(j: Job, a: int) -> dict[str, Any]:
+        return children.inference_pod(j, settings, a, serve_result=adapter)
+
+    name = children.inference_pod_name(job, attempt)
+    # a training vLLM pod planned in this same pass gives way to the serving one
+    plan.create = [m for m in plan.create if not (m["kind"] == "Pod" and m["metadata"]["name"] == name)]
+    pod = _component(obs, INFERENCE, attempt, name, plan, build, may_create=True)
+    if pod is not None and pod.finished and not pod.deleting:
+        attempt += 1
+        status["inferenceRestarts"] = attempt
+        plan.delete_pods.append(pod.name)
+        name = children.inference_pod_name(job, attempt)
+        plan.create.append(build(job, attempt))
+        plan.events.append(Event("Warning", "InferenceFailed", f"{pod.describe_exit()}; recreating it as {name}"))
+        pod = None
+    status["inferencePod"] = name
+    endpoint = children.result_endpoint(job, settings, adapter=adapter)
+    status["endpoint"] = endpoint
+    if pod is not None and pod.ready and not pod.deleting:
+        new["InferenceReady"] = Cond.true("Serving", f"vLLM pod {name} serves {endpoint['model']} at {endpoint['url']}")
+    else:
+        new["InferenceReady"] = Cond.false("Serving", f"starting vLLM pod {name} to serve {endpoint['model']}")
 
 
 def _ttl(status: Mapping[str, Any], spec: Optional[GRPOJobSpec], now: datetime) -> bool:
@@ -288,8 +332,13 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
 
     # ---------------------------------------------------------------- finished
     if is_true(obs.status, "Succeeded") or is_true(obs.status, "Failed"):
-        _finish(status, obs, plan, keep_trainer=True)
-        new.update(_finished_conditions(is_true(obs.status, "Succeeded")))
+        succeeded = is_true(obs.status, "Succeeded")
+        _finish(status, obs, plan, keep_trainer=True, keep_inference=_serving(obs, succeeded))
+        new.update(_finished_conditions(succeeded))
+        if _serving(obs, succeeded):
+            _serve_result(obs, settings, status, plan, new)
+        elif status.get("endpoint") is not None:
+            status["endpoint"] = None  # a merge patch's null removes it
         plan.delete_job = _ttl(status, spec, obs.now)
         return done()
 
@@ -386,8 +435,10 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
     if t_pod is not None and t_pod.phase == "Succeeded" and not t_pod.deleting and not interrupted(t_pod):
         new["Succeeded"] = Cond.true("TrainerSucceeded", f"trainer pod {t_pod.name} completed")
         new["Failed"] = Cond.false("JobSucceeded")
-        _finish(status, obs, plan, keep_trainer=True)
+        _finish(status, obs, plan, keep_trainer=True, keep_inference=_serving(obs, True))
         new.update(_finished_conditions(True))
+        if _serving(obs, True):
+            _serve_result(obs, settings, status, plan, new)
         return done()
 
     if t_pod is not None and interrupted(t_pod) and not t_pod.deleting:

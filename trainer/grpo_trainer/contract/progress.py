@@ -96,6 +96,17 @@ class StepDiagnostics(_Doc):
     completion_length_max: int
 
 
+# Where grpo_trainer.run.result writes the result, relative to the run directory (the operator
+# renders a serving vLLM pod from the same names).
+RESULT_DIR = "result"
+RESULT_ADAPTER_DIR = f"{RESULT_DIR}/adapter"
+
+
+def result_model_name(job: str) -> str:
+    """The model name vLLM serves a job's result adapter under: the job's own name."""
+    return job
+
+
 class RunResult(_Doc):
     """Where the run's result is on its volume (grpo_trainer.run.result) and what it holds."""
 

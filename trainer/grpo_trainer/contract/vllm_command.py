@@ -46,6 +46,7 @@ class VLLMServerSpec:
     cpu_threads: Optional[int] = None
     max_num_seqs: Optional[int] = None
     seed: int = 0
+    lora_modules: tuple[tuple[str, str], ...] = ()  # (name, path) adapters served from the start
     python: str = "python"
     extra_args: tuple[str, ...] = ()
     extra_env: Mapping[str, str] = field(default_factory=dict)
@@ -89,6 +90,8 @@ def vllm_command(spec: VLLMServerSpec) -> VLLMCommand:
         "--logprobs-mode",
         "raw_logprobs",
     ]
+    if spec.lora_modules:
+        argv += ["--lora-modules", *(f"{name}={path}" for name, path in spec.lora_modules)]
     if spec.max_model_len is not None:
         argv += ["--max-model-len", str(spec.max_model_len)]
     if spec.max_num_seqs is not None:

@@ -24,7 +24,13 @@ import torch.distributed as torch_dist
 from transformers import set_seed
 
 from grpo_trainer.contract.config import TrainerConfig
-from grpo_trainer.contract.progress import CODE_SUMMARY_CHARS, Progress, StepDiagnostics
+from grpo_trainer.contract.progress import (
+    CODE_SUMMARY_CHARS,
+    Progress,
+    RunResult,
+    StepDiagnostics,
+    result_model_name,
+)
 from grpo_trainer.dspy.lms import PolicyChatAdapter, PolicyLM, derive_seed
 from grpo_trainer.dspy.task import Task, checked_task
 from grpo_trainer.grpo.groups import build_groups
@@ -459,7 +465,7 @@ class GRPORun:
             s = self.sampling
             if phase == "done":
                 self._check_served_adapter(s, step)
-                self._write_result(s, finished=True)
+                self._serve_result(s, self._write_result(s, finished=True))
                 s.board.finish()
             else:
                 s.board.set_phase("stopped")
@@ -469,7 +475,7 @@ class GRPORun:
                 s.completions.close()
         return phase
 
-    def _write_result(self, s: Sampling, *, finished: bool) -> None:
+    def _write_result(self, s: Sampling, *, finished: bool) -> RunResult:
         """Replace result/ on the volume with the best adapter so far (see grpo_trainer.run.result)."""
         assert self.task is not None
         snapshot = s.board.snapshot()
@@ -485,6 +491,17 @@ class GRPORun:
             finished=finished,
         )
         s.board.record_result(result)
+        return result
+
+    def _serve_result(self, s: Sampling, result: RunResult) -> None:
+        """The result adapter into vLLM under the job's name: what a succeeded job with serve.enabled
+        goes on serving (the operator keeps the pod). A report if it fails, not a failed run."""
+        if result.adapter is None:
+            return
+        try:
+            s.sync.serve_named(result_model_name(self.cfg.job_name), result.adapter)
+        except Exception as exc:
+            log.warning("could not serve the result", extra={"error": f"{type(exc).__name__}: {exc}"})
 
     def _check_served_adapter(self, s: Sampling, step: int) -> None:
         """Record whether vLLM serves exactly the final adapter on the volume (scored on the last trained sample)."""

@@ -25,14 +25,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from grpo_trainer.contract.progress import Progress, RunResult
+from grpo_trainer.contract.progress import RESULT_ADAPTER_DIR, RESULT_DIR, Progress, RunResult
 from grpo_trainer.run.atomic import staged_dir
 from grpo_trainer.vllm.adapters import BestAdapter
 
 log = logging.getLogger(__name__)
 
-RESULT_DIR = "result"
-ADAPTER_DIR = "adapter"
+ADAPTER_DIR = RESULT_ADAPTER_DIR.removeprefix(f"{RESULT_DIR}/")
 PROGRAM_FILE = "program.json"
 RESULT_FILE = "result.json"
 CARD_FILE = "README.md"
@@ -95,7 +94,7 @@ def write_result(
     """Replace ``<run_dir>/result`` with the best adapter (None: the base model) and what describes it."""
     result = RunResult(
         path=RESULT_DIR,
-        adapter=f"{RESULT_DIR}/{ADAPTER_DIR}" if best is not None else None,
+        adapter=RESULT_ADAPTER_DIR if best is not None else None,
         step=best.step if best is not None else 0,
         val_score=best.score if best is not None else best_score,
         base_model=base_model,

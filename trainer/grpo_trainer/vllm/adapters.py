@@ -277,6 +277,21 @@ class VLLMAdapterSync:
     def lora_path(self, step: int) -> str:
         return f"{self.adapter_dir}/{step_dir_name(step)}"
 
+    def serve_named(self, name: str, run_relative: str) -> None:
+        """Serve the adapter at ``run_relative`` (a folder of the run directory, as vLLM sees it) as
+        ``name``, replacing one of that name, and check it answers. Not a policy version: never
+        unloaded by :meth:`publish`."""
+        path = f"{self.adapter_dir.rsplit('/', 1)[0]}/{run_relative}"
+
+        def once() -> None:
+            self._load(name, path, inplace=name in self._served())
+            if self._served().get(name) != path:
+                raise AdapterLoadError(f"vLLM accepted {name} but does not list it from {path} in /v1/models")
+            self._complete(name)
+
+        self._retrying(once, f"serve {name}")
+        log.info("serving %s from %s", name, path)
+
     def set_best(self, step: int | None) -> None:
         """The best version stays loaded (within ``max_loras``) until another becomes best."""
         self.best = step
