@@ -251,6 +251,32 @@ def test_publish_hot_swaps_versions_and_unloads_old_ones(vllm: Server, model_dir
 
 
 @pytest.mark.vllm
+def test_the_result_is_served_under_the_jobs_name_replaced_in_place_and_kept_by_publish(
+    vllm: Server, model_dir: Path, tmp_path: Path
+) -> None:
+    """What a succeeded job with serve.enabled answers with (grpo_trainer.run.loop._serve_result)."""
+    store = AdapterStore(tmp_path, base_model_name=str(model_dir))
+    sync = VLLMAdapterSync(vllm.base_url, str(store.root), max_loras=4, keep_previous=False, wait_timeout_seconds=60)
+    model = peft_model(model_dir)
+    result = tmp_path / "result" / "adapter"
+    answers = []
+    for seed in (3, 4):  # a first result, then a better one in the same folder
+        randomize_lora_b(model, seed=seed)
+        saved = store.save(model, seed)
+        shutil.rmtree(result, ignore_errors=True)
+        shutil.copytree(saved.path, result)
+        sync.serve_named("papillon", "result/adapter")
+        models = httpx.get(f"{vllm.base_url}/models", timeout=10).json()["data"]
+        assert {m["id"]: m.get("root") for m in models}["papillon"] == str(result)
+        answers.append(vllm.complete("papillon"))
+    sync.publish(4)
+    assert answers[1] == vllm.complete("policy-v4") != answers[0]  # the second result replaced the first
+    store.save(model, 5)
+    sync.publish(5)  # unloads old policy versions, never the result
+    assert "papillon" in vllm.served() and "policy-v4" not in vllm.served()
+
+
+@pytest.mark.vllm
 def test_killed_vllm_gets_the_current_adapter_back_after_restart(vllm: Server, model_dir: Path, tmp_path: Path) -> None:
     store = AdapterStore(tmp_path, base_model_name=str(model_dir))
     model = peft_model(model_dir)

@@ -88,7 +88,7 @@ class Placement(ApiModel):
 class Endpoint(ApiModel):
     """Where a succeeded job with serve.enabled serves its result (an OpenAI-compatible API)."""
 
-    url: str = Field(description="The vLLM Service's OpenAI base URL inside the cluster, e.g. for dspy.LM(api_base=...).")
+    url: str = Field(description="The vLLM Service's OpenAI base URL in the cluster, e.g. for dspy.LM(api_base=...).")
     model: str = Field(description="The model name to ask for: the job's name (its best adapter), else the base model.")
 
 

@@ -277,10 +277,11 @@ class VLLMAdapterSync:
     def lora_path(self, step: int) -> str:
         return f"{self.adapter_dir}/{step_dir_name(step)}"
 
-    def serve_named(self, name: str, run_relative: str) -> None:
+    def serve_named(self, name: str, run_relative: str, timeout: float = 120.0) -> None:
         """Serve the adapter at ``run_relative`` (a folder of the run directory, as vLLM sees it) as
         ``name``, replacing one of that name, and check it answers. Not a policy version: never
-        unloaded by :meth:`publish`."""
+        unloaded by :meth:`publish`. Waits at most ``timeout`` for an unavailable vLLM (a finished
+        run should not hang on it)."""
         path = f"{self.adapter_dir.rsplit('/', 1)[0]}/{run_relative}"
 
         def once() -> None:
@@ -289,7 +290,7 @@ class VLLMAdapterSync:
                 raise AdapterLoadError(f"vLLM accepted {name} but does not list it from {path} in /v1/models")
             self._complete(name)
 
-        self._retrying(once, f"serve {name}")
+        self._retrying(once, f"serve {name}", timeout)
         log.info("serving %s from %s", name, path)
 
     def set_best(self, step: int | None) -> None:
@@ -425,8 +426,10 @@ class VLLMAdapterSync:
 
     # -- waiting -----------------------------------------------------------------
 
-    def _retrying(self, attempt: Callable[[], T], what: str) -> T:
-        deadline = time.monotonic() + self.wait_timeout_seconds
+    def _retrying(self, attempt: Callable[[], T], what: str, timeout: float | None = None) -> T:
+        """``attempt()`` until it does not raise _Transient, for ``timeout`` (default: the wait timeout)."""
+        wait = self.wait_timeout_seconds if timeout is None else timeout
+        deadline = time.monotonic() + wait
         delay = 0.5
         while True:
             try:
@@ -435,7 +438,7 @@ class VLLMAdapterSync:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise VLLMUnavailableError(
-                        f"vLLM at {self.server_url} unavailable for {self.wait_timeout_seconds:.0f} s "
+                        f"vLLM at {self.server_url} unavailable for {wait:.0f} s "
                         f"(could not {what}); last error: {exc}"
                     ) from exc
                 pause = min(delay, remaining, self.max_backoff_seconds)
