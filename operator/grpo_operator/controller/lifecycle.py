@@ -167,6 +167,19 @@ def _finished_conditions(succeeded: bool) -> dict[ConditionType, Cond]:
     }
 
 
+def _next_inference(
+    job: Job, status: dict[str, Any], lost: PodView, plan: Plan, build: Callable[[Job, int], dict[str, Any]]
+) -> str:
+    """Replace the lost vLLM pod with the next attempt's (counted in status.inferenceRestarts); its name."""
+    attempt = int(status["inferenceRestarts"]) + 1
+    status["inferenceRestarts"] = attempt
+    name = children.inference_pod_name(job, attempt)
+    plan.delete_pods.append(lost.name)
+    plan.create.append(build(job, attempt))
+    plan.events.append(Event("Warning", "InferenceFailed", f"{lost.describe_exit()}; recreating it as {name}"))
+    return name
+
+
 def _serving(obs: Observed, succeeded: bool) -> bool:
     return succeeded and obs.spec is not None and obs.spec.serve.enabled
 
@@ -191,13 +204,7 @@ def _serve_result(
     plan.create = [m for m in plan.create if not (m["kind"] == "Pod" and m["metadata"]["name"] == name)]
     pod = _component(obs, INFERENCE, attempt, name, plan, build, may_create=True)
     if pod is not None and pod.finished and not pod.deleting:
-        attempt += 1
-        status["inferenceRestarts"] = attempt
-        plan.delete_pods.append(pod.name)
-        name = children.inference_pod_name(job, attempt)
-        plan.create.append(build(job, attempt))
-        plan.events.append(Event("Warning", "InferenceFailed", f"{pod.describe_exit()}; recreating it as {name}"))
-        pod = None
+        name, pod = _next_inference(job, status, pod, plan, build), None
     status["inferencePod"] = name
     endpoint = children.result_endpoint(job, settings, adapter=adapter)
     status["endpoint"] = endpoint
@@ -397,12 +404,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
     i_created = i_pod is None and may_create
     if i_pod is not None and i_pod.finished and not i_pod.deleting:
         # A lost vLLM pod is recreated; the trainer waits for the Service to answer again.
-        i_attempt += 1
-        status["inferenceRestarts"] = i_attempt
-        plan.delete_pods.append(i_pod.name)
-        i_name = children.inference_pod_name(job, i_attempt)
-        plan.create.append(children.inference_pod(job, settings, i_attempt))
-        plan.events.append(Event("Warning", "InferenceFailed", f"{i_pod.describe_exit()}; recreating it as {i_name}"))
+        i_name = _next_inference(job, status, i_pod, plan, lambda j, a: children.inference_pod(j, settings, a))
         new["InferenceReady"] = Cond.false("InferenceRestarting", f"{i_pod.describe_exit()}; recreated as {i_name}")
         i_pod, i_created = None, True
     elif i_pod is not None and i_pod.ready and not i_pod.deleting:
