@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -227,6 +228,61 @@ def test_every_status_field_is_written_by_the_trainer_and_declared_in_the_crd():
     status_fields = GRPOJobStatus.model_fields
     for name, field in STATUS_FIELDS.items():
         assert status_fields[name].description == field.description
+
+
+def test_hostile_progress_values_are_dropped_never_raised_nor_passed_to_the_api_server():
+    """The trainer runs the user's code: what it reports is bounded to what the status schema takes."""
+    doc = {"step": 1e400, "best_step": 10**30, "val_score": 1e400, "reward_mean": -1e400, "adapter_version": "v" * 5000,
+           "result": {"path": "result", "step": 10**30, "base_model": "m" * 5000, "finished": True}}  # fmt: skip
+    fields = progress_status(doc, T0)
+    assert not {"step", "bestStep", "valScore", "trainReward"} & set(fields)
+    assert len(fields["adapterVersion"]) == 1024
+    assert fields["result"] == {"path": "result", "baseModel": "m" * 1024, "finished": True}  # the huge step dropped
+    GRPOJobStatus.model_validate(fields)
+
+
+class _Hostile(BaseHTTPRequestHandler):
+    """/huge: 2 MiB of a valid document; /trickle: a byte every 0.2 s; /deep: nesting past any parser."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if self.path == "/huge":
+            body = json.dumps({"step": 1, "pad": "x" * (2 << 20)}).encode()
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif self.path == "/huge-chunked":  # no Content-Length: the cap must hold while reading
+            self.end_headers()
+            self.wfile.write(b'{"pad": "' + b"x" * (2 << 20) + b'"}')
+        elif self.path == "/trickle":
+            self.end_headers()
+            for byte in b'{"step": 1' + b" " * 200 + b"}":
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.2)
+        else:
+            self.end_headers()
+            self.wfile.write(b"[" * 100_000 + b"]" * 100_000)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_huge_trickling_or_deep_progress_reply_is_refused_in_bounded_time():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        for path in ("/huge", "/huge-chunked", "/deep"):
+            assert fetch_progress(base + path, timeout=2) is None, path
+        started = time.monotonic()
+        assert fetch_progress(base + "/trickle", timeout=1) is None  # each byte is on time; the whole is not
+        assert time.monotonic() - started < 4  # bounded by twice the timeout, not by the reply's 40 s
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_unreachable_or_broken_trainer_is_not_an_error(progress_server):
