@@ -66,6 +66,12 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.scanning.disabled = True
     settings.posting.level = logging.WARNING  # our own Events describe transitions
     settings.watching.server_timeout = 300
+    # The same for Kopf's own calls and watches: a watch that hears nothing for a minute past the
+    # server's own timeout is dead, not quiet (then Kopf reconnects).
+    settings.watching.connect_timeout = 10
+    settings.watching.client_timeout = settings.watching.server_timeout + 60
+    settings.networking.connect_timeout = 10
+    settings.networking.request_timeout = 60
 
 
 JobKey = tuple[str, str]  # (namespace, name)

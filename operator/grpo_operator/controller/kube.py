@@ -23,6 +23,11 @@ from grpo_operator.controller.lifecycle import Event
 
 log = logging.getLogger(__name__)
 
+# (connect, read) seconds of every API call: a connection dropped without a reset (an API server
+# failing over behind a load balancer) fails the call, and the reconcile is retried, instead of
+# holding a worker forever.
+REQUEST_TIMEOUT = (5.0, 30.0)
+
 
 class Cluster:
     """The operator's API calls (official kubernetes client), returning plain camelCase dicts."""
@@ -39,7 +44,7 @@ class Cluster:
         The client's models are skipped: building them and converting them back to
         dicts cost more CPU than the rest of a reconcile at a few hundred jobs.
         """
-        resp = method(*args, _preload_content=False, **kwargs)
+        resp = method(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs)
         try:
             return json.loads(resp.data)
         finally:
@@ -47,7 +52,7 @@ class Cluster:
 
     def get_job(self, namespace: str, name: str) -> Optional[dict[str, Any]]:
         try:
-            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            return self._call(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -135,13 +140,16 @@ class Cluster:
                 raise
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+        self._call(
+            self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+        )
 
     def delete_job(self, namespace: str, name: str) -> None:
         try:
-            self.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, body=client.V1DeleteOptions(propagation_policy="Background")
-            )
+            self._call(
+                self.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name,
+                body=client.V1DeleteOptions(propagation_policy="Background"),
+            )  # fmt: skip
         except ApiException as exc:
             if exc.status != 404:
                 raise
