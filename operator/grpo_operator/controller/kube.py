@@ -140,9 +140,8 @@ class Cluster:
                 raise
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        self._call(
-            self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name, {"status": status}
-        )
+        patch = self.custom.patch_namespaced_custom_object_status
+        self._call(patch, GROUP, VERSION, namespace, PLURAL, name, {"status": status})
 
     def delete_job(self, namespace: str, name: str) -> None:
         try:
