@@ -64,7 +64,7 @@ def test_new_job_creates_every_child_once():
     assert plan.delete_pods == [] and not plan.delete_job
     assert cond(plan, "Created")["status"] == "True"
     assert cond(plan, "Training")["reason"] == "Creating"
-    assert plan.status["startTime"] == "2026-11-25T12:00:00Z"
+    assert "startTime" not in plan.status  # nothing runs yet
     assert plan.status["maxSteps"] == 500 and plan.status["restarts"] == 0
     assert state(plan.status) == "Created"
     GRPOJobStatus.model_validate(plan.status)  # everything we write is declared in the CRD
@@ -348,6 +348,22 @@ def test_suspend_deletes_pods_keeps_volume_and_resume_recreates():
     resumed = decide(observe(plan.status, ()), SETTINGS)
     assert created_names(resumed) == ["Pod/papillon-inference-0", "Pod/papillon-trainer-0"]
     assert cond(resumed, "Suspended")["status"] == "False"
+
+
+def test_the_deadline_counts_from_the_trainer_running_and_afresh_after_a_suspend():
+    s = spec(runPolicy={"activeDeadlineSeconds": 600})
+    pending = a_pod("papillon-trainer-0", "trainer", "Pending", ready=False, node=None)
+    queued = decide(observe(pods=(pending,), now=T0 + timedelta(hours=5), job_spec=s), SETTINGS)
+    assert "startTime" not in queued.status and state(queued.status) != "Failed"  # hours queued: not run time
+    running = decide(observe(pods=running_pair(), now=T0, job_spec=s), SETTINGS)
+    assert running.status["startTime"] == "2026-11-25T12:00:00Z"
+    suspended = decide(observe(running.status, running_pair(), T0 + timedelta(seconds=500),
+                               job_spec=spec(runPolicy={"activeDeadlineSeconds": 600}, suspend=True)), SETTINGS)  # fmt: skip
+    assert suspended.status["startTime"] is None  # removed by the merge patch
+    resumed_status = {k: v for k, v in suspended.status.items() if v is not None}
+    overnight = T0 + timedelta(hours=12)
+    resumed = decide(observe(resumed_status, running_pair(), overnight, job_spec=s), SETTINGS)
+    assert state(resumed.status) == "Training" and resumed.status["startTime"] == "2026-11-26T00:00:00Z"
 
 
 def test_active_deadline_fails_the_job():

@@ -104,7 +104,13 @@ class GRPOJobStatus(ProgressStatus):
     )
     max_steps: Optional[int] = Field(None, ge=0, description="GRPO steps the job will run (grpo.num_train_steps).")
     progress_percentage: Optional[int] = Field(None, ge=0, le=100, description="step / maxSteps, in percent.")
-    start_time: Optional[str] = Field(None, description="When the trainer first started.")
+    start_time: Optional[str] = Field(
+        None,
+        description=(
+            "When the trainer was first seen running (activeDeadlineSeconds counts from here); "
+            "cleared on suspend, so a resumed job's deadline counts afresh."
+        ),
+    )
     completion_time: Optional[str] = Field(None, description="When the job finished (succeeded or failed).")
     last_progress_time: Optional[str] = Field(
         None, description="When the trainer last reported progress (the document's updated_at, else when it was read)."

@@ -375,6 +375,8 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
     # ---------------------------------------------------------------- suspended
     if spec.suspend:
         plan.delete_pods.extend(p.name for p in obs.pods if not p.deleting)
+        if status.get("startTime") is not None:
+            status["startTime"] = None  # as batch/v1 Job: the deadline counts afresh from the resume
         new["Suspended"] = Cond.true("Suspended", "pods deleted; the volume and checkpoints are kept")
         new["Training"] = Cond.false("Suspended", "the job is suspended")
         new["InferenceReady"] = Cond.false("Suspended", "the job is suspended")
@@ -421,7 +423,8 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
     )
     t_created = t_pod is None and may_create
     status["trainerPod"] = t_name
-    if t_created and not status.get("startTime"):
+    if t_pod is not None and t_pod.running and not status.get("startTime"):
+        # from the trainer running: time queued (Kueue, quota, a full cluster) is not run time
         status["startTime"] = rfc3339(obs.now)
 
     replacement = replace_apart(obs, settings, (t_pod, i_pod))
