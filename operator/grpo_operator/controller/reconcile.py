@@ -23,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 from grpo_operator import children
 from grpo_operator.api.job import InvalidJob, parse_spec
 from grpo_operator.children import TRAINER
-from grpo_operator.controller.conditions import Cond, PodView, conditions, now_utc, pod_view, transitions
+from grpo_operator.controller.conditions import Cond, PodView, conditions, is_true, now_utc, pod_view, transitions
 from grpo_operator.controller.kube import Cluster, api_message
 from grpo_operator.controller.lifecycle import Event, Observed, Plan, decide, trainer_attempt
 from grpo_operator.controller.memo import FoundMemo
@@ -262,11 +262,15 @@ class Reconciler:
             return Observed(name, ns, uid, meta.get("generation"), None, error, status, False, None, False, pods,
                             now=now or now_utc())  # fmt: skip
         job = children.Job(name, ns, uid, spec)
+        # A finished job needs only its pods (the vLLM pod to free or keep serving) and, to release it,
+        # a kept volume: at a thousand finished jobs, re-reading the rest every resync is the load.
+        finished = is_true(status, "Succeeded") or is_true(status, "Failed")
         own_pvc = children.persistent_volume_claim(job) is not None  # else the user's claim, checked in _missing
-        pvc = self._io.submit(self._child, "PersistentVolumeClaim", job, children.pvc_name(job)) if own_pvc else None
-        config = self._io.submit(self._child, "ConfigMap", job, children.config_map_name(job))
-        service = self._io.submit(self._child, "Service", job, children.service_name(job))
-        missing = self._io.submit(self._missing, job)
+        read_pvc = own_pvc and (not finished or spec.storage.retain_on_delete)
+        pvc = self._io.submit(self._child, "PersistentVolumeClaim", job, children.pvc_name(job)) if read_pvc else None
+        config = None if finished else self._io.submit(self._child, "ConfigMap", job, children.config_map_name(job))
+        service = None if finished else self._io.submit(self._child, "Service", job, children.service_name(job))
+        missing = None if finished else self._io.submit(self._missing, job)
         pods = listed.result()
         trainer_pod = status.get("trainerPod") or children.trainer_pod_name(job, trainer_attempt(status))
         return Observed(
@@ -278,11 +282,11 @@ class Reconciler:
             spec_error=None,
             status=status,
             pvc_exists=pvc is not None and pvc.result() is not None,
-            retained_claim=pvc is not None and pvc.result() is None and self._retained(job),
-            config_map_data=config.result(),
-            service_exists=service.result() is not None,
+            retained_claim=not finished and pvc is not None and pvc.result() is None and self._retained(job),
+            config_map_data=config.result() if config is not None else None,
+            service_exists=service is not None and service.result() is not None,
             pods=pods,
-            missing=tuple(missing.result()),
+            missing=tuple(missing.result()) if missing is not None else (),
             progress=self._poll_progress((ns, name), list(pods), trainer_pod),
             now=now or now_utc(),
         )
