@@ -190,3 +190,15 @@ def test_termination_message_carries_the_final_numbers_the_operator_reads(tmp_pa
     doc = json.loads(text)
     assert len(text.encode()) <= TERMINATION_MESSAGE_BYTES and doc["error"].startswith("RuntimeError: xxx")
     assert doc["phase"] == "failed" and doc["step"] == 2
+
+
+def test_a_failed_runs_error_carries_no_secret_into_progress_or_the_termination_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error quoting a key (an HTTP 401 echoing its headers) is published with the key redacted."""
+    monkeypatch.setenv("HF_TOKEN", "hf_0123456789abcdefSECRET")
+    board = ProgressBoard(tmp_path, job="demo", max_steps=2)
+    board.fail("HTTPError: 401 for https://hub/api (Authorization: Bearer hf_0123456789abcdefSECRET)")
+    published = (tmp_path / PROGRESS_FILE).read_text() + termination_message(board.snapshot())
+    assert "hf_0123456789abcdefSECRET" not in published
+    assert "Authorization: Bearer [REDACTED]" in Progress.read(tmp_path).error  # type: ignore[union-attr]

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +29,7 @@ from grpo_trainer.contract.progress import (
     TimedPhase,
 )
 from grpo_trainer.run.atomic import write_text_atomic
+from grpo_trainer.run.secrets import Redactor
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,17 @@ class ProgressBoard:
     checkpoint's history), so score history, totals and start time survive restarts.
     """
 
-    def __init__(self, run_dir: str | Path, job: str, max_steps: int, *, initial: Progress | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        job: str,
+        max_steps: int,
+        *,
+        initial: Progress | None = None,
+        redact: Callable[[str], str] | None = None,
+    ) -> None:
         self.path = Path(run_dir) / PROGRESS_FILE
+        self._redact = redact or Redactor.from_env()  # an error is published: /progress, termination message
         self._lock = threading.RLock()
         if initial is not None:
             self._doc = initial.model_copy(deep=True)
@@ -213,7 +223,7 @@ class ProgressBoard:
     def fail(self, error: str, *, reason: ErrorReason | None = None) -> None:
         """The run failed; ``reason``: the job itself is wrong (no retry helps)."""
         with self._lock:
-            self._doc.phase, self._doc.finished, self._doc.error = "failed", True, error
+            self._doc.phase, self._doc.finished, self._doc.error = "failed", True, self._redact(error)
             self._doc.error_reason = reason
             self._publish()
 

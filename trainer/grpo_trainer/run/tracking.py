@@ -19,17 +19,13 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import urlparse
 
-from grpo_trainer.contract.config import JUDGE_API_KEY_ENV, UNTRUSTED_API_KEY_ENV
+from grpo_trainer.run.secrets import SECRET_ENVS, Redactor
 
 log = logging.getLogger(__name__)
 
 LOGS_DIR = "logs"
 COMPLETIONS_FILE = "completions.jsonl"
 ReportTo = Literal["none", "tensorboard", "wandb"]
-# Environment variables whose values never reach a log file.
-SECRET_ENVS = (UNTRUSTED_API_KEY_ENV, JUDGE_API_KEY_ENV, "WANDB_API_KEY", "OPENAI_API_KEY", "HF_TOKEN")
-_REDACTED = "[REDACTED]"
-_MIN_SECRET_LENGTH = 8  # shorter values would redact ordinary words
 
 
 class TrackingError(RuntimeError):
@@ -133,14 +129,9 @@ class CompletionLog:
     def __init__(self, run_dir: str | Path, secret_envs: Iterable[str] = SECRET_ENVS) -> None:
         self.path = Path(run_dir) / LOGS_DIR / COMPLETIONS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._secrets = [v for v in (os.environ.get(name, "") for name in secret_envs) if len(v) >= _MIN_SECRET_LENGTH]
+        self._clean = Redactor.from_env(secret_envs)
         self._lock = threading.Lock()
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
-
-    def _clean(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, _REDACTED)
-        return text
 
     def write(
         self,
