@@ -616,6 +616,20 @@ class PodOptions(ApiModel):
         return env
 
 
+# vLLM server flags a job may not pass in inference.extraArgs.
+RESERVED_VLLM_FLAGS = (
+    "--host",
+    "--port",
+    "--api-key",
+    "--model",
+    "--served-model-name",
+    "--lora-modules",
+    "--logprobs-mode",
+    "--trust-remote-code",
+    "--allowed-local-media-path",
+)
+
+
 class InferenceOptions(PodOptions):
     """The vLLM pod."""
 
@@ -623,7 +637,26 @@ class InferenceOptions(PodOptions):
         None, ge=1, le=64, description="vLLM --max-loras (default: enough for the versions in flight)."
     )
     gpu_memory_utilization: Optional[float] = Field(None, gt=0, le=1, description="vLLM --gpu-memory-utilization.")
-    extra_args: list[str] = Field(default_factory=list, max_length=64, description="Extra vLLM server arguments.")
+    extra_args: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description=(
+            "Extra vLLM server arguments, except those the operator sets or that widen what the server reads "
+            f"or runs: {', '.join(RESERVED_VLLM_FLAGS)}."
+        ),
+    )
+    rules = (
+        Rule(
+            cel=f"self.extraArgs.all(a, !{list(RESERVED_VLLM_FLAGS)}.exists(f, a == f || a.startsWith(f + '=')))",
+            message=(
+                f"extraArgs may not set {', '.join(RESERVED_VLLM_FLAGS)}: the operator sets the server's identity, "
+                "address, key, adapters and logprobs (the trainer trains on them), and remote code or local media "
+                "would widen what it runs or reads; remove the flag"
+            ),
+            check=lambda o: not any(a == f or a.startswith(f + "=") for a in o.extra_args for f in RESERVED_VLLM_FLAGS),
+            field="extraArgs",
+        ),
+    )
 
 
 class Storage(ApiModel):
