@@ -79,9 +79,12 @@ def test_run_defining_fields_are_immutable(control_plane, grpojob_crd, namespace
 
 
 def test_resources_with_requests_only_are_accepted(control_plane, grpojob_crd, namespace):
-    """The no-GPUs-here rule must not trip over an absent ``limits`` map (the API server does not default it)."""
+    """Rules must not trip over what the API server does not default: an absent ``limits`` map, an
+    inference object without ``extraArgs``."""
     doc = load_example()
     doc["spec"]["trainer"] = {"resources": {"requests": {"cpu": "8", "memory": "64Gi"}}}
+    doc["spec"]["inference"] = {"nodeSelector": {"pool": "gpu"}}
     control_plane.apply_yaml(yaml.safe_dump(doc), namespace)
     job = control_plane.get_json("grpojob", "papillon", namespace=namespace)
     assert job["spec"]["trainer"]["resources"]["requests"]["memory"] == "64Gi"
+    assert job["spec"]["inference"]["nodeSelector"] == {"pool": "gpu"}

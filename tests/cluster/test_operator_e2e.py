@@ -414,7 +414,7 @@ def test_a_kept_volume_outlives_its_job_and_a_new_job_mounts_it_only_when_told(
     silently resuming from it, and one that names it as existingClaim mounts it."""
     cp, ns = control_plane, job_ns
     apply_jobs(cp, ns, job_manifest(storage={"retainOnDelete": True}, runPolicy={"ttlSecondsAfterFinished": 1}))
-    wait_job(cp, ns, "papillon", is_true("Training"), "Training=True")
+    job_uid = wait_job(cp, ns, "papillon", is_true("Training"), "Training=True")["metadata"]["uid"]
     volume_uid = cp.get_json("pvc", "papillon-run", namespace=ns)["metadata"]["uid"]
     exit_running_pod(cp, ns, "papillon-trainer-0", 0)
     wait_until(lambda: not job_exists(cp, ns, "papillon"), timeout=60, what="the finished job deleted by its TTL")
@@ -422,6 +422,7 @@ def test_a_kept_volume_outlives_its_job_and_a_new_job_mounts_it_only_when_told(
     claim = cp.get_json("pvc", "papillon-run", namespace=ns)
     assert claim["metadata"]["uid"] == volume_uid and not claim["metadata"].get("ownerReferences")
     assert claim["metadata"]["labels"][JOB_LABEL] == "papillon" and not claim["metadata"].get("deletionTimestamp")
+    assert claim["metadata"]["annotations"]["grpo.dev/retained-from"] == job_uid  # kept, not orphaned
 
     cp.apply_yaml(yaml.safe_dump(job_manifest()), ns)
     job = wait_job(
@@ -459,6 +460,34 @@ def test_a_job_with_serve_keeps_its_vllm_pod_after_success_until_serve_is_turned
     wait_until(lambda: "papillon-inference-0" not in pods(cp, ns), timeout=30, what="the vLLM pod freed")
     job = wait_job(cp, ns, "papillon", lambda j: "endpoint" not in j["status"], "no endpoint")
     assert is_true("Succeeded")(job)
+
+
+def test_children_orphaned_by_an_earlier_job_are_named_not_used_until_deleted(
+    control_plane: ControlPlane, job_ns: str, operator: OperatorProcess
+):
+    """kubectl delete --cascade=orphan leaves the children, owned by no one, under the names a
+    re-applied job would use: the job says which and what to do, creates no pod beside them, and
+    runs once they are gone."""
+    cp, ns = control_plane, job_ns
+    apply_jobs(cp, ns, job_manifest())
+    wait_job(cp, ns, "papillon", is_true("Training"), "Training=True")
+    cp.kubectl("delete", "grpojob", "papillon", "-n", ns, "--cascade=orphan", "--wait=true", "--timeout=30s")
+    wait_until(lambda: not cp.get_json("configmap", "papillon-config", namespace=ns)["metadata"].get("ownerReferences"),
+               timeout=30, what="the orphaned children released by the garbage collector")  # fmt: skip
+    orphans = {p["metadata"]["uid"] for p in cp.get_json("pods", namespace=ns)["items"]}
+
+    cp.apply_yaml(yaml.safe_dump(job_manifest()), ns)
+    job = wait_job(cp, ns, "papillon", lambda j: cond(j, "Created").get("reason") == "CreateFailed", "CreateFailed")
+    message = cond(job, "Created")["message"]
+    assert "ConfigMap papillon-config: exists and belongs to no job" in message and "--cascade=orphan" in message
+    assert {p["metadata"]["uid"] for p in cp.get_json("pods", namespace=ns)["items"]} == orphans  # none added
+
+    cp.kubectl("delete", "pods,configmaps,services,pvc", "-l", f"{JOB_LABEL}=papillon", "-n", ns, "--wait=true",
+               "--timeout=60s")  # fmt: skip
+    job = wait_job(cp, ns, "papillon", is_true("Training"), "Training=True on its own children", timeout=60)
+    assert cond(job, "Created")["status"] == "True"
+    owner = cp.get_json("configmap", "papillon-config", namespace=ns)["metadata"]["ownerReferences"][0]["uid"]
+    assert owner == job["metadata"]["uid"]
 
 
 def test_deleting_the_job_leaves_no_children(control_plane: ControlPlane, job_ns: str, operator: OperatorProcess):

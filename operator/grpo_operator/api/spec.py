@@ -647,7 +647,10 @@ class InferenceOptions(PodOptions):
     )
     rules = (
         Rule(
-            cel=f"self.extraArgs.all(a, !{list(RESERVED_VLLM_FLAGS)}.exists(f, a == f || a.startsWith(f + '=')))",
+            cel=(  # an inference object without extraArgs has none: the API server does not default it
+                f"!has(self.extraArgs) || "
+                f"self.extraArgs.all(a, !{list(RESERVED_VLLM_FLAGS)}.exists(f, a == f || a.startsWith(f + '=')))"
+            ),
             message=(
                 f"extraArgs may not set {', '.join(RESERVED_VLLM_FLAGS)}: the operator sets the server's identity, "
                 "address, key, adapters and logprobs (the trainer trains on them), and remote code or local media "

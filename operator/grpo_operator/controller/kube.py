@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 # failing over behind a load balancer) fails the call, and the reconcile is retried, instead of
 # holding a worker forever.
 REQUEST_TIMEOUT = (5.0, 30.0)
+# On a volume the operator kept for a finished job (storage.retainOnDelete): that job's uid.
+RETAINED_ANNOTATION = "grpo.dev/retained-from"
 
 
 class Cluster:
@@ -59,8 +61,9 @@ class Cluster:
             raise
 
     def read(self, kind: str, namespace: str, name: str) -> Optional[dict[str, Any]]:
-        """A PersistentVolumeClaim, ConfigMap or Service, or None when there is none."""
+        """A Pod, PersistentVolumeClaim, ConfigMap or Service, or None when there is none."""
         read = {
+            "Pod": self.core.read_namespaced_pod,
             "PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim,
             "ConfigMap": self.core.read_namespaced_config_map,
             "Service": self.core.read_namespaced_service,
@@ -121,9 +124,15 @@ class Cluster:
         kept = [o for o in owners if o.get("uid") != owner_uid]
         if len(kept) == len(owners):
             return
+        mark = (
+            {"op": "add", "path": f"/metadata/annotations/{RETAINED_ANNOTATION.replace('/', '~1')}", "value": owner_uid}
+            if meta.get("annotations")
+            else {"op": "add", "path": "/metadata/annotations", "value": {RETAINED_ANNOTATION: owner_uid}}
+        )
         patch = [
             {"op": "test", "path": "/metadata/uid", "value": meta["uid"]},
             {"op": "replace", "path": "/metadata/ownerReferences", "value": kept},
+            mark,  # kept on purpose, not orphaned: what a later job of the name is told about
         ]
         self._call(self.core.patch_namespaced_persistent_volume_claim, name, namespace, patch)
         log.info("kept volume %s/%s: no longer owned by its job (storage.retainOnDelete)", namespace, name)

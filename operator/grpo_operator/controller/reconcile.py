@@ -24,7 +24,7 @@ from grpo_operator import children
 from grpo_operator.api.job import InvalidJob, parse_spec
 from grpo_operator.children import TRAINER
 from grpo_operator.controller.conditions import Cond, PodView, conditions, is_true, now_utc, pod_view, transitions
-from grpo_operator.controller.kube import Cluster, api_message
+from grpo_operator.controller.kube import RETAINED_ANNOTATION, Cluster, api_message
 from grpo_operator.controller.lifecycle import Event, Observed, Plan, decide, trainer_attempt
 from grpo_operator.controller.memo import FoundMemo
 from grpo_operator.controller.progress_poll import fetch_progress, progress_status, progress_url
@@ -189,14 +189,12 @@ class Reconciler:
         return self._found.get((kind, job.namespace, name, job.uid), read)
 
     def _retained(self, job: children.Job) -> bool:
-        """The job's claim name holds a volume no job owns any more, labelled as this job's: one an
-        earlier job of the same name kept (storage.retainOnDelete)."""
+        """The job's claim name holds the volume an earlier job of the same name kept
+        (storage.retainOnDelete: released by the operator, and marked so)."""
         obj = self.cluster.read("PersistentVolumeClaim", job.namespace, children.pvc_name(job))
         meta = (obj or {}).get("metadata") or {}
-        labels = meta.get("labels") or {}
-        return bool(obj) and not meta.get("ownerReferences") and not meta.get("deletionTimestamp") and (
-            labels.get(children.JOB_LABEL) == job.name
-        )
+        marked = RETAINED_ANNOTATION in (meta.get("annotations") or {})
+        return marked and not meta.get("ownerReferences") and not meta.get("deletionTimestamp")
 
     def use_pod_index(self, index: PodIndex) -> None:
         """Read pods from Kopf's index from now on (call once Kopf has filled it: from any handler)."""
@@ -311,11 +309,17 @@ class Reconciler:
             self._found.forget(("ConfigMap", ns, manifest["metadata"]["name"], obs.uid))
         failures: list[str] = []
         created: list[str] = []
+        conflicted = False
         for manifest in plan.create:  # in order, one at a time: the volume and config exist before the pods
             what = f"{manifest['kind']} {manifest['metadata']['name']}"
+            if conflicted and manifest["kind"] == "Pod":
+                continue  # no pod mounts a volume or config that is not this job's
             try:
                 if self.cluster.create(manifest):
                     created.append(what)
+                elif conflict := self._conflict(manifest, obs.uid):
+                    failures.append(f"{what}: {conflict}")
+                    conflicted = True
             except ApiException as exc:
                 failures.append(f"{what}: {api_message(exc)}")
         if failures:
@@ -332,6 +336,26 @@ class Reconciler:
             self.cluster.delete_job(ns, name)
             self.forget(ns, name)
         return plan
+
+    def _conflict(self, manifest: Mapping[str, Any], uid: str) -> Optional[str]:
+        """Why an object that already exists under a child's name is not this job's (None: it is)."""
+        meta = manifest["metadata"]
+        obj = self.cluster.read(manifest["kind"], meta["namespace"], meta["name"])
+        if obj is None:
+            return None  # gone meanwhile: the next reconcile creates it
+        theirs = obj.get("metadata") or {}
+        owners = {o.get("uid") for o in theirs.get("ownerReferences") or []}
+        if uid in owners:
+            return None
+        if theirs.get("deletionTimestamp"):
+            return "an object of that name (an earlier job's) is still being deleted; waiting for it to go"
+        if owners:
+            listed = ", ".join(sorted(map(str, owners)))
+            return f"exists and belongs to another owner ({listed}); delete it, or rename the job"
+        return (
+            "exists and belongs to no job (left by kubectl delete --cascade=orphan, or made by hand); "
+            "delete it, or rename the job"
+        )
 
     def _record_create_failure(
         self, ns: str, name: str, plan: Plan, failures: list[str], old_conditions: list[Mapping[str, Any]]
