@@ -20,6 +20,7 @@ from grpo_operator.children import (
     user_claims,
 )
 from grpo_operator.children.meta import dns_label
+from grpo_operator.children.podspec import spec_hash
 from grpo_operator.resolve import trainer_command
 from grpo_operator.settings import OperatorSettings
 from grpo_trainer.contract.config import TrainerConfig
@@ -285,7 +286,7 @@ def test_pod_options_reach_the_pod():
     assert spec["priorityClassName"] == "training"
     assert env(pod)["NCCL_DEBUG"] == "INFO"
     assert pod["metadata"]["labels"]["team"] == "a" and pod["metadata"]["labels"]["grpo.dev/attempt"] == "1"
-    assert pod["metadata"]["annotations"] == {"note": "x"}
+    assert pod["metadata"]["annotations"] == {"note": "x", "grpo.dev/pod-spec-hash": spec_hash(spec)}
     assert spec["restartPolicy"] == "Never"  # the operator counts trainer failures
 
 

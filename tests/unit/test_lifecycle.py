@@ -329,6 +329,22 @@ def test_a_failed_job_or_one_whose_base_model_won_serves_no_adapter():
     assert "papillon=/mnt/grpo/result/adapter" in pod["spec"]["containers"][0]["command"]
 
 
+def test_a_changed_trainer_option_is_said_to_apply_from_the_next_attempt():
+    """spec.trainer may change while the pod runs; the running pod keeps what it started with."""
+    from grpo_operator.children import trainer_pod
+    from grpo_operator.controller.conditions import pod_view
+
+    started = trainer_pod(Job("papillon", "ns", "uid", spec()), SETTINGS, 0)
+    started["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+    pods = (pod_view(started), a_pod("papillon-inference-0", "inference"))
+    same = decide(observe(pods=pods), SETTINGS)
+    assert cond(same, "Training")["message"] == "trainer running"
+    moved = decide(observe(pods=pods, job_spec=spec(trainer={"nodeSelector": {"pool": "h100"}})), SETTINGS)
+    training = cond(moved, "Training")
+    assert training["status"] == "True" and "spec.trainer (or the operator's defaults) changed" in training["message"]
+    assert "applies from the next attempt" in training["message"] and moved.delete_pods == []
+
+
 def test_vllm_loss_recreates_it_while_the_trainer_keeps_running():
     lost = a_pod("papillon-inference-0", "inference", "Failed", reason="Evicted", message="node pressure")
     plan = decide(observe(pods=(a_pod("papillon-trainer-0", "trainer"), lost)), SETTINGS)
@@ -357,8 +373,8 @@ def test_the_deadline_counts_from_the_trainer_running_and_afresh_after_a_suspend
     assert "startTime" not in queued.status and state(queued.status) != "Failed"  # hours queued: not run time
     running = decide(observe(pods=running_pair(), now=T0, job_spec=s), SETTINGS)
     assert running.status["startTime"] == "2026-11-25T12:00:00Z"
-    suspended = decide(observe(running.status, running_pair(), T0 + timedelta(seconds=500),
-                               job_spec=spec(runPolicy={"activeDeadlineSeconds": 600}, suspend=True)), SETTINGS)  # fmt: skip
+    paused = spec(runPolicy={"activeDeadlineSeconds": 600}, suspend=True)
+    suspended = decide(observe(running.status, running_pair(), T0 + timedelta(seconds=500), job_spec=paused), SETTINGS)
     assert suspended.status["startTime"] is None  # removed by the merge patch
     resumed_status = {k: v for k, v in suspended.status.items() if v is not None}
     overnight = T0 + timedelta(hours=12)

@@ -21,7 +21,7 @@ from grpo_operator.children.meta import (
     service_name,
     trainer_pod_name,
 )
-from grpo_operator.children.podspec import co_located
+from grpo_operator.children.podspec import SPEC_HASH_ANNOTATION, co_located
 from grpo_operator.children.trainer import referenced_secrets, trainer_pod
 from grpo_operator.children.volume import persistent_volume_claim, user_claims, user_config_maps
 
@@ -31,6 +31,7 @@ __all__ = [
     "INFERENCE",
     "JOB_LABEL",
     "MANAGED_BY_LABEL",
+    "SPEC_HASH_ANNOTATION",
     "OPERATOR_NAME",
     "TRAINER",
     "Job",

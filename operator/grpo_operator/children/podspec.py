@@ -10,6 +10,8 @@ only rendered here.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -211,6 +213,15 @@ def probes(health: Optional[Health], port: str) -> dict[str, Any]:
     return out
 
 
+# A pod's spec as the operator rendered it, hashed: the lifecycle compares it with what the job renders now
+# (spec.trainer and spec.inference may change; a running pod keeps what it started with).
+SPEC_HASH_ANNOTATION = "grpo.dev/pod-spec-hash"
+
+
+def spec_hash(pod_spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(pod_spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
 def co_located(job: Job) -> bool:
     """Trainer and vLLM must share a node: both mount the job's ReadWriteOnce volume."""
     return job.spec.storage.access_mode == "ReadWriteOnce"
@@ -298,6 +309,6 @@ def pod(
         meta["labels"][KUEUE_GROUP_LABEL] = job.name
         annotations[KUEUE_GROUP_COUNT_ANNOTATION] = str(POD_GROUP_SIZE)
         spec["schedulingGates"] = [{"name": KUEUE_ADMISSION_GATE}]
-    if annotations:
-        meta["annotations"] = annotations
+    annotations[SPEC_HASH_ANNOTATION] = spec_hash(spec)
+    meta["annotations"] = annotations
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}

@@ -180,6 +180,19 @@ def _next_inference(
     return name
 
 
+def _changed_since(pod: PodView, render: Callable[[], dict[str, Any]], field: str) -> str:
+    """A note for a running pod whose spec differs from what the job renders now ('' when it does not):
+    the mutable pod options apply from the next attempt, not to a running pod."""
+    if pod.spec_hash is None:
+        return ""
+    if render()["metadata"]["annotations"][children.SPEC_HASH_ANNOTATION] == pod.spec_hash:
+        return ""
+    return (
+        f"; {field} (or the operator's defaults) changed since pod {pod.name} started: it applies from the "
+        "next attempt (suspend and resume the job to apply it now)"
+    )
+
+
 def _serving(obs: Observed, succeeded: bool) -> bool:
     return succeeded and obs.spec is not None and obs.spec.serve.enabled
 
@@ -410,7 +423,8 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
         new["InferenceReady"] = Cond.false("InferenceRestarting", f"{i_pod.describe_exit()}; recreated as {i_name}")
         i_pod, i_created = None, True
     elif i_pod is not None and i_pod.ready and not i_pod.deleting:
-        new["InferenceReady"] = Cond.true("Ready", f"vLLM pod {i_pod.name} is ready")
+        note = _changed_since(i_pod, lambda: children.inference_pod(job, settings, i_attempt), "spec.inference")
+        new["InferenceReady"] = Cond.true("Ready", f"vLLM pod {i_pod.name} is ready{note}")
     else:
         new["InferenceReady"] = _waiting_cond(i_pod, "vLLM", i_created, missing)
     status["inferencePod"] = i_name
@@ -486,7 +500,8 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
             new.update(_finished_conditions(False))
             return done()
     elif t_pod is not None and t_pod.running:
-        new["Training"] = Cond.true("Running", _progress_message(status))
+        note = _changed_since(t_pod, lambda: children.trainer_pod(job, settings, t_attempt), "spec.trainer")
+        new["Training"] = Cond.true("Running", _progress_message(status) + note)
     else:
         new["Training"] = _waiting_cond(t_pod, "trainer", t_created, missing)
 
