@@ -66,7 +66,7 @@ operator/reconcile.py (Cluster) and operator/handlers.py.
   verbs: ["get", "create", "patch"]
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- if .Values.rbac.checkSecrets }}
 # Only to tell users a referenced Secret or key is missing; never listed or watched.
 - apiGroups: [""]
