@@ -13,7 +13,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Optional, Union
 
 from grpo_operator.api.spec import (
@@ -45,6 +45,7 @@ from grpo_trainer.contract.config import (
     TrainerConfig,
     VLLMEndpoint,
 )
+from grpo_trainer.contract.progress import RESULT_ADAPTER_DIR, result_model_name
 from grpo_trainer.contract.vllm_command import VLLMServerSpec
 
 log = logging.getLogger(__name__)
@@ -435,6 +436,12 @@ def vllm_server(spec: GRPOJobSpec, target: Target, inference_gpus: int) -> VLLMS
             **(_visible_devices(0, inference_gpus) if isinstance(target, LocalTarget) else {}),
         },
     )
+
+
+def serving_result(server: VLLMServerSpec, job: str, run_dir: str) -> VLLMServerSpec:
+    """The job's vLLM server with its result adapter served from the start, under the job's name
+    (spec.serve's pod; the server a local compile() starts on a finished run)."""
+    return replace(server, lora_modules=((result_model_name(job), f"{run_dir}/{RESULT_ADAPTER_DIR}"),))
 
 
 def literal_env(env: list[EnvVar]) -> dict[str, str]:

@@ -124,15 +124,16 @@ def test_line_display_prints_one_line_per_change() -> None:
     assert "4/10" in lines[1]
 
 
-def test_bar_display_redraws_one_line_and_keeps_messages_above_it() -> None:
+def test_bar_display_shows_step_reward_and_scores_and_keeps_messages_on_lines_of_their_own() -> None:
     out = io.StringIO()
     display = BarDisplay(out)
     display.update(synthetic_progress(5).model_copy(update={"max_steps": 10}))
     display.message("INFO vLLM restarted")
+    display.update(synthetic_progress(6).model_copy(update={"max_steps": 10}))
     display.close()
     text = out.getvalue()
-    assert "[############............] 5/10" in text
-    assert "\x1b[2KINFO vLLM restarted\n" in text
+    assert "5/10" in text and "6/10" in text and "reward 0.610" in text and "val 0.520 (best 0.550)" in text
+    assert "\nINFO vLLM restarted\n" in text or text.startswith("INFO vLLM restarted\n") or "\rINFO vLLM restarted\n" in text
     assert text.endswith("\n")
 
 

@@ -6,14 +6,14 @@ grpo_trainer.contract.vllm_command.vllm_command as the local runner renders it.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from grpo_operator.children.config import resolved, resolved_pods
 from grpo_operator.children.meta import INFERENCE, Job, inference_pod_name, object_meta, selector_labels, service_name
 from grpo_operator.children.podspec import env_from, env_list, model_mounts, pod, probes, run_mount, scratch_mounts
+from grpo_operator.resolve import serving_result
 from grpo_operator.settings import OperatorSettings
-from grpo_trainer.contract.progress import RESULT_ADAPTER_DIR, result_model_name
+from grpo_trainer.contract.progress import result_model_name
 from grpo_trainer.contract.vllm_command import vllm_command
 
 PORT_NAME = "http"
@@ -33,8 +33,7 @@ def inference_pod(job: Job, settings: OperatorSettings, attempt: int, *, serve_r
     plan = pods.inference
     spec = run.vllm
     if serve_result:
-        adapter = f"{run.config.run_dir}/{RESULT_ADAPTER_DIR}"
-        spec = replace(spec, lora_modules=((result_model_name(job.name), adapter),))
+        spec = serving_result(spec, job.name, run.config.run_dir)
     server = vllm_command(spec)
     container: dict[str, Any] = {
         "name": "vllm",

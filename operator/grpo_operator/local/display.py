@@ -1,4 +1,4 @@
-"""The runner's live view of a run: a one-line progress bar on a terminal, one line per change otherwise.
+"""The runner's live view of a run: a tqdm bar on a terminal or in a notebook, one line per change otherwise.
 
 Both render the same fields of the trainer's progress document (step, phase,
 reward, validation score, ETA); log records go through the display so they never
@@ -8,13 +8,11 @@ tear the bar.
 from __future__ import annotations
 
 import logging
-import shutil
+import sys
 import time
-from typing import Optional, Protocol, TextIO
+from typing import Any, Optional, Protocol, TextIO
 
 from grpo_trainer.contract.progress import Progress
-
-BAR_CELLS = 24
 
 
 def format_duration(seconds: Optional[float]) -> str:
@@ -42,11 +40,6 @@ def status_fields(p: Progress) -> str:
     return f"{p.step}/{p.max_steps} {p.phase:<8} reward {reward}  {val}  ETA {format_duration(p.eta_seconds)}"
 
 
-def bar(step: int, max_steps: int, cells: int = BAR_CELLS) -> str:
-    filled = 0 if max_steps <= 0 else min(cells, round(cells * step / max_steps))
-    return "[" + "#" * filled + "." * (cells - filled) + "]"
-
-
 class Display(Protocol):
     def update(self, progress: Progress) -> None: ...
 
@@ -56,28 +49,46 @@ class Display(Protocol):
 
 
 class BarDisplay:
-    """Redraws one terminal line in place."""
+    """A tqdm progress bar over the run's steps, with reward, validation score and phase beside it.
 
-    def __init__(self, stream: TextIO) -> None:
+    ``tqdm.auto`` draws a widget in a notebook and a terminal bar elsewhere; log records
+    are written above the bar (``tqdm.write``) so they never tear it.
+    """
+
+    def __init__(self, stream: TextIO, *, notebook: bool = False) -> None:
+        from tqdm import tqdm as terminal_tqdm
+        from tqdm.auto import tqdm as auto_tqdm
+
         self.stream = stream
-        self._line = ""
+        self._tqdm = auto_tqdm if notebook else terminal_tqdm
+        self._bar: Optional[Any] = None
+
+    def _ensure(self, total: int) -> Any:
+        if self._bar is None:
+            self._bar = self._tqdm(total=total, unit="step", file=self.stream, dynamic_ncols=True, leave=True)
+        elif self._bar.total != total:
+            self._bar.total = total
+        return self._bar
 
     def update(self, progress: Progress) -> None:
-        width = shutil.get_terminal_size((100, 20)).columns
-        line = f"{bar(progress.step, progress.max_steps)} {status_fields(progress)}"[: max(10, width - 1)]
-        self._line = line
-        self.stream.write("\r\x1b[2K" + line)
-        self.stream.flush()
+        bar = self._ensure(progress.max_steps)
+        if progress.step != bar.n:
+            bar.n = progress.step
+        reward = "-" if progress.reward_mean is None else f"{progress.reward_mean:.3f}"
+        bar.set_description(progress.phase, refresh=False)
+        bar.set_postfix_str(f"reward {reward}, val {_score(progress.val_score)} (best {_score(progress.best_val_score)})")
 
     def message(self, text: str) -> None:
-        self.stream.write("\r\x1b[2K" + text + "\n" + self._line)
-        self.stream.flush()
+        if self._bar is None:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+        else:
+            self._bar.write(text, file=self.stream)
 
     def close(self) -> None:
-        if self._line:
-            self.stream.write("\n")
-            self.stream.flush()
-        self._line = ""
+        if self._bar is not None:
+            self._bar.close()
+        self._bar = None
 
 
 class LineDisplay:
@@ -103,7 +114,17 @@ class LineDisplay:
         pass
 
 
+def in_notebook() -> bool:
+    """Running inside a Jupyter kernel (IPython's ZMQ shell), where tqdm draws a widget."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
 def make_display(stream: TextIO) -> Display:
+    """A bar on a terminal or in a notebook; timestamped lines in logs and pipes."""
+    if in_notebook():
+        return BarDisplay(stream, notebook=True)
     return BarDisplay(stream) if stream.isatty() else LineDisplay(stream)
 
 

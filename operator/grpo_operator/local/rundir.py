@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import re
 import shutil
 from pathlib import Path
@@ -40,12 +41,16 @@ def lock_run_dir(run_dir: Path, fresh: bool) -> TextIO:
             f"--fresh would delete {run_dir}, which is not a run directory (no {CONFIG_FILE}); remove it yourself"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = open(run_dir / LOCK_FILE, "w")
+    lock = open(run_dir / LOCK_FILE, "a+")  # not "w": truncating would erase a running runner's pid
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.close()
         raise InvalidInput(f"{run_dir} is in use by another grpo-local; wait for it or pass --run-dir") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")  # whom `grpo stop --local` signals
+    lock.flush()
     if fresh:
         for entry in run_dir.iterdir():
             if entry.name == LOCK_FILE:

@@ -21,38 +21,19 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 from grpo_trainer.contract.progress import RESULT_ADAPTER_DIR, RESULT_DIR, Progress, RunResult
+from grpo_trainer.dspy.state import PROGRAM_FILE, program_state
 from grpo_trainer.run.atomic import staged_dir
 from grpo_trainer.vllm.adapters import BestAdapter
 
 log = logging.getLogger(__name__)
 
 ADAPTER_DIR = RESULT_ADAPTER_DIR.removeprefix(f"{RESULT_DIR}/")
-PROGRAM_FILE = "program.json"
 RESULT_FILE = "result.json"
 CARD_FILE = "README.md"
-
-
-def _without_lms(state: Any) -> Any:
-    """A predictor's state (it has a signature) with its LM dropped, at any depth."""
-    if isinstance(state, dict):
-        return {k: None if k == "lm" and "signature" in state else _without_lms(v) for k, v in state.items()}
-    if isinstance(state, list):
-        return [_without_lms(v) for v in state]
-    return state
-
-
-def program_state(program: Any) -> dict[str, Any]:
-    """The program's state exactly as ``Module.save`` writes it (what ``Module.load`` reads), LMs dropped."""
-    with tempfile.TemporaryDirectory(prefix="grpo-program-") as tmp:
-        path = Path(tmp) / PROGRAM_FILE
-        program.save(str(path))
-        state = json.loads(path.read_text(encoding="utf-8"))
-    return _without_lms(state)
 
 
 def model_card(result: RunResult, progress: Progress, job: str) -> str:

@@ -1,0 +1,266 @@
+"""GRPOJobs in one namespace of a cluster, as the ``grpo`` CLI and ``compile()`` use them.
+
+Thin calls of the Kubernetes API with the user's own credentials (kubeconfig, or the
+pod's ServiceAccount inside the cluster); the API server's refusals come back as
+:class:`JobRejected` with its field messages, a failed job as :class:`JobFailed` with
+its Failed condition's words.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from typing import Any, Callable, Iterator, Optional
+
+from grpo_operator.api.job import GROUP, KIND, PLURAL, VERSION
+from grpo_operator.client.errors import GRPOError, JobFailed, JobRejected, NotServed
+from grpo_operator.client.job_view import JobView
+from grpo_operator.client.submission import Submission
+
+SUBMISSION_ANNOTATION = "grpo.dev/submission-sha256"  # what compile() submitted, to recognise it on a re-run
+TRAINER_CONTAINER = "trainer"
+POLL_SECONDS = 2.0
+IN_CLUSTER_ENV = "KUBERNETES_SERVICE_HOST"
+
+
+def in_cluster() -> bool:
+    return bool(os.environ.get(IN_CLUSTER_ENV)) and os.path.exists("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+def _api_client(context: Optional[str], kubeconfig: Optional[str]) -> tuple[Any, str]:
+    """An API client and the namespace its configuration names (the context's, the pod's, or default)."""
+    from kubernetes import client, config
+
+    if kubeconfig is None and context is None and in_cluster():
+        config.load_incluster_config()
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace", encoding="utf-8") as fh:
+            return client.ApiClient(), fh.read().strip()
+    api = config.new_client_from_config(config_file=kubeconfig, context=context)
+    _, active = config.list_kube_config_contexts(config_file=kubeconfig)
+    chosen = active
+    if context is not None:
+        contexts, _ = config.list_kube_config_contexts(config_file=kubeconfig)
+        chosen = next((c for c in contexts if c["name"] == context), active)
+    return api, (chosen or {}).get("context", {}).get("namespace") or "default"
+
+
+def _refusal(exc: Any, what: str) -> GRPOError:
+    """An ApiException as the error the user acts on: the API server's own message and field causes."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except (TypeError, ValueError):
+        body = {}
+    message = body.get("message") or exc.reason or str(exc)
+    causes = [f"{c.get('field', '')}: {c.get('message', '')}".strip(": ") for c in (body.get("details") or {}).get("causes") or []]
+    if exc.status in (400, 422):
+        return JobRejected(f"{what} was refused by the API server: {message}", causes or [message])
+    if exc.status == 403:
+        return GRPOError(f"{what}: forbidden ({message}); ask for the rights in this namespace")
+    if exc.status == 404 and "the server could not find the requested resource" in message:
+        return GRPOError(f"{what}: the GRPOJob CRD is not installed in this cluster (helm install grpo-operator ...)")
+    return GRPOError(f"{what}: {exc.status} {message}")
+
+
+class ClusterJobs:
+    """The GRPOJobs of one namespace."""
+
+    def __init__(
+        self,
+        namespace: Optional[str] = None,
+        *,
+        context: Optional[str] = None,
+        kubeconfig: Optional[str] = None,
+        api_client: Any = None,
+    ) -> None:
+        from kubernetes import client
+
+        if api_client is None:
+            api_client, default_ns = _api_client(context, kubeconfig)
+        else:
+            default_ns = "default"
+        self.api_client = api_client
+        self.namespace = namespace or default_ns
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return fn(*args, **kwargs)
+        except ApiException as exc:
+            raise _refusal(exc, what) from None
+
+    # -- reading ---------------------------------------------------------------
+
+    def get(self, name: str) -> dict[str, Any]:
+        return self._call(f"GRPOJob {name}", self.custom.get_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL, name)
+
+    def view(self, name: str) -> JobView:
+        return JobView.of(self.get(name))
+
+    def list(self) -> list[JobView]:
+        items = self._call("GRPOJobs", self.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL)
+        return [JobView.of(o) for o in items.get("items", [])]
+
+    def exists(self, name: str) -> bool:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise _refusal(exc, f"GRPOJob {name}") from None
+        return True
+
+    # -- submitting ---------------------------------------------------------------
+
+    def submit(self, submission: Submission, digest: str) -> dict[str, Any]:
+        """Create the job, then its ConfigMaps and Secret owned by it (collected with it). A job of the same
+        name that compile() submitted with the same content is taken as it is (a re-run follows it)."""
+        from kubernetes.client.exceptions import ApiException
+
+        job = json.loads(json.dumps(submission.job))
+        job["metadata"].setdefault("annotations", {})[SUBMISSION_ANNOTATION] = digest
+        try:
+            created = self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, job)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise _refusal(exc, f"GRPOJob {submission.name}") from None
+            existing = self.get(submission.name)
+            if (existing["metadata"].get("annotations") or {}).get(SUBMISSION_ANNOTATION) != digest:
+                raise JobRejected(
+                    f"a GRPOJob named {submission.name} already exists in {self.namespace} with other content; pass "
+                    f"GRPO(name=...) for a new job, or delete it (grpo delete {submission.name})"
+                ) from None
+            return existing
+        owner = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": created["metadata"]["name"],
+            "uid": created["metadata"]["uid"],
+            "controller": False,
+            "blockOwnerDeletion": False,
+        }
+        for manifest in submission.config_maps:
+            body = json.loads(json.dumps(manifest))
+            body["metadata"]["ownerReferences"] = [owner]
+            self._create(self.core.create_namespaced_config_map, body, f"ConfigMap {body['metadata']['name']}")
+        if submission.secret_data:
+            secret = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "Opaque",
+                "metadata": {"name": submission.secret_name, "ownerReferences": [owner]},
+                "data": {k: base64.b64encode(v.encode()).decode() for k, v in submission.secret_data.items()},
+            }
+            self._create(self.core.create_namespaced_secret, secret, f"Secret {submission.secret_name}")
+        return created
+
+    def _create(self, create: Callable[..., Any], body: dict[str, Any], what: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            create(self.namespace, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise _refusal(exc, what) from None
+
+    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Create a GRPOJob from a manifest (``grpo submit``)."""
+        return self._call(
+            f"GRPOJob {manifest.get('metadata', {}).get('name')}",
+            self.custom.create_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            self.namespace,
+            PLURAL,
+            manifest,
+        )
+
+    # -- changing -----------------------------------------------------------------
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return self._call(
+            f"GRPOJob {name}",
+            self.custom.patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            self.namespace,
+            PLURAL,
+            name,
+            {"spec": spec},
+        )
+
+    def stop(self, name: str) -> None:
+        """Suspend: the pods go (the trainer checkpoints on its way out), the volume stays; resume continues."""
+        self.patch_spec(name, {"suspend": True})
+
+    def resume(self, name: str) -> None:
+        self.patch_spec(name, {"suspend": False})
+
+    def result(self, name: str) -> dict[str, Any]:
+        view = self.view(name)
+        return {"result": view.result, "endpoint": view.endpoint}
+
+    def delete(self, name: str) -> None:
+        self._call(f"GRPOJob {name}", self.custom.delete_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL, name)
+
+    # -- following ------------------------------------------------------------------
+
+    def wait(
+        self,
+        name: str,
+        *,
+        until: Callable[[JobView], bool] = lambda v: v.finished,
+        on_view: Optional[Callable[[JobView], None]] = None,
+        timeout: Optional[float] = None,
+        poll: float = POLL_SECONDS,
+    ) -> JobView:
+        """Poll the job until ``until`` holds (default: Succeeded or Failed); raises TimeoutError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            view = self.view(name)
+            if on_view is not None:
+                on_view(view)
+            if until(view):
+                return view
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"GRPOJob {name} is {view.state} ({view.reason}: {view.message}) after {timeout:g} s")
+            time.sleep(poll)
+
+    def logs(self, name: str, *, follow: bool = False, tail: Optional[int] = None) -> Iterator[str]:
+        """The trainer's log lines (the current attempt's pod), as ``kubectl logs`` shows them."""
+        pod = self.view(name).trainer_pod
+        if not pod:
+            raise GRPOError(f"GRPOJob {name} has no trainer pod yet")
+        kwargs: dict[str, Any] = {"container": TRAINER_CONTAINER, "follow": follow, "_preload_content": False}
+        if tail is not None:
+            kwargs["tail_lines"] = tail
+        response = self._call(f"the log of pod {pod}", self.core.read_namespaced_pod_log, pod, self.namespace, **kwargs)
+        buffer = b""
+        try:
+            for chunk in response.stream(amt=4096, decode_content=True):
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    yield line.decode("utf-8", errors="replace")
+            if buffer:
+                yield buffer.decode("utf-8", errors="replace")
+        finally:
+            response.release_conn()
+
+    def secret_value(self, name: str, key: str) -> str:
+        secret = self._call(f"Secret {name}", self.core.read_namespaced_secret, name, self.namespace)
+        data = (secret.data or {}).get(key)
+        if data is None:
+            raise NotServed(f"Secret {name} has no key {key}")
+        return base64.b64decode(data).decode()
+
+
+def raise_if_failed(view: JobView) -> None:
+    if view.state == "Failed":
+        raise JobFailed(view.name, view.reason, view.message)
