@@ -7,8 +7,8 @@
    few training seeds and sequential for one: baseline vs final validation score,
    and wall time.
 
-Writes the ``learning`` section of bench/RESULTS.md; tests/local/test_learning.py
-takes its noise figure from here.
+Writes the ``learning`` section of bench/RESULTS.md; tests/support/learning.py (the margin
+tests/local/test_local_e2e.py and tests/local/test_compile.py assert) takes its noise figure from here.
 """
 
 from __future__ import annotations

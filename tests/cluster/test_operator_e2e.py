@@ -12,6 +12,8 @@ runs on a fake node).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -26,6 +28,7 @@ from controlplane import ControlPlane, wait_until
 
 from grpo_operator.children import JOB_LABEL
 from grpo_trainer.contract.progress import Progress
+from support.checkout import checkout_env
 from support.cluster_jobs import (
     CHART,
     RESTRICTED,
@@ -285,23 +288,108 @@ def test_operator_killed_mid_creation_makes_exactly_one_set_of_children(
     assert get_job(cp, ns, "papillon")["status"]["restarts"] == 0
 
 
+def team_member(cp: ControlPlane, ns: str, name: str = "alice") -> Path:
+    """A kubeconfig of a team member who holds the built-in ``edit`` role in the namespace (the chart
+    aggregates GRPOJob rights into it): what a notebook's compile() and the grpo CLI run as."""
+    path = cp.kubeconfig_for_serviceaccount(ns, name)
+    cp.kubectl("create", "rolebinding", f"{name}-edit", "--clusterrole=edit", f"--serviceaccount={ns}:{name}", "-n", ns)
+    return path
+
+
+def grpo(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The ``grpo`` CLI as a user runs it, with their kubeconfig."""
+    return subprocess.run(
+        [sys.executable, "-m", "grpo_operator.client.cli", *args, "--kubeconfig", str(kubeconfig)],
+        env=checkout_env(), capture_output=True, text=True, timeout=60,
+    )
+
+
 def test_suspend_deletes_pods_keeps_volume_and_resume_recreates(
     control_plane: ControlPlane, job_ns: str, operator: OperatorProcess
 ):
+    """Through the grpo CLI, as a team member with the namespace's edit role: stop suspends (pods go, the
+    volume stays), status says so, resume recreates the pods on the same volume."""
     cp, ns = control_plane, job_ns
+    alice = team_member(cp, ns)
     apply_jobs(cp, ns, job_manifest())
     wait_job(cp, ns, "papillon", is_true("Training"), "Training=True")
     pvc_uid = cp.get_json("pvc", "papillon-run", namespace=ns)["metadata"]["uid"]
-    cp.kubectl("patch", "grpojob", "papillon", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    stop = grpo(alice, "stop", "papillon", "-n", ns)
+    assert stop.returncode == 0 and "volume and checkpoints are kept" in stop.stdout, stop.stderr
     wait_job(cp, ns, "papillon", is_true("Suspended"), "Suspended=True")
     wait_until(lambda: not pods(cp, ns), timeout=20, what="pods deleted")
     assert cp.get_json("pvc", "papillon-run", namespace=ns)["metadata"]["uid"] == pvc_uid
     assert cp.kubectl("get", "grpojobs", "-n", ns).stdout.splitlines()[1].split()[1] == "Suspended"
-    cp.kubectl("patch", "grpojob", "papillon", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    status = grpo(alice, "status", "papillon", "-n", ns, "-o", "json")
+    assert status.returncode == 0 and json.loads(status.stdout)["state"] == "Suspended", status.stderr
+    resume = grpo(alice, "resume", "papillon", "-n", ns)
+    assert resume.returncode == 0, resume.stderr
     job = wait_job(cp, ns, "papillon", is_true("Training"), "Training=True after resume")
     assert cond(job, "Suspended")["status"] == "False"
     assert set(pods(cp, ns)) == {"papillon-trainer-0", "papillon-inference-0"}
     assert cp.get_json("pvc", "papillon-run", namespace=ns)["metadata"]["uid"] == pvc_uid
+    table = grpo(alice, "status", "-n", ns).stdout.splitlines()
+    assert table[0].split()[:3] == ["NAME", "STATE", "STEP"] and table[1].split()[:2] == ["papillon", "Training"]
+
+
+def test_compile_submits_its_job_with_code_data_and_keys_owned_by_it_and_a_rerun_finds_it(
+    control_plane: ControlPlane, operator_kubeconfig: Path, job_ns: str, tmp_path: Path
+):
+    """What compile() creates with a team member's rights: the GRPOJob, its code and data ConfigMaps and the
+    Secret of the untrusted model's key, all owned by the job (collected with it); the key only in the Secret.
+    The same submission again finds the job; other content under its name is refused; the API server's own
+    refusal comes back naming the field. (No operator: nothing here runs the job.)"""
+    import dspy
+
+    from grpo_operator.client.cluster_jobs import ClusterJobs
+    from grpo_operator.client.code_bundle import make_bundle
+    from grpo_operator.client.errors import JobRejected
+    from grpo_operator.client.student import analyse
+    from grpo_operator.client.submission import build
+    from support.own_program import OWN_PROGRAM
+
+    cp, ns = control_plane, job_ns
+    jobs = ClusterJobs(ns, kubeconfig=str(team_member(cp, ns)))
+    sys.path.insert(0, str(OWN_PROGRAM))
+    try:
+        from topics.metric import topic_match  # type: ignore[import-not-found]
+        from topics.program import Topic  # type: ignore[import-not-found]
+
+        student = Topic()
+        student.set_lm(dspy.LM("openai/Qwen/Qwen2.5-0.5B-Instruct"))
+        paths, bundle = make_bundle({"program": Topic, "metric": topic_match}, tmp_path / "code")
+    finally:
+        sys.path.remove(str(OWN_PROGRAM))
+    rows = [dspy.Example(text=f"a match report {i}", topic="sport").with_inputs("text") for i in range(6)]
+
+    def submission(steps: int):
+        return build(
+            student=analyse(student), bundle=bundle, paths=paths, trainset=rows, valset=rows[:2],
+            grpo={"num_train_steps": steps}, train_kwargs={}, model=None, name="topics-compiled",
+            spec_overrides={"serve": {"enabled": True}}, main_ns={},
+        )
+
+    sub = submission(5)
+    sub.secret_data["untrusted-api-key"] = "sk-test-never-in-the-job"  # as if the student named a keyed endpoint
+    sub.secret_env["GRPO_UNTRUSTED_API_KEY"] = "untrusted-api-key"
+    created = jobs.submit(sub, "digest-1")
+    owner = {"kind": "GRPOJob", "name": "topics-compiled", "uid": created["metadata"]["uid"]}
+    for kind, name in (("configmap", "topics-compiled-code"), ("secret", "topics-compiled-keys")):
+        refs = cp.get_json(kind, name, namespace=ns)["metadata"]["ownerReferences"]
+        assert [{k: r[k] for k in owner} for r in refs] == [owner], (kind, refs)
+    assert "sk-test-never-in-the-job" not in json.dumps(cp.get_json("grpojob", "topics-compiled", namespace=ns))
+    job = cp.get_json("grpojob", "topics-compiled", namespace=ns)
+    assert job["spec"]["code"] == [{"configMap": {"name": "topics-compiled-code"}}]
+    assert len(job["spec"]["data"]["train"]["inline"]["rows"]) == 6
+    assert jobs.submit(sub, "digest-1")["metadata"]["uid"] == created["metadata"]["uid"]  # a re-run finds it
+    with pytest.raises(JobRejected, match="already exists .* with other content; pass GRPO\\(name=...\\)"):
+        jobs.submit(submission(6), "digest-2")
+    bad = json.loads(json.dumps(submission(5).job))
+    bad["metadata"]["name"] = "topics-refused"
+    bad["spec"]["grpo"]["num_samples_per_input"] = 1
+    with pytest.raises(JobRejected) as refused:
+        jobs.apply(bad)
+    assert any("spec.grpo.num_samples_per_input" in p for p in refused.value.problems), refused.value.problems
 
 
 def test_unschedulable_job_says_why_within_a_minute(

@@ -3,7 +3,7 @@
 These prove the runner's contract (completion, report, Ctrl-C → checkpoint → resume,
 no process left behind) and, on the same run, that the embedded default as it runs on a
 CPU learns through those faults (the margin of tests/support/learning.py; the overlapped
-mode is tests/local/test_learning.py).
+mode is tests/local/test_compile.py, through compile()).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ def assert_serves_result(lm: Any, run_dir: Path, text: str = "Write a short requ
     assert result["adapter"], "the base model scored best: there is no adapter to serve"
     base = result["base_model"]
     token_ids = AutoTokenizer.from_pretrained(base)(text)["input_ids"]
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32), str(run_dir / "result" / "adapter"))
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), str(run_dir / "result" / "adapter"))
     name = lm.model.removeprefix("openai/")
     check = check_served_adapter(model, torch.device("cpu"), lm.kwargs["api_base"], name, run_dir / "result" / "adapter", token_ids)
     assert check.served_vs_disk <= 1e-3, check

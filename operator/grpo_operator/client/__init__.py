@@ -19,14 +19,14 @@ from grpo_operator.client.errors import BundleError, GRPOError, JobFailed, JobRe
 if TYPE_CHECKING:
     from grpo_operator.client.cluster_backend import ClusterBackend
     from grpo_operator.client.local_backend import LocalBackend
-    from grpo_operator.client.load import load
+    from grpo_operator.client.loading import load
     from grpo_operator.client.optimizer import GRPO
 
 _LAZY = {
     "GRPO": "grpo_operator.client.optimizer",
     "LocalBackend": "grpo_operator.client.local_backend",
     "ClusterBackend": "grpo_operator.client.cluster_backend",
-    "load": "grpo_operator.client.load",
+    "load": "grpo_operator.client.loading",
 }
 
 __all__ = ["GRPO", "LocalBackend", "ClusterBackend", "load", "GRPOError", "BundleError", "JobRejected", "JobFailed", "NotServed"]
