@@ -1,4 +1,4 @@
-"""Rollouts of PAPILLON through a real vLLM (CPU) server, the example sampler, and GRPO grouping.
+"""Rollouts of PAPILLON through a real vLLM (CPU) server, the example sampler, and their GRPO groups.
 
 The untrusted model and the judge are the same server's base model, called through
 the OpenAI-compatible client path (litellm -> OpenAI API) that real endpoints use.
@@ -17,12 +17,12 @@ from transformers import AutoTokenizer
 
 from grpo_trainer.contract.config import DataSpec, LMEndpoint, VLLMEndpoint
 from grpo_trainer.dspy.data import load_examples
-from grpo_trainer.dspy.lms import ExternalLM, LMCall, PolicyChatAdapter, PolicyLM, external_lm
+from grpo_trainer.dspy.lms import ExternalLM, PolicyChatAdapter, PolicyLM, external_lm
 from grpo_trainer.dspy.programs.papillon import CRAFT, RESPOND
 from grpo_trainer.dspy.registry import data_defaults, resolve_metric, resolve_program
 from grpo_trainer.dspy.rewards.offline import papillon_offline
 from grpo_trainer.embedded.bundled import PII_DELEGATION
-from grpo_trainer.grpo.groups import ALL_PREDICTORS, build_groups
+from grpo_trainer.grpo.groups import build_groups
 from grpo_trainer.grpo.rollout import ExampleSampler, PolicyCallError, Rollout, run_rollouts
 from support.vllm import VLLMServer
 
@@ -51,67 +51,6 @@ def test_sampler_batches_are_distinct_across_an_epoch_boundary() -> None:
     for _ in range(20):
         batch = sampler.next_batch(4)
         assert len(set(batch)) == 4
-
-
-# --------------------------------------------------------------------------- grouping (no server)
-
-
-def call(predictor: str, invocation: int, tokens: list[int], finish: str = "stop") -> LMCall:
-    return LMCall(
-        predictor=predictor,
-        invocation=invocation,
-        model="policy-v1",
-        messages=[],
-        prompt_ids=[1, 2, invocation],
-        completion_ids=tokens,
-        logprobs=[-0.5] * len(tokens),
-        finish_reason=finish,
-        text="",
-    )
-
-
-def rollout(example: int, sample: int, reward: float, calls: list[LMCall]) -> Rollout:
-    return Rollout(example_index=example, sample_index=sample, reward=reward, failure=None, calls=calls)
-
-
-def test_groups_pool_predictors_when_multitask_and_split_them_otherwise() -> None:
-    rollouts = [
-        rollout(0, s, reward, [call("a", 0, [10 + s]), call("b", 0, [20 + s], finish="length")])
-        for s, reward in enumerate([1.0, 0.0, 0.5])
-    ]
-    pooled = build_groups(rollouts, multitask=True, scale_rewards=False)
-    assert [name for name, _ in pooled.batches] == [ALL_PREDICTORS]
-    assert sorted(s.group for s in pooled.samples) == ["0/a/0"] * 3 + ["0/b/0"] * 3
-    a = [s for s in pooled.samples if s.group == "0/a/0"]
-    assert [s.advantage for s in a] == pytest.approx([0.5, -0.5, 0.0])  # r - mean, unscaled
-    assert [s.completion_ids for s in a] == [[10], [11], [12]]
-    assert all(s.truncated for s in pooled.samples if s.group == "0/b/0")
-
-    split = build_groups(rollouts, multitask=False, scale_rewards=True)
-    assert [name for name, _ in split.batches] == ["a", "b"]
-    assert all(len(batch) == 3 for _, batch in split.batches)
-    assert [s.advantage for s in split.batches[0][1]] == pytest.approx([1.0, -1.0, 0.0], rel=1e-3)  # / std(=0.5)
-
-
-def test_zero_variance_groups_are_counted_and_skipped() -> None:
-    rollouts = [rollout(0, s, 0.7, [call("a", 0, [s + 1])]) for s in range(4)]
-    rollouts += [rollout(1, s, float(s), [call("a", 0, [s + 1])]) for s in range(4)]
-    grouped = build_groups(rollouts, multitask=True, scale_rewards=False)
-    assert grouped.zero_variance_groups == 1
-    assert [g.key.example_index for g in grouped.groups] == [1]
-    assert len(grouped.samples) == 4 and grouped.total_groups == 2
-
-
-def test_invocations_align_to_the_shortest_count_and_absent_predictors_are_left_out() -> None:
-    rollouts = [
-        rollout(0, 0, 1.0, [call("a", 0, [1]), call("a", 1, [2]), call("a", 2, [3]), call("b", 0, [4])]),
-        rollout(0, 1, 0.0, [call("a", 0, [5]), call("a", 1, [6]), call("b", 0, [7])]),
-        rollout(0, 2, 0.5, [call("a", 0, [8]), call("a", 1, [9])]),  # never reached b
-    ]
-    grouped = build_groups(rollouts, multitask=True, scale_rewards=False)
-    assert sorted(g.key.label() for g in grouped.groups) == ["0/a/0", "0/a/1", "0/b/0"]
-    assert sorted(len(g.samples) for g in grouped.groups) == [2, 3, 3]
-    assert [s.completion_ids for s in grouped.samples if s.group == "0/a/1"] == [[2], [6], [9]]
 
 
 # --------------------------------------------------------------------------- real rollouts

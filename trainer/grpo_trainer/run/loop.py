@@ -33,7 +33,7 @@ from grpo_trainer.contract.progress import (
 )
 from grpo_trainer.dspy.lms import PolicyChatAdapter, PolicyLM, derive_seed
 from grpo_trainer.dspy.task import Task, checked_task
-from grpo_trainer.grpo.groups import build_groups
+from grpo_trainer.grpo.groups import Grouping, build_groups
 from grpo_trainer.grpo.optim import build_optimizer, build_scheduler
 from grpo_trainer.grpo.policy import Policy, load_policy
 from grpo_trainer.grpo.prefetch import Drawn, Prefetcher, publish_unloads, resume_versions, sampling_version
@@ -314,7 +314,12 @@ class GRPORun:
                 "no rollout of this step called the local model: the program fails before sampling "
                 f"(first error: {next((r.error for r in rollouts if r.error), 'none reported; the program swallowed it')})"
             )
-        grouped = build_groups(rollouts, multitask=g.multitask, scale_rewards=t.scale_rewards)
+        grouping = Grouping(
+            mode=g.variably_invoked_predictor_grouping_mode,
+            fill_strategy=g.variably_invoked_predictor_fill_strategy,
+            seed=derive_seed(g.seed, "fill", drawn.step),
+        )
+        grouped = build_groups(rollouts, multitask=g.multitask, scale_rewards=t.scale_rewards, grouping=grouping)
         if g.multitask or not grouped.batches:
             predictor, samples = grouped.batches[0] if grouped.batches else ("all", [])
         else:
