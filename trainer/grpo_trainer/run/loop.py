@@ -142,7 +142,9 @@ class GRPORun:
         self.policy = load_policy(self.cfg.model, self.cfg.train, self.cfg.device)
         self.optimizer = build_optimizer(self.policy.trainable_parameters(), self.cfg.train)
         self.scheduler = build_scheduler(self.optimizer, self.cfg.train)
-        state = self.ckpt.restore(self.policy.model, self.optimizer, self.scheduler, rank=self.dist.rank)
+        state = self.ckpt.restore(
+            self.policy.model, self.optimizer, self.scheduler, rank=self.dist.rank, grad_scaler=self.policy.grad_scaler
+        )
         if state is not None and self.dist.is_main:  # every rank restored it; one line says so
             log.info("resumed from checkpoint", extra={"step": state.step, "ranks": self.dist.world_size})
         return state
@@ -412,6 +414,7 @@ class GRPORun:
             self.scheduler,
             rng_states=rngs,
             base_model_name=self.cfg.vllm.served_model_name,
+            grad_scaler=self.policy.grad_scaler,
         )
         s.store.prune(self.cfg.grpo.keep_checkpoints + 1, protect=s.sync.wanted())
 
