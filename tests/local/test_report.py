@@ -108,6 +108,9 @@ def test_summary_json_and_plot_are_written(run_dir: Path) -> None:
 
 def test_best_adapter_is_none_before_any_adapter_won(tmp_path: Path) -> None:
     assert best_adapter_path(tmp_path) is None
+    # a step scored best but grpo.checkpoint none kept no best adapter: not "the base model"
+    table = summary_table(summarize(synthetic_progress(), tmp_path, outcome="finished", wall_seconds=1.0))
+    assert "- (not kept: checkpoint none)" in table
 
 
 def test_line_display_prints_one_line_per_change() -> None:

@@ -141,7 +141,7 @@ def summary_table(s: Summary, plot: Optional[Path] = None) -> str:
         ("tokens generated", f"{s.tokens_generated:,}"),
         ("tokens trained", f"{s.tokens_trained:,}"),
         *_diagnostic_rows(s.last_step_diagnostics),
-        ("best adapter", s.best_adapter or "- (the base model)"),
+        ("best adapter", s.best_adapter or ("- (not kept: checkpoint none)" if s.best_step else "- (the base model)")),
         ("run directory", s.run_dir),
     ]
     if s.result_dir is not None:

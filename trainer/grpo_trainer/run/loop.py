@@ -45,7 +45,7 @@ from grpo_trainer.run.checkpoint import CheckpointManager, TrainingState, captur
 from grpo_trainer.run.distributed import DistContext, broadcast_object, wait_for_main
 from grpo_trainer.run.progress_board import ProgressBoard
 from grpo_trainer.run.progress_server import ProgressServer, TrainerMetrics
-from grpo_trainer.run.result import write_result
+from grpo_trainer.run.result import keep_best, result_adapter, write_result
 from grpo_trainer.run.stopflag import StopFlag
 from grpo_trainer.run.tracking import CompletionLog, make_tracker
 from grpo_trainer.usercode.install import CODE_IDENTITY_FILE, code_summary, identity_json
@@ -257,9 +257,10 @@ class GRPORun:
             score = self._evaluate(s, s.val, "val")
             train_score = self._evaluate(s, s.train, "train") if self.cfg.grpo.report_train_scores else None
         is_best = s.board.validation(step, score, baseline=step == 0, train_score=train_score)
-        if is_best:
+        mode = self.cfg.grpo.checkpoint
+        if is_best and mode != "none":  # none keeps no best adapter: the result is the last step's
             if step > 0:
-                s.store.set_best(step, score)
+                keep_best(s.store, mode, step, score)
                 s.board.best_adapter(version_name(step))
             else:
                 s.board.best_adapter(None)
@@ -432,7 +433,7 @@ class GRPORun:
         if self.dist.is_main:
             assert self.task is not None
             self.sampling = s = self._setup_sampling(state, self.task)
-            if state is not None and state.best_step:
+            if state is not None and state.best_step and self.cfg.grpo.checkpoint != "none":
                 s.sync.set_best(state.best_step)
             for version in resume_versions(step, self.overlap):
                 if version in (0, step) or s.store.path(version).is_dir():
@@ -484,19 +485,23 @@ class GRPORun:
         return phase
 
     def _write_result(self, s: Sampling, *, finished: bool) -> RunResult:
-        """Replace result/ on the volume with the best adapter so far (see grpo_trainer.run.result)."""
+        """Replace result/ on the volume with the best adapter so far, or with grpo.checkpoint none the
+        last step's (see grpo_trainer.run.result)."""
         assert self.task is not None
         snapshot = s.board.snapshot()
-        best = s.store.best() if snapshot.best_step else None
+        mode = self.cfg.grpo.checkpoint
+        adapter, base_score = result_adapter(mode, s.store, snapshot)
         result = write_result(
             self.run_dir,
             job=self.cfg.job_name,
             base_model=self.cfg.model,
-            best=best,
-            best_score=snapshot.best_val_score,
+            adapter=adapter,
+            base_score=base_score,
             program=self.task.program,
             progress=snapshot,
             finished=finished,
+            checkpoint=mode,
+            improvements=s.store.improvements(),
         )
         s.board.record_result(result)
         return result
