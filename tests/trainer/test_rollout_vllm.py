@@ -17,7 +17,8 @@ from transformers import AutoTokenizer
 
 from grpo_trainer.contract.config import DataSpec, LMEndpoint, VLLMEndpoint
 from grpo_trainer.dspy.data import load_examples
-from grpo_trainer.dspy.lms import ExternalLM, PolicyChatAdapter, PolicyLM, external_lm
+from grpo_trainer.dspy.lms import ExternalLM, PolicyLM, external_lm
+from grpo_trainer.dspy.policy_adapters import PolicyChatAdapter
 from grpo_trainer.dspy.programs.papillon import CRAFT, RESPOND
 from grpo_trainer.dspy.registry import data_defaults, resolve_metric, resolve_program
 from grpo_trainer.dspy.rewards.offline import papillon_offline

@@ -29,7 +29,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import dspy
 
-from grpo_trainer.dspy.lms import LMCall, PolicyChatAdapter, RolloutRecord, derive_seed, recording
+from grpo_trainer.dspy.lms import LMCall, RolloutRecord, derive_seed, recording
+from grpo_trainer.dspy.policy_adapters import PolicyAdapter, PolicyChatAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def _run_one(
     sample_index: int,
     predictor_names: Mapping[int, str],
     seed: Optional[int],
-    adapter: PolicyChatAdapter,
+    adapter: PolicyAdapter,
     failure_score: float,
     format_failure_score: float,
 ) -> Rollout:
@@ -219,7 +220,7 @@ def run_rollouts(
     *,
     example_indices: Optional[Sequence[int]] = None,
     seed: Optional[int] = None,
-    adapter: Optional[PolicyChatAdapter] = None,
+    adapter: Optional[PolicyAdapter] = None,
 ) -> list[Rollout]:
     """``num_samples_per_input`` rollouts of ``program`` per example, ``num_threads`` at a time.
 

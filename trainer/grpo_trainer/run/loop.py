@@ -31,7 +31,8 @@ from grpo_trainer.contract.progress import (
     StepDiagnostics,
     result_model_name,
 )
-from grpo_trainer.dspy.lms import PolicyChatAdapter, PolicyLM, derive_seed
+from grpo_trainer.dspy.lms import PolicyLM, derive_seed
+from grpo_trainer.dspy.policy_adapters import PolicyAdapter, PolicyChatAdapter, policy_adapter
 from grpo_trainer.dspy.task import Task, checked_task
 from grpo_trainer.grpo.groups import Grouping, build_groups
 from grpo_trainer.grpo.optim import build_optimizer, build_scheduler
@@ -103,7 +104,7 @@ class Sampling:
     sync: VLLMAdapterSync
     store: AdapterStore
     board: ProgressBoard
-    adapter: PolicyChatAdapter = field(default_factory=PolicyChatAdapter)
+    adapter: PolicyAdapter = field(default_factory=PolicyChatAdapter)
     completions: Optional[CompletionLog] = None
     tracker: Any = None
     server: Optional[ProgressServer] = None
@@ -181,7 +182,7 @@ class GRPORun:
             sync=sync,
             store=store,
             board=board,
-            adapter=PolicyChatAdapter(constrain_format=cfg.grpo.constrain_output_format),
+            adapter=policy_adapter(cfg.grpo.adapter, constrain_format=cfg.grpo.constrain_output_format),
             completions=CompletionLog(self.run_dir) if cfg.train.log_completions else None,
             tracker=make_tracker(cfg.train.report_to, self.run_dir, cfg.job_name, cfg.model_dump(mode="json")),
             server=server,
