@@ -6,6 +6,7 @@ the OpenAI-compatible client path (litellm -> OpenAI API) that real endpoints us
 
 from __future__ import annotations
 
+import json
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from transformers import AutoTokenizer
 from grpo_trainer.contract.config import DataSpec, LMEndpoint, VLLMEndpoint
 from grpo_trainer.dspy.data import load_examples
 from grpo_trainer.dspy.lms import ExternalLM, PolicyLM, external_lm
-from grpo_trainer.dspy.policy_adapters import PolicyChatAdapter
+from grpo_trainer.dspy.policy_adapters import PolicyChatAdapter, PolicyJSONAdapter
 from grpo_trainer.dspy.programs.papillon import CRAFT, RESPOND
 from grpo_trainer.dspy.registry import data_defaults, resolve_metric, resolve_program
 from grpo_trainer.dspy.rewards.offline import papillon_offline
@@ -213,6 +214,58 @@ def test_unparseable_output_is_a_format_failure_with_no_json_retry(vllm_server: 
     assert not untrusted.history, "the program stopped at the parse failure"
     grouped = build_groups(rollouts, multitask=True, scale_rewards=True)
     assert (grouped.zero_variance_groups, grouped.samples) == (1, [])
+
+
+class Reviewed(dspy.Module):
+    """The policy answers; a predictor with an LM of its own (chosen by the program) reviews the answer."""
+
+    def __init__(self, reviewer: dspy.LM) -> None:
+        super().__init__()
+        self.answer = dspy.Predict("question -> answer")
+        self.review = dspy.Predict("question, answer -> verdict")
+        self.review.lm = reviewer
+
+    def forward(self, question: str) -> dspy.Prediction:
+        answer = self.answer(question=question).answer
+        try:
+            verdict = self.review(question=question, answer=answer).verdict
+        except Exception:  # a random reviewer cannot write DSPy's format: not the policy's failure
+            verdict = ""
+        return dspy.Prediction(answer=answer, verdict=verdict)
+
+
+def test_a_json_rollout_records_what_vllm_sampled_and_only_the_policys_predictors(vllm_server: VLLMServer) -> None:
+    """grpo.adapter json (constrained): the prompt vLLM saw is the JSONAdapter's, and the recorded prompt and
+    completion ids are vLLM's own; the reviewer keeps the LM the program gave it and none of its calls is trained."""
+    reviewer = dspy.LM(
+        f"openai/{vllm_server.served_name}", api_base=vllm_server.openai_url, api_key="EMPTY", max_tokens=8, cache=False
+    )
+    program = Reviewed(reviewer)
+    policy = PolicyLM(vllm_server.openai_url, vllm_server.served_name, max_tokens=64)
+    examples = [dspy.Example(question="What is the capital of France?").with_inputs("question")]
+    rollouts = run_rollouts(
+        program, lambda example, pred, trace=None: float(len(pred.answer)), examples, 3, 3, lm=policy, seed=5,
+        adapter=PolicyJSONAdapter(constrain_format=True),
+    )  # fmt: skip
+    assert program.answer.lm is policy and program.review.lm is reviewer
+    assert reviewer.history, "the reviewer ran, on its own LM"
+    calls = [c for r in rollouts for c in r.calls]
+    assert [(c.predictor, c.parse_failed) for c in calls] == [("answer", False)] * 3
+    for r, c in zip(rollouts, calls, strict=True):
+        assert r.failure is None and r.reward == len(r.prediction["answer"]) > 0
+        assert json.loads(c.text) == {"answer": r.prediction["answer"]}
+    assert "Respond with a JSON object" in calls[0].messages[-1]["content"]  # JSONAdapter's prompt, not ChatAdapter's
+    by_completion = {tuple(c.completion_ids): c for c in calls}
+    for entry in policy.history:
+        response = entry["response"]
+        recorded = by_completion[tuple(response.choices[0].token_ids)]
+        assert recorded.prompt_ids == list(response.prompt_token_ids)
+        assert recorded.logprobs == [t.logprob for t in response.choices[0].logprobs.content]
+    tokenizer = AutoTokenizer.from_pretrained(vllm_server.model_dir)
+    for c in calls:
+        body = {"model": vllm_server.served_name, "messages": c.messages, "add_generation_prompt": True}
+        assert c.prompt_ids == httpx.post(f"{vllm_server.url}/tokenize", json=body, timeout=30).json()["tokens"]
+        assert tokenizer.decode(c.completion_ids, skip_special_tokens=True) == c.text
 
 
 def test_untrusted_model_and_judge_reach_vllm_through_the_openai_client(vllm_server: VLLMServer) -> None:

@@ -33,6 +33,7 @@ from grpo_trainer.contract.progress import (
 )
 from grpo_trainer.dspy.lms import PolicyLM, derive_seed
 from grpo_trainer.dspy.policy_adapters import PolicyAdapter, PolicyChatAdapter, policy_adapter
+from grpo_trainer.dspy.policy_binding import bind_policy
 from grpo_trainer.dspy.task import Task, checked_task
 from grpo_trainer.grpo.groups import Grouping, build_groups
 from grpo_trainer.grpo.optim import build_optimizer, build_scheduler
@@ -164,6 +165,7 @@ class GRPORun:
         program, train = task.program, task.train
         write_text_atomic(self.run_dir / CODE_IDENTITY_FILE, identity_json(task.code))  # which code trained it
         board.code(code_summary(task.code, CODE_SUMMARY_CHARS))
+        board.trained_predictors(task.trained_predictors)
         if state is not None and state.sampler:
             sampler = ExampleSampler.from_state(len(train), state.sampler)
         else:
@@ -171,7 +173,7 @@ class GRPORun:
         sync = VLLMAdapterSync.from_endpoint(cfg.vllm)
         store = AdapterStore(self.run_dir, cfg.vllm.served_model_name)
         lm = PolicyLM.from_config(cfg.vllm, cfg.vllm.served_model_name, cfg.train)
-        program.set_lm(lm)
+        bind_policy(program, lm)  # the predictors the task check found without an LM of their own
         return Sampling(
             program=program,
             metric=task.metric,

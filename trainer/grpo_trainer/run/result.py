@@ -8,7 +8,7 @@
                        left out: the LM to use is the adapter, served or loaded, and an LM's
                        state may hold an endpoint's key
         result.json    the RunResult (contract.progress) plus the job, the scores by step,
-                       the code's identity, the checkpoint mode and,
+                       the code's identity, the trained predictors, the checkpoint mode and,
                        with grpo.checkpoint improvements, every improving adapter kept in adapters/
         README.md      a short model card: what it is and how to use it
 
@@ -74,6 +74,8 @@ def model_card(result: RunResult, progress: Progress, job: str, checkpoint: Chec
         f"- validation score: {scored}" + (f" (before training: {baseline:.4f})" if baseline is not None else ""),
         f"- steps trained: {progress.step} of {progress.max_steps}" + ("" if result.finished else " (run in progress)"),
     ]
+    if progress.trained_predictors:
+        lines.append(f"- trained predictors: {', '.join(progress.trained_predictors)}")
     if progress.code:
         lines.append(f"- code: {progress.code}")
     if result.adapter:
@@ -144,6 +146,7 @@ def write_result(
         "baseline_val_score": progress.baseline_val_score,
         "val_scores": {str(k): v for k, v in progress.val_scores.items()},
         "code": progress.code,
+        "trained_predictors": progress.trained_predictors,
         "checkpoint": checkpoint,
         "improvements": [
             {"step": a.step, "score": a.score, "adapter": f"{ADAPTERS_DIR}/{step_dir_name(a.step)}"}
