@@ -40,6 +40,23 @@ def test_seed_example_accepted_and_defaulted(control_plane, grpojob_crd, namespa
     assert table.split("\n")[0].split() == ["NAME", "STATE", "STEP", "MAX", "REWARD", "VAL", "AGE"]
 
 
+def test_a_current_notebooks_names_are_accepted_and_explained(control_plane, grpojob_crd, namespace):
+    """num_rollouts_per_grpo_step alone is admitted (no default of the other name appears beside it)."""
+    doc = load_example()
+    grpo = doc["spec"]["grpo"]
+    grpo["num_rollouts_per_grpo_step"] = grpo.pop("num_samples_per_input")
+    grpo.update(checkpoint="improvements", variably_invoked_predictor_grouping_mode="ragged", adapter="xml")
+    control_plane.apply_yaml(yaml.safe_dump(doc), namespace)
+    stored = control_plane.get_json("grpojob", "papillon", namespace=namespace)["spec"]["grpo"]
+    assert stored["num_rollouts_per_grpo_step"] == 8 and "num_samples_per_input" not in stored
+    explained = wait_until(  # the OpenAPI document is published a moment after the CRD is established
+        lambda: control_plane.kubectl("explain", "grpojob.spec.grpo.num_rollouts_per_grpo_step", check=False).stdout,
+        timeout=60,
+        what="kubectl explain grpojob.spec.grpo.num_rollouts_per_grpo_step",
+    )
+    assert "num_samples_per_input" in explained
+
+
 def test_enough_server_side_cases():
     assert len(SERVER_CASES) >= 10
 

@@ -36,6 +36,7 @@ def synthetic_progress(step: int = 10) -> Progress:
         val_score=0.52,
         best_val_score=0.55,
         best_step=5,
+        trained_predictors=["craft_redacted_request.predict", "respond_to_query"],
         tokens_generated=123456,
         tokens_trained=98765,
         diagnostics=StepDiagnostics(
@@ -75,6 +76,8 @@ def test_summary_table_compares_baseline_final_and_best(run_dir: Path) -> None:
     assert "10 / 10" in lines["steps"]
     assert "2:30 this run" in lines["wall time"] and "3:12 since the trainer first started" in lines["wall time"]
     assert "123,456" in lines["tokens generated"]
+    assert "craft_redacted_request.predict, respond_to_query" in lines["trained predictors"]
+    assert summary.trained_predictors == ["craft_redacted_request.predict", "respond_to_query"]
     assert str(run_dir / "adapters" / "step-5") in lines["best adapter"]
     # the last update's diagnostics, as the trainer reported them
     assert "-0.0123, 0.4567" in lines["last step: loss, grad norm"]
@@ -108,6 +111,9 @@ def test_summary_json_and_plot_are_written(run_dir: Path) -> None:
 
 def test_best_adapter_is_none_before_any_adapter_won(tmp_path: Path) -> None:
     assert best_adapter_path(tmp_path) is None
+    # a step scored best but grpo.checkpoint none kept no best adapter: not "the base model"
+    table = summary_table(summarize(synthetic_progress(), tmp_path, outcome="finished", wall_seconds=1.0))
+    assert "- (not kept: checkpoint none)" in table
 
 
 def test_line_display_prints_one_line_per_change() -> None:

@@ -153,3 +153,21 @@ def test_prune_keeps_the_newest(tmp_path: Path) -> None:
         manager.save(TrainingState(step=step), policy, optimizer, scheduler)
     assert manager.complete_steps() == [3, 4]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-3", "step-4"]
+
+
+def test_the_fp16_gradient_scale_resumes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """fp16's loss scale is state: a resume continues with the scale the run had reached, not the initial one."""
+    policy, optimizer, scheduler = make_run(seed=1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**14, growth_interval=3)
+    scaler.scale(torch.ones(()))  # the scaler starts when it first scales a loss
+    scaler.update(2.0**9)  # where a run of overflows and growth left it
+    manager = CheckpointManager(tmp_path, keep=2)
+    manager.save(TrainingState(step=1), policy, optimizer, scheduler, grad_scaler=scaler)
+    resumed = torch.amp.GradScaler("cpu", init_scale=2.0**14, growth_interval=3)
+    manager.restore(*make_run(seed=2), grad_scaler=resumed)
+    assert resumed.state_dict() == scaler.state_dict() and resumed.get_scale() == 2.0**9
+
+    manager.save(TrainingState(step=2), policy, optimizer, scheduler)  # written without fp16
+    fresh = torch.amp.GradScaler("cpu", init_scale=2.0**14)
+    manager.restore(*make_run(seed=2), grad_scaler=fresh)
+    assert fresh.get_scale() == 2.0**14 and "no gradient scaler state" in caplog.text

@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 
 from grpo_operator.resolve import trainer_command
 from grpo_trainer.contract import exit_codes
-from grpo_trainer.contract.hparams import GRPOArgs, TrainKwargs
+from grpo_trainer.contract.hparams import CheckpointMode, GRPOArgs, TrainKwargs
+from grpo_trainer.dspy.programs.papillon import CRAFT, RESPOND
 from support.ranks import alive, rank_pids
 from support.vllm import trainer_config_for
 
@@ -38,6 +39,7 @@ def _config(
     examples: int = 2,
     val_every: int = 100,
     overlap: bool = True,
+    checkpoint: CheckpointMode = "single-best",
 ) -> Path:
     cfg = trainer_config_for(
         server,
@@ -52,6 +54,7 @@ def _config(
             constrain_output_format=True,
             keep_checkpoints=10,
             overlap_rollouts=overlap,
+            checkpoint=checkpoint,
         ),
         TrainKwargs(
             learning_rate=5e-3,
@@ -109,7 +112,7 @@ def _progress(run_dir: Path) -> dict:
 def test_three_steps_make_three_served_adapter_versions(vllm_server, tmp_path):
     server = vllm_server
     run_dir = tmp_path / "run"
-    proc = _start(_config(server, run_dir, steps=3), tmp_path / "trainer.log")
+    proc = _start(_config(server, run_dir, steps=3, checkpoint="none"), tmp_path / "trainer.log")
     seen = _watch_served_versions(server, run_dir, proc)
     assert proc.wait(timeout=900) == 0, (tmp_path / "trainer.log").read_text()[-3000:]
 
@@ -118,6 +121,11 @@ def test_three_steps_make_three_served_adapter_versions(vllm_server, tmp_path):
     assert progress["adapter_version"] == "policy-v3"
     assert set(progress["reward_means"]) == {"1", "2", "3"}
     assert progress["tokens_trained"] > 0, "no group had reward variance: nothing was trained"
+    assert progress["trained_predictors"] == [CRAFT, RESPOND]
+    # checkpoint none (Arbor's): no best adapter kept; the result is the last step's, whatever scored best
+    result = json.loads((run_dir / "result" / "result.json").read_text())
+    assert (result["checkpoint"], result["step"], result["adapter"]) == ("none", 3, "result/adapter")
+    assert result["val_score"] == progress["val_scores"]["3"] and not (run_dir / "adapters" / "best.json").exists()
     for step in (1, 2, 3):
         adapter = run_dir / "adapters" / f"step-{step}"
         config = json.loads((adapter / "adapter_config.json").read_text())

@@ -174,6 +174,7 @@ def test_termination_message_carries_the_final_numbers_the_operator_reads(tmp_pa
     from grpo_operator.controller.progress_poll import progress_status
 
     board = ProgressBoard(tmp_path, job="demo", max_steps=2)
+    board.trained_predictors(["classify", "review.predict"])
     board.validation(0, 0.40, baseline=True)
     for step in (1, 2):
         run_one_step(board, step)
@@ -184,12 +185,19 @@ def test_termination_message_carries_the_final_numbers_the_operator_reads(tmp_pa
     assert fields["step"] == 2 and fields["progressPercentage"] == 100  # max_steps carried
     assert fields["valScore"] == 0.55 and fields["baselineValScore"] == 0.40 and fields["bestStep"] == 2
     assert fields["trainReward"] == 0.5 and fields["adapterVersion"] == "policy-v2"
+    assert fields["trainedPredictors"] == ["classify", "review.predict"]
 
     board.fail("RuntimeError: " + "x" * 10_000)  # a long traceback still fits Kubernetes' 4 KiB
     text = termination_message(board.snapshot())
     doc = json.loads(text)
     assert len(text.encode()) <= TERMINATION_MESSAGE_BYTES and doc["error"].startswith("RuntimeError: xxx")
     assert doc["phase"] == "failed" and doc["step"] == 2
+
+    board.trained_predictors([f"stage{i}.{'deeply_nested_' * 8}predict" for i in range(40)])  # ~5 KB of names
+    text = termination_message(board.snapshot())
+    doc = json.loads(text)  # the names (read from /progress all along) give way to the error
+    assert len(text.encode()) <= TERMINATION_MESSAGE_BYTES and "trained_predictors" not in doc
+    assert doc["error"].startswith("RuntimeError: xxx") and doc["step"] == 2
 
 
 def test_a_failed_runs_error_carries_no_secret_into_progress_or_the_termination_message(

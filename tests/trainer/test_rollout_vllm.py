@@ -1,4 +1,4 @@
-"""Rollouts of PAPILLON through a real vLLM (CPU) server, the example sampler, and GRPO grouping.
+"""Rollouts of PAPILLON through a real vLLM (CPU) server, the example sampler, and their GRPO groups.
 
 The untrusted model and the judge are the same server's base model, called through
 the OpenAI-compatible client path (litellm -> OpenAI API) that real endpoints use.
@@ -6,6 +6,7 @@ the OpenAI-compatible client path (litellm -> OpenAI API) that real endpoints us
 
 from __future__ import annotations
 
+import json
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -17,12 +18,13 @@ from transformers import AutoTokenizer
 
 from grpo_trainer.contract.config import DataSpec, LMEndpoint, VLLMEndpoint
 from grpo_trainer.dspy.data import load_examples
-from grpo_trainer.dspy.lms import ExternalLM, LMCall, PolicyChatAdapter, PolicyLM, external_lm
+from grpo_trainer.dspy.lms import ExternalLM, PolicyLM, external_lm
+from grpo_trainer.dspy.policy_adapters import PolicyChatAdapter, PolicyJSONAdapter
 from grpo_trainer.dspy.programs.papillon import CRAFT, RESPOND
 from grpo_trainer.dspy.registry import data_defaults, resolve_metric, resolve_program
 from grpo_trainer.dspy.rewards.offline import papillon_offline
 from grpo_trainer.embedded.bundled import PII_DELEGATION
-from grpo_trainer.grpo.groups import ALL_PREDICTORS, build_groups
+from grpo_trainer.grpo.groups import build_groups
 from grpo_trainer.grpo.rollout import ExampleSampler, PolicyCallError, Rollout, run_rollouts
 from support.vllm import VLLMServer
 
@@ -51,67 +53,6 @@ def test_sampler_batches_are_distinct_across_an_epoch_boundary() -> None:
     for _ in range(20):
         batch = sampler.next_batch(4)
         assert len(set(batch)) == 4
-
-
-# --------------------------------------------------------------------------- grouping (no server)
-
-
-def call(predictor: str, invocation: int, tokens: list[int], finish: str = "stop") -> LMCall:
-    return LMCall(
-        predictor=predictor,
-        invocation=invocation,
-        model="policy-v1",
-        messages=[],
-        prompt_ids=[1, 2, invocation],
-        completion_ids=tokens,
-        logprobs=[-0.5] * len(tokens),
-        finish_reason=finish,
-        text="",
-    )
-
-
-def rollout(example: int, sample: int, reward: float, calls: list[LMCall]) -> Rollout:
-    return Rollout(example_index=example, sample_index=sample, reward=reward, failure=None, calls=calls)
-
-
-def test_groups_pool_predictors_when_multitask_and_split_them_otherwise() -> None:
-    rollouts = [
-        rollout(0, s, reward, [call("a", 0, [10 + s]), call("b", 0, [20 + s], finish="length")])
-        for s, reward in enumerate([1.0, 0.0, 0.5])
-    ]
-    pooled = build_groups(rollouts, multitask=True, scale_rewards=False)
-    assert [name for name, _ in pooled.batches] == [ALL_PREDICTORS]
-    assert sorted(s.group for s in pooled.samples) == ["0/a/0"] * 3 + ["0/b/0"] * 3
-    a = [s for s in pooled.samples if s.group == "0/a/0"]
-    assert [s.advantage for s in a] == pytest.approx([0.5, -0.5, 0.0])  # r - mean, unscaled
-    assert [s.completion_ids for s in a] == [[10], [11], [12]]
-    assert all(s.truncated for s in pooled.samples if s.group == "0/b/0")
-
-    split = build_groups(rollouts, multitask=False, scale_rewards=True)
-    assert [name for name, _ in split.batches] == ["a", "b"]
-    assert all(len(batch) == 3 for _, batch in split.batches)
-    assert [s.advantage for s in split.batches[0][1]] == pytest.approx([1.0, -1.0, 0.0], rel=1e-3)  # / std(=0.5)
-
-
-def test_zero_variance_groups_are_counted_and_skipped() -> None:
-    rollouts = [rollout(0, s, 0.7, [call("a", 0, [s + 1])]) for s in range(4)]
-    rollouts += [rollout(1, s, float(s), [call("a", 0, [s + 1])]) for s in range(4)]
-    grouped = build_groups(rollouts, multitask=True, scale_rewards=False)
-    assert grouped.zero_variance_groups == 1
-    assert [g.key.example_index for g in grouped.groups] == [1]
-    assert len(grouped.samples) == 4 and grouped.total_groups == 2
-
-
-def test_invocations_align_to_the_shortest_count_and_absent_predictors_are_left_out() -> None:
-    rollouts = [
-        rollout(0, 0, 1.0, [call("a", 0, [1]), call("a", 1, [2]), call("a", 2, [3]), call("b", 0, [4])]),
-        rollout(0, 1, 0.0, [call("a", 0, [5]), call("a", 1, [6]), call("b", 0, [7])]),
-        rollout(0, 2, 0.5, [call("a", 0, [8]), call("a", 1, [9])]),  # never reached b
-    ]
-    grouped = build_groups(rollouts, multitask=True, scale_rewards=False)
-    assert sorted(g.key.label() for g in grouped.groups) == ["0/a/0", "0/a/1", "0/b/0"]
-    assert sorted(len(g.samples) for g in grouped.groups) == [2, 3, 3]
-    assert [s.completion_ids for s in grouped.samples if s.group == "0/a/1"] == [[2], [6], [9]]
 
 
 # --------------------------------------------------------------------------- real rollouts
@@ -273,6 +214,58 @@ def test_unparseable_output_is_a_format_failure_with_no_json_retry(vllm_server: 
     assert not untrusted.history, "the program stopped at the parse failure"
     grouped = build_groups(rollouts, multitask=True, scale_rewards=True)
     assert (grouped.zero_variance_groups, grouped.samples) == (1, [])
+
+
+class Reviewed(dspy.Module):
+    """The policy answers; a predictor with an LM of its own (chosen by the program) reviews the answer."""
+
+    def __init__(self, reviewer: dspy.LM) -> None:
+        super().__init__()
+        self.answer = dspy.Predict("question -> answer")
+        self.review = dspy.Predict("question, answer -> verdict")
+        self.review.lm = reviewer
+
+    def forward(self, question: str) -> dspy.Prediction:
+        answer = self.answer(question=question).answer
+        try:
+            verdict = self.review(question=question, answer=answer).verdict
+        except Exception:  # a random reviewer cannot write DSPy's format: not the policy's failure
+            verdict = ""
+        return dspy.Prediction(answer=answer, verdict=verdict)
+
+
+def test_a_json_rollout_records_what_vllm_sampled_and_only_the_policys_predictors(vllm_server: VLLMServer) -> None:
+    """grpo.adapter json (constrained): the prompt vLLM saw is the JSONAdapter's, and the recorded prompt and
+    completion ids are vLLM's own; the reviewer keeps the LM the program gave it and none of its calls is trained."""
+    reviewer = dspy.LM(
+        f"openai/{vllm_server.served_name}", api_base=vllm_server.openai_url, api_key="EMPTY", max_tokens=8, cache=False
+    )
+    program = Reviewed(reviewer)
+    policy = PolicyLM(vllm_server.openai_url, vllm_server.served_name, max_tokens=64)
+    examples = [dspy.Example(question="What is the capital of France?").with_inputs("question")]
+    rollouts = run_rollouts(
+        program, lambda example, pred, trace=None: float(len(pred.answer)), examples, 3, 3, lm=policy, seed=5,
+        adapter=PolicyJSONAdapter(constrain_format=True),
+    )  # fmt: skip
+    assert program.answer.lm is policy and program.review.lm is reviewer
+    assert reviewer.history, "the reviewer ran, on its own LM"
+    calls = [c for r in rollouts for c in r.calls]
+    assert [(c.predictor, c.parse_failed) for c in calls] == [("answer", False)] * 3
+    for r, c in zip(rollouts, calls, strict=True):
+        assert r.failure is None and r.reward == len(r.prediction["answer"]) > 0
+        assert json.loads(c.text) == {"answer": r.prediction["answer"]}
+    assert "Respond with a JSON object" in calls[0].messages[-1]["content"]  # JSONAdapter's prompt, not ChatAdapter's
+    by_completion = {tuple(c.completion_ids): c for c in calls}
+    for entry in policy.history:
+        response = entry["response"]
+        recorded = by_completion[tuple(response.choices[0].token_ids)]
+        assert recorded.prompt_ids == list(response.prompt_token_ids)
+        assert recorded.logprobs == [t.logprob for t in response.choices[0].logprobs.content]
+    tokenizer = AutoTokenizer.from_pretrained(vllm_server.model_dir)
+    for c in calls:
+        body = {"model": vllm_server.served_name, "messages": c.messages, "add_generation_prompt": True}
+        assert c.prompt_ids == httpx.post(f"{vllm_server.url}/tokenize", json=body, timeout=30).json()["tokens"]
+        assert tokenizer.decode(c.completion_ids, skip_special_tokens=True) == c.text
 
 
 def test_untrusted_model_and_judge_reach_vllm_through_the_openai_client(vllm_server: VLLMServer) -> None:

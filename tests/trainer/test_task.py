@@ -162,6 +162,41 @@ def test_a_program_that_fails_on_import_is_invalid(tmp_path: Path) -> None:
     expect(cfg, "InvalidProgram", "RuntimeError: config file not found")
 
 
+REVIEWED = """
+import dspy
+from topics.program import TopicSignature
+
+
+class Reviewed(dspy.Module):
+    \"\"\"The local model classifies; a larger model of the program's own choosing reviews.\"\"\"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classify = dspy.Predict(TopicSignature)
+        self.review = dspy.Predict("text, topic -> agrees: bool")
+        self.review.lm = dspy.LM("openai/gpt-4.1-mini", api_key="unused")
+
+    def forward(self, text: str) -> dspy.Prediction:
+        topic = self.classify(text=text).topic
+        return dspy.Prediction(topic=topic, agrees=self.review(text=text, topic=topic).agrees)
+
+
+class AllOwn(Reviewed):
+    def __init__(self) -> None:
+        super().__init__()
+        self.classify.lm = dspy.LM("openai/gpt-4.1-mini", api_key="unused")
+"""
+
+
+def test_predictors_with_an_lm_of_their_own_are_not_trained_and_one_must_be_left(tmp_path: Path) -> None:
+    reviewed = _module(tmp_path, "reviewed", REVIEWED)
+    task = check(config(tmp_path, program="reviewed:Reviewed", code=[*config(tmp_path).code, reviewed]))
+    assert task.trained_predictors == ["classify"] and task.summary()["trained_predictors"] == ["classify"]
+    assert task.program.review.lm.model == "openai/gpt-4.1-mini"  # as the program built it
+    cfg = config(tmp_path, program="reviewed:AllOwn", code=[*config(tmp_path).code, reviewed])
+    expect(cfg, "InvalidProgram", "reviewed:AllOwn", "every predictor has an LM of its own (classify, review)")
+
+
 def _trainer(cfg: TrainerConfig, tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
     path = tmp_path / "config.json"
     path.write_text(cfg.to_json())
@@ -196,6 +231,7 @@ def test_check_mode_passes_a_good_job_and_prints_what_it_found(tmp_path: Path) -
     assert done.returncode == exit_codes.DONE, done.stderr[-2000:]
     found = json.loads(done.stdout)
     assert found["program"] == "Topic" and found["inputs"] == ["text"] and found["train_examples"] == 16
+    assert found["trained_predictors"] == ["classify"]
     assert [c["path"] for c in found["code"]] == [str(OWN)]
     bad, _ = _trainer(config(tmp_path, metric="topics.metric:nope"), tmp_path, "--check")
     assert bad.returncode == exit_codes.INVALID_JOB and "InvalidMetric" in bad.stderr

@@ -60,6 +60,18 @@ OTHER = [
 ]
 
 
+# A constant rate after a warm-up of two optimizer steps: a skipped step shows in the rate.
+WARMUP = TrainKwargs(
+    learning_rate=1e-3,
+    lr_scheduler_type="constant_with_warmup",
+    warmup_steps=2,
+    max_steps=100,
+    per_device_train_batch_size=2,
+    gradient_accumulation_steps=1,
+    lora_config=LORA,
+)
+
+
 @pytest.mark.parametrize("loss_type", ["dapo", "grpo", "bnpo", "dr_grpo"])
 def test_positive_advantage_goes_up_negative_goes_down(loss_type: str) -> None:
     train = TrainKwargs(
@@ -86,15 +98,7 @@ def test_positive_advantage_goes_up_negative_goes_down(loss_type: str) -> None:
 
 
 def test_constant_with_warmup_gives_the_expected_learning_rates() -> None:
-    train = TrainKwargs(
-        learning_rate=1e-3,
-        lr_scheduler_type="constant_with_warmup",
-        warmup_steps=2,
-        max_steps=100,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=1,
-        lora_config=LORA,
-    )
+    train = WARMUP
     policy = make_policy(train)
     optimizer = build_optimizer(policy.trainable_parameters(), train)
     scheduler = build_scheduler(optimizer, train)
@@ -187,23 +191,63 @@ def test_micro_batching_and_checkpointing_do_not_change_the_update(loss_type: st
         torch.testing.assert_close(w_state[name], s_state[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
-def test_load_policy_from_a_directory(tmp_path) -> None:
-    """A saved model loads with the configured LoRA targets; bf16 is ignored on CPU (fp32, no autocast)."""
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_load_policy_from_a_directory(tmp_path, precision: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A saved model loads with the configured LoRA targets; bf16 and fp16 are ignored on CPU (fp32, no autocast,
+    no gradient scaler), and the log says so."""
     tiny_llama().save_pretrained(tmp_path / "model")
     train = TrainKwargs(
-        bf16=True, gradient_checkpointing=True, lora_config={"r": 4, "target_modules": ["q_proj", "v_proj"]}
+        gradient_checkpointing=True, lora_config={"r": 4, "target_modules": ["q_proj", "v_proj"]}, **{precision: True}
     )
-    policy = load_policy(str(tmp_path / "model"), train, "cpu")
+    with caplog.at_level("INFO", logger="grpo_trainer.grpo.policy"):
+        policy = load_policy(str(tmp_path / "model"), train, "cpu")
+    assert "bf16/fp16 ignored on cpu" in caplog.text
     names = [n for n, _ in policy.named_trainable_parameters()]
     assert names and all(("q_proj" in n or "v_proj" in n) and "lora_" in n for n in names)
     assert len(names) == 2 * 2 * 2  # 2 layers x 2 modules x (A, B)
-    assert policy.device.type == "cpu" and policy.autocast_dtype is None
+    assert policy.device.type == "cpu" and policy.autocast_dtype is None and policy.grad_scaler is None
     assert all(p.dtype == torch.float32 for p in policy.model.parameters())
     assert policy.model.get_base_model().is_gradient_checkpointing
     logps = policy_logprobs(policy, collate([GOOD], CPU))
     logps.sum().backward()  # gradients reach the adapter through recomputed activations
     lora_b = [p for n, p in policy.named_trainable_parameters() if "lora_B" in n]
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora_b)
+
+
+def test_fp16_loss_scaling_leaves_the_update_unchanged_and_an_overflowing_step_is_skipped() -> None:
+    """fp16's gradient scaler, the part a CPU runs (float16 autocast needs the GPU): scaling the loss by a power of
+    two and unscaling before clipping changes no weight; a step whose gradients are not finite (what an fp16
+    overflow gives) is not applied, the scale halves and the learning-rate schedule waits for the next real step."""
+    train = WARMUP.model_copy(update={"warmup_steps": 3})  # lr 0, 1/3, 2/3, then 1 x 1e-3
+    runs = []
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0**12)):
+        policy = make_policy(train)
+        policy.grad_scaler = scaler
+        optimizer = build_optimizer(policy.trainable_parameters(), train)
+        scheduler = build_scheduler(optimizer, train)
+        samples = with_sampler_logprobs(policy, [GOOD, BAD])
+        start = lora_state(policy)
+        stats = [train_on_samples(policy, optimizer, scheduler, samples, train, SINGLE) for _ in range(2)]
+        assert any(not torch.equal(w, start[n]) for n, w in lora_state(policy).items())  # the second step moved them
+        runs.append((policy, optimizer, scheduler, stats))
+    (plain, _, _, plain_stats), (scaled, optimizer, scheduler, scaled_stats) = runs
+    for name, weight in lora_state(plain).items():
+        torch.testing.assert_close(lora_state(scaled)[name], weight, rtol=1e-6, atol=1e-9, msg=name)
+    assert [s.grad_norm for s in scaled_stats] == pytest.approx([s.grad_norm for s in plain_stats], rel=1e-6)
+    assert all(s.skipped_steps == 0 for s in scaled_stats)
+
+    scaler = scaled.grad_scaler
+    assert scaler is not None
+    before, scale = lora_state(scaled), scaler.get_scale()
+    assert scheduler.get_last_lr() == pytest.approx([2e-3 / 3])
+    overflowing = TrainSample(GOOD.prompt_ids, GOOD.completion_ids, GOOD.sampler_logprobs, advantage=float("inf"))
+    stats = train_on_samples(scaled, optimizer, scheduler, [overflowing, BAD], train, SINGLE)
+    assert (stats.optimizer_steps, stats.skipped_steps, stats.grad_norm) == (1, 1, 0.0)
+    assert all(torch.equal(w, before[n]) for n, w in lora_state(scaled).items())
+    assert scaler.get_scale() == scale / 2 and scheduler.get_last_lr() == pytest.approx([2e-3 / 3])  # warm-up held
+    stats = train_on_samples(scaled, optimizer, scheduler, with_sampler_logprobs(scaled, [GOOD, BAD]), train, SINGLE)
+    assert stats.skipped_steps == 0 and scheduler.get_last_lr() == pytest.approx([1e-3])  # training goes on
+    assert any(not torch.equal(w, before[n]) for n, w in lora_state(scaled).items())
 
 
 def test_max_prompt_length_keeps_the_end_of_the_prompt() -> None:

@@ -56,6 +56,29 @@ def test_seed_translates_to_trainer_config():
     assert "sk-" not in cfg.to_json()
 
 
+def test_a_current_notebooks_arguments_paste_in_under_their_current_names():
+    """ArborGRPO/GRPO as current DSPy and Arbor spell them: the group size under its new name, checkpoint,
+    the grouping of variably invoked predictors, the adapter, fp16. One name for the group size inside."""
+    doc = load_example()
+    grpo = doc["spec"]["grpo"]
+    grpo["num_rollouts_per_grpo_step"] = grpo.pop("num_samples_per_input") * 2
+    grpo.update(
+        checkpoint="improvements",
+        variably_invoked_predictor_grouping_mode="fill",
+        variably_invoked_predictor_fill_strategy="randint",
+        adapter="json",
+    )
+    doc["spec"]["trainKwargs"].update(fp16=True, bf16=False)
+    job = parse_job(doc)
+    g = job.spec.grpo
+    assert g.num_samples_per_input == 16
+    assert (g.checkpoint, g.variably_invoked_predictor_grouping_mode, g.adapter) == ("improvements", "fill", "json")
+    assert job.spec.train_kwargs.fp16
+    cfg = resolve("papillon", job.spec, ClusterTarget("papillon-inference", 8000, 9400)).config
+    assert cfg.grpo.num_samples_per_input == 16 and "num_rollouts_per_grpo_step" not in cfg.to_json()
+    assert type(cfg).model_validate_json(cfg.to_json()).grpo == cfg.grpo  # the trainer reads the same arguments
+
+
 def test_enough_invalid_cases():
     assert len(INVALID_CASES) >= 30
     assert len({c["name"] for c in INVALID_CASES}) == len(INVALID_CASES)

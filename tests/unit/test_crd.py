@@ -71,7 +71,7 @@ def test_cel_rules_name_existing_fields():
                 for part in field.strip(".").split("."):
                     assert part in target.get("properties", {}), f"{path}: fieldPath {field} not in schema"
                     target = target["properties"][part]
-            for ref in re.findall(r"self\.([A-Za-z_]+)", rule["rule"]):
+            for ref in re.findall(r"self\.([A-Za-z_][A-Za-z0-9_]*)", rule["rule"]):
                 assert ref in node.get("properties", {}), f"{path}: rule references unknown field {ref}"
 
 
@@ -101,3 +101,13 @@ def test_status_subresource_and_immutable_spec_fields():
         assert (f"self.{field} == oldSelf.{field}" in rule) == (field != "retainOnDelete"), field
     for mutable in ("suspend", "runPolicy", "trainer", "inference"):
         assert not any("oldSelf" in r["rule"] for r in spec[mutable].get("x-kubernetes-validations", [])), mutable
+
+
+def test_a_renamed_argument_is_explained_under_both_names_and_defaulted_under_neither():
+    """The API server defaults absent fields: a default for either name would sit beside the other one."""
+    grpo = _root()["properties"]["spec"]["properties"]["grpo"]
+    current, tutorial = grpo["properties"]["num_rollouts_per_grpo_step"], grpo["properties"]["num_samples_per_input"]
+    assert "default" not in current and "default" not in tutorial
+    assert "num_samples_per_input" in current["description"] and "num_rollouts_per_grpo_step" in tutorial["description"]
+    assert (current["minimum"], current["maximum"]) == (tutorial["minimum"], tutorial["maximum"])
+    assert grpo["default"]["num_samples_per_input"] == 8  # a job without grpo still gets the group size

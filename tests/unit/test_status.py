@@ -174,6 +174,7 @@ def test_progress_is_read_from_the_trainer_over_http(progress_server):
         eta_seconds=300.7,
         updated_at=datetime(2026, 11, 25, 12, 3, tzinfo=timezone.utc),
         val_scores={0: 0.41, 10: 0.58},
+        trained_predictors=["craft_redacted_request.predict", "respond_to_query"],
         result=RunResult(
             path="result", adapter="result/adapter", step=10, val_score=0.58, base_model="Qwen/Qwen2.5-1.5B"
         ),
@@ -191,6 +192,7 @@ def test_progress_is_read_from_the_trainer_over_http(progress_server):
         "bestAdapterVersion": "policy-v10",
         "bestStep": 10,
         "estimatedRemainingSeconds": 300,
+        "trainedPredictors": ["craft_redacted_request.predict", "respond_to_query"],
         "result": {  # an object, camelCase as the CRD has it: what a pipeline reads with jsonpath
             "path": "result", "adapter": "result/adapter", "step": 10, "valScore": 0.58,
             "baseModel": "Qwen/Qwen2.5-1.5B", "finished": False,
@@ -233,11 +235,14 @@ def test_every_status_field_is_written_by_the_trainer_and_declared_in_the_crd():
 def test_hostile_progress_values_are_dropped_never_raised_nor_passed_to_the_api_server():
     """The trainer runs the user's code: what it reports is bounded to what the status schema takes."""
     doc = {"step": 1e400, "best_step": 10**30, "val_score": 1e400, "reward_mean": -1e400, "adapter_version": "v" * 5000,
-           "result": {"path": "result", "step": 10**30, "base_model": "m" * 5000, "finished": True}}  # fmt: skip
+           "result": {"path": "result", "step": 10**30, "base_model": "m" * 5000, "finished": True},
+           "trained_predictors": [{"name": "x"}, *(["p" * 5000] * 100)]}  # fmt: skip
     fields = progress_status(doc, T0)
     assert not {"step", "bestStep", "valScore", "trainReward"} & set(fields)
     assert len(fields["adapterVersion"]) == 1024
     assert fields["result"] == {"path": "result", "baseModel": "m" * 1024, "finished": True}  # the huge step dropped
+    assert fields["trainedPredictors"] == ["p" * 253] * 64  # names only, as many and as long as the schema takes
+    assert "trainedPredictors" not in progress_status({"trained_predictors": "a,b"}, T0)
     GRPOJobStatus.model_validate(fields)
 
 

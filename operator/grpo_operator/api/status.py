@@ -6,13 +6,13 @@ fields it does not know, so an undeclared field would vanish without an error.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, Field, create_model
 from pydantic.alias_generators import to_camel
 
 from grpo_operator.api.base import ApiModel
-from grpo_trainer.contract.progress import STATUS_FIELDS
+from grpo_trainer.contract.progress import NAME_CHARS, NAME_LIST_ITEMS, STATUS_FIELDS
 
 ConditionType = Literal["Failed", "Succeeded", "Suspended", "Training", "InferenceReady", "Created"]
 
@@ -56,6 +56,9 @@ def _progress_field(kind: type, description: str) -> Any:
         return (Optional[_status_object(kind)], Field(None, description=description))
     if kind is str:
         return (Optional[str], Field(None, description=description))
+    if kind is list:
+        names = list[Annotated[str, Field(max_length=NAME_CHARS)]]
+        return (Optional[names], Field(None, max_length=NAME_LIST_ITEMS, description=description))
     return (Optional[kind], Field(None, ge=0, description=description) if kind is int else Field(None, description=description))
 
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.alias_generators import to_camel
 
 from grpo_operator.controller.conditions import rfc3339
-from grpo_trainer.contract.progress import CODE_SUMMARY_CHARS, STATUS_FIELDS
+from grpo_trainer.contract.progress import CODE_SUMMARY_CHARS, NAME_CHARS, NAME_LIST_ITEMS, STATUS_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +94,16 @@ def _time(value: Any) -> Optional[str]:
 def _coerce(value: Any, kind: type) -> Any:
     """The value as ``kind``, or None when it is not one (negative counts and non-finite numbers included).
 
-    A model kind becomes an object with camelCase keys, as the status schema has it.
+    A model kind becomes an object with camelCase keys, as the status schema has it; a list kind
+    a list of names within the status schema's bounds (None when empty).
     """
     if value is None or isinstance(value, bool):
         return None
+    if kind is list:
+        if not isinstance(value, list):
+            return None
+        names = [v[:NAME_CHARS] for v in value if isinstance(v, str)][:NAME_LIST_ITEMS]
+        return names or None
     if isinstance(kind, type) and issubclass(kind, BaseModel):
         try:
             model = kind.model_validate(value)

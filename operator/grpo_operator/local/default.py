@@ -31,7 +31,7 @@ SAMPLES_PER_INPUT = 8  # grpo.num_samples_per_input, the GRPO group size (the se
 NUM_THREADS = 8  # concurrent program executions (vLLM batches them)
 NUM_STEPS_FOR_VAL = 5
 LEARNING_RATE = 2e-3
-# The field format's bound per field is what fits this (lms.field_chars_for): 384 leaves the
+# The field format's bound per field is what fits this (policy_adapters.field_chars_for): 384 leaves the
 # redaction ~150 characters, room for a whole query; at 160 it was cut after ~45.
 MAX_COMPLETION_LENGTH = 384
 PER_DEVICE_TRAIN_BATCH_SIZE = 8

@@ -54,6 +54,7 @@ class Summary:
     reward_means: dict[int, float] = field(default_factory=dict)
     last_step_diagnostics: Optional[dict[str, float]] = None  # StepDiagnostics of the last step, as JSON
     result_dir: Optional[str] = None  # the run's result/ (grpo_trainer.run.result), once written
+    trained_predictors: list[str] = field(default_factory=list)  # the ones the local model drives
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -91,6 +92,7 @@ def summarize(progress: Progress, run_dir: Path, *, outcome: Outcome, wall_secon
         reward_means=dict(sorted(progress.reward_means.items())),
         last_step_diagnostics=progress.diagnostics.model_dump() if progress.diagnostics is not None else None,
         result_dir=str(run_dir / progress.result.path) if progress.result is not None else None,
+        trained_predictors=list(progress.trained_predictors),
     )
 
 
@@ -130,6 +132,7 @@ def summary_table(s: Summary, plot: Optional[Path] = None) -> str:
     rows = [
         ("job", s.job),
         ("outcome", s.outcome),
+        ("trained predictors", ", ".join(s.trained_predictors) or "-"),
         ("steps", f"{s.steps} / {s.max_steps}"),
         ("validation score, baseline", _score(s.baseline_val_score)),
         ("validation score, final", _score(s.final_val_score, s.baseline_val_score)),
@@ -141,7 +144,7 @@ def summary_table(s: Summary, plot: Optional[Path] = None) -> str:
         ("tokens generated", f"{s.tokens_generated:,}"),
         ("tokens trained", f"{s.tokens_trained:,}"),
         *_diagnostic_rows(s.last_step_diagnostics),
-        ("best adapter", s.best_adapter or "- (the base model)"),
+        ("best adapter", s.best_adapter or ("- (not kept: checkpoint none)" if s.best_step else "- (the base model)")),
         ("run directory", s.run_dir),
     ]
     if s.result_dir is not None:

@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 PROGRESS_FILE = "progress.json"
 CODE_SUMMARY_CHARS = 1024
+# A status list of names (the trained predictors) keeps at most this many, each cut to NAME_CHARS.
+NAME_LIST_ITEMS = 64
+NAME_CHARS = 253
 
 Phase = Literal["starting", "baseline", "rollout", "train", "sync", "validate", "done", "stopped", "failed"]
 TimedPhase = Literal[
@@ -159,6 +162,10 @@ class Progress(_Doc):
     code: Optional[str] = Field(
         None, max_length=CODE_SUMMARY_CHARS, description="The job's spec.code as imported: hashes, commits, packages."
     )
+    trained_predictors: list[str] = Field(
+        default_factory=list,
+        description="The program's predictors the local model drives and trains (others have an LM of their own).",
+    )
     result: Optional[RunResult] = Field(None, description="The best result so far, written to the volume's result/.")
     served_check: Optional[dict[str, Any]] = Field(
         None,
@@ -177,7 +184,8 @@ class StatusField:
     """A value of this document that the operator copies into ``GRPOJob.status``."""
 
     source: str  # the Progress field it is read from
-    kind: type[int] | type[float] | type[str] | type[BaseModel]  # a model: an object in the status
+    # a model: an object in the status; list: a list of names (NAME_LIST_ITEMS of at most NAME_CHARS)
+    kind: type[int] | type[float] | type[str] | type[list] | type[BaseModel]
     description: str  # also the CRD's description of the status field
 
 
@@ -200,6 +208,12 @@ STATUS_FIELDS: dict[str, StatusField] = {
     "result": StatusField(
         "result", RunResult, "The best result so far on the job's volume (result/): adapter, step, score, base model."
     ),
+    "trained_predictors": StatusField(
+        "trained_predictors",
+        list,
+        "The program's predictors the local model drives and trains; a predictor with an LM of its own keeps it "
+        "and is not trained.",
+    ),
 }
 
 # The scalar fields of a finished run: what fits a pod's termination message (Kubernetes keeps
@@ -219,6 +233,9 @@ def termination_message(progress: Progress) -> str:
     """
     doc = progress.model_dump(mode="json", include=set(FINAL_FIELDS))
     text = json.dumps(doc, separators=(",", ":"))
+    if len(text.encode()) > TERMINATION_MESSAGE_BYTES:
+        doc.pop("trained_predictors", None)  # known since the start: the operator has read it from /progress
+        text = json.dumps(doc, separators=(",", ":"))
     excess = len(text.encode()) - TERMINATION_MESSAGE_BYTES
     if excess > 0 and doc.get("error"):
         doc["error"] = doc["error"][: max(0, len(doc["error"]) - excess - 3)] + "..."

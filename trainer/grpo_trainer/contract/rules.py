@@ -46,6 +46,36 @@ class Rule:
         return entry
 
 
+@dataclass(frozen=True)
+class FieldAlias:
+    """A second name of a field (the library renamed the argument): either name is accepted, never both.
+
+    Pydantic validates the alias's value under its own name (an error names the field as
+    written) and then moves it to ``canonical``, so everything past the API sees one name; the CRD keeps both (``kubectl explain`` describes the
+    alias), and its CEL rule refuses a document that sets both. Neither field may have a
+    schema default: the API server would fill one in beside the other.
+    """
+
+    name: str
+    canonical: str
+
+    @property
+    def message(self) -> str:
+        return f"set {self.name} or {self.canonical} (two names of one argument), not both"
+
+    def to_cel(self) -> dict[str, str]:
+        return {
+            "rule": f"!(has(self.{self.name}) && has(self.{self.canonical}))",
+            "message": self.message,
+            "fieldPath": "." + self.name,
+        }
+
+
+def without_schema_default(schema: dict[str, Any]) -> None:
+    """``json_schema_extra`` of a field with an alias: no default in the CRD (see FieldAlias); pydantic has one."""
+    schema.pop("default", None)
+
+
 class RuleViolation(ValueError):
     """Raised inside validators so pydantic reports the field and the fix."""
 
@@ -60,17 +90,33 @@ class RuledModel(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="forbid", validate_default=True)
 
     rules: ClassVar[tuple[Rule, ...]] = ()
+    aliases: ClassVar[tuple[FieldAlias, ...]] = ()
 
     @classmethod
     def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
         schema = handler(core_schema)
-        if cls.rules:
+        if cls.rules or cls.aliases:
             target = handler.resolve_ref_schema(schema)
-            target["x-kubernetes-validations"] = [rule.to_cel() for rule in cls.rules]
+            target["x-kubernetes-validations"] = [a.to_cel() for a in cls.aliases] + [r.to_cel() for r in cls.rules]
         return schema
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name_each(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for alias in cls.aliases:
+                # null, as a notebook may write it, is unset (the API server prunes it too)
+                if data.get(alias.name) is not None and data.get(alias.canonical) is not None:
+                    raise RuleViolation(alias.name, alias.message)
+        return data
 
     @model_validator(mode="after")
     def _check_rules(self) -> "RuledModel":
+        for alias in type(self).aliases:  # validated under the name it was given, kept under the canonical one
+            value = getattr(self, alias.name)
+            if value is not None:
+                setattr(self, alias.canonical, value)
+                setattr(self, alias.name, None)
         for rule in type(self).rules:
             if rule.transition:
                 continue

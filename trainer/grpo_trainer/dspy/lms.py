@@ -12,11 +12,8 @@ rollouts running ``num_threads`` at a time never mix their calls. External LMs
 note their failures on the same record, so a failed call scores the rollout
 ``failure_score`` even when the program swallows the exception (PAPILLON does).
 
-:class:`PolicyChatAdapter` is DSPy's ChatAdapter without the silent JSONAdapter
-retry (a second, differently formatted prompt would not be the prompt that was
-sampled): a parse failure is a format failure of the rollout. Optionally it
-constrains the policy's output to the ChatAdapter field format with vLLM's
-structured outputs, which a randomly initialised model cannot otherwise produce.
+How the policy's prompts are formatted and its outputs parsed is
+grpo_trainer.dspy.policy_adapters.
 """
 
 from __future__ import annotations
@@ -34,9 +31,7 @@ from typing import Any, Iterator, Mapping, Optional
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import dspy
-from dspy.adapters.chat_adapter import ChatAdapter
 from dspy.dsp.utils.settings import settings
-from dspy.utils.exceptions import AdapterParseError
 
 from grpo_trainer.contract.config import LMEndpoint, VLLMEndpoint
 
@@ -414,106 +409,3 @@ def external_lm(
         timeout=endpoint.timeout_seconds,
         num_retries=endpoint.max_retries,
     )
-
-
-# --------------------------------------------------------------------------- adapter
-
-_FIELD_CONTENT = {
-    bool: "(True|False)",
-    int: "-?[0-9]{1,9}",
-    float: "-?[0-9]{1,9}(\\.[0-9]{1,6})?",
-}
-# Field content without a bound on max_tokens: long enough for a real answer.
-DEFAULT_FIELD_CHARS = 400
-_COMPLETED = "[[ ## completed ## ]]"
-
-
-def _header(name: str) -> str:
-    return f"[[ ## {name} ## ]]\n"
-
-
-def field_chars_for(signature: type[dspy.Signature], max_tokens: Optional[int]) -> int:
-    """Content bound per field so a constrained completion always fits in ``max_tokens``.
-
-    Counts one token per character, the worst case: under a grammar a model may
-    spell even the field headers one character at a time (a random one does).
-    """
-    if max_tokens is None:
-        return DEFAULT_FIELD_CHARS
-    fields = signature.output_fields
-    scaffold = sum(len(_header(n)) + 2 for n in fields) + len(_COMPLETED) + 1  # + EOS
-    budget = (max_tokens - scaffold) // max(1, len(fields))
-    if budget < 1:
-        raise ValueError(
-            f"max_tokens={max_tokens} cannot hold the field format of {list(fields)} "
-            f"(~{scaffold} tokens of headers); raise max_completion_length"
-        )
-    return min(DEFAULT_FIELD_CHARS, budget)
-
-
-def _literal(text: str) -> str:
-    """Regex for literal scaffolding text, in the small regex dialect grammar engines share."""
-    return text.replace("[", "\\[").replace("]", "\\]").replace("\n", "\\n")
-
-
-def format_regex(signature: type[dspy.Signature], max_field_chars: int = DEFAULT_FIELD_CHARS) -> str:
-    """A regex of ChatAdapter's output format for ``signature``'s output fields.
-
-    Field content excludes ``[`` so it can never contain a field header; the
-    bound keeps a model that never emits a newline from running to the token limit.
-    """
-    generic = f"[^\\[]{{1,{max_field_chars}}}"
-    parts = []
-    for name, info in signature.output_fields.items():
-        content = _FIELD_CONTENT.get(info.annotation, generic)
-        parts.append(_literal(_header(name)) + content + "\\n\\n")
-    return "".join(parts) + _literal(_COMPLETED)
-
-
-class PolicyChatAdapter(ChatAdapter):
-    """ChatAdapter for training: the policy's prompts are exactly the sampled ones.
-
-    For the policy: no JSONAdapter fallback; a parse failure marks the call
-    ``parse_failed`` (the rollout scores ``format_failure_score``) and re-raises.
-    With ``constrain_format`` the policy's output is held to the field format by
-    vLLM's structured outputs (a regex), each field's content bounded by
-    ``max_field_chars`` (default: what fits the LM's ``max_tokens``, see
-    :func:`field_chars_for`). The sampled tokens are the model's own, but vLLM
-    applies the grammar mask before computing logprobs: tokens the grammar forces
-    (field headers) carry sampler logprobs near 0, content tokens their raw
-    values. Other LMs (judge, untrusted model) get DSPy's default ChatAdapter
-    behaviour, JSON fallback included.
-    """
-
-    def __init__(self, *, constrain_format: bool = False, max_field_chars: Optional[int] = None) -> None:
-        super().__init__(use_json_adapter_fallback=False)
-        self.constrain_format = constrain_format
-        self.max_field_chars = max_field_chars
-        self._default = ChatAdapter()
-
-    def __call__(
-        self,
-        lm: Any,
-        lm_kwargs: dict[str, Any],
-        signature: type[dspy.Signature],
-        demos: list[dict[str, Any]],
-        inputs: dict[str, Any],
-    ) -> list[dict[str, Any]]:
-        if not isinstance(lm, PolicyLM):
-            return self._default(lm, lm_kwargs, signature, demos, inputs)
-        if self.constrain_format:
-            extra_body = {**lm.kwargs.get("extra_body", {}), **lm_kwargs.get("extra_body", {})}
-            chars = self.max_field_chars or field_chars_for(
-                signature, lm_kwargs.get("max_tokens", lm.kwargs.get("max_tokens"))
-            )
-            extra_body["structured_outputs"] = {"regex": format_regex(signature, chars)}
-            lm_kwargs = {**lm_kwargs, "extra_body": extra_body}
-        record = _RECORD.get()
-        seen = len(record.calls) if record is not None else 0
-        try:
-            return super().__call__(lm, lm_kwargs, signature, demos, inputs)
-        except AdapterParseError:
-            if record is not None:
-                for call in record.calls[seen:]:
-                    call.parse_failed = True
-            raise

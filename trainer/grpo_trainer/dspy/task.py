@@ -25,6 +25,7 @@ from grpo_trainer.contract.config import DataSpec, TrainerConfig
 from grpo_trainer.contract.progress import ErrorReason
 from grpo_trainer.dspy.data import DataUnavailable, describe, load_examples
 from grpo_trainer.dspy.lms import external_lm
+from grpo_trainer.dspy.policy_binding import policy_predictors
 from grpo_trainer.dspy.registry import (
     BUILTIN_METRICS,
     BUILTIN_PROGRAMS,
@@ -59,12 +60,15 @@ class Task:
     train: list[dspy.Example]
     val: list[dspy.Example]
     code: list[CodeIdentity] = field(default_factory=list)  # the job's code sources as used
+    # the predictors the policy drives and trains (the others have an LM of their own)
+    trained_predictors: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """What the check found, as ``--check`` prints it."""
         return {
             "program": type(self.program).__name__,
             "predictors": [name for name, _ in self.program.named_predictors()],
+            "trained_predictors": list(self.trained_predictors),
             "inputs": sorted(self.train[0].inputs().keys()),
             "train_examples": len(self.train),
             "val_examples": len(self.val),
@@ -112,6 +116,15 @@ def load_task(
         program = resolve_program(cfg.program, untrusted_lm=untrusted_lm, exclude_demos=cfg.grpo.exclude_demos)
     except Exception as exc:  # user code: an import may raise anything
         raise TaskError("InvalidProgram", f"{program_ref}: {_text(exc)}") from exc
+    trained = policy_predictors(program)
+    if not trained:
+        names = ", ".join(name for name, _ in program.named_predictors())
+        raise TaskError(
+            "InvalidProgram",
+            f"{program_ref}: every predictor has an LM of its own ({names}), so none is left for the local model "
+            "to drive and train; leave the LM of the predictors to train unset (the trainer binds the local model "
+            "to those)",
+        )
     metric_ref = _ref("metric", cfg.metric, BUILTIN_METRICS)
     try:
         metric = resolve_metric(cfg.metric, judge_lm=judge_lm)
@@ -130,9 +143,15 @@ def load_task(
         _check_metric(metric, metric_ref, train[0], program)
     log.info(
         "task checked",
-        extra={"program": cfg.program, "metric": cfg.metric, "train_examples": len(train), "val_examples": len(val)},
+        extra={
+            "program": cfg.program,
+            "metric": cfg.metric,
+            "train_examples": len(train),
+            "val_examples": len(val),
+            "trained_predictors": trained,
+        },
     )
-    return Task(program=program, metric=metric, train=train, val=val, code=code)
+    return Task(program=program, metric=metric, train=train, val=val, code=code, trained_predictors=trained)
 
 
 def _load(where: str, spec: DataSpec, fields: Any, inputs: tuple[str, ...]) -> list[dspy.Example]:

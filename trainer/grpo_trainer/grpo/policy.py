@@ -30,11 +30,14 @@ DeviceChoice = Literal["auto", "cpu", "cuda"]
 
 @dataclass
 class Policy:
-    """The PEFT model plus how to run it (device, autocast dtype)."""
+    """The PEFT model plus how to run it (device, autocast dtype, fp16's gradient scaler)."""
 
     model: PeftModel
     device: torch.device
     autocast_dtype: Optional[torch.dtype]  # None: run in the weights' dtype (fp32 on CPU)
+    # fp16 only: float16's range is narrow, so the loss is scaled up before backward and a step
+    # with overflowing gradients is skipped (torch.amp.GradScaler, as transformers' Trainer does).
+    grad_scaler: Optional[torch.amp.GradScaler] = None
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -84,9 +87,22 @@ def prepare_base(base: PreTrainedModel, temperature: float) -> PreTrainedModel:
     return base
 
 
+def mixed_precision(train: TrainKwargs, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype bf16/fp16 ask for (the base model loads in it); None on a CPU, where both are ignored."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if train.bf16 else torch.float16 if train.fp16 else None
+
+
 def wrap_policy(base: PreTrainedModel, train: TrainKwargs, device: torch.device) -> Policy:
-    """Attach a fresh LoRA adapter to ``base`` (already on ``device``) and prepare it for training."""
-    use_bf16 = train.bf16 and device.type == "cuda"
+    """Attach a fresh LoRA adapter to ``base`` (already on ``device``) and prepare it for training.
+
+    PEFT keeps the adapter's weights in float32 under a bf16/fp16 base, so fp16's
+    scaler unscales float32 gradients.
+    """
+    autocast_dtype = mixed_precision(train, device)
+    if (train.bf16 or train.fp16) and autocast_dtype is None:
+        log.info("bf16/fp16 ignored on %s: training in float32", device.type)
     head = base.get_output_embeddings()
     head_names = {name.rsplit(".", 1)[-1] for name, module in base.named_modules() if module is head}
     if head_names & {t.rsplit(".", 1)[-1] for t in train.lora_config.target_modules}:
@@ -102,19 +118,21 @@ def wrap_policy(base: PreTrainedModel, train: TrainKwargs, device: torch.device)
     model = get_peft_model(base, peft_lora_config(train))
     model.train()
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("policy ready", extra={"trainable_params": n_train, "device": str(device), "bf16": use_bf16})
+    log.info(
+        "policy ready", extra={"trainable_params": n_train, "device": str(device), "autocast": str(autocast_dtype)}
+    )
     return Policy(
         model=model,
         device=device,
-        autocast_dtype=torch.bfloat16 if use_bf16 else None,
+        autocast_dtype=autocast_dtype,
+        grad_scaler=torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None,
     )
 
 
 def load_policy(model_name_or_path: str, train: TrainKwargs, device: DeviceChoice | str = "auto") -> Policy:
     """Load the base model (hub id or directory) and wrap it with the run's LoRA adapter."""
     dev = resolve_device(device)
-    dtype = torch.bfloat16 if (train.bf16 and dev.type == "cuda") else torch.float32
-    base = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=dtype)
+    base = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=mixed_precision(train, dev) or torch.float32)
     base.to(dev)
     return wrap_policy(base, train, dev)
 

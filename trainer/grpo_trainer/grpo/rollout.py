@@ -29,7 +29,9 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import dspy
 
-from grpo_trainer.dspy.lms import LMCall, PolicyChatAdapter, RolloutRecord, derive_seed, recording
+from grpo_trainer.dspy.lms import LMCall, PolicyLM, RolloutRecord, derive_seed, recording
+from grpo_trainer.dspy.policy_adapters import PolicyAdapter, PolicyChatAdapter
+from grpo_trainer.dspy.policy_binding import bind_policy
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +144,7 @@ def _run_one(
     sample_index: int,
     predictor_names: Mapping[int, str],
     seed: Optional[int],
-    adapter: PolicyChatAdapter,
+    adapter: PolicyAdapter,
     failure_score: float,
     format_failure_score: float,
 ) -> Rollout:
@@ -213,17 +215,18 @@ def run_rollouts(
     examples: Sequence[dspy.Example],
     num_samples_per_input: int,
     num_threads: int,
-    lm: Optional[dspy.BaseLM] = None,
+    lm: Optional[PolicyLM] = None,
     failure_score: float = 0.0,
     format_failure_score: float = -1.0,
     *,
     example_indices: Optional[Sequence[int]] = None,
     seed: Optional[int] = None,
-    adapter: Optional[PolicyChatAdapter] = None,
+    adapter: Optional[PolicyAdapter] = None,
 ) -> list[Rollout]:
     """``num_samples_per_input`` rollouts of ``program`` per example, ``num_threads`` at a time.
 
-    ``lm`` (the PolicyLM) is set on every predictor of ``program`` when given.
+    ``lm`` (the PolicyLM) is set on the predictors without an LM of their own when given
+    (grpo_trainer.dspy.policy_binding); ``adapter`` formats the policy's prompts (default: chat).
     ``example_indices`` are the examples' ids (e.g. from :class:`ExampleSampler`);
     default 0..n-1. With ``seed`` every policy call gets a vLLM seed derived from
     (seed, example id, sample index, predictor, invocation): pass a new seed per
@@ -238,7 +241,7 @@ def run_rollouts(
     if len(example_indices) != len(examples):
         raise ValueError("example_indices must match examples one to one")
     if lm is not None:
-        program.set_lm(lm)
+        bind_policy(program, lm)
     names = predictor_names(program)
     adapter = adapter or PolicyChatAdapter()
     jobs = [

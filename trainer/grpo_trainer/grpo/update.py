@@ -8,6 +8,12 @@ gradients over micro-batches of per_device_train_batch_size. Gradients are summe
 over ranks by hand after the last micro-batch (so ranks may hold different numbers
 of micro-batches in a ragged final batch), clipped, and applied.
 
+With fp16 the policy's gradient scaler scales the loss before backward; the summed
+gradients are unscaled before clipping, and an optimizer step whose gradients
+overflowed is skipped (the scaler lowers its scale; the learning-rate schedule does not
+advance), as transformers' Trainer does. Every rank sums the same gradients, so every
+rank skips the same steps.
+
 Each sample is trained on once, so old_logps is the current policy's logps
 detached (ratio 1, TRL's num_iterations=1): the policy before this update is the
 proximal policy. The sampler's distance from it — vLLM's numerics, and with
@@ -39,7 +45,7 @@ class UpdateStats:
     """What one call did, summed or averaged over all ranks."""
 
     loss: float  # mean over optimizer steps of the optimizer batch's loss
-    grad_norm: float  # mean over optimizer steps of the pre-clipping global gradient norm
+    grad_norm: float  # mean over the applied optimizer steps of the pre-clipping global gradient norm
     tokens: int  # active completion tokens trained on
     sequences: int
     clip_fraction: float
@@ -49,10 +55,11 @@ class UpdateStats:
     mean_kl: float
     mean_is_weight: float
     lr: float  # learning rate of the last optimizer step
-    optimizer_steps: int
+    optimizer_steps: int  # optimizer batches, skipped ones included
     seconds: float
     forward_backward_seconds: float = 0.0  # this rank's collation, forward and backward passes
     optimizer_seconds: float = 0.0  # this rank's gradient reduction, clipping, optimizer and scheduler steps
+    skipped_steps: int = 0  # fp16: steps whose gradients overflowed, not applied
 
 
 def optimizer_batches(samples: Sequence[TrainSample], train: TrainKwargs, world_size: int) -> list[list[TrainSample]]:
@@ -87,6 +94,17 @@ def _sum_gradients(params: list[torch.nn.Parameter], dist: DistContext) -> None:
         offset += n
 
 
+def _optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> bool:
+    """Apply the (unscaled, clipped) gradients; False when fp16's scaler found them overflowing and skipped it."""
+    if scaler is None:
+        optimizer.step()
+        return True
+    before = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler.get_scale() >= before  # the scale drops only after an overflow
+
+
 def train_on_samples(
     policy: Policy,
     optimizer: torch.optim.Optimizer,
@@ -99,12 +117,13 @@ def train_on_samples(
     started = time.monotonic()
     options = LossOptions.from_train(train)
     params = policy.trainable_parameters()
+    scaler = policy.grad_scaler
     policy.model.train()
     per_device = train.per_device_train_batch_size
 
     totals = LossStats()
     loss_sum = grad_norm_sum = 0.0
-    tokens = sequences = steps = 0
+    tokens = sequences = steps = skipped = 0
     fb_seconds = opt_seconds = 0.0
     lr = optimizer.param_groups[0]["lr"]
     for batch in optimizer_batches(samples, train, dist.world_size):
@@ -136,17 +155,23 @@ def train_on_samples(
                 ref_logps=ref,
                 sampler_logps=mb.sampler_logps,
             )
-            result.loss.backward()
+            (scaler.scale(result.loss) if scaler is not None else result.loss).backward()
             step_loss += float(result.loss.detach())
             step_stats = step_stats + result.stats
         opt_started = time.perf_counter()
         fb_seconds += opt_started - fb_started
 
         _sum_gradients(params, dist)
+        if scaler is not None:
+            scaler.unscale_(optimizer)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm))
         lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
+        if _optimizer_step(optimizer, scaler):
+            scheduler.step()
+            grad_norm_sum += grad_norm
+        else:
+            skipped += 1
+            log.warning("fp16 gradients overflowed: optimizer step skipped", extra={"scale": scaler.get_scale()})
         optimizer.zero_grad(set_to_none=True)
         opt_seconds += time.perf_counter() - opt_started
 
@@ -155,14 +180,13 @@ def train_on_samples(
         ).tolist()
         loss_sum += reduced[0]
         totals = totals + LossStats(*reduced[1:])
-        grad_norm_sum += grad_norm
         tokens += scale.tokens
         sequences += scale.sequences
         steps += 1
 
     stats = UpdateStats(
         loss=loss_sum / steps if steps else 0.0,
-        grad_norm=grad_norm_sum / steps if steps else 0.0,
+        grad_norm=grad_norm_sum / (steps - skipped) if steps > skipped else 0.0,
         tokens=tokens,
         sequences=sequences,
         clip_fraction=totals.clip_fraction,
@@ -173,6 +197,7 @@ def train_on_samples(
         mean_is_weight=totals.mean_is_weight,
         lr=lr,
         optimizer_steps=steps,
+        skipped_steps=skipped,
         seconds=time.monotonic() - started,
         forward_backward_seconds=fb_seconds,
         optimizer_seconds=opt_seconds,

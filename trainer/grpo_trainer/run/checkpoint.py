@@ -7,6 +7,7 @@ interrupted copy of the volume — is never resumed from)::
     adapter/          PEFT adapter (also loadable by vLLM or ``PeftModel.from_pretrained``)
     optimizer.pt      optimizer.state_dict()
     scheduler.pt      lr scheduler state_dict() (absent without a scheduler)
+    grad_scaler.pt    fp16's gradient scaler state_dict() (its scale; absent without fp16)
     rng-rank<R>.pt    python, numpy, torch CPU and CUDA generator states of rank R
     state.json        step, sampler state, best score/step, history (caller's JSON)
     COMPLETE          {"step": N, "saved_at": ...}
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
 COMPLETE_MARKER = "COMPLETE"
+GRAD_SCALER_FILE = "grad_scaler.pt"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -129,6 +131,7 @@ class CheckpointManager:
         *,
         rng_states: list[dict[str, Any]] | None = None,
         base_model_name: str | None = None,
+        grad_scaler: Stateful | None = None,
     ) -> Path:
         """Write the checkpoint of ``state.step`` atomically, then prune to ``keep``.
 
@@ -143,6 +146,8 @@ class CheckpointManager:
             torch.save(optimizer.state_dict(), staging / "optimizer.pt")
             if scheduler is not None:
                 torch.save(scheduler.state_dict(), staging / "scheduler.pt")
+            if grad_scaler is not None:
+                torch.save(grad_scaler.state_dict(), staging / GRAD_SCALER_FILE)
             for rank, rng in enumerate(rngs):
                 torch.save(rng, staging / f"rng-rank{rank}.pt")
             doc = {"format": FORMAT_VERSION, "world_size": len(rngs), **asdict(state)}
@@ -175,6 +180,7 @@ class CheckpointManager:
         *,
         path: Path | None = None,
         rank: int = 0,
+        grad_scaler: Stateful | None = None,
     ) -> TrainingState | None:
         """Load a checkpoint (default: the latest) into the given objects; None when there is none.
 
@@ -197,6 +203,11 @@ class CheckpointManager:
             if not scheduler_file.is_file():
                 raise FileNotFoundError(f"{path} has no scheduler state but a scheduler was given")
             scheduler.load_state_dict(torch.load(scheduler_file, map_location="cpu", weights_only=True))
+        if grad_scaler is not None:
+            if (path / GRAD_SCALER_FILE).is_file():
+                grad_scaler.load_state_dict(torch.load(path / GRAD_SCALER_FILE, map_location="cpu", weights_only=True))
+            else:  # a checkpoint written without fp16 (e.g. on a CPU): the scaler starts afresh
+                log.warning("%s has no gradient scaler state; fp16 starts from the default scale", path)
         rng_file = path / f"rng-rank{rank}.pt"
         if not rng_file.is_file():
             log.warning("%s has no RNG state for rank %d; using rank 0's", path, rank)

@@ -31,9 +31,11 @@ from grpo_trainer.contract.progress import (
     StepDiagnostics,
     result_model_name,
 )
-from grpo_trainer.dspy.lms import PolicyChatAdapter, PolicyLM, derive_seed
+from grpo_trainer.dspy.lms import PolicyLM, derive_seed
+from grpo_trainer.dspy.policy_adapters import PolicyAdapter, PolicyChatAdapter, policy_adapter
+from grpo_trainer.dspy.policy_binding import bind_policy
 from grpo_trainer.dspy.task import Task, checked_task
-from grpo_trainer.grpo.groups import build_groups
+from grpo_trainer.grpo.groups import Grouping, build_groups
 from grpo_trainer.grpo.optim import build_optimizer, build_scheduler
 from grpo_trainer.grpo.policy import Policy, load_policy
 from grpo_trainer.grpo.prefetch import Drawn, Prefetcher, publish_unloads, resume_versions, sampling_version
@@ -45,7 +47,7 @@ from grpo_trainer.run.checkpoint import CheckpointManager, TrainingState, captur
 from grpo_trainer.run.distributed import DistContext, broadcast_object, wait_for_main
 from grpo_trainer.run.progress_board import ProgressBoard
 from grpo_trainer.run.progress_server import ProgressServer, TrainerMetrics
-from grpo_trainer.run.result import write_result
+from grpo_trainer.run.result import keep_best, result_adapter, write_result
 from grpo_trainer.run.stopflag import StopFlag
 from grpo_trainer.run.tracking import CompletionLog, make_tracker
 from grpo_trainer.usercode.install import CODE_IDENTITY_FILE, code_summary, identity_json
@@ -103,7 +105,7 @@ class Sampling:
     sync: VLLMAdapterSync
     store: AdapterStore
     board: ProgressBoard
-    adapter: PolicyChatAdapter = field(default_factory=PolicyChatAdapter)
+    adapter: PolicyAdapter = field(default_factory=PolicyChatAdapter)
     completions: Optional[CompletionLog] = None
     tracker: Any = None
     server: Optional[ProgressServer] = None
@@ -142,7 +144,9 @@ class GRPORun:
         self.policy = load_policy(self.cfg.model, self.cfg.train, self.cfg.device)
         self.optimizer = build_optimizer(self.policy.trainable_parameters(), self.cfg.train)
         self.scheduler = build_scheduler(self.optimizer, self.cfg.train)
-        state = self.ckpt.restore(self.policy.model, self.optimizer, self.scheduler, rank=self.dist.rank)
+        state = self.ckpt.restore(
+            self.policy.model, self.optimizer, self.scheduler, rank=self.dist.rank, grad_scaler=self.policy.grad_scaler
+        )
         if state is not None and self.dist.is_main:  # every rank restored it; one line says so
             log.info("resumed from checkpoint", extra={"step": state.step, "ranks": self.dist.world_size})
         return state
@@ -161,6 +165,7 @@ class GRPORun:
         program, train = task.program, task.train
         write_text_atomic(self.run_dir / CODE_IDENTITY_FILE, identity_json(task.code))  # which code trained it
         board.code(code_summary(task.code, CODE_SUMMARY_CHARS))
+        board.trained_predictors(task.trained_predictors)
         if state is not None and state.sampler:
             sampler = ExampleSampler.from_state(len(train), state.sampler)
         else:
@@ -168,7 +173,7 @@ class GRPORun:
         sync = VLLMAdapterSync.from_endpoint(cfg.vllm)
         store = AdapterStore(self.run_dir, cfg.vllm.served_model_name)
         lm = PolicyLM.from_config(cfg.vllm, cfg.vllm.served_model_name, cfg.train)
-        program.set_lm(lm)
+        bind_policy(program, lm)  # the predictors the task check found without an LM of their own
         return Sampling(
             program=program,
             metric=task.metric,
@@ -179,7 +184,7 @@ class GRPORun:
             sync=sync,
             store=store,
             board=board,
-            adapter=PolicyChatAdapter(constrain_format=cfg.grpo.constrain_output_format),
+            adapter=policy_adapter(cfg.grpo.adapter, constrain_format=cfg.grpo.constrain_output_format),
             completions=CompletionLog(self.run_dir) if cfg.train.log_completions else None,
             tracker=make_tracker(cfg.train.report_to, self.run_dir, cfg.job_name, cfg.model_dump(mode="json")),
             server=server,
@@ -255,9 +260,10 @@ class GRPORun:
             score = self._evaluate(s, s.val, "val")
             train_score = self._evaluate(s, s.train, "train") if self.cfg.grpo.report_train_scores else None
         is_best = s.board.validation(step, score, baseline=step == 0, train_score=train_score)
-        if is_best:
+        mode = self.cfg.grpo.checkpoint
+        if is_best and mode != "none":  # none keeps no best adapter: the result is the last step's
             if step > 0:
-                s.store.set_best(step, score)
+                keep_best(s.store, mode, step, score)
                 s.board.best_adapter(version_name(step))
             else:
                 s.board.best_adapter(None)
@@ -314,7 +320,12 @@ class GRPORun:
                 "no rollout of this step called the local model: the program fails before sampling "
                 f"(first error: {next((r.error for r in rollouts if r.error), 'none reported; the program swallowed it')})"
             )
-        grouped = build_groups(rollouts, multitask=g.multitask, scale_rewards=t.scale_rewards)
+        grouping = Grouping(
+            mode=g.variably_invoked_predictor_grouping_mode,
+            fill_strategy=g.variably_invoked_predictor_fill_strategy,
+            seed=derive_seed(g.seed, "fill", drawn.step),
+        )
+        grouped = build_groups(rollouts, multitask=g.multitask, scale_rewards=t.scale_rewards, grouping=grouping)
         if g.multitask or not grouped.batches:
             predictor, samples = grouped.batches[0] if grouped.batches else ("all", [])
         else:
@@ -407,6 +418,7 @@ class GRPORun:
             self.scheduler,
             rng_states=rngs,
             base_model_name=self.cfg.vllm.served_model_name,
+            grad_scaler=self.policy.grad_scaler,
         )
         s.store.prune(self.cfg.grpo.keep_checkpoints + 1, protect=s.sync.wanted())
 
@@ -424,7 +436,7 @@ class GRPORun:
         if self.dist.is_main:
             assert self.task is not None
             self.sampling = s = self._setup_sampling(state, self.task)
-            if state is not None and state.best_step:
+            if state is not None and state.best_step and self.cfg.grpo.checkpoint != "none":
                 s.sync.set_best(state.best_step)
             for version in resume_versions(step, self.overlap):
                 if version in (0, step) or s.store.path(version).is_dir():
@@ -476,19 +488,23 @@ class GRPORun:
         return phase
 
     def _write_result(self, s: Sampling, *, finished: bool) -> RunResult:
-        """Replace result/ on the volume with the best adapter so far (see grpo_trainer.run.result)."""
+        """Replace result/ on the volume with the best adapter so far, or with grpo.checkpoint none the
+        last step's (see grpo_trainer.run.result)."""
         assert self.task is not None
         snapshot = s.board.snapshot()
-        best = s.store.best() if snapshot.best_step else None
+        mode = self.cfg.grpo.checkpoint
+        adapter, base_score = result_adapter(mode, s.store, snapshot)
         result = write_result(
             self.run_dir,
             job=self.cfg.job_name,
             base_model=self.cfg.model,
-            best=best,
-            best_score=snapshot.best_val_score,
+            adapter=adapter,
+            base_score=base_score,
             program=self.task.program,
             progress=snapshot,
             finished=finished,
+            checkpoint=mode,
+            improvements=s.store.improvements(),
         )
         s.board.record_result(result)
         return result

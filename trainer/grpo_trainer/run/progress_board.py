@@ -205,6 +205,12 @@ class ProgressBoard:
             self._doc.code = summary
             self._publish()
 
+    def trained_predictors(self, names: list[str]) -> None:
+        """The predictors the policy drives and trains (grpo_trainer.dspy.policy_binding)."""
+        with self._lock:
+            self._doc.trained_predictors = list(names)
+            self._publish()
+
     def record_result(self, result: RunResult) -> None:
         with self._lock:
             self._doc.result = result

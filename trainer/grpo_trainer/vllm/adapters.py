@@ -4,6 +4,8 @@ Layout under ``<run_dir>/adapters/``::
 
     step-1/ step-2/ ...   PEFT adapter directories (adapter_config.json + adapter_model.safetensors)
     best.json             {"step": N, "score": s, "path": "step-N"}: the best adapter by validation
+    improvements.json     [{"step", "score", "path"}, ...]: with grpo.checkpoint improvements, every
+                          adapter that improved on the best before it, oldest first (never pruned)
 
 The best adapter is named by a small JSON pointer file, not a symlink: it survives
 any way of copying the volume (object stores, ``kubectl cp``, zip files drop or
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 ADAPTERS_DIR = "adapters"
 BEST_POINTER = "best.json"
+IMPROVEMENTS_FILE = "improvements.json"
 VERSION_PREFIX = "policy-v"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -113,7 +116,9 @@ class SavedAdapter:
 
 
 @dataclass(frozen=True)
-class BestAdapter:
+class ScoredAdapter:
+    """An adapter on the volume with its validation score: the best, an improvement, or the last one."""
+
     step: int
     score: float
     path: Path
@@ -151,7 +156,7 @@ class AdapterStore:
                 found.append(int(match.group(1)))
         return sorted(found)
 
-    def set_best(self, step: int, score: float) -> BestAdapter:
+    def set_best(self, step: int, score: float) -> ScoredAdapter:
         """Point ``best.json`` at ``step`` (its directory must exist)."""
         path = self.path(step)
         if not path.is_dir():
@@ -159,17 +164,41 @@ class AdapterStore:
         doc = {"step": step, "score": score, "path": step_dir_name(step)}
         write_text_atomic(self.root / BEST_POINTER, json.dumps(doc, indent=2) + "\n")
         log.info("best adapter: step %d (score %.4f)", step, score)
-        return BestAdapter(step=step, score=score, path=path)
+        return ScoredAdapter(step=step, score=score, path=path)
 
-    def best(self) -> BestAdapter | None:
+    def best(self) -> ScoredAdapter | None:
         pointer = self.root / BEST_POINTER
         if not pointer.is_file():
             return None
-        doc = json.loads(pointer.read_text(encoding="utf-8"))
-        return BestAdapter(step=int(doc["step"]), score=float(doc["score"]), path=self.root / doc["path"])
+        return self._adapter(json.loads(pointer.read_text(encoding="utf-8")))
+
+    def _adapter(self, doc: dict[str, Any]) -> ScoredAdapter:
+        return ScoredAdapter(step=int(doc["step"]), score=float(doc["score"]), path=self.root / doc["path"])
+
+    def keep_improvement(self, step: int, score: float) -> list[ScoredAdapter]:
+        """Add ``step`` (its directory must exist) to the adapters kept for good; returns them all.
+
+        A step recorded before (a step redone after a resume) is replaced, so the list
+        stays one entry per step, oldest first.
+        """
+        if not self.path(step).is_dir():
+            raise FileNotFoundError(f"no adapter directory for step {step}: {self.path(step)}")
+        kept = [a for a in self.improvements() if a.step != step] + [ScoredAdapter(step, score, self.path(step))]
+        kept.sort(key=lambda a: a.step)
+        doc = [{"step": a.step, "score": a.score, "path": step_dir_name(a.step)} for a in kept]
+        write_text_atomic(self.root / IMPROVEMENTS_FILE, json.dumps(doc, indent=2) + "\n")
+        log.info("adapter of step %d kept as an improvement (score %.4f)", step, score)
+        return kept
+
+    def improvements(self) -> list[ScoredAdapter]:
+        """The adapters kept by :meth:`keep_improvement`, oldest first."""
+        path = self.root / IMPROVEMENTS_FILE
+        if not path.is_file():
+            return []
+        return [self._adapter(doc) for doc in json.loads(path.read_text(encoding="utf-8"))]
 
     def prune(self, keep_last: int, protect: Iterable[int] = ()) -> list[int]:
-        """Delete step directories except the newest ``keep_last``, the best, and ``protect``.
+        """Delete step directories except the newest ``keep_last``, the best, the improvements and ``protect``.
 
         ``protect`` should hold every version vLLM still has registered: vLLM re-reads
         an adapter from disk when it was evicted from its CPU cache.
@@ -181,6 +210,7 @@ class AdapterStore:
         best = self.best()
         if best is not None:
             keep.add(best.step)
+        keep.update(a.step for a in self.improvements())
         removed = [s for s in steps if s not in keep]
         for step in removed:
             shutil.rmtree(self.path(step), ignore_errors=True)
