@@ -21,7 +21,7 @@ from grpo_operator.client.cluster_jobs import ClusterJobs, in_cluster, raise_if_
 from grpo_operator.client.errors import NotServed
 from grpo_operator.client.job_view import JobView
 from grpo_operator.client.portforward import PortForward
-from grpo_operator.client.served import ServedResult
+from grpo_operator.client.served import ServedFormat, ServedResult
 from grpo_operator.client.submission import Submission
 from grpo_operator.local.display import Display, make_display
 from grpo_operator.resolve import served_model_name
@@ -102,7 +102,7 @@ class ClusterBackend:
         if not view.serving or view.endpoint is None:
             raise NotServed(f"GRPOJob {view.name} does not serve its result: {view.message}")
         endpoint = dict(view.endpoint)
-        base_model = served_model_name(parse_job(jobs.get(view.name)).spec)
+        spec = parse_job(jobs.get(view.name)).spec
         ref = endpoint.get("apiKeySecretRef")
         key = jobs.secret_value(ref["name"], ref["key"]) if ref else NO_KEY
         url, close = str(endpoint["url"]), (lambda: None)
@@ -116,8 +116,9 @@ class ClusterBackend:
             result=view.result or {},
             url=url,
             model=str(endpoint["model"]),
-            base_model=base_model,
+            base_model=served_model_name(spec),
             api_key=key,
             trained=tuple(trained),
+            format=ServedFormat.of(spec.grpo, spec.train_kwargs),
             close=close,
         )

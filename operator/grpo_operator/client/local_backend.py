@@ -22,7 +22,7 @@ from typing import Any, Iterator, Mapping, Optional
 from pydantic.alias_generators import to_camel
 
 from grpo_operator.client.errors import JobFailed, JobRejected, NotServed
-from grpo_operator.client.served import ServedResult
+from grpo_operator.client.served import ServedFormat, ServedResult
 from grpo_operator.client.submission import Submission
 from grpo_operator.local.display import Display, DisplayLogHandler, make_display
 from grpo_operator.local.plan import InvalidInput, RunOptions, make_plan
@@ -141,5 +141,6 @@ def serve(name: str, options: RunOptions, trained: tuple[str, ...] | list[str]) 
         base_model=spec.served_model_name,
         api_key="EMPTY",
         trained=tuple(trained),
+        format=ServedFormat.of(plan.config.grpo, plan.config.train),
         close=server.stop,
     )

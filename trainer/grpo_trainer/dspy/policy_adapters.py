@@ -157,10 +157,17 @@ class _PolicyFormat:
     name: ClassVar[AdapterFormat]
     dspy_options: ClassVar[dict[str, Any]]  # for the DSPy adapter's own __init__
 
-    def __init__(self, *, constrain_format: bool = False, max_field_chars: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        *,
+        constrain_format: bool = False,
+        max_field_chars: Optional[int] = None,
+        drives: tuple[type, ...] = (PolicyLM,),
+    ) -> None:
         super().__init__(**self.dspy_options)  # type: ignore[call-arg]
         self.constrain_format = constrain_format
         self.max_field_chars = max_field_chars
+        self.drives = drives  # the LMs formatted this way (the policy; the served result, as it was trained)
         self._default = ChatAdapter()
 
     def scaffold_chars(self, signature: type[dspy.Signature]) -> int:
@@ -179,7 +186,7 @@ class _PolicyFormat:
         demos: list[dict[str, Any]],
         inputs: dict[str, Any],
     ) -> list[dict[str, Any]]:
-        if not isinstance(lm, PolicyLM):
+        if not isinstance(lm, self.drives):
             return self._default(lm, lm_kwargs, signature, demos, inputs)
         if self.constrain_format:
             extra_body = {**lm.kwargs.get("extra_body", {}), **lm_kwargs.get("extra_body", {})}
@@ -248,6 +255,9 @@ _ADAPTERS: dict[str, type[PolicyChatAdapter] | type[PolicyJSONAdapter] | type[Po
 }
 
 
-def policy_adapter(name: AdapterFormat, *, constrain_format: bool = False) -> PolicyAdapter:
-    """The policy's adapter named by ``grpo.adapter``."""
-    return _ADAPTERS[name](constrain_format=constrain_format)
+def policy_adapter(
+    name: AdapterFormat, *, constrain_format: bool = False, drives: tuple[type, ...] = (PolicyLM,)
+) -> PolicyAdapter:
+    """The policy's adapter named by ``grpo.adapter`` (``drives``: the LM classes it formats; others get DSPy's
+    default ChatAdapter)."""
+    return _ADAPTERS[name](constrain_format=constrain_format, drives=drives)
