@@ -63,6 +63,7 @@ GPU_NODES = ("gpu-node-0", "gpu-node-1")
 SERVICE_CIDR = "10.96.0.0/16"  # virtual; nothing is ever routed there
 POD_CIDR = "127.100.0.0/16"  # KWOK hands out pod IPs from loopback
 STORAGE_CLASS = "standard"
+KUBELET_CLIENT_USER = "kube-apiserver-kubelet-client"  # the API server, to a kubelet (--kubelet-client-certificate)
 ADMISSION_PLUGINS = (
     "NamespaceLifecycle", "LimitRanger", "ServiceAccount", "NodeRestriction", "PodSecurity",
     "DefaultStorageClass", "DefaultTolerationSeconds", "StorageObjectInUseProtection",
@@ -704,7 +705,7 @@ class ControlPlane:
                 "DNS:kubernetes.default.svc.cluster.local",
             ],
         )
-        kubelet_client = ca.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ["system:masters"])
+        kubelet_client = ca.issue("apiserver-kubelet-client", KUBELET_CLIENT_USER, ["system:masters"])
         admin = ca.issue("admin", "grpo-test-admin", ["system:masters"])
         kcm = ca.issue("controller-manager", "system:kube-controller-manager")
         sched = ca.issue("scheduler", "system:kube-scheduler")
@@ -842,6 +843,13 @@ class ControlPlane:
             deadline,
             "ServiceAccount default/default (kube-controller-manager)",
         )
+
+    def kubelet_serving_certificate(self, node: str, address: str) -> tuple[Path, Path]:
+        """(cert, key) for a node's kubelet API at ``address``, from the CA the API server checks
+        kubelets against (``--kubelet-certificate-authority``)."""
+        assert self._ca is not None
+        sans = [f"IP:{address}", f"DNS:{node}"]
+        return self._ca.issue(f"kubelet-{node}", f"system:node:{node}", ["system:nodes"], sans=sans)
 
     def ready_nodes(self) -> set[str]:
         """Names of the nodes whose Ready condition is True."""

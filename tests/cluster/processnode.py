@@ -35,6 +35,13 @@ apply`` to a trained adapter through the very pod specs a cluster would get:
   when ``restartPolicy`` restarts it).
   Graceful deletion sends SIGTERM, SIGKILL after the grace period, then removes
   the pod. The Node reports Ready and renews its Lease.
+* **Kubelet API** (:mod:`kubeletapi`), at the Node's InternalIP and
+  ``daemonEndpoints.kubeletEndpoint.Port``, over TLS with a certificate from the control
+  plane's CA, for the API server only: ``kubectl logs`` (current or ``--previous`` run, init
+  containers, ``-f``, ``--tail``, ``--limit-bytes``; not ``--timestamps`` or ``--since``: no
+  per-line times are kept) and ``kubectl port-forward`` / ``kubernetes.stream.portforward``
+  (SPDY/3.1 and ``v4.channel.k8s.io``, to the pod's IP). No exec, attach, metrics, stats,
+  checkpoint or pod listing: those paths answer 501.
 
 The node is tainted (``grpo.test/process-node``) so that only pods that tolerate
 it land here. :meth:`ProcessNode.kill` signals a container, as a crash or the OOM
@@ -64,7 +71,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from controlplane import ControlPlane, wait_until
+from controlplane import KUBELET_CLIENT_USER, ControlPlane, wait_until
+from kubeletapi import KubeletError, KubeletServer
 
 from grpo_trainer.contract.config import DEVICE_ENV
 
@@ -73,6 +81,7 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # told to use the CPU, and vLLM's CPU build the settings grpo-local gives it on a CPU.
 FAKE_GPU_ENV = {DEVICE_ENV: "cpu", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 
+NODE_ADDRESS = "127.0.0.1"  # its InternalIP: where the API server reaches its kubelet API
 NODE_LABEL = "grpo.test/process-node"
 TAINT = {"key": NODE_LABEL, "value": "true", "effect": "NoSchedule"}
 TOLERATION = {"key": NODE_LABEL, "operator": "Equal", "value": "true", "effect": "NoSchedule"}
@@ -187,6 +196,19 @@ def missing_ancestor(target: str) -> Path | None:
 
 
 @dataclasses.dataclass
+class Run:
+    """One start of a container: where its output lies in the container's log (the kubelet API reads it)."""
+
+    log: Path
+    start: int  # where its output begins, after the node's "===== start" line
+    popen: subprocess.Popen[bytes]
+    end: int | None = None  # where the next start's line begins; None while this is the last run
+
+    def finished(self) -> bool:
+        return self.popen.poll() is not None
+
+
+@dataclasses.dataclass
 class Container:
     name: str
     spec: dict[str, Any]
@@ -204,7 +226,8 @@ class Container:
     script: str = ""  # the mount namespace's set-up, then exec of the command
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     termination_file: Path | None = None  # bind-mounted at the container's terminationMessagePath
-    log_offset: int = 0  # where this run's output starts in the log
+    runs: list[Run] = dataclasses.field(default_factory=list)  # every start, in order
+    previous_run: Run | None = None  # the run last_terminated describes (``kubectl logs --previous``)
 
     def last_words(self, exit_code: int) -> str:
         """The termination message as a kubelet reads it: the file, or the log's end when the policy says so."""
@@ -213,7 +236,7 @@ class Container:
             text = self.termination_file.read_bytes()[:TERMINATION_MESSAGE_BYTES].decode(errors="replace")
         if not text and exit_code != 0 and self.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError":
             with open(self.log, "rb") as fh:
-                fh.seek(self.log_offset)
+                fh.seek(self.runs[-1].start)
                 lines = fh.read().decode(errors="replace").splitlines()[-FALLBACK_LOG_LINES:]
             text = "\n".join(lines)[-FALLBACK_LOG_BYTES:]
         return text
@@ -334,11 +357,16 @@ class ProcessNode:
         self._next_ip = 1
         self._created_paths: set[Path] = set()
         self.errors: list[str] = []
+        self.kubelet: KubeletServer | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, timeout: float = 60) -> ProcessNode:
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        cert, key = self.cp.kubelet_serving_certificate(self.name, NODE_ADDRESS)
+        self.kubelet = KubeletServer(
+            self, cert, key, self.cp.ca_file, KUBELET_CLIENT_USER, NODE_ADDRESS, errors=self.errors
+        )
         node = {
             "apiVersion": "v1",
             "kind": "Node",
@@ -376,6 +404,8 @@ class ProcessNode:
             for pod in self._pods.values():
                 self._forget(pod)
             self._pods.clear()
+        if self.kubelet is not None:
+            self.kubelet.stop()
         with contextlib.suppress(Exception):
             self.cp.request("DELETE", f"/api/v1/nodes/{self.name}")
         for path in sorted(self._created_paths, key=lambda p: -len(p.parts)):
@@ -405,6 +435,37 @@ class ProcessNode:
         """A container's output so far (all its runs), like ``kubectl logs``."""
         paths = sorted(self.work_dir.glob(f"pods/{namespace}_{pod}_*/logs/{container or '*'}.log"))
         return "".join(p.read_text(errors="replace") for p in paths)
+
+    # ------------------------------------------------------------------ for the kubelet API (kubeletapi.Host)
+
+    def _find(self, namespace: str, pod: str) -> Pod:
+        """The pod, looked up without the lock: the sync loop holds it while an init container
+        runs, and that container's log must be readable meanwhile (a dict snapshot is atomic)."""
+        found = [p for p in list(self._pods.values()) if (p.namespace, p.name) == (namespace, pod)]
+        if not found:
+            raise KubeletError(404, f'pod "{pod}" does not exist')
+        return found[-1]  # the newest, if a pod of that name is still being torn down
+
+    def log_run(self, namespace: str, pod: str, container: str, previous: bool) -> Run:
+        """Which run ``kubectl logs [--previous]`` reads, and a kubelet's refusals when there is none."""
+        p = self._find(namespace, pod)
+        c = next((c for c in [*p.init_containers, *p.containers] if c.name == container), None)
+        if c is None:
+            raise KubeletError(404, f'container "{container}" not found in pod "{pod}"')
+        if previous:
+            if c.previous_run is None:
+                raise KubeletError(400, f'previous terminated container "{container}" in pod "{pod}" not found')
+            return c.previous_run
+        if c.runs:
+            return c.runs[-1]  # running, ended, or ended and waiting to restart: the latest
+        if c.terminated is not None:
+            raise KubeletError(400, f'container "{container}" in pod "{pod}" is terminated')
+        reason = (c.waiting or ("ContainerCreating", ""))[0]
+        raise KubeletError(400, f'container "{container}" in pod "{pod}" is waiting to start: {reason}')
+
+    def pod_address(self, namespace: str, pod: str) -> tuple[str, str]:
+        p = self._find(namespace, pod)
+        return p.ip, p.uid
 
     def pids(self, namespace: str, pod: str) -> list[int]:
         with self._lock:
@@ -540,9 +601,11 @@ class ProcessNode:
         if c.termination_file is not None:
             c.termination_file.write_bytes(b"")
         with open(c.log, "ab") as log:
+            if c.runs:  # before the line below is written: a reader of that run stops short of it
+                c.runs[-1].end = log.seek(0, os.SEEK_END)
             log.write(f"===== {now()} start #{c.restart_count}: {shlex.join(argv)}\n".encode())
             log.flush()
-            c.log_offset = log.tell()
+            start = log.tell()
             c.popen = subprocess.Popen(
                 ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", c.script, c.name, *argv],
                 env=c.env,
@@ -553,6 +616,7 @@ class ProcessNode:
                 start_new_session=True,
                 preexec_fn=_set_pdeathsig,  # noqa: PLW1509 - prctl only
             )
+        c.runs.append(Run(c.log, start, c.popen))
         c.started_at, c.waiting, c.ready, c.probe_failures = now(), None, False, 0
         probe = c.spec.get("readinessProbe")
         c.next_probe = time.monotonic() + (probe or {}).get("initialDelaySeconds", 0)
@@ -575,7 +639,7 @@ class ProcessNode:
         code = ended["exitCode"]
         c.ready = False
         if pod.restart_policy == "Always" or (pod.restart_policy == "OnFailure" and code != 0):
-            c.last_terminated = ended
+            c.last_terminated, c.previous_run = ended, c.runs[-1]
             delay = RESTART_BACKOFF[min(c.restart_count, len(RESTART_BACKOFF) - 1)]
             c.restart_at = time.monotonic() + delay
             c.waiting = ("CrashLoopBackOff", f"back-off {delay:.0f}s restarting failed container={c.name}")
@@ -866,7 +930,8 @@ class ProcessNode:
                 condition("DiskPressure", "False", "KubeletHasNoDiskPressure"),
                 condition("PIDPressure", "False", "KubeletHasSufficientPID"),
             ],
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": self.name}],
+            "addresses": [{"type": "InternalIP", "address": NODE_ADDRESS}, {"type": "Hostname", "address": self.name}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet.port if self.kubelet else 0}},
             "nodeInfo": {
                 "machineID": "",
                 "systemUUID": "",
