@@ -68,13 +68,14 @@ class PAPILLON(dspy.Module):
         return dspy.Prediction(llm_request=llm_request, llm_response=llm_response, response=response)
 
 
-# tutorial: pupa_new = load_dataset("Columbia-NLP/PUPA", "pupa_new"); trainset, devset = examples[:225], examples[225:450]
+# tutorial: pupa_new = load_dataset("Columbia-NLP/PUPA", "pupa_new")
+#           trainset, devset = examples[:225], examples[225:450]
 def examples(split):
-    rows = [json.loads(line) for line in (PII_DELEGATION / f"{split}.jsonl").read_text().splitlines() if line.strip()]
+    lines = (PII_DELEGATION / f"{split}.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines if line.strip()]
     return [
-        dspy.Example(user_query=r["user_query"], target_response=r["target_response"], pii_str=r["pii_units"]).with_inputs(
-            "user_query"
-        )
+        dspy.Example(user_query=r["user_query"], target_response=r["target_response"], pii_str=r["pii_units"])
+        .with_inputs("user_query")
         for r in rows
     ]
 

@@ -12,7 +12,6 @@ runs on a fake node).
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import threading
 import time
@@ -28,7 +27,6 @@ from controlplane import ControlPlane, wait_until
 
 from grpo_operator.children import JOB_LABEL
 from grpo_trainer.contract.progress import Progress
-from support.checkout import checkout_env
 from support.cluster_jobs import (
     CHART,
     RESTRICTED,
@@ -36,9 +34,11 @@ from support.cluster_jobs import (
     cond,
     exit_running_pod,
     get_job,
+    grpo,
     is_true,
     job_exists,
     job_manifest,
+    team_member,
     wait_job,
 )
 from support.latency import DelayProxy, upstream_of
@@ -286,22 +286,6 @@ def test_operator_killed_mid_creation_makes_exactly_one_set_of_children(
     assert any(0 < n < 5 for n in seen_at_kill), f"no kill landed mid-creation: children at each kill {seen_at_kill}"
     assert children(cp, ns) == PAPILLON_CHILDREN
     assert get_job(cp, ns, "papillon")["status"]["restarts"] == 0
-
-
-def team_member(cp: ControlPlane, ns: str, name: str = "alice") -> Path:
-    """A kubeconfig of a team member who holds the built-in ``edit`` role in the namespace (the chart
-    aggregates GRPOJob rights into it): what a notebook's compile() and the grpo CLI run as."""
-    path = cp.kubeconfig_for_serviceaccount(ns, name)
-    cp.kubectl("create", "rolebinding", f"{name}-edit", "--clusterrole=edit", f"--serviceaccount={ns}:{name}", "-n", ns)
-    return path
-
-
-def grpo(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The ``grpo`` CLI as a user runs it, with their kubeconfig."""
-    return subprocess.run(
-        [sys.executable, "-m", "grpo_operator.client.cli", *args, "--kubeconfig", str(kubeconfig)],
-        env=checkout_env(), capture_output=True, text=True, timeout=60,
-    )
 
 
 def test_suspend_deletes_pods_keeps_volume_and_resume_recreates(

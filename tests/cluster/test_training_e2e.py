@@ -34,10 +34,13 @@ PII data), so the run takes minutes.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -54,10 +57,12 @@ from grpo_operator.local.default import default_job, default_model_dir
 from grpo_trainer.contract.progress import Progress
 from grpo_trainer.embedded.bundled import PII_DELEGATION
 from support.chart import helm_install, start_operator_like_deployment
-from support.checkout import SOURCE_DIRS
-from support.cluster_jobs import RESTRICTED, cond, get_job, is_true, wait_job
+from support.checkout import SOURCE_DIRS, checkout_env
+from support.cluster_jobs import RESTRICTED, cond, get_job, grpo_command, is_true, team_member, wait_job
 from support.operator import OperatorProcess, free_port
 from support.ranks import alive, rank_pids
+from support.served_result import assert_serves_result
+from support.trainer_log import steps_done
 
 pytestmark = [pytest.mark.cluster, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(2400)]
 
@@ -342,6 +347,54 @@ def own_program_job(model_dir: Path, name: str, program: str) -> dict[str, Any]:
     return doc
 
 
+def compile_with_a_broken_metric(ns: str, kubeconfig: Path, model_dir: Path, work: Path) -> None:
+    """GRPO(...).compile() of the team's program with a metric that raises: JobFailed(InvalidMetric), quoting it."""
+    import dspy
+
+    from grpo_operator.client import GRPO, ClusterBackend, JobFailed
+    from grpo_operator.local.display import LineDisplay
+
+    folder = work / "notebook-modules"
+    folder.mkdir()
+    metric = "def score(gold, pred, trace=None):\n    raise ValueError('no gold topic here')\n"
+    (folder / "broken_metric.py").write_text(metric)
+    sys.path[:0] = [str(OWN_PROGRAM), str(folder)]
+    try:
+        from broken_metric import score  # type: ignore[import-not-found]
+        from topics.program import Topic  # type: ignore[import-not-found]
+
+        student = Topic()
+        student.set_lm(dspy.LM("openai/unused"))
+        rows = [json.loads(line) for line in (OWN_PROGRAM / "data" / "train.jsonl").read_text().splitlines()[:8]]
+        examples = [dspy.Example(**r).with_inputs("text") for r in rows]
+        placement = {"nodeSelector": {NODE_LABEL: "true"}, "tolerations": [TOLERATION]}
+        small = {"requests": {"cpu": "500m", "memory": "2Gi"}, "limits": {"memory": "8Gi"}}
+        compiler = GRPO(
+            metric=score,
+            num_train_steps=1,
+            num_samples_per_input=2,
+            train_kwargs={"num_training_gpus": 0, "num_inference_gpus": 0},
+            model={"path": model_dir.name, "volume": {"claimName": "models"}, "dtype": "float32"},
+            name="topics-compiled",
+            backend=ClusterBackend(
+                namespace=ns,
+                kubeconfig=str(kubeconfig),
+                trainer={**placement, "resources": small},
+                inference={**placement, "resources": small, "extraArgs": ["--no-enable-chunked-prefill"]},
+                storage={"size": "1Gi"},
+                timeout=600,
+                display=LineDisplay(io.StringIO()),
+            ),
+        )
+        with pytest.raises(JobFailed) as failed:
+            compiler.compile(student, trainset=examples, valset=examples[:4])
+    finally:
+        sys.path[:] = [p for p in sys.path if p not in (str(OWN_PROGRAM), str(folder))]
+        sys.modules.pop("broken_metric", None)
+    assert failed.value.reason == "InvalidMetric", failed.value
+    assert "no gold topic here" in failed.value.message and "broken_metric:score" in failed.value.message
+
+
 def test_a_users_own_program_from_every_kind_of_code_source_trains_and_a_misspelt_one_fails_at_once(
     control_plane: ControlPlane, job_ns: str, node: ProcessNode, operator: OperatorProcess, tmp_path: Path
 ):
@@ -378,6 +431,12 @@ def test_a_users_own_program_from_every_kind_of_code_source_trains_and_a_misspel
         job_file.write_text(yaml.safe_dump_all(docs, sort_keys=False))
         cp.kubectl("apply", "-f", job_file, "-n", ns)
         applied = time.monotonic()
+        # a team member follows the trainer's log as it is written (grpo logs -f waits for the trainer to start)
+        alice = team_member(cp, ns)
+        follower = subprocess.Popen(
+            grpo_command(alice, "logs", "-f", "topics", "-n", ns),
+            env=checkout_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
 
         # --- the misspelt importPath fails in the trainer's first seconds, with no retry spent
         typo = wait_job(cp, ns, "topics-typo", is_true("Failed"), "Failed=True", timeout=300)
@@ -392,9 +451,16 @@ def test_a_users_own_program_from_every_kind_of_code_source_trains_and_a_misspel
         pods = [p["metadata"]["name"] for p in cp.get_json("pods", namespace=ns)["items"]]
         assert "topics-typo-trainer-1" not in pods
 
+        # --- compile() from a notebook's process, as that team member: its metric raises, and the job's own
+        # words come back as the exception (the trainer's check before any model loads)
+        compile_with_a_broken_metric(ns, alice, model_dir, tmp_path)
+
         # --- the other trains on the team's code and data
         job = wait_job(cp, ns, "topics", is_true("Succeeded"), "Succeeded=True", timeout=1500)
         assert job["status"]["step"] == OWN_STEPS and job["status"]["restarts"] == 0
+        followed, errors = follower.communicate(timeout=120)  # the stream ended with the trainer
+        assert follower.returncode == 0, errors
+        assert steps_done(followed) == list(range(1, OWN_STEPS + 1)), followed[-3000:]
 
     # --- and goes on serving its result (spec.serve): the vLLM pod that served training stays
     job = wait_job(cp, ns, "topics", lambda j: cond(j, "InferenceReady").get("reason") == "Serving", "Serving")
@@ -411,6 +477,23 @@ def test_a_users_own_program_from_every_kind_of_code_source_trains_and_a_misspel
         assert endpoint["model"] in served, served
 
     run_dir = claim_dir(cp, ns, "topics-run")
+    # --- a later Python session load()s the result: outside the cluster, through a port-forward, as alice
+    from grpo_operator.client import ClusterBackend, load
+
+    sys.path.insert(0, str(OWN_PROGRAM))  # the team's program class, as on their machine
+    try:
+        program = load("topics", backend=ClusterBackend(namespace=ns, kubeconfig=str(alice)))
+    finally:
+        sys.path.remove(str(OWN_PROGRAM))
+    try:
+        served_result = program.grpo_result
+        assert served_result.url.startswith("http://127.0.0.1:") and served_result.model == endpoint["model"]
+        assert served_result.trained == ("classify",)
+        if result.get("adapter"):
+            assert_serves_result(program.classify.lm, run_dir, "A match report: the home side won.", model_dir)
+        assert program(text="We cooked pasta with basil for dinner.").topic.strip()
+    finally:
+        served_result.close()
     # the result differs from the base model: LoRA's B matrices start at zero and were trained
     weights = load_file(str(run_dir / "adapters" / f"step-{OWN_STEPS}" / "adapter_model.safetensors"))
     assert any("lora_B" in k and float(abs(v).max()) > 0 for k, v in weights.items()), "LoRA B is still 0"

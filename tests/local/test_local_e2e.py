@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import time
@@ -22,24 +21,12 @@ import pytest
 from grpo_operator.local.default import NUM_TRAIN_STEPS
 from grpo_trainer.contract.progress import Progress
 from support.learning import assert_learned_and_served
+from support.trainer_log import steps_done
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 RUN_TIMEOUT = 1500.0
 
-
-def steps_done(trainer_log: str) -> list[int]:
-    """Steps the trainer reports finishing, in order (its JSON log lines: msg "step done")."""
-    done = []
-    for line in trainer_log.splitlines():
-        if '"step done"' in line:
-            try:
-                done.append(int(json.loads(line)["step"]))
-            except (ValueError, KeyError):
-                match = re.search(r'"step": (\d+)', line)
-                assert match, line
-                done.append(int(match.group(1)))
-    return done
 
 def wait_for_a_step(runner: subprocess.Popen, run_dir: Path, out: Path) -> None:
     """Until the run reports a finished step (the runner must stay alive meanwhile)."""

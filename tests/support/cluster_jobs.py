@@ -7,12 +7,16 @@ tests/cluster/conftest.py puts on sys.path.
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import yaml
 from controlplane import EXIT_ANNOTATION, ControlPlane, wait_until
 
+from support.checkout import checkout_env
 from support.jobdocs import ROOT, load_example
 
 CHART = ROOT / "charts" / "grpo-operator"
@@ -104,3 +108,21 @@ def exit_running_pod(cp: ControlPlane, ns: str, pod: str, code: int) -> None:
 
 def job_exists(cp: ControlPlane, ns: str, name: str) -> bool:
     return cp.kubectl("get", "grpojob", name, "-n", ns, check=False).returncode == 0
+
+
+def team_member(cp: ControlPlane, ns: str, name: str = "alice") -> Path:
+    """A kubeconfig of a team member who holds the built-in ``edit`` role in the namespace (the chart
+    aggregates GRPOJob rights into it): what a notebook's compile() and the grpo CLI run as."""
+    path = cp.kubeconfig_for_serviceaccount(ns, name)
+    cp.kubectl("create", "rolebinding", f"{name}-edit", "--clusterrole=edit", f"--serviceaccount={ns}:{name}", "-n", ns)
+    return path
+
+
+def grpo_command(kubeconfig: Path, *args: str) -> list[str]:
+    """The ``grpo`` CLI as a user runs it, with their kubeconfig."""
+    return [sys.executable, "-m", "grpo_operator.client.cli", *args, "--kubeconfig", str(kubeconfig)]
+
+
+def grpo(kubeconfig: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    command = grpo_command(kubeconfig, *args)
+    return subprocess.run(command, env=checkout_env(), capture_output=True, text=True, timeout=timeout)

@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any
 
 
-def assert_serves_result(lm: Any, run_dir: Path, text: str = "Write a short request without names or addresses.") -> None:
+def assert_serves_result(
+    lm: Any,
+    run_dir: Path,
+    text: str = "Write a short request without names or addresses.",
+    base_model: Path | None = None,
+) -> None:
+    """``base_model``: where the base model is here, when the job named it by a path inside its pods."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -21,10 +27,16 @@ def assert_serves_result(lm: Any, run_dir: Path, text: str = "Write a short requ
 
     result = json.loads((run_dir / "result" / "result.json").read_text())
     assert result["adapter"], "the base model scored best: there is no adapter to serve"
-    base = result["base_model"]
+    base = str(base_model or result["base_model"])
     token_ids = AutoTokenizer.from_pretrained(base)(text)["input_ids"]
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), str(run_dir / "result" / "adapter"))
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), str(run_dir / "result" / "adapter")
+    )
     name = lm.model.removeprefix("openai/")
-    check = check_served_adapter(model, torch.device("cpu"), lm.kwargs["api_base"], name, run_dir / "result" / "adapter", token_ids)
+    check = check_served_adapter(
+        model, torch.device("cpu"), lm.kwargs["api_base"], name, run_dir / "result" / "adapter", token_ids
+    )
     assert check.served_vs_disk <= 1e-3, check
-    assert check.base_vs_disk >= 50 * max(check.served_vs_disk, 1e-4), f"the check cannot tell the adapter apart: {check}"
+    assert check.base_vs_disk >= 50 * max(check.served_vs_disk, 1e-4), (
+        f"the check cannot tell the adapter apart: {check}"
+    )

@@ -4,18 +4,15 @@ and compile() use (the cluster side runs against the real API server in tests/cl
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from grpo_operator.client.cli import main
 from grpo_operator.client.job_view import JobView
-from grpo_operator.local.rundir import LOGS_DIR, lock_run_dir
+from grpo_operator.local.rundir import LOGS_DIR
 from grpo_trainer.contract.progress import Progress, RunResult
 from support.checkout import checkout_env
 
@@ -53,15 +50,20 @@ def test_stop_asks_the_running_grpo_local_for_its_checkpointed_stop(tmp_path: Pa
     """`grpo stop --local` finds the runner by the pid in its run directory's lock and sends it Ctrl-C."""
     path = run_dir(tmp_path, "running", step=2, phase="train")
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import signal, sys, time\n"
-         "from pathlib import Path\n"
-         "from grpo_operator.local.rundir import lock_run_dir\n"
-         f"lock = lock_run_dir(Path({str(path)!r}), fresh=False)\n"
-         "signal.signal(signal.SIGINT, lambda *a: sys.exit(42))\n"
-         "print('locked', flush=True)\n"
-         "time.sleep(60)\n"],
-        env=checkout_env(), stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import signal, sys, time\n"
+            "from pathlib import Path\n"
+            "from grpo_operator.local.rundir import lock_run_dir\n"
+            f"lock = lock_run_dir(Path({str(path)!r}), fresh=False)\n"
+            "signal.signal(signal.SIGINT, lambda *a: sys.exit(42))\n"
+            "print('locked', flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        env=checkout_env(),
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
@@ -79,7 +81,10 @@ def test_a_jobs_state_is_its_first_true_condition_in_the_operators_order() -> No
         "metadata": {"name": "j", "namespace": "ns", "generation": 2},
         "spec": {"grpo": {"num_train_steps": 500}},
         "status": {
-            "step": 42, "trainReward": 0.61, "valScore": 0.58, "observedGeneration": 2,
+            "step": 42,
+            "trainReward": 0.61,
+            "valScore": 0.58,
+            "observedGeneration": 2,
             "conditions": [
                 {"type": "Training", "status": "True", "reason": "Running", "message": "step 42/500"},
                 {"type": "Created", "status": "True", "reason": "ChildrenCreated", "message": ""},
@@ -89,6 +94,20 @@ def test_a_jobs_state_is_its_first_true_condition_in_the_operators_order() -> No
     view = JobView.of(obj)
     assert (view.state, view.reason, view.step, view.max_steps) == ("Training", "Running", 42, 500)
     assert view.progress().phase == "train" and not view.finished and not view.serving
-    pending = JobView.of({"metadata": {"name": "j"}, "spec": {}, "status": {"conditions": [
-        {"type": "Created", "status": "False", "reason": "MissingReference", "message": "Secret 'k' is missing"}]}})
+    pending = JobView.of(
+        {
+            "metadata": {"name": "j"},
+            "spec": {},
+            "status": {
+                "conditions": [
+                    {
+                        "type": "Created",
+                        "status": "False",
+                        "reason": "MissingReference",
+                        "message": "Secret 'k' is missing",
+                    }
+                ]
+            },
+        }
+    )
     assert (pending.state, pending.reason) == ("Pending", "MissingReference")

@@ -26,18 +26,30 @@ class Seen(dspy.Module):
 
 def served(fmt: ServedFormat) -> ServedResult:
     return ServedResult(
-        job="seen-1", namespace=None, result={"adapter": "result/adapter", "valScore": 0.9}, url="http://127.0.0.1:9/v1",
-        model="seen-1", base_model="base", api_key="k", trained=("answer",), format=fmt,
+        job="seen-1",
+        namespace=None,
+        result={"adapter": "result/adapter", "valScore": 0.9},
+        url="http://127.0.0.1:9/v1",
+        model="seen-1",
+        base_model="base",
+        api_key="k",
+        trained=("answer",),
+        format=fmt,
     )
 
 
-def test_trained_predictors_call_the_served_adapter_and_a_local_model_standing_in_for_the_untrusted_one_the_base() -> None:
+def test_trained_predictors_call_the_served_adapter_and_a_local_model_standing_in_for_the_untrusted_one_the_base() -> (
+    None
+):
     local = dspy.LM("openai/local-model", temperature=0.7, max_tokens=99)
     student = Seen(untrusted_model=local)
     student.answer.lm = local
     program = bind_result(student, served(ServedFormat()))
     assert isinstance(program.answer.lm, served_lm_class()) and program.answer.lm.model == "openai/seen-1"
-    assert program.answer.lm.kwargs["api_base"] == "http://127.0.0.1:9/v1" and program.answer.lm.kwargs["temperature"] == 0.7
+    assert (
+        program.answer.lm.kwargs["api_base"] == "http://127.0.0.1:9/v1"
+        and program.answer.lm.kwargs["temperature"] == 0.7
+    )
     assert program.judge.lm.model == "openai/gpt-4.1-mini"  # its own LM, not trained: kept
     assert program.untrusted_model.model == "openai/base"  # the local model stood in for it, as in training
     assert student.answer.lm is local and type(program) is Seen  # the student is untouched; chat: no wrapper

@@ -19,12 +19,17 @@ from support.checkout import checkout_env
 # the metric, then what a notebook does besides (data, LMs for the run, compile, printing).
 CELLS = [
     ("cell 1", "import dspy\nimport random\nfrom typing import Any\n%pip install dspy\n"),
-    ("cell 2", textwrap.dedent('''
+    (
+        "cell 2",
+        textwrap.dedent("""
         local_lm = dspy.LM("openai/arbor:Qwen/Qwen2.5-1.5B-Instruct", temperature=0.7)
         openai_lm = dspy.LM("openai/gpt-4.1-mini", max_tokens=4000)
         dspy.configure(lm=local_lm)
-    ''')),
-    ("cell 3", textwrap.dedent('''
+    """),
+    ),
+    (
+        "cell 3",
+        textwrap.dedent('''
         class CraftRedactedRequest(dspy.Signature):
             """Make a privacy-preserving request."""
             user_query = dspy.InputField()
@@ -38,8 +43,11 @@ CELLS = [
             def forward(self, user_query):
                 request = self.craft(user_query=user_query).llm_request
                 return dspy.Prediction(llm_request=request, response=request)
-    ''')),
-    ("cell 4", textwrap.dedent('''
+    '''),
+    ),
+    (
+        "cell 4",
+        textwrap.dedent("""
         class JudgeQuality(dspy.Signature):
             user_query = dspy.InputField()
             judgment: bool = dspy.OutputField()
@@ -51,8 +59,11 @@ CELLS = [
         def compute_overall_score(gold, pred, trace=None):
             score = float(bool(pred.response)) * THRESHOLD
             return score if trace is None else score >= THRESHOLD
-    ''')),
-    ("cell 5", textwrap.dedent('''
+    """),
+    ),
+    (
+        "cell 5",
+        textwrap.dedent("""
         from datasets import load_dataset
         pupa = load_dataset("Columbia-NLP/PUPA", "pupa_new")
         trainset = [dspy.Example(user_query=x["user_query"]).with_inputs("user_query") for x in pupa["train"]]
@@ -60,7 +71,8 @@ CELLS = [
         papillon.set_lm(local_lm)
         optimized = compiler.compile(student=papillon, trainset=trainset)
         print(random.random())
-    ''')),
+    """),
+    ),
 ]
 
 
@@ -78,7 +90,15 @@ def test_the_notebooks_program_and_metric_come_with_what_they_need_and_nothing_e
         assert needed in text, needed
     # the judge the metric's module builds, and what configures it, come along (its LM too)
     assert "llm_judge = dspy.ChainOfThought(JudgeQuality)" not in text  # the metric does not read it
-    for left_out in ("load_dataset", "compiler.compile", "print(", "random", "pip install", "dspy.configure", "local_lm"):
+    for left_out in (
+        "load_dataset",
+        "compiler.compile",
+        "print(",
+        "random",
+        "pip install",
+        "dspy.configure",
+        "local_lm",
+    ):
         assert left_out not in text, left_out
     namespace = _module(text, tmp_path)
     program = namespace["PAPILLON"]()  # type: ignore[operator]
@@ -88,7 +108,12 @@ def test_the_notebooks_program_and_metric_come_with_what_they_need_and_nothing_e
 
 
 def test_a_configured_global_comes_with_the_statements_that_configure_it(tmp_path: Path) -> None:
-    cells = CELLS + [("cell 6", "def judged(gold, pred, trace=None):\n    return float(llm_judge(user_query=gold.user_query).judgment)\n")]
+    cells = CELLS + [
+        (
+            "cell 6",
+            "def judged(gold, pred, trace=None):\n    return float(llm_judge(user_query=gold.user_query).judgment)\n",
+        )
+    ]
     text = extract(["judged"], cells).text
     assert "llm_judge = dspy.ChainOfThought(JudgeQuality)" in text and "llm_judge.set_lm(openai_lm)" in text
     assert "openai_lm = dspy.LM('openai/gpt-4.1-mini', max_tokens=4000)" in text
@@ -98,18 +123,28 @@ def test_a_configured_global_comes_with_the_statements_that_configure_it(tmp_pat
 
 
 def test_a_secret_written_into_a_needed_statement_is_refused_with_the_fix() -> None:
-    cells = [("cell 1", 'import dspy\nlm = dspy.LM("openai/gpt-4.1", api_key="sk-live-0123456789abcdef")\n'
-              "def metric(gold, pred, trace=None):\n    return float(lm is not None)\n")]
+    cells = [
+        (
+            "cell 1",
+            'import dspy\nlm = dspy.LM("openai/gpt-4.1", api_key="sk-live-0123456789abcdef")\n'
+            "def metric(gold, pred, trace=None):\n    return float(lm is not None)\n",
+        )
+    ]
     with pytest.raises(SourceError, match=r"cell 1:2 writes a secret .*api_key=<literal>.*environment"):
         extract(["metric"], cells)
     # a secret in a statement the program does not need stays in the notebook and is no concern
-    extract(["metric"], [("cell 1", "import os\nkey = 'sk-live-0123456789abcdef'\ndef metric(g, p, trace=None):\n    return 1.0\n")])
+    extract(
+        ["metric"],
+        [("cell 1", "import os\nkey = 'sk-live-0123456789abcdef'\ndef metric(g, p, trace=None):\n    return 1.0\n")],
+    )
 
 
 def test_a_name_the_notebook_never_defines_at_top_level_is_named() -> None:
     with pytest.raises(SourceError, match="Missing is not defined at the top level"):
         extract(["Missing"], CELLS)
-    assert extract(["compute_overall_score"], [("cell 1", "def compute_overall_score(g, p, trace=None):\n    return helper(p)\n")]).undefined == ("helper",)
+    assert extract(
+        ["compute_overall_score"], [("cell 1", "def compute_overall_score(g, p, trace=None):\n    return helper(p)\n")]
+    ).undefined == ("helper",)
 
 
 def test_a_class_defined_inside_a_function_cannot_be_shipped(tmp_path: Path) -> None:
@@ -123,7 +158,9 @@ def test_a_class_defined_inside_a_function_cannot_be_shipped(tmp_path: Path) -> 
         make_bundle({"program": make(), "metric": len}, tmp_path / "code")
 
 
-def test_a_users_package_is_copied_with_the_local_modules_it_imports_and_installed_ones_are_named(tmp_path: Path) -> None:
+def test_a_users_package_is_copied_with_the_local_modules_it_imports_and_installed_ones_are_named(
+    tmp_path: Path,
+) -> None:
     project = tmp_path / "project"
     (project / "team_tasks").mkdir(parents=True)
     (project / "team_tasks" / "__init__.py").write_text("")
@@ -132,7 +169,9 @@ def test_a_users_package_is_copied_with_the_local_modules_it_imports_and_install
         "        self.predict = dspy.Predict('text -> label')\n\n    def forward(self, text):\n"
         "        return self.predict(text=team_helpers.clean(text))\n"
     )
-    (project / "team_helpers.py").write_text("def clean(text):\n    return text.strip()\n\ndef score(g, p, trace=None):\n    return 1.0\n")
+    (project / "team_helpers.py").write_text(
+        "def clean(text):\n    return text.strip()\n\ndef score(g, p, trace=None):\n    return 1.0\n"
+    )
     (project / "team_tasks" / "weights.bin").write_bytes(b"\0" * (600 * 1024))  # data, not code
     sys.path.insert(0, str(project))
     try:

@@ -23,7 +23,7 @@ from grpo_operator.client.submission import UNTRUSTED_KEY, build
 from support.checkout import checkout_env
 from support.seed import seed_call  # the tutorial's configuration cell
 
-PROGRAMS = textwrap.dedent('''
+PROGRAMS = textwrap.dedent("""
     import dspy
 
     JUDGE = dspy.LM("openai/gpt-4.1-mini")
@@ -46,7 +46,7 @@ PROGRAMS = textwrap.dedent('''
 
     def score(gold, pred, trace=None):
         return float(gold.response == pred.response)
-''')
+""")
 
 
 @pytest.fixture
@@ -63,7 +63,9 @@ def programs(tmp_path: Path) -> Iterator[Any]:
 
 
 def examples(n: int, size: int = 10) -> list[dspy.Example]:
-    return [dspy.Example(user_query=f"q{i} " + "x" * size, response=f"r{i}").with_inputs("user_query") for i in range(n)]
+    return [
+        dspy.Example(user_query=f"q{i} " + "x" * size, response=f"r{i}").with_inputs("user_query") for i in range(n)
+    ]
 
 
 def student(programs: Any) -> dspy.Module:
@@ -71,7 +73,9 @@ def student(programs: Any) -> dspy.Module:
     program = programs.Delegate(untrusted_model=untrusted)
     program.set_lm(dspy.LM("openai/arbor:Qwen/Qwen2.5-1.5B-Instruct", temperature=1.0))
     program.audit.lm = programs.JUDGE  # set_lm bound every predictor; the class gives this one its own
-    program.craft.predict.signature = program.craft.predict.signature.with_instructions("Write a request without names.")
+    program.craft.predict.signature = program.craft.predict.signature.with_instructions(
+        "Write a request without names."
+    )
     return program
 
 
@@ -79,9 +83,17 @@ def submit(programs: Any, program: dspy.Module, tmp_path: Path, trainset: list[d
     analysed = analyse(program)
     paths, bundle = make_bundle({"program": analysed.program_class, "metric": programs.score}, tmp_path / "code")
     args: dict[str, Any] = dict(
-        student=analysed, bundle=bundle, paths=paths, trainset=trainset, valset=examples(4),
+        student=analysed,
+        bundle=bundle,
+        paths=paths,
+        trainset=trainset,
+        valset=examples(4),
         grpo={"num_dspy_examples_per_grpo_step": 4, "num_samples_per_input": 8, "num_train_steps": 500},
-        train_kwargs=seed_call()[0], model=None, name=None, spec_overrides={}, main_ns={},
+        train_kwargs=seed_call()[0],
+        model=None,
+        name=None,
+        spec_overrides={},
+        main_ns={},
     )
     args.update(kw)
     return build(**args)
@@ -104,11 +116,16 @@ def test_a_student_the_trainer_could_not_rebuild_or_train_is_refused_with_the_fi
         analyse(split)
 
 
-def test_the_tutorials_arguments_make_a_valid_job_whose_keys_travel_only_in_its_secret(programs: Any, tmp_path: Path) -> None:
+def test_the_tutorials_arguments_make_a_valid_job_whose_keys_travel_only_in_its_secret(
+    programs: Any, tmp_path: Path
+) -> None:
     sub = submit(programs, student(programs), tmp_path, examples(12))
     job = parse_job(sub.job)
     assert job.spec.model.name == "Qwen/Qwen2.5-1.5B-Instruct"
-    assert job.spec.program.import_path == "grpo_student:student" and job.spec.metric.import_path == "delegate_programs:score"
+    assert (
+        job.spec.program.import_path == "grpo_student:student"
+        and job.spec.metric.import_path == "delegate_programs:score"
+    )
     assert job.spec.grpo.num_samples_per_input == 8 and job.spec.train_kwargs.num_training_gpus == 3
     assert job.spec.untrusted_model is not None and job.spec.untrusted_model.model == "gpt-4.1-mini"
     assert job.spec.untrusted_model.max_tokens == 512
@@ -121,7 +138,9 @@ def test_the_tutorials_arguments_make_a_valid_job_whose_keys_travel_only_in_its_
     assert names == [sub.name, f"{sub.name}-code"]
 
 
-def test_the_same_program_config_and_data_give_the_same_job_name_and_other_data_another(programs: Any, tmp_path: Path) -> None:
+def test_the_same_program_config_and_data_give_the_same_job_name_and_other_data_another(
+    programs: Any, tmp_path: Path
+) -> None:
     first = submit(programs, student(programs), tmp_path / "a", examples(12)).name
     again = submit(programs, student(programs), tmp_path / "b", examples(12)).name
     other = submit(programs, student(programs), tmp_path / "c", examples(13)).name

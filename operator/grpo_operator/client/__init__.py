@@ -18,8 +18,8 @@ from grpo_operator.client.errors import BundleError, GRPOError, JobFailed, JobRe
 
 if TYPE_CHECKING:
     from grpo_operator.client.cluster_backend import ClusterBackend
-    from grpo_operator.client.local_backend import LocalBackend
     from grpo_operator.client.loading import load
+    from grpo_operator.client.local_backend import LocalBackend
     from grpo_operator.client.optimizer import GRPO
 
 _LAZY = {
@@ -29,7 +29,17 @@ _LAZY = {
     "load": "grpo_operator.client.loading",
 }
 
-__all__ = ["GRPO", "LocalBackend", "ClusterBackend", "load", "GRPOError", "BundleError", "JobRejected", "JobFailed", "NotServed"]
+__all__ = [
+    "GRPO",
+    "LocalBackend",
+    "ClusterBackend",
+    "load",
+    "GRPOError",
+    "BundleError",
+    "JobRejected",
+    "JobFailed",
+    "NotServed",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import yaml
 
@@ -55,7 +55,19 @@ def _fmt(value: Any) -> str:
 
 def _table(views: list[JobView]) -> str:
     header = ["NAME", "STATE", "STEP", "MAX", "REWARD", "VAL", "BEST", "MESSAGE"]
-    rows = [[v.name, v.state, _fmt(v.step), _fmt(v.max_steps), _fmt(v.train_reward), _fmt(v.val_score), _fmt(v.best_val_score), v.message[:60]] for v in views]
+    rows = [
+        [
+            v.name,
+            v.state,
+            _fmt(v.step),
+            _fmt(v.max_steps),
+            _fmt(v.train_reward),
+            _fmt(v.val_score),
+            _fmt(v.best_val_score),
+            v.message[:60],
+        ]
+        for v in views
+    ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows])
 
@@ -146,7 +158,9 @@ def cmd_submit(jobs: Jobs, args: argparse.Namespace) -> int:
             try:
                 parse_job(doc)  # the same messages the API server gives, before anything is created
             except InvalidJob as exc:
-                raise JobRejected(f"{args.file}: invalid GRPOJob:\n  " + "\n  ".join(exc.problems), exc.problems) from None
+                raise JobRejected(
+                    f"{args.file}: invalid GRPOJob:\n  " + "\n  ".join(exc.problems), exc.problems
+                ) from None
     for doc in docs:
         name = (doc.get("metadata") or {}).get("name")
         if doc.get("kind") == "ConfigMap":
@@ -177,7 +191,9 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--context", help="the kube context (default: the current one)")
     common.add_argument("--kubeconfig", help="the kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     common.add_argument("--local", action="store_true", help="grpo-local's runs instead of a cluster's jobs")
-    common.add_argument("--workdir", type=Path, default=Path("runs"), help="with --local: the runs' folder (default: runs)")
+    common.add_argument(
+        "--workdir", type=Path, default=Path("runs"), help="with --local: the runs' folder (default: runs)"
+    )
     common.add_argument("-o", "--output", choices=("json", "yaml"), help="machine-readable output")
     p = argparse.ArgumentParser(prog="grpo", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)

@@ -79,12 +79,16 @@ class ClusterBackend:
     def run(self, submission: Submission) -> ServedResult:
         jobs = self.jobs()
         jobs.submit(submission, _digest(submission))
-        log.info("GRPOJob %s submitted in namespace %s (grpo status %s)", submission.name, jobs.namespace, submission.name)
+        log.info(
+            "GRPOJob %s submitted in namespace %s (grpo status %s)", submission.name, jobs.namespace, submission.name
+        )
         display = self.display or make_display(sys.stderr)
         try:
             view = jobs.wait(submission.name, on_view=lambda v: display.update(v.progress()), timeout=self.timeout)
         except KeyboardInterrupt:
-            display.message(f"GRPOJob {submission.name} goes on in the cluster; `grpo stop {submission.name}` suspends it")
+            display.message(
+                f"GRPOJob {submission.name} goes on in the cluster; `grpo stop {submission.name}` suspends it"
+            )
             raise
         finally:
             display.close()
@@ -108,7 +112,9 @@ class ClusterBackend:
         url, close = str(endpoint["url"]), (lambda: None)
         if self.endpoint == "port-forward" or (self.endpoint == "auto" and not in_cluster()):
             parts = urlsplit(url)
-            forward = PortForward(jobs.core, jobs.namespace, lambda: jobs.view(view.name).inference_pod or "", parts.port or 80)
+            forward = PortForward(
+                jobs.core, jobs.namespace, lambda: jobs.view(view.name).inference_pod or "", parts.port or 80
+            )
             url, close = forward.url + parts.path, forward.close
         return ServedResult(
             job=view.name,

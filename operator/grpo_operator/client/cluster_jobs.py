@@ -26,7 +26,9 @@ IN_CLUSTER_ENV = "KUBERNETES_SERVICE_HOST"
 
 
 def in_cluster() -> bool:
-    return bool(os.environ.get(IN_CLUSTER_ENV)) and os.path.exists("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    return bool(os.environ.get(IN_CLUSTER_ENV)) and os.path.exists(
+        "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )
 
 
 def _api_client(context: Optional[str], kubeconfig: Optional[str]) -> tuple[Any, str]:
@@ -53,7 +55,10 @@ def _refusal(exc: Any, what: str) -> GRPOError:
     except (TypeError, ValueError):
         body = {}
     message = body.get("message") or exc.reason or str(exc)
-    causes = [f"{c.get('field', '')}: {c.get('message', '')}".strip(": ") for c in (body.get("details") or {}).get("causes") or []]
+    causes = [
+        f"{c.get('field', '')}: {c.get('message', '')}".strip(": ")
+        for c in (body.get("details") or {}).get("causes") or []
+    ]
     if exc.status in (400, 422):
         return JobRejected(f"{what} was refused by the API server: {message}", causes or [message])
     if exc.status == 403:
@@ -96,13 +101,17 @@ class ClusterJobs:
     # -- reading ---------------------------------------------------------------
 
     def get(self, name: str) -> dict[str, Any]:
-        return self._call(f"GRPOJob {name}", self.custom.get_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL, name)
+        return self._call(
+            f"GRPOJob {name}", self.custom.get_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL, name
+        )
 
     def view(self, name: str) -> JobView:
         return JobView.of(self.get(name))
 
     def list(self) -> list[JobView]:
-        items = self._call("GRPOJobs", self.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL)
+        items = self._call(
+            "GRPOJobs", self.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL
+        )
         return [JobView.of(o) for o in items.get("items", [])]
 
     def exists(self, name: str) -> bool:
@@ -207,7 +216,9 @@ class ClusterJobs:
         return {"result": view.result, "endpoint": view.endpoint}
 
     def delete(self, name: str) -> None:
-        self._call(f"GRPOJob {name}", self.custom.delete_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL, name)
+        self._call(
+            f"GRPOJob {name}", self.custom.delete_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL, name
+        )
 
     # -- following ------------------------------------------------------------------
 
@@ -229,12 +240,15 @@ class ClusterJobs:
             if until(view):
                 return view
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"GRPOJob {name} is {view.state} ({view.reason}: {view.message}) after {timeout:g} s")
+                raise TimeoutError(
+                    f"GRPOJob {name} is {view.state} ({view.reason}: {view.message}) after {timeout:g} s"
+                )
             time.sleep(poll)
 
     def logs(self, name: str, *, follow: bool = False, tail: Optional[int] = None) -> Iterator[str]:
-        """The trainer's log lines (the current attempt's pod), as ``kubectl logs`` shows them."""
-        pod = self.view(name).trainer_pod
+        """The trainer's log lines (the current attempt's pod), as ``kubectl logs`` shows them; ``follow`` first
+        waits for the trainer to start (a job just submitted has no running trainer yet)."""
+        pod = self._started_trainer(name) if follow else self.view(name).trainer_pod
         if not pod:
             raise GRPOError(f"GRPOJob {name} has no trainer pod yet")
         kwargs: dict[str, Any] = {"container": TRAINER_CONTAINER, "follow": follow, "_preload_content": False}
@@ -252,6 +266,25 @@ class ClusterJobs:
                 yield buffer.decode("utf-8", errors="replace")
         finally:
             response.release_conn()
+
+    def _started_trainer(self, name: str) -> str:
+        """The trainer pod's name once its container has started (or the job finished without one)."""
+        from kubernetes.client.exceptions import ApiException
+
+        while True:
+            view = self.view(name)
+            if view.trainer_pod:
+                try:
+                    pod = self.core.read_namespaced_pod(view.trainer_pod, self.namespace)
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise _refusal(exc, f"pod {view.trainer_pod}") from None
+                else:
+                    if pod.status.phase in ("Running", "Succeeded", "Failed"):
+                        return view.trainer_pod
+            if view.finished:
+                return view.trainer_pod or ""
+            time.sleep(POLL_SECONDS)
 
     def secret_value(self, name: str, key: str) -> str:
         secret = self._call(f"Secret {name}", self.core.read_namespaced_secret, name, self.namespace)

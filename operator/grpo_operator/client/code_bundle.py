@@ -109,7 +109,11 @@ def _copy_tree(src: Path, dest: Path) -> None:
         for name in names:
             path = Path(directory) / name
             if path.is_file() and path.stat().st_size > MAX_FILE_BYTES:
-                log.warning("not shipping %s (%d KiB): a code folder's data belongs on a volume", path, path.stat().st_size // 1024)
+                log.warning(
+                    "not shipping %s (%d KiB): a code folder's data belongs on a volume",
+                    path,
+                    path.stat().st_size // 1024,
+                )
                 skipped.add(name)
         return skipped
 

@@ -51,7 +51,9 @@ def _program(spec: GRPOJobSpec, untrusted: Any) -> Any:
     if spec.program.import_path is None:
         from grpo_trainer.dspy.registry import resolve_program
 
-        return resolve_program(spec.program.builtin or "", untrusted_lm=untrusted, exclude_demos=spec.grpo.exclude_demos)
+        return resolve_program(
+            spec.program.builtin or "", untrusted_lm=untrusted, exclude_demos=spec.grpo.exclude_demos
+        )
     module, _, attr = spec.program.import_path.partition(":")
     try:
         obj: Any = importlib.import_module(module)
@@ -80,7 +82,9 @@ def _untrusted(spec: GRPOJobSpec, served: ServedResult, secret: Callable[[str, s
     kwargs: dict[str, Any] = {"api_key": key} if key else {}
     if endpoint.base_url:
         kwargs["api_base"] = endpoint.base_url
-    return dspy.LM(f"openai/{endpoint.model}", max_tokens=endpoint.max_tokens, temperature=endpoint.temperature, **kwargs)
+    return dspy.LM(
+        f"openai/{endpoint.model}", max_tokens=endpoint.max_tokens, temperature=endpoint.temperature, **kwargs
+    )
 
 
 def load(job: str, namespace: Optional[str] = None, *, student: Any = None, backend: Optional[Backend] = None) -> Any:
@@ -119,7 +123,13 @@ def load(job: str, namespace: Optional[str] = None, *, student: Any = None, back
 
     spec = parse_job(manifest).spec
     if student is None:
-        _on_path([archive_of(dict(config_maps[s.config_map.name])) for s in spec.code if s.config_map is not None and s.config_map.name in config_maps])
+        _on_path(
+            [
+                archive_of(dict(config_maps[s.config_map.name]))
+                for s in spec.code
+                if s.config_map is not None and s.config_map.name in config_maps
+            ]
+        )
     shape = student if student is not None else _program(spec, dspy.LM(PLACEHOLDER_MODEL))
     trained = analyse(shape).trained
     if isinstance(backend, LocalBackend):

@@ -109,7 +109,9 @@ class LocalBackend:
             reason, _, message = (result.error or "InvalidJob: ").partition(": ")
             raise JobFailed(name, reason or "InvalidJob", message)
         if result.outcome == "stopped":
-            raise JobFailed(name, "Stopped", f"{result.error or 'stopped'}; run compile() again to resume from the last checkpoint")
+            raise JobFailed(
+                name, "Stopped", f"{result.error or 'stopped'}; run compile() again to resume from the last checkpoint"
+            )
         if result.outcome != "finished":
             raise JobFailed(name, "TrainerFailed", result.error or f"the run ended {result.outcome}")
         if result.table:

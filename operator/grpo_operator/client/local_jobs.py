@@ -42,7 +42,9 @@ def runner_pid(run_dir: Path) -> Optional[int]:
 
 def _state(progress: Optional[Progress], running: bool) -> tuple[str, str, str]:
     if progress is None:
-        return ("Training", "Starting", "the run is starting") if running else ("Pending", "NoProgress", "no progress yet")
+        return (
+            ("Training", "Starting", "the run is starting") if running else ("Pending", "NoProgress", "no progress yet")
+        )
     if progress.error:
         return "Failed", progress.error_reason or "TrainerFailed", progress.error
     if progress.finished:

@@ -48,7 +48,7 @@ class Backend(Protocol):
 def _validated(kind: type, values: Mapping[str, Any], what: str) -> dict[str, Any]:
     """The arguments as the job will hold them; a misspelt or out-of-range one is refused here, by name."""
     try:
-        model = kind.model_validate(dict(values))
+        kind.model_validate(dict(values))
     except ValidationError as exc:
         problems = [f"{what}.{line}" if not line.startswith(":") else f"{what}{line}" for line in format_errors(exc)]
         raise JobRejected(f"invalid {what}:\n  " + "\n  ".join(problems), problems) from None

@@ -76,13 +76,17 @@ class ServedResult:
         settings to keep."""
         import dspy
 
-        kwargs = {k: v for k, v in (getattr(like, "kwargs", None) or {}).items() if k in KEPT_LM_KWARGS and v is not None}
+        kwargs = {
+            k: v for k, v in (getattr(like, "kwargs", None) or {}).items() if k in KEPT_LM_KWARGS and v is not None
+        }
         model = self.base_model if base else self.model
         if base:
             return dspy.LM(f"openai/{model}", api_base=self.url, api_key=self.api_key, model_type="chat", **kwargs)
         if self.format.max_tokens is not None:
             kwargs.setdefault("max_tokens", self.format.max_tokens)
-        return served_lm_class()(f"openai/{model}", api_base=self.url, api_key=self.api_key, model_type="chat", **kwargs)
+        return served_lm_class()(
+            f"openai/{model}", api_base=self.url, api_key=self.api_key, model_type="chat", **kwargs
+        )
 
     def adapter(self) -> Any:
         """The DSPy adapter that asks the served result as the job's policy was asked in training."""
@@ -107,7 +111,9 @@ def _asked_as_trained(program: Any, adapter: Any) -> None:
         with dspy.context(adapter=adapter):
             return await base.acall(self, *args, **kwargs)
 
-    program.__class__ = type(base.__name__, (base,), {"__call__": __call__, "acall": acall, "__module__": base.__module__})
+    program.__class__ = type(
+        base.__name__, (base,), {"__call__": __call__, "acall": acall, "__module__": base.__module__}
+    )
 
 
 def bind_result(student: Any, served: ServedResult) -> Any:
@@ -120,7 +126,8 @@ def bind_result(student: Any, served: ServedResult) -> Any:
         from grpo_operator.client.errors import NotServed
 
         raise NotServed(
-            f"job {served.job} does not serve its result (serve is off); its adapter is at {served.result.get('adapter')} "
+            f"job {served.job} does not serve its result (serve is off); its adapter is at "
+            f"{served.result.get('adapter')} "
             "on the job's volume: set spec.serve.enabled: true and load(...) it"
         )
     program = student.deepcopy()

@@ -101,7 +101,7 @@ def analyse(student: dspy.Module) -> Student:
 
 
 def model_name(lm: dspy.BaseLM) -> str:
-    """The model an LM names, without its provider prefix: ``openai/arbor:Qwen/Qwen2.5-1.5B`` -> ``Qwen/Qwen2.5-1.5B``."""
+    """The model an LM names, without its provider prefix (``openai/arbor:Qwen/X`` -> ``Qwen/X``)."""
     name = str(getattr(lm, "model", ""))
     for prefix in PROVIDER_PREFIXES:
         if name.startswith(prefix):

@@ -25,7 +25,7 @@ from grpo_operator.api.spec import INLINE_MAX_BYTES
 from grpo_operator.client.code_bundle import CodeBundle
 from grpo_operator.client.errors import BundleError, JobRejected
 from grpo_operator.client.student import UNTRUSTED_PARAM, Student, external_endpoint, model_name
-from grpo_operator.code_pack import OBJECT_LIMIT, MANIFEST_MARGIN, PackError
+from grpo_operator.code_pack import MANIFEST_MARGIN, OBJECT_LIMIT, PackError
 from grpo_operator.code_pack import config_map as code_config_map
 from grpo_trainer.contract.config import UNTRUSTED_API_KEY_ENV
 
@@ -117,7 +117,9 @@ def _rows(examples: Sequence[Any], split: str) -> tuple[list[dict[str, Any]], li
         try:
             json.dumps(row)
         except TypeError as exc:
-            raise BundleError(f"{split}[{i}] has a value JSON cannot hold ({exc}); give plain strings and numbers") from None
+            raise BundleError(
+                f"{split}[{i}] has a value JSON cannot hold ({exc}); give plain strings and numbers"
+            ) from None
         rows.append(row)
     assert inputs is not None
     return rows, inputs
@@ -136,7 +138,12 @@ def _dataset(
 
 
 def _data_config_map(name: str, files: dict[str, str]) -> dict[str, Any]:
-    manifest = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": data_config_map_name(name)}, "data": files}
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": data_config_map_name(name)},
+        "data": files,
+    }
     size = sum(len(v.encode()) for v in files.values()) + MANIFEST_MARGIN
     if size > OBJECT_LIMIT:
         raise BundleError(
@@ -218,7 +225,9 @@ def build(
     main_ns: Mapping[str, Any],
 ) -> Submission:
     """The job for ``compile()``; validated as the API server and the operator will (raises JobRejected)."""
-    (bundle.root / f"{STUDENT_MODULE}.py").write_text(student_factory_source(student, paths["program"]), encoding="utf-8")
+    (bundle.root / f"{STUDENT_MODULE}.py").write_text(
+        student_factory_source(student, paths["program"]), encoding="utf-8"
+    )
     (bundle.root / STUDENT_STATE_FILE).write_text(json.dumps(student.state, indent=1), encoding="utf-8")
 
     secret_data: dict[str, str] = {}
@@ -282,7 +291,7 @@ def build(
     try:
         parse_job(job)
     except InvalidJob as exc:
-        raise JobRejected(f"the job compile() built is invalid:\n  " + "\n  ".join(exc.problems), exc.problems) from None
+        raise JobRejected("the job compile() built is invalid:\n  " + "\n  ".join(exc.problems), exc.problems) from None
     return Submission(
         name=job_name_,
         job=job,
