@@ -63,7 +63,7 @@ def run_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     store.save(model.eval(), 2)
     progress = Progress(job="topics", max_steps=3, step=3, baseline_val_score=0.5, val_scores={0: 0.5, 2: 0.7})
     write_result(
-        run, job="topics", base_model=str(model_dir), best=store.set_best(2, 0.7), best_score=0.7,
+        run, job="topics", base_model=str(model_dir), adapter=store.set_best(2, 0.7), base_score=0.5,
         program=dspy.Predict("question -> answer"), progress=progress, finished=True,
     )  # fmt: skip
     return run
