@@ -9,10 +9,11 @@ Pure: no I/O, nothing imported beyond the API models and the trainer's contract.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, Optional, Union
 
@@ -23,9 +24,13 @@ from grpo_operator.api.spec import (
     DatasetSource,
     EnvFromSource,
     EnvVar,
+    Export,
+    ExportDestination,
     ExternalLM,
     GRPOJobSpec,
     PodOptions,
+    Resources,
+    Toleration,
     VolumeSource,
     hub_tokens,
 )
@@ -45,7 +50,8 @@ from grpo_trainer.contract.config import (
     TrainerConfig,
     VLLMEndpoint,
 )
-from grpo_trainer.contract.progress import RESULT_ADAPTER_DIR, result_model_name
+from grpo_trainer.contract.export import EXPORT_MODULE, ClaimTarget, ExportPlan, ExportTarget, HubTarget, S3Target
+from grpo_trainer.contract.progress import RESULT_ADAPTER_DIR, RESULT_DIR, result_model_name
 from grpo_trainer.contract.vllm_command import VLLMServerSpec
 
 log = logging.getLogger(__name__)
@@ -63,6 +69,7 @@ CONFIG_PATH = f"{CONFIG_MOUNT}/{CONFIG_KEY}"
 MODEL_MOUNT = "/models"
 DATA_MOUNT = "/datasets"
 CODE_MOUNT = "/code"  # spec.code[i] at /code/<i>
+EXPORT_MOUNT = "/export"  # the export pod's claim destinations at /export/<claim>
 CODE_ARCHIVE_KEY = "code.tar.gz"  # the key of a packed-code ConfigMap (grpo_operator.code_pack)
 HOME = "/home/grpo"  # an emptyDir: the root filesystem is read-only
 TERMINATION_LOG = "/dev/termination-log"  # the kubelet's default terminationMessagePath
@@ -113,6 +120,7 @@ class ClusterTarget:
     config_path: str = field(default=CONFIG_PATH, init=False)
     model_mount: str = field(default=MODEL_MOUNT, init=False)
     data_mount: str = field(default=DATA_MOUNT, init=False)
+    export_mount: str = field(default=EXPORT_MOUNT, init=False)
     vllm_bind_host: str = field(default="0.0.0.0", init=False)
     python: str = field(default="python", init=False)  # the trainer image's interpreter, on PATH
     vllm_python: str = field(default="python3", init=False)  # the vLLM image's (it has no `python`)
@@ -135,6 +143,8 @@ class LocalTarget:
     extra_code: tuple[tuple[str, str], ...] = ()
     # Data sets a pod reads from a ConfigMap (configMap, inline), as files the plan wrote: split -> path.
     data_files: Mapping[str, str] = field(default_factory=dict)
+    # spec.export's claim destinations on this machine (--volume NAME=DIR): claim -> directory.
+    export_claims: Mapping[str, str] = field(default_factory=dict)
 
     model_mount: str = field(default="", init=False)
     data_mount: str = field(default="", init=False)
@@ -516,6 +526,130 @@ def resolve(name: str, spec: GRPOJobSpec, target: Target) -> ResolvedJob:
     )
 
 
+# --------------------------------------------------------------------------- the export
+
+
+@dataclass(frozen=True)
+class ResolvedExport:
+    """The export of a succeeded job's result to some of spec.export's destinations: one process."""
+
+    plan: ExportPlan
+    argv: list[str]
+    env_refs: tuple[EnvRef, ...]  # the destinations' credentials, from Secret keys (a local run: its environment)
+    claims: tuple[str, ...]  # claim destinations, each once: mounted writable (a pod) or mapped (--volume)
+    merged: bool  # some destination wants merged/: the process loads the base model
+
+
+def _digest(doc: object) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+
+
+def export_spec_hash(export: Export) -> str:
+    """The hash of spec.export as a whole: a changed one is looked at again (status.export.specHash)."""
+    return _digest(export.model_dump(mode="json", by_alias=True))
+
+
+def destination_hash(destination: ExportDestination) -> str:
+    """The hash of one destination's settings: exported once (a destination keeps its record while unchanged)."""
+    return _digest(destination.model_dump(mode="json", by_alias=True))
+
+
+def destination_name(destination: ExportDestination, job: str) -> str:
+    """How messages and status name a destination: claim NAME:/path, hub owner/name[@branch], s3://bucket/prefix."""
+    if destination.claim is not None:
+        return f"claim {destination.claim.claim_name}:/{destination.claim.path or job}"  # ClaimTarget.shown
+    if destination.hub is not None:
+        hub = destination.hub
+        where = f"{hub.endpoint.rstrip('/')}/" if hub.endpoint else ""
+        return f"hub {where}{hub.repo_id}" + (f"@{hub.revision}" if hub.revision else "")
+    assert destination.s3 is not None  # exactly one (rule in ExportDestination)
+    return f"s3://{destination.s3.bucket}/{destination.s3.prefix or job}"
+
+
+def export_secret_env(index: int, what: str) -> str:
+    """The variable one destination's credential is given to the export process as (never a value in argv)."""
+    return f"GRPO_EXPORT_{index}_{what}"
+
+
+def export_env_refs(spec: GRPOJobSpec, indices: Optional[Sequence[int]] = None) -> tuple[EnvRef, ...]:
+    """The Secret keys the export of ``indices`` (default: every destination) reads."""
+    if spec.export is None:
+        return ()
+    refs: list[EnvRef] = []
+    for i, d in enumerate(spec.export.destinations):
+        if indices is not None and i not in indices:
+            continue
+        where = f"spec.export.destinations[{i}]"
+        keys: list[tuple[str, str, str, str]] = []  # (variable, Secret, key, field)
+        if d.hub is not None:
+            t = d.hub.token_secret_ref
+            keys.append(("HF_TOKEN", t.name, t.key, f"{where}.hub.tokenSecretRef"))
+        if d.s3 is not None:
+            c = d.s3.credentials_secret_ref
+            keys.append(("AWS_ACCESS_KEY_ID", c.name, c.access_key_id_key, f"{where}.s3.credentialsSecretRef"))
+            keys.append(("AWS_SECRET_ACCESS_KEY", c.name, c.secret_access_key_key, f"{where}.s3.credentialsSecretRef"))
+        refs += [EnvRef(export_secret_env(i, what), "secret", s, k, False, f) for what, s, k, f in keys]
+    return tuple(refs)
+
+
+def export_claims(spec: GRPOJobSpec) -> list[str]:
+    """The claims spec.export writes to, each once, in its order."""
+    if spec.export is None:
+        return []
+    return list(dict.fromkeys(d.claim.claim_name for d in spec.export.destinations if d.claim is not None))
+
+
+def _export_dir(claim: str, target: Target) -> str:
+    if isinstance(target, LocalTarget):
+        return target.export_claims[claim]
+    return f"{target.export_mount}/{claim}"
+
+
+def _export_target(index: int, d: ExportDestination, job: str, target: Target) -> ExportTarget:
+    to: Union[ClaimTarget, HubTarget, S3Target]
+    name = destination_name(d, job)
+    if d.claim is not None:
+        path = d.claim.path or job
+        to = ClaimTarget(dir=f"{_export_dir(d.claim.claim_name, target)}/{path}", shown=f"{d.claim.claim_name}:/{path}")
+    elif d.hub is not None:
+        h = d.hub
+        token = export_secret_env(index, "HF_TOKEN")
+        to = HubTarget(repo_id=h.repo_id, endpoint=h.endpoint, revision=h.revision, private=h.private, token_env=token)
+    else:
+        assert d.s3 is not None
+        s3 = d.s3
+        to = S3Target(
+            bucket=s3.bucket,
+            prefix=(s3.prefix or job).rstrip("/"),
+            endpoint_url=s3.endpoint_url,
+            region=s3.region,
+            addressing_style=s3.addressing_style,
+            access_key_id_env=export_secret_env(index, "AWS_ACCESS_KEY_ID"),
+            secret_access_key_env=export_secret_env(index, "AWS_SECRET_ACCESS_KEY"),
+        )
+    return ExportTarget(index=index, name=name, spec_hash=destination_hash(d), merged=d.merged, to=to)
+
+
+def resolve_export(name: str, spec: GRPOJobSpec, target: Target, indices: Sequence[int]) -> ResolvedExport:
+    """The export of the job's result/ to spec.export's destinations ``indices`` (those not yet exported)."""
+    assert spec.export is not None and indices
+    chosen = [(i, spec.export.destinations[i]) for i in indices]
+    plan = ExportPlan(
+        job=name,
+        result_dir=f"{target.run_dir}/{RESULT_DIR}",
+        base_model=model_location(spec, target.model_mount),
+        targets=[_export_target(i, d, name, target) for i, d in chosen],
+    )
+    claims = tuple(dict.fromkeys(d.claim.claim_name for _, d in chosen if d.claim is not None))
+    return ResolvedExport(
+        plan=plan,
+        argv=[target.python, "-m", EXPORT_MODULE, "--plan", plan.to_json()],
+        env_refs=export_env_refs(spec, indices),
+        claims=claims,
+        merged=any(d.merged for _, d in chosen),
+    )
+
+
 # --------------------------------------------------------------------------- what only a pod needs
 
 
@@ -570,7 +704,7 @@ class PodPlan:
 
     env: dict[str, str]  # under the process's own environment (ResolvedJob)
     resources: dict[str, dict[str, str]]
-    shm_size: str
+    shm_size: Optional[str]  # None: no memory-backed /dev/shm
     health: Optional[Health]
     env_from: tuple[EnvFromSource, ...]
     image_pull_secrets: tuple[str, ...]
@@ -625,6 +759,18 @@ CODE_FETCH_ENV = {
 
 
 def pod_resources(options: PodOptions, gpus: int, defaults: ResourceDefaults) -> dict[str, dict[str, str]]:
+    """The user's requests and limits over the defaults (per GPU, or flat without), GPUs as limits."""
+    if gpus > 0:
+        default = {"cpu": str(defaults.cpu_per_gpu * gpus), "memory": f"{defaults.memory_gi_per_gpu * gpus}Gi"}
+    else:
+        default = {"cpu": str(defaults.cpu_without_gpus), "memory": f"{defaults.memory_gi_without_gpus}Gi"}
+    out = over_defaults(options.resources, default)
+    if gpus > 0:
+        out["limits"][GPU_RESOURCE] = str(gpus)
+    return out
+
+
+def over_defaults(resources: Resources, default: Mapping[str, str]) -> dict[str, dict[str, str]]:
     """The user's requests and limits over the defaults, so a pod is never BestEffort.
 
     A resource with only a limit requests that limit (as Kubernetes defaults it); memory
@@ -632,17 +778,11 @@ def pod_resources(options: PodOptions, gpus: int, defaults: ResourceDefaults) ->
     OOM-killed for); CPU is not limited (no CFS throttling of the data loader and
     rollout threads). GPUs are extended resources: limits only.
     """
-    requests = {k: str(v) for k, v in options.resources.requests.items()}
-    limits = {k: str(v) for k, v in options.resources.limits.items()}
-    if gpus > 0:
-        default = {"cpu": str(defaults.cpu_per_gpu * gpus), "memory": f"{defaults.memory_gi_per_gpu * gpus}Gi"}
-    else:
-        default = {"cpu": str(defaults.cpu_without_gpus), "memory": f"{defaults.memory_gi_without_gpus}Gi"}
+    requests = {k: str(v) for k, v in resources.requests.items()}
+    limits = {k: str(v) for k, v in resources.limits.items()}
     for name, value in default.items():
         requests.setdefault(name, limits.get(name, value))
     limits.setdefault("memory", requests["memory"])
-    if gpus > 0:
-        limits[GPU_RESOURCE] = str(gpus)
     return {"requests": requests, "limits": limits}
 
 
@@ -679,4 +819,56 @@ def resolve_pods(spec: GRPOJobSpec, run: ResolvedJob, target: ClusterTarget) -> 
             Health(HEALTH_PATH, inference_startup, readiness=True),
             cache_env("inference"),
         ),
+    )
+
+
+# The export pod: copying and uploading need little; merging loads the whole base model (a 1.5B model in
+# bf16: 3 GiB of weights, about 4 GiB at the peak of merge_and_unload and save_pretrained).
+EXPORT_RESOURCES = {"cpu": "250m", "memory": "1Gi"}
+EXPORT_MERGE_RESOURCES = {"cpu": "2", "memory": "8Gi"}
+
+
+def export_pod_options(spec: GRPOJobSpec) -> PodOptions:
+    """Where and as what the export pod runs: the trainer's image and registry credentials, both pods'
+    tolerations (with a ReadWriteOnce volume it joins the serving vLLM pod, on a GPU node that may be
+    tainted); no node selector or priority class of its own: it is small and needs no GPU."""
+    trainer, inference = spec.trainer, spec.inference
+    tolerations: dict[str, Toleration] = {}
+    for t in (*trainer.tolerations, *inference.tolerations):
+        tolerations.setdefault(t.model_dump_json(), t)
+    return PodOptions(
+        image=trainer.image,
+        image_pull_policy=trainer.image_pull_policy,
+        image_pull_secrets=trainer.image_pull_secrets,
+        tolerations=list(tolerations.values()),
+    )
+
+
+def export_pod_plan(spec: GRPOJobSpec, export: ResolvedExport) -> PodPlan:
+    """What the export pod adds to its process: scratch and cache environment, resources, credentials.
+
+    The job's volume is read-only in it: the base model of a merge is read from the job's hub cache
+    there (HF_HUB_CACHE; the trainer downloaded it), everything huggingface_hub writes (a token, the
+    upload's chunk cache) goes to $HOME.
+    """
+    assert spec.export is not None
+    env = {
+        "HOME": HOME,
+        "XDG_CACHE_HOME": f"{HOME}/.cache",
+        "TMPDIR": "/tmp",
+        "HF_HOME": f"{HOME}/.cache/huggingface",
+        "HF_HUB_CACHE": f"{CACHE_ROOT}/huggingface/hub",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        TERMINATION_LOG_ENV: TERMINATION_LOG,
+    }
+    default = EXPORT_MERGE_RESOURCES if export.merged else EXPORT_RESOURCES
+    return PodPlan(
+        env=env,
+        resources=over_defaults(spec.export.resources, default),
+        shm_size=None,  # no NCCL, no vLLM: no /dev/shm of its own
+        health=None,
+        env_from=(),
+        image_pull_secrets=tuple(s.name for s in spec.trainer.image_pull_secrets),
     )

@@ -93,6 +93,15 @@ def test_run_defining_fields_are_immutable(control_plane, grpojob_crd, namespace
     ok = control_plane.kubectl("patch", "grpojob", "papillon", "-n", namespace, "--type=merge", "-p", keep, check=False)
     assert ok.returncode == 0, ok.stderr
     assert control_plane.get_json("grpojob", "papillon", namespace=namespace)["spec"]["storage"]["retainOnDelete"]
+    # where the result is exported may be set and changed at any time (grpo export, on a finished job)
+    for path in ("grpo/papillon", "grpo/papillon-2"):
+        export = json.dumps({"spec": {"export": {"destinations": [{"claim": {"claimName": "models", "path": path}}]}}})
+        ok = control_plane.kubectl(
+            "patch", "grpojob", "papillon", "-n", namespace, "--type=merge", "-p", export, check=False
+        )  # fmt: skip
+        assert ok.returncode == 0, ok.stderr
+    exported = control_plane.get_json("grpojob", "papillon", namespace=namespace)["spec"]["export"]
+    assert exported["destinations"][0]["claim"]["path"] == "grpo/papillon-2" and exported["backoffLimit"] == 2
 
 
 def test_resources_with_requests_only_are_accepted(control_plane, grpojob_crd, namespace):

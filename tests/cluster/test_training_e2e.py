@@ -118,8 +118,9 @@ def operator(
 # --------------------------------------------------------------------------- helpers
 
 
-def read_only_claim(cp: ControlPlane, ns: str, claim: str, host_dir: Path) -> None:
-    """A claim bound to a pre-made volume holding ``host_dir`` (a models or data share)."""
+def read_only_claim(cp: ControlPlane, ns: str, claim: str, host_dir: Path, mode: str = "ReadOnlyMany") -> None:
+    """A claim bound to a pre-made volume holding ``host_dir`` (a models or data share; ``mode``
+    ReadWriteMany: a share written to, such as an export's destination)."""
     pv = f"{ns}-{claim}"
     docs = [
         {
@@ -128,7 +129,7 @@ def read_only_claim(cp: ControlPlane, ns: str, claim: str, host_dir: Path) -> No
             "metadata": {"name": pv},
             "spec": {
                 "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadOnlyMany"],
+                "accessModes": [mode],
                 "persistentVolumeReclaimPolicy": "Retain",  # never let a reclaimer touch the source
                 "storageClassName": "",
                 "hostPath": {"path": str(host_dir), "type": "Directory"},
@@ -140,7 +141,7 @@ def read_only_claim(cp: ControlPlane, ns: str, claim: str, host_dir: Path) -> No
             "kind": "PersistentVolumeClaim",
             "metadata": {"name": claim, "namespace": ns},
             "spec": {
-                "accessModes": ["ReadOnlyMany"],
+                "accessModes": [mode],
                 "storageClassName": "",
                 "volumeName": pv,
                 "resources": {"requests": {"storage": "1Gi"}},
@@ -401,7 +402,9 @@ def test_a_users_own_program_from_every_kind_of_code_source_trains_and_a_misspel
     """Two jobs at once, their code from every kind of source: the program cloned from the team's git
     server, the metric packed into a ConfigMap, the package it needs pip-installed from their index (git
     and index served by this test over HTTP on loopback; git and pip fetched by the pod's init
-    containers), the team's settings on a volume. One trains; the other has a misspelt importPath."""
+    containers), the team's settings on a volume. One trains; the other has a misspelt importPath.
+    Both ask for their result on the team's models claim (spec.export): the one that trains gets it
+    there, copied by its export pod beside the serving vLLM pod; the other's says there is nothing."""
     from safetensors.numpy import load_file
 
     from grpo_operator.code_pack import SHA_ANNOTATION, config_map
@@ -414,6 +417,9 @@ def test_a_users_own_program_from_every_kind_of_code_source_trains_and_a_misspel
     read_only_claim(cp, ns, "topics-data", OWN_PROGRAM / "data")
     task = team_task(tmp_path)
     read_only_claim(cp, ns, "team-settings", task.settings)
+    exports = tmp_path / "team-models"
+    exports.mkdir()
+    read_only_claim(cp, ns, "team-models", exports, mode="ReadWriteMany")
     packed = config_map("team-metrics", task.metrics, namespace=ns)
     with git_http(task.repo, tmp_path / "git") as git_url, package_index([task.wheel], tmp_path / "index") as index:
         code = [
@@ -426,6 +432,7 @@ def test_a_users_own_program_from_every_kind_of_code_source_trains_and_a_misspel
         for name, program in (("topics", "topics.program:Topic"), ("topics-typo", "topics.programs:Topic")):
             doc = own_program_job(model_dir, name, program)  # the typo's module is topics.program
             doc["spec"].update(code=code, metric={"importPath": TEAM_METRIC}, serve={"enabled": True})
+            doc["spec"]["export"] = {"destinations": [{"claim": {"claimName": "team-models", "path": f"grpo/{name}"}}]}
             docs.append(doc)
         job_file = tmp_path / "topics.yaml"
         job_file.write_text(yaml.safe_dump_all(docs, sort_keys=False))
@@ -450,6 +457,7 @@ def test_a_users_own_program_from_every_kind_of_code_source_trains_and_a_misspel
         assert any(e["reason"] == "InvalidProgram" and e["type"] == "Warning" for e in events), events
         pods = [p["metadata"]["name"] for p in cp.get_json("pods", namespace=ns)["items"]]
         assert "topics-typo-trainer-1" not in pods
+        assert cond(typo, "Exported")["reason"] == "NotExported" and "topics-typo-export-0" not in pods
 
         # --- compile() from a notebook's process, as that team member: its metric raises, and the job's own
         # words come back as the exception (the trainer's check before any model loads)
@@ -511,3 +519,19 @@ def test_a_users_own_program_from_every_kind_of_code_source_trains_and_a_misspel
     trainer = cp.get_json("pod", "topics-trainer-0", namespace=ns)
     inits = {s["name"]: s["state"]["terminated"]["exitCode"] for s in trainer["status"]["initContainerStatuses"]}
     assert inits == {"code-0": 0, "code-2": 0}  # git and pip; the ConfigMap needs no fetch
+
+    # --- the result, exported to the team's claim by pod topics-export-0 (kept for its logs)
+    job = wait_job(cp, ns, "topics", lambda j: cond(j, "Exported").get("status") == "True", "Exported=True", 300)
+    (record,) = job["status"]["export"]["destinations"]
+    assert record["location"] == "team-models:/grpo/topics" and record["step"] == result["step"], record
+    assert "team-models:/grpo/topics" in cond(job, "Exported")["message"] and is_true("Succeeded")(job)
+    copied = exports / "grpo" / "topics"
+    result_dir = run_dir / "result"
+    assert sorted(p.relative_to(copied) for p in copied.rglob("*")) == sorted(
+        p.relative_to(result_dir) for p in result_dir.rglob("*")
+    )
+    assert (copied / "result.json").read_bytes() == (result_dir / "result.json").read_bytes()
+    export_pod = cp.get_json("pod", "topics-export-0", namespace=ns)
+    assert export_pod["status"]["phase"] == "Succeeded" and export_pod["spec"]["nodeName"] == node.name
+    job_volume = [m for m in export_pod["spec"]["containers"][0]["volumeMounts"] if m["mountPath"] == "/mnt/grpo"]
+    assert job_volume[0]["readOnly"]  # the export only reads the job's volume

@@ -84,6 +84,14 @@ def test_the_local_runner_loads_no_ml_library_until_it_runs() -> None:
     assert {m.split(".")[1] for m in trainer} <= {"contract", "embedded", "vllm", "run"}, sorted(trainer)
 
 
+def test_the_export_loads_no_ml_library_unless_it_merges() -> None:
+    """An export pod that copies and uploads fits in 1Gi: torch loads only to merge."""
+    ml, _ = _trainer_modules_loaded_by(
+        "grpo_trainer.export.main", "grpo_trainer.export.claim", "grpo_trainer.export.hub", "grpo_trainer.export.s3"
+    )
+    assert not ml, sorted(ml)
+
+
 def test_the_contract_needs_only_the_standard_library_and_pydantic() -> None:
     allowed = set(sys.stdlib_module_names) | {"pydantic", "grpo_trainer"}
     for path in sorted((ROOT / "trainer" / "grpo_trainer" / "contract").glob("*.py")):

@@ -523,3 +523,173 @@ def test_invalid_spec_is_a_condition_not_a_crash():
     assert (created["status"], created["reason"]) == ("False", "InvalidSpec")
     assert "num_train_steps" in created["message"] and plan.create == []
     assert plan.status["observedGeneration"] == 3
+
+
+# --------------------------------------------------------------------------- spec.export
+
+EXPORT = {
+    "destinations": [
+        {"claim": {"claimName": "models"}},
+        {"s3": {"bucket": "ml-models", "credentialsSecretRef": {"name": "minio"}}},
+    ],
+    "backoffLimit": 1,
+}
+HUB = {"hub": {"repoId": "team-a/papillon", "tokenSecretRef": {"name": "hf-write"}}}
+
+
+def export_spec(export: dict | None = None, **changes: Any):
+    return spec(export=export or EXPORT, **changes)
+
+
+def export_report(s, outcomes: dict[int, str | None], step: int = 7) -> str:
+    """The export pod's termination message: index -> error (None: exported)."""
+    from grpo_operator.resolve import destination_hash, destination_name
+    from grpo_trainer.contract.export import Exported, ExportReport
+
+    destinations = []
+    for i, error in outcomes.items():
+        d = s.export.destinations[i]
+        where = None if error else f"where-{i}"
+        destinations.append(Exported(index=i, name=destination_name(d, "papillon"), spec_hash=destination_hash(d),
+                                     merged=d.merged, location=where, error=error))  # fmt: skip
+    return ExportReport(job="papillon", step=step, adapter=True, destinations=destinations).termination_message()
+
+
+def exited(name: str, code: int, message: str = "", component: str = "export", **terminated: Any):
+    state = {"exitCode": code, "message": message, **terminated}
+    phase = "Succeeded" if code == 0 else "Failed"
+    return a_pod(name, component, phase, containerStatuses=[{"name": component, "state": {"terminated": state}}])
+
+
+def export_targets(plan: Plan) -> list[int]:
+    (pod,) = [m for m in plan.create if m["metadata"]["name"].startswith("papillon-export-")]
+    argv = pod["spec"]["containers"][0]["command"]
+    return [t["index"] for t in json.loads(argv[argv.index("--plan") + 1])["targets"]]
+
+
+def test_a_succeeded_job_exports_its_result_once_and_records_where_it_went():
+    s = export_spec()
+    done = a_pod("papillon-trainer-0", "trainer", "Succeeded")
+    plan = decide(observe(pods=(done, a_pod("papillon-inference-0", "inference")), job_spec=s), SETTINGS)
+    assert cond(plan, "Succeeded")["status"] == "True"
+    assert created_names(plan) == ["Pod/papillon-export-0"] and export_targets(plan) == [0, 1]
+    assert plan.status["export"]["phase"] == "Exporting" and plan.status["export"]["pod"] == "papillon-export-0"
+    assert (cond(plan, "Exported")["status"], cond(plan, "Exported")["reason"]) == ("Unknown", "Exporting")
+    assert state(plan.status) == "Succeeded"
+
+    running = decide(observe(plan.status, (done, a_pod("papillon-export-0", "export")), job_spec=s), SETTINGS)
+    assert running.create == [] and running.delete_pods == [] and cond(running, "Exported")["status"] == "Unknown"
+
+    finished = exited("papillon-export-0", 0, export_report(s, {0: None, 1: None}))
+    exported = decide(observe(running.status, (done, finished), job_spec=s), SETTINGS)
+    record = exported.status["export"]
+    assert record["phase"] == "Exported" and exported.create == [] and exported.delete_pods == []  # kept for its logs
+    assert [d["location"] for d in record["destinations"]] == ["where-0", "where-1"]
+    assert all(d["step"] == 7 and d["exportedAt"] and d["specHash"] for d in record["destinations"])
+    message = cond(exported, "Exported")["message"]
+    assert cond(exported, "Exported")["status"] == "True"
+    assert "claim models:/papillon -> where-0" in message and "s3://ml-models/papillon -> where-1" in message
+    GRPOJobStatus.model_validate(exported.status)
+    assert any(t.ctype == "Exported" and t.status == "True" for t in exported.transitions)
+
+    # the same spec.export: never again, whatever becomes of the pod
+    for pods in ((done, finished), (done,)):
+        again = decide(observe(exported.status, pods, T0 + timedelta(hours=1), job_spec=s), SETTINGS)
+        assert again.create == [] and again.delete_pods == [] and again.transitions == []
+
+
+def test_a_failed_export_is_retried_then_reported_and_the_job_stays_succeeded():
+    s = export_spec()
+    done = a_pod("papillon-trainer-0", "trainer", "Succeeded")
+    start = decide(observe(pods=(done,), job_spec=s), SETTINGS)
+    half = exited("papillon-export-0", 1, export_report(s, {0: None, 1: "ClientError: NoSuchBucket"}))
+    retry = decide(observe(start.status, (done, half), job_spec=s), SETTINGS)
+    assert retry.delete_pods == ["papillon-export-0"] and created_names(retry) == ["Pod/papillon-export-1"]
+    assert export_targets(retry) == [1]  # the claim is exported already
+    assert (retry.status["export"]["attempt"], retry.status["export"]["failures"]) == (1, 1)
+    (event,) = retry.events
+    assert (event.type, event.reason) == ("Warning", "ExportFailed") and "NoSuchBucket" in event.message
+    assert cond(retry, "Exported")["status"] == "Unknown" and cond(retry, "Succeeded")["status"] == "True"
+
+    # the retry is OOM-killed (no report): the backoffLimit is spent, the export failed, the job did not
+    oom = exited("papillon-export-1", 137, reason="OOMKilled")
+    failed = decide(observe(retry.status, (done, oom), job_spec=s), SETTINGS)
+    assert failed.create == [] and failed.status["export"]["phase"] == "Failed"
+    exported_cond = cond(failed, "Exported")
+    assert (exported_cond["status"], exported_cond["reason"]) == ("False", "ExportFailed")
+    assert "claim models:/papillon -> where-0" in exported_cond["message"] and "OOMKilled" in exported_cond["message"]
+    assert cond(failed, "Succeeded")["status"] == "True" and cond(failed, "Failed")["status"] == "False"
+    assert state(failed.status) == "Succeeded"
+    GRPOJobStatus.model_validate(failed.status)
+    assert decide(observe(failed.status, (done, oom), job_spec=s), SETTINGS).create == []
+
+
+def test_a_changed_export_exports_what_it_adds_and_nothing_twice():
+    s = export_spec()
+    done = a_pod("papillon-trainer-0", "trainer", "Succeeded")
+    start = decide(observe(pods=(done,), job_spec=s), SETTINGS)
+    finished = exited("papillon-export-0", 0, export_report(s, {0: None, 1: None}))
+    exported = decide(observe(start.status, (done, finished), job_spec=s), SETTINGS)
+
+    # grpo export adds a hub destination: only it is exported, by the next pod; the last one goes
+    more = export_spec({**EXPORT, "destinations": [*EXPORT["destinations"], HUB]})
+    plan = decide(observe(exported.status, (done, finished), job_spec=more), SETTINGS)
+    assert created_names(plan) == ["Pod/papillon-export-1"] and export_targets(plan) == [2]
+    assert plan.delete_pods == ["papillon-export-0"]
+    kept = plan.status["export"]["destinations"]
+    assert [d.get("location") for d in kept] == ["where-0", "where-1", None]
+    env = {e["name"] for e in plan.create[0]["spec"]["containers"][0]["env"]}
+    assert "GRPO_EXPORT_2_HF_TOKEN" in env and "GRPO_EXPORT_1_AWS_ACCESS_KEY_ID" not in env
+
+    # a change that exports nothing new (the retry budget): settled at once, no pod
+    calmer = export_spec({**EXPORT, "backoffLimit": 5})
+    same = decide(observe(exported.status, (done, finished), job_spec=calmer), SETTINGS)
+    assert same.create == [] and same.delete_pods == [] and same.status["export"]["phase"] == "Exported"
+    assert cond(same, "Exported")["status"] == "True"
+
+
+def test_an_export_waits_for_success_and_says_so_and_a_failed_job_exports_nothing():
+    s = export_spec(runPolicy={"backoffLimit": 0})
+    training = decide(observe(pods=running_pair(), job_spec=s), SETTINGS)
+    assert (cond(training, "Exported")["status"], cond(training, "Exported")["reason"]) == ("False", "NotFinished")
+    assert not [m for m in training.create if "export" in m["metadata"]["name"]]
+    crashed = exited("papillon-trainer-0", 1, component="trainer")
+    failed = decide(observe(pods=(crashed,), job_spec=s), SETTINGS)
+    assert cond(failed, "Failed")["status"] == "True" and cond(failed, "Exported")["reason"] == "NotExported"
+    assert decide(observe(failed.status, (crashed,), job_spec=s), SETTINGS).create == []
+    # a job without spec.export has no Exported condition at all
+    plain = decide(observe(pods=running_pair()), SETTINGS)
+    assert "Exported" not in {c["type"] for c in plain.status["conditions"]}
+
+
+def test_the_ttl_waits_for_an_export_under_way():
+    s = export_spec(runPolicy={"ttlSecondsAfterFinished": 0})
+    done = a_pod("papillon-trainer-0", "trainer", "Succeeded")
+    start = decide(observe(pods=(done,), job_spec=s), SETTINGS)
+    later = T0 + timedelta(minutes=5)
+    busy = decide(observe(start.status, (done, a_pod("papillon-export-0", "export")), later, job_spec=s), SETTINGS)
+    assert not busy.delete_job
+    finished = exited("papillon-export-0", 0, export_report(s, {0: None, 1: None}))
+    assert decide(observe(busy.status, (done, finished), later, job_spec=s), SETTINGS).delete_job
+
+
+def test_a_lost_export_pod_is_recreated_and_a_removed_export_is_stopped():
+    s = export_spec(serve={"enabled": True})
+    done = a_pod("papillon-trainer-0", "trainer", "Succeeded")
+    vllm = a_pod("papillon-inference-0", "inference")
+    start = decide(observe(pods=(done, vllm), job_spec=s), SETTINGS)
+    (pod,) = [m for m in start.create if m["metadata"]["name"] == "papillon-export-0"]
+    # the serving vLLM pod holds the ReadWriteOnce volume: the export pod goes to its node
+    (term,) = pod["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "inference"
+    lost = decide(observe(start.status, (done, vllm), job_spec=s), SETTINGS)  # evicted, deleted by hand
+    assert "Pod/papillon-export-0" in created_names(lost) and lost.status["export"]["attempt"] == 0
+
+    removed = spec(serve={"enabled": True})
+    running = a_pod("papillon-export-0", "export")
+    stopped = decide(observe(start.status, (done, vllm, running), job_spec=removed), SETTINGS)
+    assert stopped.delete_pods == ["papillon-export-0"] and stopped.status["export"]["phase"] == "Cancelled"
+    assert cond(stopped, "Exported")["reason"] == "ExportCancelled"
+    # put back as it was: exported after all, by the next pod
+    back = decide(observe(stopped.status, (done, vllm), job_spec=s), SETTINGS)
+    assert created_names(back) == ["Pod/papillon-export-1"]

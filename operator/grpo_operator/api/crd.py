@@ -140,6 +140,8 @@ def build_crd() -> dict[str, Any]:
             "spec": spec_schema,
             "status": status_schema,
         },
+        # rules that need metadata.name, which CEL sees only at the root
+        "x-kubernetes-validations": [rule.to_cel() for rule in GRPOJob.rules],
     }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

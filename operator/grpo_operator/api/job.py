@@ -11,9 +11,9 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from grpo_operator.api.spec import GRPOJobSpec
+from grpo_operator.api.spec import OWN_CLAIM_SUFFIX, GRPOJobSpec
 from grpo_operator.api.status import GRPOJobStatus
-from grpo_trainer.contract.rules import RuleViolation
+from grpo_trainer.contract.rules import Rule, RuledModel, RuleViolation
 
 GROUP = "grpo.dev"
 VERSION = "v1alpha1"
@@ -35,10 +35,35 @@ class ObjectMeta(BaseModel):
     annotations: dict[str, str] = Field(default_factory=dict)
 
 
-class GRPOJob(BaseModel):
+def _exports_to_own_volume(job: GRPOJob) -> bool:
+    """A claim destination of spec.export names the job's own volume (``<job>-run``), which the export reads."""
+    export, own = job.spec.export, f"{job.metadata.name}{OWN_CLAIM_SUFFIX}"
+    if export is None or job.spec.storage.existing_claim or not job.metadata.name:
+        return False  # an existingClaim is checked in the spec (storage.existingClaim)
+    return any(d.claim is not None and d.claim.claim_name == own for d in export.destinations)
+
+
+# Rules that need the job's name: in the CRD at the schema's root, where CEL sees metadata.name.
+OWN_VOLUME_RULE = Rule(
+    cel=(
+        "!has(self.spec.export) || !has(self.metadata.name) || (has(self.spec.storage) && "
+        "has(self.spec.storage.existingClaim)) || self.spec.export.destinations.all(d, !has(d.claim) || "
+        f"d.claim.claimName != self.metadata.name + '{OWN_CLAIM_SUFFIX}')"
+    ),
+    message=(
+        f"a claim destination may not be the job's own volume (<job>{OWN_CLAIM_SUFFIX}), which the export reads; "
+        "name another claim"
+    ),
+    check=lambda job: not _exports_to_own_volume(job),
+    field="spec.export.destinations",
+)
+
+
+class GRPOJob(RuledModel):
     """A GRPO optimisation of a DSPy program with LoRA, trained on GPUs and sampled through vLLM."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    rules = (OWN_VOLUME_RULE,)
 
     api_version: Literal["grpo.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
     kind: Literal["GRPOJob"] = KIND

@@ -12,6 +12,7 @@ import re
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import AfterValidator, Field, WithJsonSchema, field_validator, model_validator
+from pydantic.alias_generators import to_camel
 
 from grpo_operator.api.base import ApiModel, Rule, exactly_one_of, nested, not_both
 from grpo_operator.api.quantity import QUANTITY_PATTERN, parse_quantity
@@ -723,6 +724,156 @@ class RunPolicy(ApiModel):
     )
 
 
+# --------------------------------------------------------------------------- export
+
+HUB_REPO_ID = r"^[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*$"
+S3_BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+# a relative path: no leading '/', no '..' segment (a rule), no whitespace
+RELATIVE_PATH = r"^[A-Za-z0-9_.-][A-Za-z0-9_./-]*$"
+_PARENT_SEGMENT = r"(^|/)[.][.](/|$)"
+_CREDENTIALS_IN_URL = r"^https?://[^/]*@"
+EXPORT_DESTINATIONS_MAX = 8
+OWN_CLAIM_SUFFIX = "-run"  # the job's own volume is <job>-run (grpo_operator.children.meta.pvc_name)
+
+
+def _refused(field: str, pattern: str, message: str) -> Rule:
+    """A rule refusing an optional string field in which ``pattern`` occurs (CEL's matches searches, as re.search)."""
+    wire = to_camel(field)
+    return Rule(
+        cel=f"!has(self.{wire}) || !self.{wire}.matches('{pattern}')",
+        message=message,
+        check=lambda obj: getattr(obj, field) is None or re.search(pattern, getattr(obj, field)) is None,
+        field=wire,
+    )
+
+
+def _no_parent_segment(field: str) -> Rule:
+    return _refused(field, _PARENT_SEGMENT, f"{to_camel(field)} may not contain a '..' segment; give a path inside")
+
+
+def _no_credentials_in(field: str) -> Rule:
+    message = f"credentials in {to_camel(field)} would be stored in the job; put them in the Secret the destination names"
+    return _refused(field, _CREDENTIALS_IN_URL, message)
+
+
+class ClaimExport(ApiModel):
+    """A folder on a PersistentVolumeClaim of the job's namespace, replaced as a whole at each export."""
+
+    claim_name: str = Field(
+        ...,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="The claim (mounted writable in the export pod). Not the job's own volume.",
+    )
+    path: Optional[str] = Field(
+        None,
+        max_length=1024,
+        pattern=RELATIVE_PATH,
+        description="The folder inside the claim that receives result/'s files. Default: the job's name.",
+    )
+    rules = (_no_parent_segment("path"),)
+
+
+class HubExport(ApiModel):
+    """A model repository on the Hugging Face hub or a compatible one (created if missing)."""
+
+    repo_id: str = Field(..., max_length=96, pattern=HUB_REPO_ID, description="owner/name of the repository.")
+    endpoint: Optional[str] = Field(
+        None,
+        max_length=1024,
+        pattern=r"^https?://",
+        description="A self-hosted hub's URL (default: https://huggingface.co).",
+    )
+    revision: Optional[str] = Field(
+        None,
+        max_length=255,
+        pattern=r"^[A-Za-z0-9][-A-Za-z0-9_./]*$",
+        description="The branch to commit to, created from main if missing (default: main).",
+    )
+    private: bool = Field(True, description="Create the repository private (an existing one keeps its visibility).")
+    token_secret_ref: TokenSecretRef = Field(
+        ..., description="A Secret key holding a hub token with write access to the repository (never inline)."
+    )
+    rules = (_no_credentials_in("endpoint"),)
+
+
+class S3Credentials(ApiModel):
+    """The Secret holding an S3 access key pair."""
+
+    name: str = Field(..., max_length=253, pattern=DNS_SUBDOMAIN, description="Secret name.")
+    access_key_id_key: str = Field(
+        "AWS_ACCESS_KEY_ID", max_length=253, pattern=CONFIG_KEY_NAME, description="The key holding the access key id."
+    )
+    secret_access_key_key: str = Field(
+        "AWS_SECRET_ACCESS_KEY",
+        max_length=253,
+        pattern=CONFIG_KEY_NAME,
+        description="The key holding the secret access key.",
+    )
+
+
+class S3Export(ApiModel):
+    """A prefix of an S3-compatible bucket (AWS S3, MinIO, Ceph RGW, GCS's XML API, ...)."""
+
+    bucket: str = Field(..., max_length=63, pattern=S3_BUCKET, description="The bucket (it must exist).")
+    prefix: Optional[str] = Field(
+        None,
+        max_length=1024,
+        pattern=RELATIVE_PATH,
+        description="Key prefix the result's files are written under. Default: the job's name.",
+    )
+    endpoint_url: Optional[str] = Field(
+        None, max_length=1024, pattern=r"^https?://", description="The service's URL (default: AWS S3 of the region)."
+    )
+    region: Optional[str] = Field(None, max_length=64, pattern=r"^[a-z0-9-]+$", description="The bucket's region.")
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto",
+        description="How the bucket is named in requests: path (https://host/bucket/key) for MinIO-like servers, "
+        "virtual (https://bucket.host/key), or auto (boto3's choice).",
+    )
+    credentials_secret_ref: S3Credentials = Field(
+        ..., description="The Secret holding the access key id and secret access key (never inline)."
+    )
+    rules = (_no_parent_segment("prefix"), _no_credentials_in("endpoint_url"))
+
+
+class ExportDestination(ApiModel):
+    """Where a succeeded job's result is copied: exactly one of claim, hub, s3."""
+
+    claim: Optional[ClaimExport] = Field(None, description="A folder on a claim in the job's namespace.")
+    hub: Optional[HubExport] = Field(None, description="A Hugging Face-compatible hub repository.")
+    s3: Optional[S3Export] = Field(None, description="An S3-compatible bucket.")
+    merged: bool = Field(
+        False,
+        description=(
+            "Also write merged/: the base model with the adapter merged into its weights (safetensors, tokenizer, "
+            "a model card), loadable without PEFT. The base model is read from the job's hub cache or model "
+            "volume; merging needs memory for the whole model (see resources)."
+        ),
+    )
+    rules = (exactly_one_of("claim", "hub", "s3"),)
+
+
+class Export(ApiModel):
+    """Copying the result of a succeeded job elsewhere, by a short pod of the trainer image."""
+
+    destinations: list[ExportDestination] = Field(
+        ...,
+        min_length=1,
+        max_length=EXPORT_DESTINATIONS_MAX,
+        description=(
+            "Where result/ goes. A destination already exported with the same settings is not exported again; "
+            "a changed or added one is."
+        ),
+    )
+    resources: Resources = nested(
+        Resources,
+        "CPU and memory of the export pod. Default: 250m CPU and 1Gi; with a merged destination 2 CPUs and 8Gi "
+        "(a 1.5B model merges in about 4 GiB; give about 2.5 times the weights' size for larger ones).",
+    )
+    backoff_limit: int = Field(2, ge=0, le=10, description="Failed export pods retried before Exported=False.")
+
+
 # --------------------------------------------------------------------------- spec
 
 # Field markers of a two-field signature take ~72 tokens in the worst case (one per character).
@@ -802,6 +953,14 @@ class GRPOJobSpec(ApiModel):
     )
     run_policy: RunPolicy = nested(RunPolicy, "Failure, deadline and clean-up policy.")
     serve: Serve = nested(Serve, "Serving the result after the job succeeds.")
+    export: Optional[Export] = Field(
+        None,
+        description=(
+            "Copy the result of the succeeded job to claims, hub repositories or S3 buckets (optionally merged "
+            "into the base model), by a short pod; status.export and the Exported condition say where it went. "
+            "May be set or changed at any time (grpo export): each change exports what it adds or changes, once."
+        ),
+    )
     suspend: bool = Field(False, description="Delete the pods and keep the volume; resuming continues from the last checkpoint.")
     queue_name: Optional[str] = Field(
         None, max_length=63, pattern=DNS_LABEL, description="Kueue LocalQueue; the pods start gated until admitted."
@@ -847,5 +1006,19 @@ class GRPOJobSpec(ApiModel):
             ),
             check=lambda s: len({(r.name, r.key) for r in hub_tokens(s)}) <= 1,
             field="data",
+        ),
+        Rule(
+            cel=(
+                "!has(self.export) || !has(self.storage.existingClaim) || self.export.destinations.all(d, "
+                "!has(d.claim) || d.claim.claimName != self.storage.existingClaim)"
+            ),
+            message=(
+                "a claim destination may not be the job's own volume (storage.existingClaim), which the export "
+                "reads; name another claim"
+            ),
+            check=lambda s: s.export is None
+            or not s.storage.existing_claim
+            or all(d.claim is None or d.claim.claim_name != s.storage.existing_claim for d in s.export.destinations),
+            field="export.destinations",
         ),
     )

@@ -12,9 +12,10 @@ from pydantic import BaseModel, Field, create_model
 from pydantic.alias_generators import to_camel
 
 from grpo_operator.api.base import ApiModel
+from grpo_operator.api.spec import EXPORT_DESTINATIONS_MAX
 from grpo_trainer.contract.progress import NAME_CHARS, NAME_LIST_ITEMS, STATUS_FIELDS
 
-ConditionType = Literal["Failed", "Succeeded", "Suspended", "Training", "InferenceReady", "Created"]
+ConditionType = Literal["Failed", "Succeeded", "Suspended", "Training", "InferenceReady", "Created", "Exported"]
 
 # The order in which conditions are kept in status.conditions. The State printer
 # column shows the first condition whose status is True, so the most decisive
@@ -26,7 +27,10 @@ CONDITION_ORDER: tuple[ConditionType, ...] = (
     "Training",
     "InferenceReady",
     "Created",
+    "Exported",  # never the State: it is True only beside Succeeded, which is listed first
 )
+# The conditions that can be a job's state (the first True one, as the State column shows it).
+STATE_CONDITIONS: tuple[ConditionType, ...] = tuple(c for c in CONDITION_ORDER if c != "Exported")
 
 
 class Condition(ApiModel):
@@ -95,6 +99,46 @@ class Endpoint(ApiModel):
     model: str = Field(description="The model name to ask for: the job's name (its best adapter), else the base model.")
 
 
+class ExportedDestination(ApiModel):
+    """What became of one destination of spec.export."""
+
+    destination: str = Field(
+        description="The destination as the job names it: claim NAME:/path, hub owner/name, s3://bucket/prefix."
+    )
+    spec_hash: str = Field(description="Hash of the destination's settings (merged included) that were exported.")
+    merged: bool = Field(False, description="merged/ (the base model with the adapter merged in) was written too.")
+    location: Optional[str] = Field(
+        None, description="Where it went: the claim's folder, owner/name@commit on the hub, s3://bucket/prefix."
+    )
+    exported_at: Optional[str] = Field(None, description="When it was exported.")
+    step: Optional[int] = Field(None, ge=0, description="The step of the exported result (0: the base model).")
+    error: Optional[str] = Field(None, description="Why the last attempt failed (no location then).")
+
+
+ExportPhase = Literal["Exporting", "Exported", "Failed", "Cancelled"]
+
+
+class ExportStatus(ApiModel):
+    """The export of a succeeded job's result (spec.export), run by pods <job>-export-<attempt>."""
+
+    spec_hash: str = Field(description="Hash of the spec.export this export carries out.")
+    phase: ExportPhase = Field(
+        description="Exporting, Exported (every destination), Failed (retries spent) or Cancelled."
+    )
+    attempt: int = Field(
+        0, ge=0, description="The current export pod's number, <job>-export-<attempt>; counts every pod."
+    )
+    failures: int = Field(0, ge=0, description="Failed export pods of this spec.export (against its backoffLimit).")
+    pod: Optional[str] = Field(
+        None, description="The current (or last) export pod, kept for its logs until the next export."
+    )
+    destinations: list[ExportedDestination] = Field(
+        default_factory=list,
+        max_length=EXPORT_DESTINATIONS_MAX,
+        description="One entry per destination of spec.export, in its order.",
+    )
+
+
 class GRPOJobStatus(ProgressStatus):
     """Observed state and progress of a GRPOJob."""
 
@@ -102,7 +146,7 @@ class GRPOJobStatus(ProgressStatus):
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=16,
-        description="Created, InferenceReady, Training, Suspended, Succeeded, Failed.",
+        description="Created, InferenceReady, Training, Suspended, Succeeded, Failed, Exported.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     max_steps: Optional[int] = Field(None, ge=0, description="GRPO steps the job will run (grpo.num_train_steps).")
@@ -129,6 +173,9 @@ class GRPOJobStatus(ProgressStatus):
     )
     inference_restarts: int = Field(0, ge=0, description="vLLM pod restarts.")
     endpoint: Optional[Endpoint] = Field(None, description="serve.enabled: where the succeeded job serves its result.")
+    export: Optional[ExportStatus] = Field(
+        None, description="spec.export: where the result was exported, and how it went."
+    )
     placement: Optional[Placement] = Field(
         None, description="ReadWriteOnce jobs: the operator's re-placements of both pods onto one node."
     )

@@ -5,10 +5,12 @@ No I/O here; the handlers create what these return.
 """
 
 from grpo_operator.children.config import cluster_target, config_map, resolved
+from grpo_operator.children.export import export_pod
 from grpo_operator.children.inference import inference_pod, inference_service, result_endpoint
 from grpo_operator.children.meta import (
     ATTEMPT_LABEL,
     COMPONENT_LABEL,
+    EXPORT,
     INFERENCE,
     JOB_LABEL,
     MANAGED_BY_LABEL,
@@ -16,6 +18,7 @@ from grpo_operator.children.meta import (
     TRAINER,
     Job,
     config_map_name,
+    export_pod_name,
     inference_pod_name,
     pvc_name,
     service_name,
@@ -28,6 +31,7 @@ from grpo_operator.children.volume import persistent_volume_claim, user_claims, 
 __all__ = [
     "ATTEMPT_LABEL",
     "COMPONENT_LABEL",
+    "EXPORT",
     "INFERENCE",
     "JOB_LABEL",
     "MANAGED_BY_LABEL",
@@ -40,6 +44,8 @@ __all__ = [
     "user_config_maps",
     "config_map",
     "config_map_name",
+    "export_pod",
+    "export_pod_name",
     "inference_pod",
     "inference_pod_name",
     "inference_service",

@@ -10,7 +10,16 @@ from typing import Any
 
 from grpo_operator.children.config import resolved, resolved_pods
 from grpo_operator.children.meta import INFERENCE, Job, inference_pod_name, object_meta, selector_labels, service_name
-from grpo_operator.children.podspec import env_from, env_list, model_mounts, pod, probes, run_mount, scratch_mounts
+from grpo_operator.children.podspec import (
+    co_location,
+    env_from,
+    env_list,
+    model_mounts,
+    pod,
+    probes,
+    run_mount,
+    scratch_mounts,
+)
 from grpo_operator.resolve import serving_result
 from grpo_operator.settings import OperatorSettings
 from grpo_trainer.contract.progress import result_model_name
@@ -62,6 +71,8 @@ def inference_pod(job: Job, settings: OperatorSettings, attempt: int, *, serve_r
         # vLLM crashes are restarted in place by the kubelet; a lost pod is recreated by the operator.
         restart_policy="Always",
         termination_grace_seconds=30,
+        affinity=co_location(job),
+        pod_group=True,
     )
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from grpo_operator.api.job import API_VERSION, KIND
-from grpo_operator.api.spec import GRPOJobSpec
+from grpo_operator.api.spec import OWN_CLAIM_SUFFIX, GRPOJobSpec
 
 OPERATOR_NAME = "grpo-operator"
 APP_NAME = "grpojob"
@@ -25,6 +25,7 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 
 TRAINER = "trainer"
 INFERENCE = "inference"
+EXPORT = "export"
 STORAGE = "storage"
 CONFIG = "config"
 
@@ -59,7 +60,7 @@ def dns_label(base: str, suffix: str) -> str:
 
 def pvc_name(job: Job) -> str:
     """The claim both pods mount: the user's existing one, or the job's own."""
-    return job.spec.storage.existing_claim or f"{job.name}-run"
+    return job.spec.storage.existing_claim or f"{job.name}{OWN_CLAIM_SUFFIX}"
 
 
 def config_map_name(job: Job) -> str:
@@ -76,6 +77,10 @@ def trainer_pod_name(job: Job, attempt: int) -> str:
 
 def inference_pod_name(job: Job, attempt: int) -> str:
     return f"{job.name}-inference-{attempt}"
+
+
+def export_pod_name(job: Job, attempt: int) -> str:
+    return f"{job.name}-export-{attempt}"
 
 
 def selector_labels(job: Job, component: str) -> dict[str, str]:

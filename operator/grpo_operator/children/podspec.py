@@ -93,11 +93,10 @@ def scratch_mounts(plan: PodPlan) -> list[Mount]:
     /dev/shm is memory-backed, so what it holds counts in the pod's memory; its
     sizeLimit keeps a runaway writer from growing it up to the whole limit.
     """
-    return [
-        Mount({"name": "tmp", "emptyDir": {}}, "/tmp"),
-        Mount({"name": "home", "emptyDir": {}}, HOME),
-        Mount({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": plan.shm_size}}, "/dev/shm"),
-    ]
+    mounts = [Mount({"name": "tmp", "emptyDir": {}}, "/tmp"), Mount({"name": "home", "emptyDir": {}}, HOME)]
+    if plan.shm_size is not None:
+        mounts.append(Mount({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": plan.shm_size}}, "/dev/shm"))
+    return mounts
 
 
 def run_mount(job: Job) -> Mount:
@@ -254,6 +253,16 @@ def co_location(job: Job) -> Optional[dict[str, Any]]:
     return affinity
 
 
+def beside_inference(job: Job) -> Optional[dict[str, Any]]:
+    """Required pod affinity putting a pod on the node of the job's vLLM pod: an export pod reading a
+    ReadWriteOnce volume that the serving vLLM pod holds. (Without a vLLM pod to join, no affinity.)"""
+    term = {
+        "labelSelector": {"matchLabels": {JOB_LABEL: job.name, COMPONENT_LABEL: INFERENCE}},
+        "topologyKey": HOSTNAME_TOPOLOGY,
+    }
+    return {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}
+
+
 def tolerations(options: PodOptions) -> list[dict[str, Any]]:
     return [t.model_dump(by_alias=True, exclude_none=True) for t in options.tolerations]
 
@@ -270,10 +279,12 @@ def pod(
     mounts: list[Mount],
     restart_policy: str,
     termination_grace_seconds: int,
+    affinity: Optional[dict[str, Any]],
+    pod_group: bool,
     init_containers: tuple[tuple[dict[str, Any], list[Mount]], ...] = (),
 ) -> dict[str, Any]:
     """A job pod around one container (after its init containers, each with its mounts), with everything
-    the two pods share."""
+    the job's pods share. ``pod_group``: one of the trainer and vLLM pair Kueue admits together."""
     meta = object_meta(job, name, component)
     meta["labels"] = {**options.labels, **meta["labels"], ATTEMPT_LABEL: str(attempt)}
     annotations = dict(options.annotations)
@@ -295,7 +306,6 @@ def pod(
         ]
     if plan.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": name} for name in plan.image_pull_secrets]
-    affinity = co_location(job)
     if affinity:
         spec["affinity"] = affinity
     if options.node_selector:
@@ -304,7 +314,7 @@ def pod(
         spec["tolerations"] = tolerations(options)
     if options.priority_class_name:
         spec["priorityClassName"] = options.priority_class_name
-    if job.spec.queue_name:
+    if job.spec.queue_name and pod_group:
         meta["labels"][KUEUE_QUEUE_LABEL] = job.spec.queue_name
         meta["labels"][KUEUE_GROUP_LABEL] = job.name
         annotations[KUEUE_GROUP_COUNT_ANNOTATION] = str(POD_GROUP_SIZE)

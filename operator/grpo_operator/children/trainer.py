@@ -10,6 +10,7 @@ from grpo_operator.children.config import resolved_pods
 from grpo_operator.children.meta import TRAINER, Job, config_map_name, trainer_pod_name
 from grpo_operator.children.podspec import (
     Mount,
+    co_location,
     code_mounts,
     data_mounts,
     env_from,
@@ -83,6 +84,8 @@ def trainer_pod(job: Job, settings: OperatorSettings, attempt: int) -> dict[str,
         # The operator counts trainer failures against backoffLimit and recreates the pod.
         restart_policy="Never",
         termination_grace_seconds=60,
+        affinity=co_location(job),
+        pod_group=True,
         init_containers=fetchers,
     )
 

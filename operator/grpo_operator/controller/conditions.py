@@ -50,6 +50,7 @@ WARNING_REASONS = frozenset(
         "InferenceFailed",
         "Evicted",
         "Replacing",
+        "ExportFailed",
     }
 )
 PENDING_STATE = "Pending"
@@ -214,6 +215,10 @@ class Cond:
     @classmethod
     def false(cls, reason: str, message: str = "") -> Cond:
         return cls("False", reason, message)
+
+    @classmethod
+    def unknown(cls, reason: str, message: str = "") -> Cond:
+        return cls("Unknown", reason, message)
 
 
 def conditions(

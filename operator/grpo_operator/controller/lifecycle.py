@@ -4,8 +4,8 @@
 :class:`Plan`: the full new status, the objects to create or replace, the pods
 to delete, and whether the finished job's TTL has run out. The handlers only
 observe, call this, and carry the plan out — so every lifecycle rule (suspend,
-backoff, deadline, TTL, vLLM recreation, missing references) is unit-testable
-without a cluster.
+backoff, deadline, TTL, vLLM recreation, missing references, the export of the
+result: controller/exporting.py) is unit-testable without a cluster.
 
 Pod names carry the attempt (``<job>-trainer-<restarts>``); the attempt
 counters live in the status and are written *before* the pod of a new attempt
@@ -22,7 +22,7 @@ from typing import Any, Optional
 from grpo_operator import children
 from grpo_operator.api.spec import GRPOJobSpec
 from grpo_operator.api.status import PROGRESS_STATUS_FIELDS, ConditionType
-from grpo_operator.children import INFERENCE, TRAINER, Job
+from grpo_operator.children import EXPORT, INFERENCE, TRAINER, Job
 from grpo_operator.controller.conditions import (
     Cond,
     PodView,
@@ -33,6 +33,7 @@ from grpo_operator.controller.conditions import (
     rfc3339,
     transitions,
 )
+from grpo_operator.controller.exporting import decide_export
 from grpo_operator.settings import OperatorSettings
 from grpo_trainer.contract import exit_codes
 
@@ -146,7 +147,7 @@ def _finish(
     if obs.spec is not None and obs.spec.storage.retain_on_delete and obs.pvc_exists:
         plan.release_claims.append(children.pvc_name(obs.job))  # still ours: from now on deleting the job keeps it
     for pod in obs.pods:
-        if pod.deleting or pod.name in plan.delete_pods:
+        if pod.deleting or pod.name in plan.delete_pods or pod.component == EXPORT:  # the export's (_export)
             continue
         if pod.component == TRAINER and keep_trainer:
             continue  # its logs stay readable; the pod has exited and holds no GPU
@@ -225,6 +226,31 @@ def _serve_result(
         new["InferenceReady"] = Cond.true("Serving", f"vLLM pod {name} serves {endpoint['model']} at {endpoint['url']}")
     else:
         new["InferenceReady"] = Cond.false("Serving", f"starting vLLM pod {name} to serve {endpoint['model']}")
+
+
+def _export(
+    obs: Observed, settings: OperatorSettings, status: dict[str, Any], plan: Plan, new: dict[ConditionType, Cond],
+    *, succeeded: bool, failed: bool,
+) -> bool:  # fmt: skip
+    """spec.export's part of the plan (controller/exporting.py decides it); True while an export runs."""
+    step = decide_export(
+        obs.job,
+        settings,
+        status.get("export"),
+        obs.pods_of(EXPORT),
+        succeeded=succeeded,
+        failed=failed,
+        serving=_serving(obs, succeeded),
+        now=obs.now,
+    )
+    if step.status is not None:
+        status["export"] = step.status
+    if step.condition is not None:
+        new["Exported"] = step.condition
+    plan.delete_pods.extend(n for n in step.delete_pods if n not in plan.delete_pods)
+    plan.create.extend(step.create)
+    plan.events.extend(Event("Warning", "ExportFailed", message) for message in step.failures)
+    return step.busy
 
 
 def _ttl(status: Mapping[str, Any], spec: Optional[GRPOJobSpec], now: datetime) -> bool:
@@ -334,6 +360,10 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
     new: dict[ConditionType, Cond] = {}
 
     def done() -> Plan:
+        if obs.spec is not None and obs.spec.export is not None and "Exported" not in new:
+            # not (yet) succeeded: the Exported condition says what the export waits for
+            failed = new["Failed"].status == "True" if "Failed" in new else is_true(obs.status, "Failed")
+            _export(obs, settings, status, plan, new, succeeded=False, failed=failed)
         status["conditions"] = conditions(old_conditions, new, obs.now, obs.generation)
         plan.transitions = transitions(old_conditions, status["conditions"])
         return plan
@@ -359,7 +389,9 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
             _serve_result(obs, settings, status, plan, new)
         elif status.get("endpoint") is not None:
             status["endpoint"] = None  # a merge patch's null removes it
-        plan.delete_job = _ttl(status, spec, obs.now)
+        exporting = _export(obs, settings, status, plan, new, succeeded=succeeded, failed=not succeeded)
+        # the TTL waits for an export under way (bounded by its backoffLimit): deleting the job would stop it
+        plan.delete_job = _ttl(status, spec, obs.now) and not exporting
         return done()
 
     # ---------------------------------------------------------------- shared children
@@ -458,6 +490,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
         new.update(_finished_conditions(True))
         if _serving(obs, True):
             _serve_result(obs, settings, status, plan, new)
+        _export(obs, settings, status, plan, new, succeeded=True, failed=False)
         return done()
 
     if t_pod is not None and interrupted(t_pod) and not t_pod.deleting:

@@ -17,10 +17,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
-from grpo_operator.api.status import CONDITION_ORDER
+from grpo_operator.api.status import STATE_CONDITIONS
 from grpo_operator.controller.conditions import PENDING_STATE, state
 
-STATES: tuple[str, ...] = (*CONDITION_ORDER, PENDING_STATE)
+STATES: tuple[str, ...] = (*STATE_CONDITIONS, PENDING_STATE)
 JOB_LABELS = ("namespace", "name")
 
 

@@ -137,6 +137,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_KILLED
     if result.table:
         sys.stdout.write(result.table + "\n")
+    for exported in result.export.destinations if result.export else ():
+        if exported.ok:
+            sys.stdout.write(f"exported to {exported.name}: {exported.location}\n")
+        else:
+            sys.stderr.write(f"grpo-local: export to {exported.name} failed: {exported.error}\n")
+    if result.export_error:
+        sys.stderr.write(f"grpo-local: export failed: {result.export_error}\n")
     if result.error:
         sys.stderr.write(f"grpo-local: {result.outcome}: {result.error}\n")
     elif result.outcome == "stopped":

@@ -30,12 +30,15 @@ from grpo_operator.resolve import (
     LOCAL_HOST,
     CodeFetch,
     LocalTarget,
+    ResolvedExport,
     UnplaceableJob,
     code_env_refs,
     env_refs,
+    export_env_refs,
     inline_data_files,
     inline_data_key,
     resolve,
+    resolve_export,
 )
 from grpo_trainer.contract.config import DEFAULT_PORT, TrainerConfig
 from grpo_trainer.contract.vllm_command import VLLMServerSpec
@@ -81,6 +84,7 @@ class Plan:
     # written into the run directory before the trainer starts
     job_files: dict[Path, bytes] = field(default_factory=dict)
     code_fetches: tuple[CodeFetch, ...] = ()  # spec.code's git and pip sources, fetched into the run directory
+    export: Optional[ResolvedExport] = None  # spec.export: run after the run has finished
 
 
 # --------------------------------------------------------------------------- the job
@@ -277,12 +281,31 @@ def check_env_refs(spec: GRPOJobSpec) -> None:
     hub token, the job's valueFrom entries; grpo_operator.resolve.env_refs) come from this environment,
     which both processes inherit."""
     trainer, inference = env_refs(spec)
-    for ref in (*trainer, *inference, *code_env_refs(spec)):
+    for ref in (*trainer, *inference, *code_env_refs(spec), *export_env_refs(spec)):
         if not ref.optional and not os.environ.get(ref.name):
             raise InvalidInput(f"{ref.field}: local runs read this key from ${ref.name}; set it")
     for where, options in (("spec.trainer", spec.trainer), ("spec.inference", spec.inference)):
         if options.env_from:
             log.warning("%s.envFrom: a local run has no Secrets or ConfigMaps; set those variables here", where)
+
+
+def locate_export_claims(spec: GRPOJobSpec, volumes: Mapping[str, Path]) -> dict[str, str]:
+    """spec.export's claim destinations on this machine: the ``--volume`` directory of each claim."""
+    found: dict[str, str] = {}
+    for i, d in enumerate(spec.export.destinations if spec.export is not None else ()):
+        claim = d.claim.claim_name if d.claim is not None else None
+        if claim is None or claim in found:
+            continue
+        if claim not in volumes:
+            raise InvalidInput(
+                f"spec.export.destinations[{i}].claim.claimName: a local run exports to a directory standing in "
+                f"for claim {claim!r}; pass --volume {claim}=DIR"
+            )
+        root = volumes[claim].expanduser().resolve()
+        if not root.is_dir():
+            raise InvalidInput(f"--volume {claim}={volumes[claim]}: no such directory")
+        found[claim] = str(root)
+    return found
 
 
 def port_in_use(port: int, host: str) -> bool:
@@ -344,6 +367,7 @@ def make_plan(options: RunOptions, *, ports: bool = True) -> Plan:
         code_paths=code_paths,
         extra_code=extra_code(options),
         data_files=data_files,
+        export_claims=locate_export_claims(spec, options.volumes),
     )
     try:
         run = resolve(name, spec, target)
@@ -358,4 +382,5 @@ def make_plan(options: RunOptions, *, ports: bool = True) -> Plan:
         trainer_env=run.trainer_env,
         job_files={**code_archives, **data_contents},
         code_fetches=run.code_fetches,
+        export=resolve_export(name, spec, target, range(len(spec.export.destinations))) if spec.export else None,
     )

@@ -16,7 +16,7 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Optional
@@ -35,6 +35,7 @@ from grpo_operator.local.report import (
 from grpo_operator.local.rundir import LOGS_DIR, latest_checkpoint, lock_run_dir, log_tail, read_progress, write_config
 from grpo_operator.resolve import TRAINER_MODULE
 from grpo_trainer.contract import exit_codes
+from grpo_trainer.contract.export import ExportReport
 from grpo_trainer.contract.progress import PROGRESS_FILE, Progress
 from grpo_trainer.vllm.process import VLLMStartError
 
@@ -61,6 +62,8 @@ class RunResult:
     summary: Optional[Summary] = None
     table: Optional[str] = None
     error: Optional[str] = None
+    export: Optional[ExportReport] = None  # spec.export, after a finished run (its failure fails no run)
+    export_error: Optional[str] = None  # the export could not run or report at all
 
 
 class _Interrupted(Exception):
@@ -274,9 +277,39 @@ def run(options: RunOptions, display: Display) -> RunResult:
         failed = fetch_code(plan)
         if failed is not None:
             return RunResult(EXIT_INVALID, "failed", error=failed)
-        return Supervisor(plan, display, plot=options.plot).run()
+        result = Supervisor(plan, display, plot=options.plot).run()
+        if plan.export is not None and result.outcome == "finished":
+            report, why = export_result(plan)
+            result = replace(result, export=report, export_error=why)
+        return result
     finally:
         lock.close()
+
+
+EXPORT_TIMEOUT = 3600.0  # a merge of a large model, an upload over a slow link
+EXPORT_LOG = "export.log"
+
+
+def export_result(plan: Plan) -> tuple[Optional[ExportReport], Optional[str]]:
+    """What the operator's export pod does after Succeeded: the same command (grpo_operator.resolve),
+    its credentials from this environment, claims as ``--volume`` directories. Returns its report, or
+    why there is none."""
+    assert plan.export is not None
+    log_path = plan.run_dir / LOGS_DIR / EXPORT_LOG
+    log.info("exporting the result to %s (log %s)", ", ".join(t.name for t in plan.export.plan.targets), log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(log_path, "ab") as err:
+            done = subprocess.run(
+                plan.export.argv, env=dict(os.environ), stdout=subprocess.PIPE, stderr=err, timeout=EXPORT_TIMEOUT
+            )
+    except subprocess.TimeoutExpired:
+        return None, f"the export took longer than {EXPORT_TIMEOUT:.0f} s; {log_path} says how far it got"
+    lines = done.stdout.decode(errors="replace").strip().splitlines()
+    report = ExportReport.parse(lines[-1]) if lines else None
+    if report is None:
+        return None, f"the export exited {done.returncode} without a report:\n{log_tail(log_path)}"
+    return report, None
 
 
 FETCH_TIMEOUT = 1800.0

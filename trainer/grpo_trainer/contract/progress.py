@@ -103,6 +103,7 @@ class StepDiagnostics(_Doc):
 # renders a serving vLLM pod from the same names).
 RESULT_DIR = "result"
 RESULT_ADAPTER_DIR = f"{RESULT_DIR}/adapter"
+RESULT_FILE = "result.json"  # in RESULT_DIR: the result's summary (an export writes it last)
 
 
 def result_model_name(job: str) -> str:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from grpo_trainer.contract.hparams import CheckpointMode
-from grpo_trainer.contract.progress import RESULT_ADAPTER_DIR, RESULT_DIR, Progress, RunResult
+from grpo_trainer.contract.progress import RESULT_ADAPTER_DIR, RESULT_DIR, RESULT_FILE, Progress, RunResult
 from grpo_trainer.dspy.state import PROGRAM_FILE, program_state
 from grpo_trainer.run.atomic import staged_dir
 from grpo_trainer.vllm.adapters import ADAPTERS_DIR, AdapterStore, ScoredAdapter, step_dir_name
@@ -36,7 +36,6 @@ from grpo_trainer.vllm.adapters import ADAPTERS_DIR, AdapterStore, ScoredAdapter
 log = logging.getLogger(__name__)
 
 ADAPTER_DIR = RESULT_ADAPTER_DIR.removeprefix(f"{RESULT_DIR}/")
-RESULT_FILE = "result.json"
 CARD_FILE = "README.md"
 
 
