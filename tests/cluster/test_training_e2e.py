@@ -58,7 +58,7 @@ from grpo_trainer.contract.progress import Progress
 from grpo_trainer.embedded.bundled import PII_DELEGATION
 from support.chart import helm_install, start_operator_like_deployment
 from support.checkout import SOURCE_DIRS, checkout_env
-from support.cluster_jobs import RESTRICTED, cond, get_job, grpo_command, is_true, team_member, wait_job
+from support.cluster_jobs import RESTRICTED, cond, get_job, grpo, grpo_command, is_true, team_member, wait_job
 from support.operator import OperatorProcess, free_port
 from support.ranks import alive, rank_pids
 from support.served_result import assert_serves_result
@@ -535,3 +535,10 @@ def test_a_users_own_program_from_every_kind_of_code_source_trains_and_a_misspel
     assert export_pod["status"]["phase"] == "Succeeded" and export_pod["spec"]["nodeName"] == node.name
     job_volume = [m for m in export_pod["spec"]["containers"][0]["volumeMounts"] if m["mountPath"] == "/mnt/grpo"]
     assert job_volume[0]["readOnly"]  # the export only reads the job's volume
+    # --- later, a team member exports it once more with the CLI: only the new destination is exported
+    again = grpo(alice, "export", "topics", "-n", ns, "--to", "claim:team-models/grpo/topics-again", "--wait",
+                 "--timeout", "300", timeout=330)  # fmt: skip
+    assert again.returncode == 0 and "Exported=True" in again.stdout, again.stdout + again.stderr
+    assert (exports / "grpo" / "topics-again" / "result.json").read_bytes() == (result_dir / "result.json").read_bytes()
+    records = get_job(cp, ns, "topics")["status"]["export"]["destinations"]
+    assert [r["location"] for r in records] == ["team-models:/grpo/topics", "team-models:/grpo/topics-again"]

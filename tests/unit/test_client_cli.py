@@ -111,3 +111,31 @@ def test_a_jobs_state_is_its_first_true_condition_in_the_operators_order() -> No
         }
     )
     assert (pending.state, pending.reason) == ("Pending", "MissingReference")
+
+
+def test_export_destinations_are_written_as_urls_and_checked_by_the_apis_model() -> None:
+    from grpo_operator.client.errors import JobRejected
+    from grpo_operator.client.export_target import ExportOptions, destination, with_destination
+
+    assert destination(ExportOptions("claim:team-models/grpo/topics")) == {
+        "claim": {"claimName": "team-models", "path": "grpo/topics"}
+    }
+    hub = destination(ExportOptions("hf://acme/topics@v2", merged=True, token_secret="hf:write-token"))
+    assert hub == {
+        "hub": {"repoId": "acme/topics", "tokenSecretRef": {"name": "hf", "key": "write-token"}, "revision": "v2"},
+        "merged": True,
+    }
+    s3 = destination(ExportOptions("s3://models/grpo", credentials_secret="s3", endpoint="http://minio:9000",
+                                   path_style=True))  # fmt: skip
+    assert s3["s3"] == {"bucket": "models", "credentialsSecretRef": {"name": "s3"}, "prefix": "grpo",
+                        "endpointUrl": "http://minio:9000", "addressingStyle": "path"}  # fmt: skip
+    with pytest.raises(JobRejected, match="--token-secret"):
+        destination(ExportOptions("hf://acme/topics"))
+    with pytest.raises(JobRejected, match="claim:NAME"):
+        destination(ExportOptions("ftp://x"))
+    with pytest.raises(JobRejected, match=r"--to s3://Bad_Bucket: s3\.bucket"):
+        destination(ExportOptions("s3://Bad_Bucket", credentials_secret="s3"))
+    entry = {"claim": {"claimName": "a"}}
+    assert with_destination({"destinations": [entry], "backoffLimit": 3}, entry) == {
+        "destinations": [entry], "backoffLimit": 3
+    }

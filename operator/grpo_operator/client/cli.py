@@ -6,6 +6,7 @@
     grpo wait JOB                 until it succeeds (exit 0) or fails (exit 1)
     grpo stop JOB / resume JOB    suspend (pods go, the volume and checkpoints stay) / go on
     grpo result JOB               status.result and the endpoint serving it
+    grpo export JOB --to DEST     copy the result to a claim, a hub repository or a bucket (spec.export)
     grpo delete JOB
 
 ``--local`` reads grpo-local's runs (``runs/<name>``) instead; ``-o json|yaml`` prints
@@ -136,6 +137,53 @@ def cmd_result(jobs: Jobs, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(jobs: Jobs, args: argparse.Namespace) -> int:
+    from grpo_operator.client.export_target import ExportOptions, destination
+
+    entry = destination(
+        ExportOptions(
+            to=args.to,
+            merged=args.merged,
+            token_secret=args.token_secret,
+            credentials_secret=args.credentials_secret,
+            endpoint=args.endpoint,
+            region=args.region,
+            path_style=args.path_style,
+        )
+    )
+    if args.local:
+        volumes = dict(_volume(v) for v in args.volume)
+        report = jobs.export(args.job, entry, job_file=args.job_file, volumes=volumes)
+        _print(report.model_dump(mode="json"), args.output)
+        return EXIT_OK if report.ok else EXIT_FAILED
+    jobs.export(args.job, entry)
+    sys.stdout.write(f"{args.job}: exporting to {args.to} (grpo status {args.job} shows Exported)\n")
+    if not args.wait:
+        return EXIT_OK
+    view = jobs.wait(args.job, until=_export_settled, timeout=args.timeout)
+    exported = next(c for c in view.conditions if c.get("type") == "Exported")
+    status, reason, message = exported.get("status"), exported.get("reason"), exported.get("message")
+    sys.stdout.write(f"{args.job}: Exported={status} {reason}: {message}\n")
+    return EXIT_OK if exported.get("status") == "True" else EXIT_FAILED
+
+
+def _export_settled(view: JobView) -> bool:
+    """The export of the job's current generation has ended, one way or the other."""
+    exported = next((c for c in view.conditions if c.get("type") == "Exported"), None)
+    return (
+        exported is not None
+        and exported.get("status") in ("True", "False")
+        and exported.get("observedGeneration") == view.generation
+    )
+
+
+def _volume(text: str) -> tuple[str, Path]:
+    name, sep, folder = text.partition("=")
+    if not sep:
+        raise JobRejected(f"--volume {text!r}: write NAME=DIR")
+    return name, Path(folder)
+
+
 def cmd_delete(jobs: Jobs, args: argparse.Namespace) -> int:
     if args.local:
         sys.stderr.write("grpo: delete a local run's folder yourself\n")
@@ -181,6 +229,7 @@ COMMANDS = {
     "stop": cmd_stop,
     "resume": cmd_resume,
     "result": cmd_result,
+    "export": cmd_export,
     "delete": cmd_delete,
 }
 
@@ -208,6 +257,19 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("wait", parents=[common], help="until the job succeeds (exit 0) or fails (exit 1)")
     s.add_argument("job")
     s.add_argument("--timeout", type=float, help="seconds (exit 3 when they run out)")
+    s = sub.add_parser("export", parents=[common], help="copy the finished job's result elsewhere (spec.export)")
+    s.add_argument("job")
+    s.add_argument("--to", required=True, help="claim:NAME[/PATH], hf://OWNER/REPO[@BRANCH] or s3://BUCKET[/PREFIX]")
+    s.add_argument("--merged", action="store_true", help="also write the base model with the adapter merged in")
+    s.add_argument("--token-secret", metavar="NAME[:KEY]", help="hf://: the Secret holding the hub token")
+    s.add_argument("--credentials-secret", metavar="NAME", help="s3://: the Secret holding the access keys")
+    s.add_argument("--endpoint", help="a self-hosted hub's or an S3-compatible service's URL")
+    s.add_argument("--region", help="s3://: the bucket's region")
+    s.add_argument("--path-style", action="store_true", help="s3://: path-style addressing (MinIO and the like)")
+    s.add_argument("--wait", action="store_true", help="until the export has ended (exit 0 exported, 1 failed)")
+    s.add_argument("--timeout", type=float, help="with --wait: seconds (exit 3 when they run out)")
+    s.add_argument("--job", dest="job_file", type=Path, help="with --local: the job file the run ran")
+    s.add_argument("--volume", action="append", default=[], metavar="NAME=DIR", help="with --local: a claim's folder")
     for name, text in (
         ("stop", "suspend: pods go, the volume and checkpoints stay"),
         ("resume", "go on from the last checkpoint"),

@@ -215,6 +215,13 @@ class ClusterJobs:
         view = self.view(name)
         return {"result": view.result, "endpoint": view.endpoint}
 
+    def export(self, name: str, entry: dict[str, Any]) -> dict[str, Any]:
+        """Add a destination to ``spec.export``: the operator exports the finished job's result there once."""
+        from grpo_operator.client.export_target import with_destination
+
+        spec = self.get(name).get("spec") or {}
+        return self.patch_spec(name, {"export": with_destination(spec.get("export"), entry)})
+
     def delete(self, name: str) -> None:
         self._call(
             f"GRPOJob {name}", self.custom.delete_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL, name

@@ -136,6 +136,40 @@ class LocalJobs:
                     return
                 time.sleep(POLL_SECONDS)
 
+    def export(self, name: str, entry: dict[str, Any], *, job_file: Optional[Path] = None,
+               volumes: Optional[dict[str, Path]] = None) -> Any:
+        """Export the finished run's result now, as the operator's export pod would: the job file (``--job``, or
+        the ``<workdir>/<name>.yaml`` compile() wrote) with ``entry`` added to its spec.export. Returns the
+        export's report."""
+        import yaml
+
+        from grpo_operator.client.export_target import with_destination
+        from grpo_operator.local.plan import InvalidInput, RunOptions, make_plan
+        from grpo_operator.local.runner import export_result
+
+        run_dir = self.run_dir(name)
+        source = job_file or self.workdir / f"{name}.yaml"
+        if not source.is_file():
+            raise GRPOError(f"no job file for run {name}: pass --job FILE (the job it ran)")
+        view = self.view(name)
+        if view.state != "Succeeded":
+            raise GRPOError(f"run {name} is {view.state}: only a finished run's result is exported")
+        docs = [d for d in yaml.safe_load_all(source.read_text(encoding="utf-8")) if d]
+        for doc in docs:
+            if doc.get("kind") == "GRPOJob":
+                spec = doc.setdefault("spec", {})
+                spec["export"] = with_destination(spec.get("export"), entry)
+        edited = run_dir / f"export-{source.name}"
+        edited.write_text(yaml.safe_dump_all(docs, sort_keys=False), encoding="utf-8")
+        try:
+            plan = make_plan(RunOptions(job_file=edited, run_dir=run_dir, volumes=volumes or {}), ports=False)
+        except InvalidInput as exc:
+            raise GRPOError(str(exc)) from None
+        report, why = export_result(plan)
+        if report is None:
+            raise GRPOError(f"the export of run {name} failed: {why}")
+        return report
+
     def result(self, name: str) -> dict[str, Any]:
         view = self.view(name)
         return {"result": view.result, "path": str(self.run_dir(name))}
