@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 PROGRESS_FILE = "progress.json"
 CODE_SUMMARY_CHARS = 1024
+MAX_WARNINGS = 10  # the newest kept
 
 Phase = Literal["starting", "baseline", "rollout", "train", "sync", "validate", "done", "stopped", "failed"]
 TimedPhase = Literal[
@@ -163,6 +164,12 @@ class Progress(_Doc):
     served_check: Optional[dict[str, Any]] = Field(
         None,
         description="End-of-run proof that vLLM serves the adapter on the volume (trainer/grpo_trainer/vllm/served_check.py).",
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_WARNINGS,
+        description="What went wrong without failing the run, newest last, e.g. a foreign adapter vLLM served "
+        "under one of the run's names (replaced, never trained on).",
     )
 
     @classmethod
