@@ -46,7 +46,7 @@ def test_seed_arbor_arguments_arrive_unchanged():
 
 def test_seed_translates_to_trainer_config():
     job = parse_job(load_example())
-    cfg = resolve("papillon", job.spec, ClusterTarget("papillon-inference", 8000, 9400)).config
+    cfg = resolve("papillon", job.spec, ClusterTarget("papillon-inference", 8000, 9400, "papillon-vllm-key")).config
     assert cfg.train.num_training_gpus == 3 and cfg.train.lora_config.r == 8
     assert cfg.untrusted.api_key_env == "GRPO_UNTRUSTED_API_KEY"
     assert cfg.vllm.base_url == "http://papillon-inference:8000/v1"

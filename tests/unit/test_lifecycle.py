@@ -15,37 +15,7 @@ from grpo_operator.children import Job, config_map
 from grpo_operator.controller.conditions import state
 from grpo_operator.controller.lifecycle import Observed, Plan, decide
 from grpo_trainer.contract import exit_codes
-from support.jobstates import SETTINGS, T0, a_pod, spec
-
-
-def observe(status: dict | None = None, pods: tuple = (), now: datetime = T0, job_spec=None, **kw: Any) -> Observed:
-    s = job_spec or spec()
-    defaults: dict[str, Any] = dict(
-        pvc_exists=True,
-        config_map_data=config_map(Job("papillon", "ns", "uid", s), SETTINGS)["data"],
-        service_exists=True,
-    )
-    defaults.update(kw)
-    return Observed(
-        name="papillon",
-        namespace="ns",
-        uid="uid",
-        generation=1,
-        spec=s,
-        spec_error=None,
-        status=status or {},
-        pods=tuple(pods),
-        now=now,
-        **defaults,
-    )
-
-
-def created_names(plan: Plan) -> list[str]:
-    return [f"{m['kind']}/{m['metadata']['name']}" for m in plan.create]
-
-
-def cond(plan: Plan, ctype: str) -> dict:
-    return next(c for c in plan.status["conditions"] if c["type"] == ctype)
+from support.jobstates import SETTINGS, T0, a_pod, cond, created_names, observe, spec
 
 
 def running_pair(trainer: str = "papillon-trainer-0", inference: str = "papillon-inference-0") -> tuple:
@@ -53,10 +23,12 @@ def running_pair(trainer: str = "papillon-trainer-0", inference: str = "papillon
 
 
 def test_new_job_creates_every_child_once():
-    plan = decide(observe(pvc_exists=False, config_map_data=None, service_exists=False), SETTINGS)
+    fresh = observe(pvc_exists=False, config_map_data=None, service_exists=False, key_secret_exists=False)
+    plan = decide(fresh, SETTINGS)
     assert created_names(plan) == [
         "PersistentVolumeClaim/papillon-run",
         "ConfigMap/papillon-config",
+        "Secret/papillon-vllm-key-uid",
         "Service/papillon-vllm",
         "Pod/papillon-inference-0",
         "Pod/papillon-trainer-0",

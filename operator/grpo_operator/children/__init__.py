@@ -5,6 +5,7 @@ No I/O here; the handlers create what these return.
 """
 
 from grpo_operator.children.config import cluster_target, config_map, resolved
+from grpo_operator.children.credentials import api_key_ref, api_key_secret
 from grpo_operator.children.inference import inference_pod, inference_service, result_endpoint
 from grpo_operator.children.meta import (
     ATTEMPT_LABEL,
@@ -15,12 +16,14 @@ from grpo_operator.children.meta import (
     OPERATOR_NAME,
     TRAINER,
     Job,
+    api_key_secret_name,
     config_map_name,
     inference_pod_name,
     pvc_name,
     service_name,
     trainer_pod_name,
 )
+from grpo_operator.children.network import network_policies, serve_network_policy
 from grpo_operator.children.podspec import SPEC_HASH_ANNOTATION, co_located
 from grpo_operator.children.trainer import referenced_secrets, trainer_pod
 from grpo_operator.children.volume import persistent_volume_claim, user_claims, user_config_maps
@@ -35,6 +38,9 @@ __all__ = [
     "OPERATOR_NAME",
     "TRAINER",
     "Job",
+    "api_key_ref",
+    "api_key_secret",
+    "api_key_secret_name",
     "cluster_target",
     "co_located",
     "user_config_maps",
@@ -43,11 +49,13 @@ __all__ = [
     "inference_pod",
     "inference_pod_name",
     "inference_service",
+    "network_policies",
     "persistent_volume_claim",
     "pvc_name",
     "referenced_secrets",
     "resolved",
     "result_endpoint",
+    "serve_network_policy",
     "service_name",
     "trainer_pod",
     "trainer_pod_name",
