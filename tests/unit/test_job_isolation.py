@@ -224,8 +224,8 @@ def test_a_new_job_gets_its_key_and_policies_before_its_pods() -> None:
     assert created_names(plan) == [
         "PersistentVolumeClaim/papillon-run",
         "ConfigMap/papillon-config",
-        "Secret/papillon-vllm-key-uid",
         "Service/papillon-vllm",
+        "Secret/papillon-vllm-key-uid",
         "NetworkPolicy/papillon-inference",
         "NetworkPolicy/papillon-trainer",
         "Pod/papillon-inference-0",

@@ -28,8 +28,8 @@ def test_new_job_creates_every_child_once():
     assert created_names(plan) == [
         "PersistentVolumeClaim/papillon-run",
         "ConfigMap/papillon-config",
-        "Secret/papillon-vllm-key-uid",
         "Service/papillon-vllm",
+        "Secret/papillon-vllm-key-uid",
         "Pod/papillon-inference-0",
         "Pod/papillon-trainer-0",
     ]
@@ -264,7 +264,9 @@ def test_a_succeeded_job_with_serve_keeps_vllm_serving_its_result_until_serve_is
     plan = decide(observe(pods=done, job_spec=serving_spec(), progress={"result": result}), SETTINGS)
     assert state(plan.status) == "Succeeded" and plan.delete_pods == [] and plan.create == []
     endpoint = plan.status["endpoint"]
-    assert endpoint == {"url": "http://papillon-vllm.ns.svc.cluster.local:8000/v1", "model": "papillon"}
+    key = {"name": "papillon-vllm-key-uid", "key": "api-key"}
+    url = "http://papillon-vllm.ns.svc.cluster.local:8000/v1"
+    assert endpoint == {"url": url, "model": "papillon", "apiKeySecretRef": key}
     ready = cond(plan, "InferenceReady")
     assert (ready["status"], ready["reason"]) == ("True", "Serving") and endpoint["url"] in ready["message"]
 
