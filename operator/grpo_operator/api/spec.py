@@ -494,7 +494,7 @@ def _cel_list(names: tuple[str, ...]) -> str:
 
 _ENV_FIX = (
     "is set by the operator; remove it (API keys: untrustedModel/judge apiKeySecretRef; "
-    "the hub token: model.hub.tokenSecretRef; GPUs: trainKwargs; the job's vLLM key is generated)"
+    "the hub token: model.hub.tokenSecretRef; GPUs: trainKwargs; the vLLM key is generated per job)"
 )
 
 
