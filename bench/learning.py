@@ -29,6 +29,7 @@ from _results import header, write_section
 
 from grpo_operator.local.default import default_job
 from grpo_operator.local.plan import Plan, RunOptions, make_plan
+from grpo_operator.local.rundir import write_config
 from grpo_trainer.dspy.task import checked_task
 from grpo_trainer.run.distributed import DistContext
 from grpo_trainer.run.loop import GRPORun
@@ -46,8 +47,10 @@ def local_plan(doc: dict[str, Any], work: Path, name: str) -> Plan:
 def validation_noise(seeds: int, work: Path) -> list[float]:
     """The base model's validation score, once per sampling seed (one vLLM server for all)."""
     plan = local_plan(default_job(), work, "noise")
-    server = VLLMProcess(plan.vllm, work / "vllm.log", start_timeout=900, cwd=work)
+    write_config(plan)  # and vLLM's key guard, where the plan's server looks for it
+    server = VLLMProcess(plan.vllm, work / "vllm.log", start_timeout=900, cwd=work, env=plan.secret_env)
     server.start()
+    os.environ.update(plan.secret_env)  # the trainer's clients, in this process, send the run's key
     scores: list[float] = []
     try:
         for seed in range(seeds):

@@ -44,6 +44,7 @@ from grpo_trainer.contract.config import (
     PIP_INDEX_URL_ENV,
     TERMINATION_LOG_ENV,
     UNTRUSTED_API_KEY_ENV,
+    VLLM_API_KEY_ENV,
     CodeSource,
     DataSpec,
     LMEndpoint,
@@ -70,6 +71,10 @@ MODEL_MOUNT = "/models"
 DATA_MOUNT = "/datasets"
 CODE_MOUNT = "/code"  # spec.code[i] at /code/<i>
 EXPORT_MOUNT = "/export"  # the export pod's claim destinations at /export/<claim>
+GUARD_MOUNT = "/etc/grpo-vllm"  # the vLLM pod's key guard (vllm_command.GUARD_FILE), from the job's ConfigMap
+GUARD_DIR = "vllm-guard"  # the same in a local run directory
+# The key of the job's vLLM in its Secret (grpo_operator.children.credentials): both pods read it from there.
+API_KEY_SECRET_KEY = "api-key"
 CODE_ARCHIVE_KEY = "code.tar.gz"  # the key of a packed-code ConfigMap (grpo_operator.code_pack)
 HOME = "/home/grpo"  # an emptyDir: the root filesystem is read-only
 TERMINATION_LOG = "/dev/termination-log"  # the kubelet's default terminationMessagePath
@@ -115,8 +120,10 @@ class ClusterTarget:
     inference_host: str  # the vLLM Service's DNS name, as the trainer pod resolves it
     inference_port: int
     trainer_port: int
+    api_key_secret: str  # the Secret holding the job's vLLM key (API_KEY_SECRET_KEY), which both pods read
 
     run_dir: str = field(default=RUN_MOUNT, init=False)
+    guard_dir: str = field(default=GUARD_MOUNT, init=False)
     config_path: str = field(default=CONFIG_PATH, init=False)
     model_mount: str = field(default=MODEL_MOUNT, init=False)
     data_mount: str = field(default=DATA_MOUNT, init=False)
@@ -153,6 +160,11 @@ class LocalTarget:
     @property
     def inference_host(self) -> str:
         return self.vllm_bind_host
+
+    @property
+    def guard_dir(self) -> str:
+        """Where the run keeps vLLM's key guard: the runner writes it there (a pod's comes from its ConfigMap)."""
+        return f"{self.run_dir}/{GUARD_DIR}"
 
     @property
     def inference_port(self) -> int:
@@ -411,6 +423,7 @@ def trainer_config(name: str, spec: GRPOJobSpec, target: Target, training_gpus: 
             served_model_name=served_model_name(spec),
             adapter_dir=f"{target.run_dir}/adapters",  # vLLM sees the volume where the trainer does
             max_loras=max_loras(spec),
+            api_key_env=VLLM_API_KEY_ENV,  # a pod's from the job's Secret, a local run's from the runner
         ),
         untrusted=_endpoint(spec.untrusted_model, UNTRUSTED_API_KEY_ENV),
         judge=_endpoint(spec.judge, JUDGE_API_KEY_ENV),
@@ -440,6 +453,7 @@ def vllm_server(spec: GRPOJobSpec, target: Target, inference_gpus: int) -> VLLMS
         gpu_memory_utilization=spec.inference.gpu_memory_utilization,
         seed=spec.grpo.seed,
         python=target.vllm_python,
+        guard_dir=target.guard_dir,  # every request but the probes needs the job's key
         extra_args=tuple(spec.inference.extra_args),
         extra_env={
             **literal_env(spec.inference.env),
@@ -511,6 +525,9 @@ def resolve(name: str, spec: GRPOJobSpec, target: Target) -> ResolvedJob:
     if isinstance(target, LocalTarget):
         trainer_env.update(_visible_devices(inference_gpus, training_gpus))
     trainer_refs, inference_refs = env_refs(spec)
+    if isinstance(target, ClusterTarget):  # a local run's key is the runner's, in both processes' environment
+        key = EnvRef(VLLM_API_KEY_ENV, "secret", target.api_key_secret, API_KEY_SECRET_KEY, False, "the job's vLLM key")
+        trainer_refs, inference_refs = (*trainer_refs, key), (*inference_refs, key)
     return ResolvedJob(
         name=name,
         config=trainer_config(name, spec, target, training_gpus),

@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from grpo_trainer.contract.config import DEFAULT_PORT
 
@@ -55,19 +55,46 @@ class OperatorSettings(BaseModel):
     )
     cluster_domain: str = Field("cluster.local", description="DNS suffix of Service names in the trainer's config.")
     log_level: str = Field("INFO", description="Python log level.")
+    network_policies: bool = Field(
+        False,
+        description=(
+            "Give every job NetworkPolicies: its vLLM reachable from its trainer only (from the namespace once it "
+            "serves its result), its trainer from the operator only; both from the metrics namespaces. The chart "
+            "turns it on: it knows where the operator runs."
+        ),
+    )
+    operator_namespace: str = Field("", max_length=63, description="The operator's namespace (for NetworkPolicies).")
+    operator_pod_labels: dict[str, str] = Field(
+        default_factory=dict, description="Labels of the operator's pods (for NetworkPolicies), e.g. a=b,c=d."
+    )
+    metrics_namespaces: tuple[str, ...] = Field(
+        ("monitoring",), description="Namespaces whose pods may scrape the job pods' metrics (NetworkPolicies)."
+    )
+
+    @model_validator(mode="after")
+    def _operator_known(self) -> OperatorSettings:
+        if self.network_policies and not (self.operator_namespace and self.operator_pod_labels):
+            needs = f"{ENV_PREFIX}OPERATOR_NAMESPACE and {ENV_PREFIX}OPERATOR_POD_LABELS"
+            why = "whom the trainer's NetworkPolicy lets in (the chart sets them)"
+            raise ValueError(f"{ENV_PREFIX}NETWORK_POLICIES needs {needs}: {why}")
+        return self
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
-        """Settings from ``GRPO_<FIELD>`` variables (e.g. GRPO_TRAINER_IMAGE, GRPO_NAMESPACES=a,b)."""
+        """Settings from ``GRPO_<FIELD>`` variables (e.g. GRPO_TRAINER_IMAGE, GRPO_NAMESPACES=a,b,
+        GRPO_OPERATOR_POD_LABELS=app=x,tier=y)."""
         env = os.environ if env is None else env
         values: dict[str, object] = {}
-        for name in cls.model_fields:
+        for name, info in cls.model_fields.items():
             raw = env.get(ENV_PREFIX + name.upper())
-            if raw is None or raw == "":
+            items = [item.strip() for item in (raw or "").split(",") if item.strip()]
+            if raw is None or (raw == "" and info.annotation != tuple[str, ...]):  # a list may be empty
                 continue
-            if name == "namespaces":
-                values[name] = tuple(ns.strip() for ns in raw.split(",") if ns.strip())
-            elif name == "check_secrets":
+            if info.annotation == tuple[str, ...]:
+                values[name] = tuple(items)
+            elif info.annotation == dict[str, str]:
+                values[name] = dict(item.partition("=")[::2] for item in items)
+            elif info.annotation is bool:
                 values[name] = raw.strip().lower() in ("1", "true", "yes", "on")
             else:
                 values[name] = raw

@@ -128,6 +128,9 @@ def test_namespace_mode_install_runs_a_job_with_roles_only(
         assert not can_i(cp, who, "list", "grpojobs.grpo.dev", "--all-namespaces")
         assert not can_i(cp, who, "create", "pods", "-n", "default")
         assert not can_i(cp, who, "get", "secrets", "-n", job_ns)  # rbac.checkSecrets=false
+        assert can_i(cp, who, "create", "secrets", "-n", job_ns)  # each job's vLLM key, never read back
+        assert can_i(cp, who, "create", "networkpolicies.networking.k8s.io", "-n", job_ns)
+        assert not can_i(cp, who, "patch", "networkpolicies.networking.k8s.io", "-n", job_ns)
         assert cp.get_json("clusterroles", "-l", f"app.kubernetes.io/instance={release}")["items"] == []
 
         proc = start_operator_like_deployment(cp, release_ns, "grpo-scoped", tmp_path / "operator.log")

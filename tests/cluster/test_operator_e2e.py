@@ -11,6 +11,7 @@ runs on a fake node).
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 import threading
@@ -27,6 +28,7 @@ from controlplane import ControlPlane, wait_until
 
 from grpo_operator.children import JOB_LABEL
 from grpo_trainer.contract.progress import Progress
+from support.chart import deployment
 from support.cluster_jobs import (
     CHART,
     RESTRICTED,
@@ -91,6 +93,13 @@ def job_ns(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Itera
     control_plane.delete_namespace(name)
 
 
+def chart_network_settings(cp: ControlPlane) -> dict[str, str]:
+    """What the chart's Deployment tells the operator about NetworkPolicies (on by default): where it runs."""
+    (container,) = deployment(cp, RELEASE_NS)["spec"]["template"]["spec"]["containers"]
+    names = ("GRPO_NETWORK_POLICIES", "GRPO_OPERATOR_NAMESPACE", "GRPO_OPERATOR_POD_LABELS", "GRPO_METRICS_NAMESPACES")
+    return {e["name"]: e["value"] for e in container["env"] if e["name"] in names}
+
+
 def start_operator(
     cp: ControlPlane, kubeconfig: Path, ns: str, log: Path, extra: dict[str, str] | None = None
 ) -> OperatorProcess:
@@ -99,6 +108,7 @@ def start_operator(
         "GRPO_PROGRESS_POLL_SECONDS": "1",
         "GRPO_TRAINER_PORT": str(free_port()),
         "GRPO_LOG_LEVEL": "INFO",
+        **chart_network_settings(cp),
         **(extra or {}),
     }
     return OperatorProcess(operator_env(cp.env(kubeconfig=kubeconfig)), [ns], log, settings).start()
@@ -174,6 +184,28 @@ def test_papillon_job_runs_reports_progress_and_succeeds(
             (owner,) = item["metadata"]["ownerReferences"]
             assert owner["uid"] == uid and owner["controller"] is True, item["metadata"]["name"]
     trainer, vllm = running(cp, ns, "papillon-trainer-0"), running(cp, ns, "papillon-inference-0")
+    # the job's own vLLM key: generated, in an immutable Secret the job owns, read by both pods (and only there)
+    secrets = cp.get_json("secrets", "-l", JOB_LABEL, namespace=ns)["items"]
+    (secret,) = secrets
+    assert secret["metadata"]["name"] == f"papillon-vllm-key-{uid[:8]}" and secret["immutable"] is True
+    assert [o["uid"] for o in secret["metadata"]["ownerReferences"]] == [uid]
+    key = base64.b64decode(secret["data"]["api-key"]).decode()
+    config = cp.get_json("configmap", "papillon-config", namespace=ns)
+    assert len(key) >= 43 and key not in json.dumps([trainer, vllm, config])
+    for pod in (trainer, vllm):
+        (var,) = [e for e in pod["spec"]["containers"][0]["env"] if e["name"] == "VLLM_API_KEY"]
+        assert var["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"], "key": "api-key"}
+    # its NetworkPolicies: vLLM admits the job's trainer, the trainer the operator's pods (the chart's namespace)
+    policies = {p["metadata"]["name"]: p for p in cp.get_json("networkpolicies", namespace=ns)["items"]}
+    assert set(policies) == {"papillon-inference", "papillon-trainer"}
+    assert all([o["uid"] for o in p["metadata"]["ownerReferences"]] == [uid] for p in policies.values())
+    vllm_from = policies["papillon-inference"]["spec"]["ingress"][0]["from"]
+    trainer_pods = {JOB_LABEL: "papillon", "app.kubernetes.io/component": "trainer"}
+    assert vllm_from == [{"podSelector": {"matchLabels": trainer_pods}}]
+    (operator_peer,) = policies["papillon-trainer"]["spec"]["ingress"][0]["from"]
+    assert operator_peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": RELEASE_NS}}
+    operator_pods = deployment(cp, RELEASE_NS)["spec"]["template"]["metadata"]["labels"]
+    assert operator_peer["podSelector"]["matchLabels"].items() <= operator_pods.items()
     assert trainer["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "3"
     assert vllm["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert trainer["spec"]["nodeName"] == vllm["spec"]["nodeName"] in cp.nodes  # RWO: one node
@@ -523,10 +555,17 @@ def test_a_job_with_serve_keeps_its_vllm_pod_after_success_until_serve_is_turned
     )
     assert cond(job, "InferenceReady")["reason"] == "Serving"
     # no trainer reported a result here (KWOK): the base model is what is served
+    key_ref = {"name": f"papillon-vllm-key-{job['metadata']['uid'][:8]}", "key": "api-key"}
     assert job["status"]["endpoint"] == {
         "url": f"http://papillon-vllm.{ns}.svc.cluster.local:8000/v1", "model": job["spec"]["model"]["name"],
+        "apiKeySecretRef": key_ref,
     }  # fmt: skip
+    assert cp.get_json("secret", key_ref["name"], namespace=ns)["data"]["api-key"]  # what a client reads
     assert cp.get_json("pod", "papillon-inference-0", namespace=ns)["status"]["phase"] == "Running"
+    # serving opens the vLLM pod to the pods of its namespace (the endpoint's clients)
+    serve = cp.get_json("networkpolicy", "papillon-serve", namespace=ns)
+    assert serve["spec"]["ingress"][0]["from"] == [{"podSelector": {}}]
+    assert serve["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
 
     cp.kubectl("patch", "grpojob", "papillon", "-n", ns, "--type=merge", "-p", '{"spec":{"serve":{"enabled":false}}}')
     wait_until(lambda: "papillon-inference-0" not in pods(cp, ns), timeout=30, what="the vLLM pod freed")
@@ -554,8 +593,8 @@ def test_children_orphaned_by_an_earlier_job_are_named_not_used_until_deleted(
     assert "ConfigMap papillon-config: exists and belongs to no job" in message and "--cascade=orphan" in message
     assert {p["metadata"]["uid"] for p in cp.get_json("pods", namespace=ns)["items"]} == orphans  # none added
 
-    cp.kubectl("delete", "pods,configmaps,services,pvc", "-l", f"{JOB_LABEL}=papillon", "-n", ns, "--wait=true",
-               "--timeout=60s")  # fmt: skip
+    cp.kubectl("delete", "pods,configmaps,services,pvc,networkpolicies", "-l", f"{JOB_LABEL}=papillon", "-n", ns,
+               "--wait=true", "--timeout=60s")  # fmt: skip
     job = wait_job(cp, ns, "papillon", is_true("Training"), "Training=True on its own children", timeout=60)
     assert cond(job, "Created")["status"] == "True"
     owner = cp.get_json("configmap", "papillon-config", namespace=ns)["metadata"]["ownerReferences"][0]["uid"]

@@ -34,6 +34,7 @@ PII data), so the run takes minutes.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -42,6 +43,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -477,7 +479,12 @@ def test_a_users_own_program_from_every_kind_of_code_source_trains_and_a_misspel
     assert endpoint["model"] == ("topics" if result.get("adapter") else str(model_dir))
     assert cond(job, "InferenceReady")["status"] == "True" and job["status"]["inferencePod"] == "topics-inference-0"
     models = f"http://127.0.0.1:{operator.env['GRPO_INFERENCE_PORT']}/v1/models"  # the pods share the host network
-    with urllib.request.urlopen(models, timeout=10) as resp:
+    with pytest.raises(urllib.error.HTTPError, match="401"):  # the job's key, or nothing
+        urllib.request.urlopen(models, timeout=10)
+    ref = endpoint["apiKeySecretRef"]  # where a client in the namespace reads it
+    key = base64.b64decode(cp.get_json("secret", ref["name"], namespace=ns)["data"][ref["key"]]).decode()
+    request = urllib.request.Request(models, headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
         served = {m["id"]: m.get("root") for m in json.loads(resp.read())["data"]}
     if result.get("adapter"):  # the best adapter, from result/ on the volume as vLLM sees it
         assert served.get("topics") == "/mnt/grpo/result/adapter", served

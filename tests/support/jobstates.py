@@ -7,7 +7,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from grpo_operator.api import parse_job
+from grpo_operator.children import Job, config_map
 from grpo_operator.controller.conditions import PodView, pod_view
+from grpo_operator.controller.lifecycle import Observed, Plan
 from grpo_operator.settings import OperatorSettings
 from support.jobdocs import load_example
 
@@ -41,3 +43,33 @@ def a_pod(
             "status": {"phase": phase, "conditions": conds, "podIP": "127.100.0.7", **status},
         }
     )
+
+
+def observe(status: dict | None = None, pods: tuple = (), now: datetime = T0, job_spec=None, **kw: Any) -> Observed:
+    s = job_spec or spec()
+    defaults: dict[str, Any] = dict(
+        pvc_exists=True,
+        config_map_data=config_map(Job("papillon", "ns", "uid", s), SETTINGS)["data"],
+        service_exists=True,
+    )
+    defaults.update(kw)
+    return Observed(
+        name="papillon",
+        namespace="ns",
+        uid="uid",
+        generation=1,
+        spec=s,
+        spec_error=None,
+        status=status or {},
+        pods=tuple(pods),
+        now=now,
+        **defaults,
+    )
+
+
+def created_names(plan: Plan) -> list[str]:
+    return [f"{m['kind']}/{m['metadata']['name']}" for m in plan.create]
+
+
+def cond(plan: Plan, ctype: str) -> dict:
+    return next(c for c in plan.status["conditions"] if c["type"] == ctype)

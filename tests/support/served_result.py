@@ -34,7 +34,8 @@ def assert_serves_result(
     )
     name = lm.model.removeprefix("openai/")
     check = check_served_adapter(
-        model, torch.device("cpu"), lm.kwargs["api_base"], name, run_dir / "result" / "adapter", token_ids
+        model, torch.device("cpu"), lm.kwargs["api_base"], name, run_dir / "result" / "adapter", token_ids,
+        api_key=lm.kwargs.get("api_key"),  # the job's key: its server refuses a request without it
     )
     assert check.served_vs_disk <= 1e-3, check
     assert check.base_vs_disk >= 50 * max(check.served_vs_disk, 1e-4), (

@@ -40,6 +40,15 @@ class VLLMServer:
     lora_rank: int
 
 
+def write_guard(directory: Path) -> str:
+    """vLLM's key guard as a pod or a local run gets it (a folder with the module, for ``guard_dir``)."""
+    from grpo_trainer.contract.vllm_command import GUARD_FILE, guard_source
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / GUARD_FILE).write_text(guard_source())
+    return str(directory)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -1,4 +1,5 @@
-"""Adapters on the volume and their hot-swap into a real vLLM (CPU build) serving a tiny generated model."""
+"""Adapters on the volume and their hot-swap into a real vLLM (CPU build) serving a tiny generated model,
+which takes a key as a job's vLLM does (its guard on every path but the probes)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,8 +28,11 @@ from grpo_trainer.embedded.tinymodel import ensure_tiny_model
 from grpo_trainer.vllm import adapters
 from grpo_trainer.vllm.adapters import AdapterStore, VLLMAdapterSync, VLLMUnavailableError, version_name
 from grpo_trainer.vllm.process import VLLMProcess
+from support.vllm import write_guard
 
 PROMPT = "please write an email to maria garcia about the"
+KEY = "the-jobs-key-for-this-module-0123456789"
+AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +164,7 @@ class Server:
             device="cpu",
             max_model_len=512,
             python=sys.executable,
+            guard_dir=write_guard(log_dir / "guard"),
         )
         self.log_dir = log_dir
         self.starts = 0
@@ -166,7 +172,12 @@ class Server:
 
     def _new_process(self) -> VLLMProcess:
         self.starts += 1
-        return VLLMProcess(self.spec, self.log_dir / f"vllm-{self.starts}.log", start_timeout=300)
+        log = self.log_dir / f"vllm-{self.starts}.log"
+        return VLLMProcess(self.spec, log, start_timeout=300, env={"VLLM_API_KEY": KEY})
+
+    def sync(self, store: AdapterStore, **options: Any) -> VLLMAdapterSync:
+        """The trainer's adapter sync for this server (with its key)."""
+        return VLLMAdapterSync(self.base_url, str(store.root), max_loras=4, api_key=KEY, **options)
 
     @property
     def base_url(self) -> str:
@@ -188,14 +199,18 @@ class Server:
     def complete(self, model: str) -> list[int]:
         """Greedy continuation token ids of PROMPT under ``model``."""
         body = {"model": model, "prompt": PROMPT, "max_tokens": 8, "temperature": 0.0, "return_token_ids": True}
-        response = httpx.post(f"{self.base_url}/completions", json=body, timeout=60)
+        response = httpx.post(f"{self.base_url}/completions", json=body, headers=AUTH, timeout=60)
         response.raise_for_status()
         return list(response.json()["choices"][0]["token_ids"])
 
-    def served(self) -> set[str]:
-        response = httpx.get(f"{self.base_url}/models", timeout=10)
+    def roots(self) -> dict[str, str]:
+        """Each served name and where it is served from (an adapter's folder)."""
+        response = httpx.get(f"{self.base_url}/models", headers=AUTH, timeout=10)
         response.raise_for_status()
-        return {card["id"] for card in response.json()["data"]}
+        return {card["id"]: card.get("root") for card in response.json()["data"]}
+
+    def served(self) -> set[str]:
+        return set(self.roots())
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +227,7 @@ def vllm(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 def test_publish_hot_swaps_versions_and_unloads_old_ones(vllm: Server, model_dir: Path, tmp_path: Path) -> None:
     store = AdapterStore(tmp_path, base_model_name=str(model_dir))
     model = peft_model(model_dir)
-    sync = VLLMAdapterSync(vllm.base_url, str(store.root), max_loras=4, wait_timeout_seconds=60)
+    sync = vllm.sync(store, wait_timeout_seconds=60)
 
     store.save(model, 1)  # zero LoRA B: same outputs as the base model
     first = sync.publish(1)
@@ -244,7 +259,7 @@ def test_publish_hot_swaps_versions_and_unloads_old_ones(vllm: Server, model_dir
     assert {name for name in vllm.served() if name.startswith("policy-")} == {"policy-v3", "policy-v4"}
 
     # a restarted trainer publishes the version it resumed at: vLLM already has it
-    restarted = VLLMAdapterSync(vllm.base_url, str(store.root), max_loras=4, keep_previous=False, wait_timeout_seconds=60)
+    restarted = vllm.sync(store, keep_previous=False, wait_timeout_seconds=60)
     resumed = restarted.publish(4)
     assert resumed.already_loaded and resumed.unloaded == ["policy-v3"]
     assert {name for name in vllm.served() if name.startswith("policy-")} == {"policy-v4"}
@@ -256,7 +271,7 @@ def test_the_result_is_served_under_the_jobs_name_replaced_in_place_and_kept_by_
 ) -> None:
     """What a succeeded job with serve.enabled answers with (grpo_trainer.run.loop._serve_result)."""
     store = AdapterStore(tmp_path, base_model_name=str(model_dir))
-    sync = VLLMAdapterSync(vllm.base_url, str(store.root), max_loras=4, keep_previous=False, wait_timeout_seconds=60)
+    sync = vllm.sync(store, keep_previous=False, wait_timeout_seconds=60)
     model = peft_model(model_dir)
     result = tmp_path / "result" / "adapter"
     answers = []
@@ -266,8 +281,7 @@ def test_the_result_is_served_under_the_jobs_name_replaced_in_place_and_kept_by_
         shutil.rmtree(result, ignore_errors=True)
         shutil.copytree(saved.path, result)
         sync.serve_named("papillon", "result/adapter")
-        models = httpx.get(f"{vllm.base_url}/models", timeout=10).json()["data"]
-        assert {m["id"]: m.get("root") for m in models}["papillon"] == str(result)
+        assert vllm.roots()["papillon"] == str(result)
         answers.append(vllm.complete("papillon"))
     sync.publish(4)
     assert answers[1] == vllm.complete("policy-v4") != answers[0]  # the second result replaced the first
@@ -281,7 +295,7 @@ def test_killed_vllm_gets_the_current_adapter_back_after_restart(vllm: Server, m
     store = AdapterStore(tmp_path, base_model_name=str(model_dir))
     model = peft_model(model_dir)
     randomize_lora_b(model, seed=7)
-    sync = VLLMAdapterSync(vllm.base_url, str(store.root), max_loras=4, wait_timeout_seconds=300)
+    sync = vllm.sync(store, wait_timeout_seconds=300)
     store.save(model, 7)
     sync.publish(7)
     before = vllm.complete(version_name(7))
@@ -295,3 +309,49 @@ def test_killed_vllm_gets_the_current_adapter_back_after_restart(vllm: Server, m
     assert "policy-v7" in vllm.served()
     assert vllm.complete("policy-v7") == before
     assert sync.ensure_current() == []  # nothing missing any more
+
+
+@pytest.mark.vllm
+def test_only_the_key_holder_is_served_and_a_foreign_adapter_under_the_runs_name_is_replaced(
+    vllm: Server, model_dir: Path, tmp_path: Path
+) -> None:
+    """Another pod that reaches the job's vLLM can neither load an adapter (vLLM's /v1 route, or the
+    SageMaker /adapters route its own --api-key leaves open) nor generate; and one loaded under a version
+    name the run serves (a key holder's, or a stale server's) is found by its path and replaced."""
+    model = peft_model(model_dir)
+    randomize_lora_b(model, seed=11)
+    theirs = AdapterStore(tmp_path / "theirs", base_model_name=str(model_dir)).save(model, 1).path
+    generate = {"model": "tiny-base", "prompt": PROMPT, "max_tokens": 2}
+    attempts = [
+        ("POST", "/v1/load_lora_adapter", {"lora_name": "intruder", "lora_path": str(theirs)}),
+        ("POST", "/adapters", {"name": "intruder", "src": str(theirs)}),
+        ("POST", "/v1/completions", generate),
+        ("POST", "/invocations", generate),
+        ("GET", "/v1/models", None),
+    ]
+    for key in (None, "a-guessed-key"):
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        for method, path, body in attempts:
+            response = httpx.request(method, f"{vllm.process.base_url}{path}", json=body, headers=headers, timeout=30)
+            assert response.status_code == 401, (key, path, response.status_code, response.text[:200])
+    assert "intruder" not in vllm.served()
+    for probe in ("/health", "/metrics"):  # the kubelet's and Prometheus's, without the key
+        assert httpx.get(f"{vllm.process.base_url}{probe}", timeout=10).status_code == 200
+    with_key = httpx.post(f"{vllm.process.base_url}/invocations", json=generate, headers=AUTH, timeout=60)
+    assert with_key.status_code != 401, with_key.text[:300]  # the guard lets the key holder through
+
+    store = AdapterStore(tmp_path / "run", base_model_name=str(model_dir))
+    sync = vllm.sync(store, wait_timeout_seconds=60)
+    randomize_lora_b(model, seed=12)
+    store.save(model, 21)
+    sync.publish(21)
+    ours = vllm.complete("policy-v21")
+    swap = {"lora_name": "policy-v21", "lora_path": str(theirs), "load_inplace": True}
+    httpx.post(f"{vllm.base_url}/load_lora_adapter", json=swap, headers=AUTH, timeout=60).raise_for_status()
+    assert vllm.roots()["policy-v21"] == str(theirs) and vllm.complete("policy-v21") != ours  # poisoned
+
+    (replaced,) = sync.ensure_current()
+    assert (replaced.name, replaced.foreign) == ("policy-v21", str(theirs))
+    assert vllm.roots()["policy-v21"] == str(store.path(21))
+    assert vllm.complete("policy-v21") == ours
+    assert sync.ensure_current() == []

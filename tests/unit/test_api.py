@@ -46,7 +46,7 @@ def test_seed_arbor_arguments_arrive_unchanged():
 
 def test_seed_translates_to_trainer_config():
     job = parse_job(load_example())
-    cfg = resolve("papillon", job.spec, ClusterTarget("papillon-inference", 8000, 9400)).config
+    cfg = resolve("papillon", job.spec, ClusterTarget("papillon-inference", 8000, 9400, "papillon-vllm-key")).config
     assert cfg.train.num_training_gpus == 3 and cfg.train.lora_config.r == 8
     assert cfg.untrusted.api_key_env == "GRPO_UNTRUSTED_API_KEY"
     assert cfg.vllm.base_url == "http://papillon-inference:8000/v1"
@@ -74,7 +74,7 @@ def test_a_current_notebooks_arguments_paste_in_under_their_current_names():
     assert g.num_samples_per_input == 16
     assert (g.checkpoint, g.variably_invoked_predictor_grouping_mode, g.adapter) == ("improvements", "fill", "json")
     assert job.spec.train_kwargs.fp16
-    cfg = resolve("papillon", job.spec, ClusterTarget("papillon-inference", 8000, 9400)).config
+    cfg = resolve("papillon", job.spec, ClusterTarget("papillon-inference", 8000, 9400, "papillon-vllm-key")).config
     assert cfg.grpo.num_samples_per_input == 16 and "num_rollouts_per_grpo_step" not in cfg.to_json()
     assert type(cfg).model_validate_json(cfg.to_json()).grpo == cfg.grpo  # the trainer reads the same arguments
 

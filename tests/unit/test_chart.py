@@ -44,6 +44,7 @@ NON_DEFAULT = {
     "crds": {"install": False},
     "serviceAccount": {"name": "grpo-operator", "annotations": {"example.com/owner": "ml-platform"}},
     "rbac": {"checkSecrets": False},
+    "networkPolicy": {"enabled": False, "metricsNamespaces": ["prometheus"]},
     "jobDefaults": {
         "trainerImage": "registry.example.com/ml/grpo-trainer:0.1.0",
         "inferenceImage": "registry.example.com/ml/vllm:0.32.0",
@@ -214,8 +215,14 @@ def test_operator_pod_runs_as_the_operator_images_user(helm_bin: Path):
 
 
 def test_default_settings_are_the_operators_own_defaults(helm_bin: Path, monkeypatch: pytest.MonkeyPatch):
+    """... but for what only the chart knows: where the operator runs, whom a job's trainer admits."""
     settings = operator_settings(render(helm_bin), monkeypatch)
-    assert settings == OperatorSettings()
+    operator_pods = {"app.kubernetes.io/name": "grpo-operator", "app.kubernetes.io/instance": RELEASE}
+    assert settings == OperatorSettings(
+        network_policies=True, operator_namespace="grpo-system", operator_pod_labels=operator_pods
+    )
+    pod_labels = one(render(helm_bin), "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert operator_pods.items() <= pod_labels.items()  # the peer the trainer's NetworkPolicy admits
     assert (settings.trainer_image, settings.inference_image) == (DEFAULT_TRAINER_IMAGE, DEFAULT_INFERENCE_IMAGE)
 
 
@@ -237,6 +244,7 @@ def test_non_default_values_reach_the_operator(helm_bin: Path, tmp_path: Path, m
         "check_secrets": False,
         "cluster_domain": "corp.internal",
         "log_level": "DEBUG",
+        "network_policies": False,
     }
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     assert (
@@ -245,8 +253,9 @@ def test_non_default_values_reach_the_operator(helm_bin: Path, tmp_path: Path, m
     )
     assert pod["containers"][0]["image"] == "registry.example.com/ml/grpo-operator:0.1.0-rc1"
     assert pod["imagePullSecrets"] == [{"name": "regcred"}] and pod["priorityClassName"] == "platform-critical"
-    for role in by_kind(docs)["Role"]:  # checkSecrets=false: no access to Secrets at all
-        assert all("secrets" not in rule["resources"] for rule in role["rules"])
+    for role in by_kind(docs)["Role"]:  # checkSecrets=false: Secrets are only created (the job's key), never read
+        assert [r["verbs"] for r in role["rules"] if "secrets" in r["resources"]] == [["create"]]
+        assert all("networkpolicies" not in rule["resources"] for rule in role["rules"])  # the cluster's own
 
 
 def test_rbac_is_least_privilege(helm_bin: Path):
@@ -257,7 +266,9 @@ def test_rbac_is_least_privilege(helm_bin: Path):
     updates = [r["resources"] for r in rules if "update" in r["verbs"]]
     assert updates == [["grpojobs/finalizers"]]  # only for blockOwnerDeletion on children
     secrets = [r for r in rules if "secrets" in r["resources"]]
-    assert [r["verbs"] for r in secrets] == [["get"]]
+    assert [r["verbs"] for r in secrets] == [["create"], ["get"]]  # the job's key; checkSecrets
+    policies = [r for r in rules if "networkpolicies" in r["resources"]]
+    assert [(r["apiGroups"], r["verbs"]) for r in policies] == [(["networking.k8s.io"], ["get", "create"])]
 
 
 def test_users_get_grpojob_rights_through_the_default_roles(helm_bin: Path):

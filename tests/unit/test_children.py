@@ -211,8 +211,9 @@ def test_api_keys_come_from_secrets_never_from_the_config_map():
     assert refs == {
         "GRPO_UNTRUSTED_API_KEY": {"name": "openai-api-key", "key": "api-key"},
         "GRPO_JUDGE_API_KEY": {"name": "openai-api-key", "key": "api-key"},
+        "VLLM_API_KEY": {"name": "papillon-vllm-key-uid-1234", "key": "api-key"},  # the job's own, generated
     }
-    assert referenced_secrets(job) == [("openai-api-key", "api-key")]
+    assert referenced_secrets(job) == [("openai-api-key", "api-key")]  # the user's, checked before pods start
     text = config_map(job, SETTINGS)["data"]["config.json"]
     assert "openai-api-key" not in text
     cfg = TrainerConfig.model_validate(json.loads(text))

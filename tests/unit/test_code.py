@@ -155,7 +155,8 @@ def test_a_local_run_reads_packed_code_from_the_job_file_and_volumes_from_direct
         ports=False,
     )
     archive = tmp_path / "run" / "code" / "topics-code.tar.gz"
-    assert plan.job_files == {archive: base64.b64decode(packed["binaryData"]["code.tar.gz"])}
+    assert plan.job_files[archive] == base64.b64decode(packed["binaryData"]["code.tar.gz"])
+    assert set(plan.job_files) == {archive, tmp_path / "run" / "vllm-guard" / "grpo_vllm_guard.py"}  # + vLLM's guard
     assert [(c.kind, c.path, c.origin) for c in plan.config.code] == [
         ("archive", str(archive), "spec.code[0].configMap 'topics-code'"),
         ("dir", str(team / "src"), "spec.code[1].volume 'team-code'"),

@@ -104,7 +104,7 @@ def test_no_credential_is_accepted_inline() -> None:
 
 def test_a_pod_and_grpo_local_export_alike_except_where_things_are(tmp_path: Path) -> None:
     spec = parse_job(doc_with()).spec
-    cluster = resolve_export("papillon", spec, ClusterTarget("papillon-vllm", 8000, 9400), [0, 1, 2])
+    cluster = resolve_export("papillon", spec, ClusterTarget("papillon-vllm", 8000, 9400, "papillon-vllm-key"), [0, 1, 2])
     local_target = LocalTarget(
         run_dir=str(tmp_path / "run"), config_path="c.json", vllm_port=8000, trainer_port=9400, gpus=0,
         python="/venv/bin/python", export_claims={"models": str(tmp_path / "models")},
@@ -129,7 +129,7 @@ def test_a_pod_and_grpo_local_export_alike_except_where_things_are(tmp_path: Pat
         ("GRPO_EXPORT_2_AWS_SECRET_ACCESS_KEY", "minio", "AWS_SECRET_ACCESS_KEY"),
     ]
     # only the destinations asked for: no merge, no hub token
-    only_s3 = resolve_export("papillon", spec, ClusterTarget("papillon-vllm", 8000, 9400), [2])
+    only_s3 = resolve_export("papillon", spec, ClusterTarget("papillon-vllm", 8000, 9400, "papillon-vllm-key"), [2])
     assert [t.index for t in only_s3.plan.targets] == [2] and not only_s3.merged and only_s3.claims == ()
     assert {r.name for r in only_s3.env_refs} == {
         "GRPO_EXPORT_2_AWS_ACCESS_KEY_ID",

@@ -11,41 +11,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from grpo_operator.api.status import GRPOJobStatus
-from grpo_operator.children import Job, config_map
+from grpo_operator.children import Job
 from grpo_operator.controller.conditions import state
 from grpo_operator.controller.lifecycle import Observed, Plan, decide
 from grpo_trainer.contract import exit_codes
-from support.jobstates import SETTINGS, T0, a_pod, spec
-
-
-def observe(status: dict | None = None, pods: tuple = (), now: datetime = T0, job_spec=None, **kw: Any) -> Observed:
-    s = job_spec or spec()
-    defaults: dict[str, Any] = dict(
-        pvc_exists=True,
-        config_map_data=config_map(Job("papillon", "ns", "uid", s), SETTINGS)["data"],
-        service_exists=True,
-    )
-    defaults.update(kw)
-    return Observed(
-        name="papillon",
-        namespace="ns",
-        uid="uid",
-        generation=1,
-        spec=s,
-        spec_error=None,
-        status=status or {},
-        pods=tuple(pods),
-        now=now,
-        **defaults,
-    )
-
-
-def created_names(plan: Plan) -> list[str]:
-    return [f"{m['kind']}/{m['metadata']['name']}" for m in plan.create]
-
-
-def cond(plan: Plan, ctype: str) -> dict:
-    return next(c for c in plan.status["conditions"] if c["type"] == ctype)
+from support.jobstates import SETTINGS, T0, a_pod, cond, created_names, observe, spec
 
 
 def running_pair(trainer: str = "papillon-trainer-0", inference: str = "papillon-inference-0") -> tuple:
@@ -53,11 +23,13 @@ def running_pair(trainer: str = "papillon-trainer-0", inference: str = "papillon
 
 
 def test_new_job_creates_every_child_once():
-    plan = decide(observe(pvc_exists=False, config_map_data=None, service_exists=False), SETTINGS)
+    fresh = observe(pvc_exists=False, config_map_data=None, service_exists=False, key_secret_exists=False)
+    plan = decide(fresh, SETTINGS)
     assert created_names(plan) == [
         "PersistentVolumeClaim/papillon-run",
         "ConfigMap/papillon-config",
         "Service/papillon-vllm",
+        "Secret/papillon-vllm-key-uid",
         "Pod/papillon-inference-0",
         "Pod/papillon-trainer-0",
     ]
@@ -292,7 +264,9 @@ def test_a_succeeded_job_with_serve_keeps_vllm_serving_its_result_until_serve_is
     plan = decide(observe(pods=done, job_spec=serving_spec(), progress={"result": result}), SETTINGS)
     assert state(plan.status) == "Succeeded" and plan.delete_pods == [] and plan.create == []
     endpoint = plan.status["endpoint"]
-    assert endpoint == {"url": "http://papillon-vllm.ns.svc.cluster.local:8000/v1", "model": "papillon"}
+    key = {"name": "papillon-vllm-key-uid", "key": "api-key"}
+    url = "http://papillon-vllm.ns.svc.cluster.local:8000/v1"
+    assert endpoint == {"url": url, "model": "papillon", "apiKeySecretRef": key}
     ready = cond(plan, "InferenceReady")
     assert (ready["status"], ready["reason"]) == ("True", "Serving") and endpoint["url"] in ready["message"]
 

@@ -15,7 +15,7 @@ import pytest
 
 from grpo_operator.api import InvalidJob, parse_job
 from grpo_operator.api.quantity import parse_quantity
-from grpo_operator.api.spec import OPERATOR_ENV_NAMES
+from grpo_operator.api.spec import INFERENCE_ENV_NAMES, OPERATOR_ENV_NAMES
 from grpo_operator.children import Job, config_map, inference_pod, referenced_secrets, trainer_pod
 from grpo_operator.local.default import default_job
 from grpo_operator.local.plan import InvalidInput, check_env_refs
@@ -147,9 +147,10 @@ def _jobs(tmp_path: Path) -> list[Job]:
 def test_every_variable_the_operator_sets_is_one_the_api_refuses(tmp_path: Path) -> None:
     """The API's list and what the pods really get cannot drift apart."""
     for job in _jobs(tmp_path):
-        for pod in pods(job):
+        trainer, vllm = pods(job)
+        for pod, refused in ((trainer, set(OPERATOR_ENV_NAMES)), (vllm, {*OPERATOR_ENV_NAMES, *INFERENCE_ENV_NAMES})):
             rendered = {e["name"] for e in container(pod)["env"]}
-            assert rendered <= set(OPERATOR_ENV_NAMES), rendered - set(OPERATOR_ENV_NAMES)
+            assert rendered <= refused, rendered - refused
 
 
 @pytest.mark.parametrize("name", OPERATOR_ENV_NAMES)

@@ -53,3 +53,38 @@ def test_a_running_job_checks_its_children_and_references():
 def test_a_finished_job_reads_only_its_pods_and_a_volume_it_may_still_release():
     assert reads(job(finished=True)) == ["Pods"]
     assert reads(job(finished=True, retain=True)) == ["PersistentVolumeClaim", "Pods"]
+
+
+class CreatingCluster(RecordingCluster):
+    """... that also takes creations: those of ``existing`` answer 409 (an earlier operator made them)."""
+
+    def __init__(self, existing: set[str]) -> None:
+        super().__init__()
+        self.existing = existing
+        self.created: list[str] = []
+
+    def create(self, manifest: dict[str, Any]) -> bool:
+        what = f"{manifest['kind']}/{manifest['metadata']['name']}"
+        self.created.append(what)
+        return what not in self.existing
+
+    def patch_status(self, *args: Any) -> None:
+        pass
+
+    def post_event(self, *args: Any) -> None:
+        pass
+
+
+def test_the_jobs_key_secret_is_created_never_read_and_a_conflict_on_it_is_its_own():
+    """The operator needs only `create` on Secrets: the key's name carries the job's uid, so a 409 (the
+    operator restarted after making it) is this job's Secret; the pods go ahead, and the next reconcile
+    does not try again."""
+    key = "Secret/papillon-vllm-key-uid-1"
+    cluster = CreatingCluster(existing={key})
+    reconciler = Reconciler(cluster, OperatorSettings(), OperatorMetrics())  # type: ignore[arg-type]
+    reconciler._reconcile(job(finished=False))
+    assert key in cluster.created and "Pod/papillon-trainer-0" in cluster.created
+    assert cluster.reads.count("Secret") == 1  # the user's referenced Secret (checkSecrets), not the key
+    cluster.created.clear()
+    reconciler._reconcile(job(finished=False))
+    assert key not in cluster.created

@@ -48,7 +48,7 @@ def local_target(tmp_path: Path, gpus: int) -> LocalTarget:
 
 
 def cluster(spec) -> ClusterTarget:
-    return ClusterTarget(inference_host="svc.ns", inference_port=8000, trainer_port=9400)
+    return ClusterTarget(inference_host="svc.ns", inference_port=8000, trainer_port=9400, api_key_secret="key")
 
 
 def without(argv: list[str], *flags: str) -> list[str]:
@@ -78,8 +78,13 @@ def test_vllm_starts_with_the_same_flags_in_a_pod_and_locally(spec, tmp_path: Pa
     pod_cmd, local_cmd = vllm_command(pod_run.vllm), vllm_command(local_run.vllm)
     assert without(pod_cmd.argv, *WHERE_FLAGS) == without(local_cmd.argv, *WHERE_FLAGS)
     assert pod_cmd.argv[pod_cmd.argv.index("--seed") + 1] == str(spec.grpo.seed)
-    local_env = {k: v for k, v in local_cmd.env.items() if k != "CUDA_VISIBLE_DEVICES"}
-    assert pod_cmd.env == local_env
+    where = ("CUDA_VISIBLE_DEVICES", "PYTHONPATH")
+    assert {k: v for k, v in pod_cmd.env.items() if k not in where} == {
+        k: v for k, v in local_cmd.env.items() if k not in where
+    }
+    # both servers ask for the job's key on every path but the probes, through the guard where each keeps it
+    assert "--middleware" in pod_cmd.argv and "--middleware" in local_cmd.argv
+    assert (pod_cmd.env["PYTHONPATH"], local_cmd.env["PYTHONPATH"]) == ("/etc/grpo-vllm", f"{tmp_path}/run/vllm-guard")
 
 
 def test_the_trainer_runs_the_same_command_and_environment(spec, tmp_path: Path) -> None:

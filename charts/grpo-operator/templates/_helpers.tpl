@@ -67,6 +67,16 @@ operator/reconcile.py (Cluster) and operator/handlers.py.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+# The job's vLLM key, generated per job; never read back (its name carries the job's uid).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create"]
+{{- if .Values.networkPolicy.enabled }}
+# A job's NetworkPolicies: looked for (get), then created; never changed or listed.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create"]
+{{- end }}
 {{- if .Values.rbac.checkSecrets }}
 # Only to tell users a referenced Secret or key is missing; never listed or watched.
 - apiGroups: [""]

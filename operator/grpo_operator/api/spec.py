@@ -22,6 +22,7 @@ from grpo_trainer.contract.config import (
     JUDGE_API_KEY_ENV,
     TERMINATION_LOG_ENV,
     UNTRUSTED_API_KEY_ENV,
+    VLLM_API_KEY_ENV,
 )
 from grpo_trainer.contract.hparams import GRPOArgs, TrainKwargs
 
@@ -58,6 +59,7 @@ OPERATOR_ENV_NAMES: tuple[str, ...] = (
     UNTRUSTED_API_KEY_ENV,
     JUDGE_API_KEY_ENV,
     HF_TOKEN_ENV,
+    VLLM_API_KEY_ENV,
     "CUDA_VISIBLE_DEVICES",
     "HOME",
     "TMPDIR",
@@ -79,6 +81,8 @@ OPERATOR_ENV_NAMES: tuple[str, ...] = (
     "VLLM_ENABLE_V1_MULTIPROCESSING",
     "VLLM_CPU_OMP_THREADS_BIND",
 )
+# ... and in the vLLM pod alone: its Python finds the key guard there (grpo_trainer.contract.vllm_guard).
+INFERENCE_ENV_NAMES: tuple[str, ...] = ("PYTHONPATH",)
 
 
 # --------------------------------------------------------------------------- program
@@ -491,7 +495,7 @@ def _cel_list(names: tuple[str, ...]) -> str:
 
 _ENV_FIX = (
     "is set by the operator; remove it (API keys: untrustedModel/judge apiKeySecretRef; "
-    "the hub token: model.hub.tokenSecretRef; GPUs: trainKwargs)"
+    "the hub token: model.hub.tokenSecretRef; GPUs: trainKwargs; the vLLM key is generated per job)"
 )
 
 
@@ -659,6 +663,15 @@ class InferenceOptions(PodOptions):
             ),
             check=lambda o: not any(a == f or a.startswith(f + "=") for a in o.extra_args for f in RESERVED_VLLM_FLAGS),
             field="extraArgs",
+        ),
+        Rule(
+            cel=f"!has(self.env) || self.env.all(e, !(e.name in {_cel_list(INFERENCE_ENV_NAMES)}))",
+            message=(
+                f"env may not set {', '.join(INFERENCE_ENV_NAMES)} in the vLLM pod: the operator puts the server's key "
+                "guard there; remove it"
+            ),
+            check=lambda o: not any(e.name in INFERENCE_ENV_NAMES for e in o.env),
+            field="env",
         ),
     )
 

@@ -92,11 +92,25 @@ class Placement(ApiModel):
     replacements: int = Field(0, ge=0, description="Times both pods were deleted and recreated to be placed together.")
 
 
+class KeySecretRef(ApiModel):
+    """A key of a Secret in the job's namespace."""
+
+    name: str = Field(description="The Secret's name.")
+    key: str = Field(description="The key whose value is the secret.")
+
+
 class Endpoint(ApiModel):
     """Where a succeeded job with serve.enabled serves its result (an OpenAI-compatible API)."""
 
     url: str = Field(description="The vLLM Service's OpenAI base URL in the cluster, e.g. for dspy.LM(api_base=...).")
     model: str = Field(description="The model name to ask for: the job's name (its best adapter), else the base model.")
+    api_key_secret_ref: Optional[KeySecretRef] = Field(
+        None,
+        description=(
+            "The server's key (every request needs it: Authorization: Bearer <key>, dspy.LM(api_key=...)): "
+            "generated for the job, in a Secret it owns."
+        ),
+    )
 
 
 class ExportedDestination(ApiModel):

@@ -5,6 +5,7 @@ No I/O here; the handlers create what these return.
 """
 
 from grpo_operator.children.config import cluster_target, config_map, resolved
+from grpo_operator.children.credentials import api_key_ref, api_key_secret
 from grpo_operator.children.export import export_pod
 from grpo_operator.children.inference import inference_pod, inference_service, result_endpoint
 from grpo_operator.children.meta import (
@@ -17,6 +18,7 @@ from grpo_operator.children.meta import (
     OPERATOR_NAME,
     TRAINER,
     Job,
+    api_key_secret_name,
     config_map_name,
     export_pod_name,
     inference_pod_name,
@@ -24,6 +26,7 @@ from grpo_operator.children.meta import (
     service_name,
     trainer_pod_name,
 )
+from grpo_operator.children.network import network_policies, serve_network_policy
 from grpo_operator.children.podspec import SPEC_HASH_ANNOTATION, co_located
 from grpo_operator.children.trainer import referenced_secrets, trainer_pod
 from grpo_operator.children.volume import persistent_volume_claim, user_claims, user_config_maps
@@ -39,6 +42,9 @@ __all__ = [
     "OPERATOR_NAME",
     "TRAINER",
     "Job",
+    "api_key_ref",
+    "api_key_secret",
+    "api_key_secret_name",
     "cluster_target",
     "co_located",
     "user_config_maps",
@@ -49,11 +55,13 @@ __all__ = [
     "inference_pod",
     "inference_pod_name",
     "inference_service",
+    "network_policies",
     "persistent_volume_claim",
     "pvc_name",
     "referenced_secrets",
     "resolved",
     "result_endpoint",
+    "serve_network_policy",
     "service_name",
     "trainer_pod",
     "trainer_pod_name",

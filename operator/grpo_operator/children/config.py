@@ -1,14 +1,15 @@
 """The trainer's config file in a ConfigMap, and the job's resolution for its pods.
 
 The document holds no secrets: API keys reach the trainer only as environment
-variables filled from the job's Secret references (see trainer.py).
+variables filled from the job's Secret references (see trainer.py). The ConfigMap also
+holds vLLM's key guard (grpo_trainer.contract.vllm_guard), which the vLLM pod imports.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from grpo_operator.children.meta import CONFIG, Job, config_map_name, object_meta, service_name
+from grpo_operator.children.meta import CONFIG, Job, api_key_secret_name, config_map_name, object_meta, service_name
 from grpo_operator.resolve import (
     CONFIG_KEY,
     ClusterTarget,
@@ -19,6 +20,7 @@ from grpo_operator.resolve import (
     resolve_pods,
 )
 from grpo_operator.settings import OperatorSettings
+from grpo_trainer.contract.vllm_command import GUARD_FILE, guard_source
 
 
 def cluster_target(job: Job, settings: OperatorSettings) -> ClusterTarget:
@@ -27,6 +29,7 @@ def cluster_target(job: Job, settings: OperatorSettings) -> ClusterTarget:
         inference_host=f"{service_name(job)}.{job.namespace}.svc.{settings.cluster_domain}",
         inference_port=settings.inference_port,
         trainer_port=settings.trainer_port,
+        api_key_secret=api_key_secret_name(job),
     )
 
 
@@ -46,6 +49,10 @@ def config_map(job: Job, settings: OperatorSettings) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": object_meta(job, config_map_name(job), CONFIG),
-        # the trainer's config, and the job's inline data sets (resolve points the config at them)
-        "data": {CONFIG_KEY: resolved(job, settings).config.to_json(), **inline_data_files(job.spec)},
+        # the trainer's config, the job's inline data sets (resolve points the config at them), vLLM's key guard
+        "data": {
+            CONFIG_KEY: resolved(job, settings).config.to_json(),
+            **inline_data_files(job.spec),
+            GUARD_FILE: guard_source(),
+        },
     }

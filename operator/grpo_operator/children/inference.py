@@ -1,7 +1,9 @@
 """The vLLM pod (OpenAI server with runtime LoRA loading) and the Service in front of it.
 
 The server is the job's resolution (grpo_operator.resolve), rendered by
-grpo_trainer.contract.vllm_command.vllm_command as the local runner renders it.
+grpo_trainer.contract.vllm_command.vllm_command as the local runner renders it. It takes
+the job's key (from the job's Secret) on every path but its probes: its guard module comes
+from the job's ConfigMap.
 """
 
 from __future__ import annotations
@@ -9,8 +11,18 @@ from __future__ import annotations
 from typing import Any
 
 from grpo_operator.children.config import resolved, resolved_pods
-from grpo_operator.children.meta import INFERENCE, Job, inference_pod_name, object_meta, selector_labels, service_name
+from grpo_operator.children.credentials import api_key_ref
+from grpo_operator.children.meta import (
+    INFERENCE,
+    Job,
+    config_map_name,
+    inference_pod_name,
+    object_meta,
+    selector_labels,
+    service_name,
+)
 from grpo_operator.children.podspec import (
+    Mount,
     co_location,
     env_from,
     env_list,
@@ -23,16 +35,17 @@ from grpo_operator.children.podspec import (
 from grpo_operator.resolve import serving_result
 from grpo_operator.settings import OperatorSettings
 from grpo_trainer.contract.progress import result_model_name
-from grpo_trainer.contract.vllm_command import vllm_command
+from grpo_trainer.contract.vllm_command import GUARD_FILE, vllm_command
 
 PORT_NAME = "http"
 
 
 def result_endpoint(job: Job, settings: OperatorSettings, *, adapter: bool) -> dict[str, str]:
-    """status.endpoint of a job serving its result: the Service's OpenAI URL and the model to ask for."""
+    """status.endpoint of a job serving its result: the Service's OpenAI URL, the model to ask for, and
+    where its key is."""
     run = resolved(job, settings)
     model = result_model_name(job.name) if adapter else run.vllm.served_model_name
-    return {"url": run.config.vllm.base_url, "model": model}
+    return {"url": run.config.vllm.base_url, "model": model, "apiKeySecretRef": api_key_ref(job)}
 
 
 def inference_pod(job: Job, settings: OperatorSettings, attempt: int, *, serve_result: bool = False) -> dict[str, Any]:
@@ -58,7 +71,7 @@ def inference_pod(job: Job, settings: OperatorSettings, attempt: int, *, serve_r
     pull = options.image_pull_policy or settings.image_pull_policy
     if pull:
         container["imagePullPolicy"] = pull
-    mounts = [run_mount(job), *model_mounts(job), *scratch_mounts(plan)]
+    mounts = [run_mount(job), *model_mounts(job), guard_mount(job, spec.guard_dir), *scratch_mounts(plan)]
     return pod(
         job,
         name=inference_pod_name(job, attempt),
@@ -74,6 +87,16 @@ def inference_pod(job: Job, settings: OperatorSettings, attempt: int, *, serve_r
         affinity=co_location(job),
         pod_group=True,
     )
+
+
+def guard_mount(job: Job, path: str | None) -> Mount:
+    """The key guard alone of the job's ConfigMap, where the server's PYTHONPATH points (resolve decides it)."""
+    assert path is not None  # a cluster's server always has its guard
+    volume = {
+        "name": "guard",
+        "configMap": {"name": config_map_name(job), "items": [{"key": GUARD_FILE, "path": GUARD_FILE}]},
+    }
+    return Mount(volume, path, read_only=True)
 
 
 def inference_service(job: Job, settings: OperatorSettings) -> dict[str, Any]:

@@ -28,6 +28,8 @@ INFERENCE = "inference"
 EXPORT = "export"
 STORAGE = "storage"
 CONFIG = "config"
+CREDENTIALS = "credentials"
+NETWORK = "network"
 
 DNS_LABEL_MAX = 63
 
@@ -69,6 +71,17 @@ def config_map_name(job: Job) -> str:
 
 def service_name(job: Job) -> str:
     return dns_label(job.name, "vllm")
+
+
+def api_key_secret_name(job: Job) -> str:
+    """The Secret of the job's vLLM key. Named by the job's uid: a job re-applied under the name never gets an
+    earlier one's key, and a create that meets an existing Secret of this name met this job's own."""
+    return f"{job.name}-vllm-key-{job.uid[:8]}"
+
+
+def network_policy_name(job: Job, component: str) -> str:
+    """The NetworkPolicy that admits traffic to one component's pods (``serve``: the vLLM pod once it serves)."""
+    return f"{job.name}-{component}"
 
 
 def trainer_pod_name(job: Job, attempt: int) -> str:

@@ -30,7 +30,9 @@ from grpo_operator.local.processes import LocalVLLM
 from grpo_operator.local.rundir import LOGS_DIR, read_progress
 from grpo_operator.local.runner import EXIT_INVALID, run
 from grpo_operator.resolve import serving_result
+from grpo_trainer.contract.config import VLLM_API_KEY_ENV
 from grpo_trainer.contract.progress import RESULT_DIR, result_model_name
+from grpo_trainer.contract.vllm_command import GUARD_FILE
 from grpo_trainer.vllm.process import VLLMStartError
 
 log = logging.getLogger(__name__)
@@ -128,7 +130,14 @@ def serve(name: str, options: RunOptions, trained: tuple[str, ...] | list[str]) 
     spec = plan.vllm
     if adapter:
         spec = serving_result(spec, name, str(plan.run_dir))
-    server = LocalVLLM(spec, plan.run_dir / LOGS_DIR / SERVE_LOG, start_timeout=SERVE_START_TIMEOUT)
+    for file, data in plan.job_files.items():  # the key guard, as the run had it (a run of an older version had none)
+        if file.name == GUARD_FILE and not file.is_file():
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_bytes(data)
+    # A key of its own, as a run's server has: given to this process's LM, never written down.
+    server = LocalVLLM(
+        spec, plan.run_dir / LOGS_DIR / SERVE_LOG, start_timeout=SERVE_START_TIMEOUT, env=plan.secret_env
+    )
     try:
         server.start()
     except VLLMStartError as exc:
@@ -141,7 +150,7 @@ def serve(name: str, options: RunOptions, trained: tuple[str, ...] | list[str]) 
         url=server.openai_base_url,
         model=result_model_name(name) if adapter else spec.served_model_name,
         base_model=spec.served_model_name,
-        api_key="EMPTY",
+        api_key=plan.secret_env[VLLM_API_KEY_ENV],
         trained=tuple(trained),
         format=ServedFormat.of(plan.config.grpo, plan.config.train),
         close=server.stop,

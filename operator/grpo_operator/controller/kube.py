@@ -37,6 +37,7 @@ class Cluster:
     def __init__(self, api_client: client.ApiClient) -> None:
         self.api_client = api_client
         self.core = client.CoreV1Api(api_client)
+        self.networking = client.NetworkingV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
 
     @staticmethod
@@ -61,12 +62,14 @@ class Cluster:
             raise
 
     def read(self, kind: str, namespace: str, name: str) -> Optional[dict[str, Any]]:
-        """A Pod, PersistentVolumeClaim, ConfigMap or Service, or None when there is none."""
+        """A Pod, PersistentVolumeClaim, ConfigMap, Service or NetworkPolicy, or None when there is none.
+        (Never a Secret: the job's key is created and never read back.)"""
         read = {
             "Pod": self.core.read_namespaced_pod,
             "PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim,
             "ConfigMap": self.core.read_namespaced_config_map,
             "Service": self.core.read_namespaced_service,
+            "NetworkPolicy": self.networking.read_namespaced_network_policy,
         }[kind]
         try:
             return self._call(read, name, namespace)
@@ -101,6 +104,8 @@ class Cluster:
             "Service": self.core.create_namespaced_service,
             "ConfigMap": self.core.create_namespaced_config_map,
             "PersistentVolumeClaim": self.core.create_namespaced_persistent_volume_claim,
+            "Secret": self.core.create_namespaced_secret,
+            "NetworkPolicy": self.networking.create_namespaced_network_policy,
         }[kind]
         try:
             self._call(create, ns, manifest)

@@ -14,6 +14,7 @@ is created, so a crash between the two steps cannot produce two pods.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -59,7 +60,13 @@ class Observed:
     missing: tuple[str, ...] = ()
     progress: Optional[Mapping[str, Any]] = None
     retained_claim: bool = False  # the job's claim name is taken by a volume an earlier job left (retainOnDelete)
+    # The job's key Secret is known to exist (the operator needs no read access to Secrets: it remembers
+    # creating it, or meeting it); when it is not, it is created with ``new_api_key``.
+    key_secret_exists: bool = True
+    network_policies_found: frozenset[str] = frozenset()  # names of the job's own NetworkPolicies that exist
     now: datetime = field(default_factory=lambda: datetime.now().astimezone())
+    # Random, hence an input like the clock: decide() stays a function of what it is given.
+    new_api_key: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
 
     @property
     def job(self) -> Job:
@@ -194,6 +201,14 @@ def _changed_since(pod: PodView, render: Callable[[], dict[str, Any]], field: st
     )
 
 
+def _ensure(obs: Observed, plan: Plan, manifests: list[dict[str, Any]]) -> None:
+    """Create the job's key Secret and those of its NetworkPolicies ``manifests`` that are missing (once a plan)."""
+    planned = {(m["kind"], m["metadata"]["name"]) for m in plan.create}
+    wanted = [children.api_key_secret(obs.job, obs.new_api_key)] if not obs.key_secret_exists else []
+    wanted += [m for m in manifests if m["metadata"]["name"] not in obs.network_policies_found]
+    plan.create.extend(m for m in wanted if (m["kind"], m["metadata"]["name"]) not in planned)
+
+
 def _serving(obs: Observed, succeeded: bool) -> bool:
     return succeeded and obs.spec is not None and obs.spec.serve.enabled
 
@@ -209,6 +224,8 @@ def _serve_result(
     job = obs.job
     adapter = bool((status.get("result") or {}).get("adapter"))
     attempt = int(status["inferenceRestarts"])
+    policy = children.serve_network_policy(job, settings)  # the namespace's clients may now reach it
+    _ensure(obs, plan, [policy] if policy is not None else [])
 
     def build(j: Job, a: int) -> dict[str, Any]:
         return children.inference_pod(j, settings, a, serve_result=adapter)
@@ -413,7 +430,8 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
             plan.replace.append(cm)  # untrustedModel/judge are mutable; a new trainer attempt reads it
         if not obs.service_exists:
             plan.create.append(children.inference_service(job, settings))
-        new["Created"] = Cond.true("ChildrenCreated", "volume, config, Service and pods are created")
+        _ensure(obs, plan, children.network_policies(job, settings))  # before the pods: none runs unguarded
+        new["Created"] = Cond.true("ChildrenCreated", "volume, config, key, Service and pods are created")
     else:
         new["Created"] = Cond.false("MissingReference", "; ".join(missing))
 

@@ -46,6 +46,11 @@ class FoundMemo(Generic[K, V]):
                 self._purged_at = now
         return value
 
+    def remember(self, key: K, value: V) -> None:
+        """What was found without a read (a creation that succeeded, or met the object), kept as a read's."""
+        with self._lock:
+            self._items[key] = (self._clock(), value)
+
     def forget(self, key: K) -> None:
         with self._lock:
             self._items.pop(key, None)

@@ -269,6 +269,9 @@ class Reconciler:
         config = None if finished else self._io.submit(self._child, "ConfigMap", job, children.config_map_name(job))
         service = None if finished else self._io.submit(self._child, "Service", job, children.service_name(job))
         missing = None if finished else self._io.submit(self._missing, job)
+        policies = {
+            name: self._io.submit(self._child, "NetworkPolicy", job, name) for name in self._policy_names(job, status)
+        }
         pods = listed.result()
         trainer_pod = status.get("trainerPod") or children.trainer_pod_name(job, trainer_attempt(status))
         return Observed(
@@ -286,8 +289,23 @@ class Reconciler:
             pods=pods,
             missing=tuple(missing.result()) if missing is not None else (),
             progress=self._poll_progress((ns, name), list(pods), trainer_pod),
+            key_secret_exists=self._found.get(self._key_memo(job), lambda: None) is not None,  # never read
+            network_policies_found=frozenset(name for name, found in policies.items() if found.result() is not None),
             now=now or now_utc(),
         )
+
+    def _policy_names(self, job: children.Job, status: Mapping[str, Any]) -> list[str]:
+        """The job's NetworkPolicies to look for: a training job's, or a serving one's (none after that)."""
+        if is_true(status, "Failed") or (is_true(status, "Succeeded") and not job.spec.serve.enabled):
+            return []
+        if is_true(status, "Succeeded"):
+            policy = children.serve_network_policy(job, self.settings)
+            return [policy["metadata"]["name"]] if policy is not None else []
+        return [p["metadata"]["name"] for p in children.network_policies(job, self.settings)]
+
+    @staticmethod
+    def _key_memo(job: children.Job) -> tuple[str, str, str, str]:
+        return ("Secret", job.namespace, children.api_key_secret_name(job), job.uid)
 
     # ------------------------------------------------------------------ act
 
@@ -309,19 +327,23 @@ class Reconciler:
             self._found.forget(("ConfigMap", ns, manifest["metadata"]["name"], obs.uid))
         failures: list[str] = []
         created: list[str] = []
-        conflicted = False
-        for manifest in plan.create:  # in order, one at a time: the volume and config exist before the pods
-            what = f"{manifest['kind']} {manifest['metadata']['name']}"
-            if conflicted and manifest["kind"] == "Pod":
-                continue  # no pod mounts a volume or config that is not this job's
+        blocked = False
+        for manifest in plan.create:  # in order, one at a time: the pods' volume, config, key, policies first
+            kind, what = manifest["kind"], f"{manifest['kind']} {manifest['metadata']['name']}"
+            if blocked and kind == "Pod":
+                continue  # no pod without what it needs, nor beside an object that is not this job's
             try:
                 if self.cluster.create(manifest):
                     created.append(what)
-                elif conflict := self._conflict(manifest, obs.uid):
+                elif kind != "Secret" and (conflict := self._conflict(manifest, obs.uid)):
                     failures.append(f"{what}: {conflict}")
-                    conflicted = True
+                    blocked = True
+                    continue
+                if kind == "Secret":  # named by the job's uid: one that exists is this job's (never read back)
+                    self._found.remember(self._key_memo(obs.job), True)
             except ApiException as exc:
                 failures.append(f"{what}: {api_message(exc)}")
+                blocked = blocked or kind != "Pod"
         if failures:
             self._record_create_failure(ns, name, plan, failures, old_status.get("conditions") or [])
         for t in plan.transitions:

@@ -4,7 +4,8 @@ The job goes through the same validation (``parse_job``) and the same resolution
 (grpo_operator.resolve, with a :class:`LocalTarget`) as in the cluster, so the
 trainer and vLLM start with the commands a pod would run. What is local is
 decided here only: volumes are directories (``--volume NAME=DIR``), model and
-data paths are checked on disk, API keys come from the environment, ports are free.
+data paths are checked on disk, API keys come from the environment, ports are free,
+and the run's vLLM key is generated (what the operator keeps in a Secret for a job).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import base64
 import logging
 import os
 import re
+import secrets
 import socket
 import sys
 from collections.abc import Mapping
@@ -40,8 +42,8 @@ from grpo_operator.resolve import (
     resolve,
     resolve_export,
 )
-from grpo_trainer.contract.config import DEFAULT_PORT, TrainerConfig
-from grpo_trainer.contract.vllm_command import VLLMServerSpec
+from grpo_trainer.contract.config import DEFAULT_PORT, VLLM_API_KEY_ENV, TrainerConfig
+from grpo_trainer.contract.vllm_command import GUARD_FILE, VLLMServerSpec, guard_source
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,8 @@ class Plan:
     job_files: dict[Path, bytes] = field(default_factory=dict)
     code_fetches: tuple[CodeFetch, ...] = ()  # spec.code's git and pip sources, fetched into the run directory
     export: Optional[ResolvedExport] = None  # spec.export: run after the run has finished
+    # What both processes get from a Secret in a pod: the run's vLLM key, made for this run only (never on disk)
+    secret_env: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 # --------------------------------------------------------------------------- the job
@@ -380,7 +384,8 @@ def make_plan(options: RunOptions, *, ports: bool = True) -> Plan:
         vllm=run.vllm,
         trainer_argv=run.trainer_argv,
         trainer_env=run.trainer_env,
-        job_files={**code_archives, **data_contents},
+        job_files={**code_archives, **data_contents, Path(target.guard_dir) / GUARD_FILE: guard_source().encode()},
         code_fetches=run.code_fetches,
         export=resolve_export(name, spec, target, range(len(spec.export.destinations))) if spec.export else None,
+        secret_env={VLLM_API_KEY_ENV: secrets.token_urlsafe(32)},
     )

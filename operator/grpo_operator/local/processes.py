@@ -188,7 +188,7 @@ class LocalVLLM(VLLMProcess):
         log.info("starting vLLM on port %d (log %s)", self.spec.port, self.log_path)
         self.proc = spawn(
             cmd.argv,
-            env={**os.environ, **cmd.env},
+            env={**os.environ, **cmd.env, **self.env},
             log_path=self.log_path,
             cwd=self.cwd,
             death_signal=signal.SIGTERM,

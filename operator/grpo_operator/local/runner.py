@@ -83,7 +83,9 @@ class Supervisor:
         self.plot = plot
         logs = plan.run_dir / LOGS_DIR
         self.trainer_log = logs / TRAINER_LOG
-        self.vllm = LocalVLLM(plan.vllm, logs / VLLM_LOG, start_timeout=VLLM_START_TIMEOUT, cwd=logs)
+        self.vllm = LocalVLLM(
+            plan.vllm, logs / VLLM_LOG, start_timeout=VLLM_START_TIMEOUT, cwd=logs, env=plan.secret_env
+        )
         self.trainer: Optional[subprocess.Popen[bytes]] = None
         self.stop_requested = False
         self.vllm_restarts = 0
@@ -116,7 +118,7 @@ class Supervisor:
         log.info("starting the trainer (log %s)", self.trainer_log)
         self.trainer = spawn(
             self.plan.trainer_argv,
-            env={**os.environ, **self.plan.trainer_env},
+            env={**os.environ, **self.plan.trainer_env, **self.plan.secret_env},
             log_path=self.trainer_log,
             cwd=self.plan.run_dir,
             death_signal=signal.SIGKILL,  # vLLM dies with us too: a trainer that finished its step would wait for it
@@ -353,7 +355,7 @@ def check(options: RunOptions) -> CheckResult:
         done = subprocess.run(
             [*plan.trainer_argv[:1], "-m", TRAINER_MODULE, "--config", str(plan.run_dir / CONFIG_FILE), "--check"]
             + ["--log-format", "text"],
-            env={**os.environ, **plan.trainer_env, "RANK": "0"},
+            env={**os.environ, **plan.trainer_env, **plan.secret_env, "RANK": "0"},
             cwd=plan.run_dir,
             capture_output=True,
             text=True,

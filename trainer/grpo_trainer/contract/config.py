@@ -17,10 +17,14 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from grpo_trainer.contract.hparams import GRPOArgs, TrainKwargs
+from grpo_trainer.contract.vllm_guard import KEY_ENV
 
 # Environment variables the operator fills from the job's Secret references.
 UNTRUSTED_API_KEY_ENV = "GRPO_UNTRUSTED_API_KEY"
 JUDGE_API_KEY_ENV = "GRPO_JUDGE_API_KEY"
+# The key of the job's own vLLM, in both processes: generated per job (a Secret the operator owns;
+# grpo-local's per run). vLLM reads it from this variable itself, and so does its guard.
+VLLM_API_KEY_ENV = KEY_ENV
 # The Hugging Face hub token (model.hub / data.*.hub tokenSecretRef): huggingface_hub,
 # datasets, transformers and vLLM all read it from here, so no code passes it along.
 HF_TOKEN_ENV = "HF_TOKEN"
@@ -66,6 +70,20 @@ class VLLMEndpoint(_Contract):
     max_loras: int = Field(4, ge=1, description="Adapters vLLM holds at once; older versions are unloaded.")
     request_timeout_seconds: float = 600.0
     wait_timeout_seconds: float = Field(1800.0, description="How long to wait for an unavailable vLLM before failing.")
+    api_key_env: Optional[str] = Field(
+        None, description="Environment variable holding the server's key (None: it takes none)."
+    )
+
+    def api_key(self, environ: Mapping[str, str] = os.environ) -> Optional[str]:
+        """The key every request to this server carries; raises when the variable named for it is unset."""
+        if self.api_key_env is None:
+            return None
+        key = environ.get(self.api_key_env)
+        if not key:
+            raise RuntimeError(
+                f"the job's vLLM takes a key, from the environment variable {self.api_key_env}, which is unset"
+            )
+        return key
 
 
 class DataSpec(_Contract):

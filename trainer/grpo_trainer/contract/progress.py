@@ -24,6 +24,7 @@ CODE_SUMMARY_CHARS = 1024
 # A status list of names (the trained predictors) keeps at most this many, each cut to NAME_CHARS.
 NAME_LIST_ITEMS = 64
 NAME_CHARS = 253
+MAX_WARNINGS = 10  # the newest kept
 
 Phase = Literal["starting", "baseline", "rollout", "train", "sync", "validate", "done", "stopped", "failed"]
 TimedPhase = Literal[
@@ -171,6 +172,12 @@ class Progress(_Doc):
     served_check: Optional[dict[str, Any]] = Field(
         None,
         description="End-of-run proof that vLLM serves the adapter on the volume (trainer/grpo_trainer/vllm/served_check.py).",
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_WARNINGS,
+        description="What went wrong without failing the run, newest last, e.g. a foreign adapter vLLM served "
+        "under one of the run's names (replaced, never trained on).",
     )
 
     @classmethod

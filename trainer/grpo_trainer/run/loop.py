@@ -51,7 +51,7 @@ from grpo_trainer.run.result import keep_best, result_adapter, write_result
 from grpo_trainer.run.stopflag import StopFlag
 from grpo_trainer.run.tracking import CompletionLog, make_tracker
 from grpo_trainer.usercode.install import CODE_IDENTITY_FILE, code_summary, identity_json
-from grpo_trainer.vllm.adapters import AdapterStore, VLLMAdapterSync, version_name
+from grpo_trainer.vllm.adapters import AdapterStore, PublishResult, VLLMAdapterSync, version_name
 from grpo_trainer.vllm.served_check import check_served_adapter
 
 log = logging.getLogger(__name__)
@@ -207,6 +207,7 @@ class GRPORun:
                 s.current = self._adapter_name(0)
                 return
             result = s.sync.publish(step, reload=replaced)
+            self._warn_foreign(s, [result])
         s.current = result.name
         s.board.record_timings(load=result.load_seconds, first_request=result.first_request_seconds)
         s.board.adapter(step, result.name)
@@ -216,20 +217,47 @@ class GRPORun:
 
         Seeded sampling makes the redone batch the one that was lost, so a vLLM
         restart changes nothing but the wall time. Gives up after the endpoint's
-        wait timeout (the sync's own backoff raises VLLMUnavailableError).
+        wait timeout (the sync's own backoff raises VLLMUnavailableError). A batch
+        that ends with vLLM serving ``adapter`` from a path not the run's (a foreign
+        adapter under the run's name) is dropped and sampled again on the run's own.
         """
         deadline = time.monotonic() + self.cfg.vllm.wait_timeout_seconds
         s.lm.set_adapter(adapter)  # one batch at a time: nothing else samples while this one runs
         while True:
             try:
-                return sample()
+                rollouts = sample()
             except PolicyCallError as exc:
                 if time.monotonic() > deadline:
                     raise
                 log.warning("policy sampling failed; waiting for vLLM", extra={"error": str(exc)[:300]})
                 with s.sync_lock:
                     s.sync.wait_ready()
-                    s.sync.ensure_current()
+                    self._ensure_served(s)
+                continue
+            with s.sync_lock:
+                replaced = self._ensure_served(s)
+            if adapter not in replaced:
+                return rollouts
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"vLLM kept serving an adapter not the run's under {adapter}; not training on it")
+            log.warning("dropping the batch sampled on %s: vLLM served another adapter under that name", adapter)
+
+    def _ensure_served(self, s: Sampling) -> set[str]:
+        """vLLM serves every wanted version again, each from the run's own path (call under ``sync_lock``).
+        Returns the names it served from another path."""
+        return self._warn_foreign(s, s.sync.ensure_current())
+
+    @staticmethod
+    def _warn_foreign(s: Sampling, results: list[PublishResult]) -> set[str]:
+        """A warning (log, /progress) for each version vLLM served from a path not the run's; their names."""
+        foreign = [r for r in results if r.foreign is not None]
+        for r in foreign:
+            s.board.warn(
+                f"vLLM served {r.name} from {r.foreign}, not from the run's {s.sync.lora_path(r.step)}: someone "
+                "loaded an adapter under the run's name, or the server is stale; replaced by the run's own "
+                "(a batch sampled on it is sampled again)"
+            )
+        return {r.name for r in foreign}
 
     def _evaluate(self, s: Sampling, examples: list[dspy.Example], tag: str) -> float:
         """Mean metric score, one seeded sample per example (failures score failure_score)."""
@@ -286,7 +314,7 @@ class GRPORun:
             log.warning("adapter of step %d is gone; step %d samples on %s", version, step, s.current)
             version = step - 1
         with s.sync_lock:
-            s.sync.ensure_current()
+            self._ensure_served(s)
         return Drawn(
             step=step, indices=indices, sampler_before=before, version=version, adapter=self._adapter_name(version)
         )
@@ -532,6 +560,7 @@ class GRPORun:
                 version_name(step),
                 s.store.path(step),
                 probe.prompt_ids + probe.completion_ids,
+                api_key=self.cfg.vllm.api_key(),
             ).as_dict()
         except Exception as exc:  # a report, not a reason to fail a finished run
             log.warning("served adapter check failed", extra={"error": f"{type(exc).__name__}: {exc}"})

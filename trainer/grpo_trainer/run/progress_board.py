@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from grpo_trainer.contract.progress import (
+    MAX_WARNINGS,
     PHASES,
     PROGRESS_FILE,
     TIMED_PHASES,
@@ -219,6 +220,14 @@ class ProgressBoard:
     def record_served_check(self, check: dict[str, Any]) -> None:
         with self._lock:
             self._doc.served_check = check
+            self._publish()
+
+    def warn(self, message: str) -> None:
+        """Something went wrong without failing the run: logged, and kept (the newest MAX_WARNINGS) in the document."""
+        message = self._redact(message)
+        log.warning(message)
+        with self._lock:
+            self._doc.warnings = [*self._doc.warnings, message][-MAX_WARNINGS:]
             self._publish()
 
     def finish(self) -> None:

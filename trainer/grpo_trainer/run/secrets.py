@@ -11,10 +11,17 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from grpo_trainer.contract.config import JUDGE_API_KEY_ENV, UNTRUSTED_API_KEY_ENV
+from grpo_trainer.contract.config import JUDGE_API_KEY_ENV, UNTRUSTED_API_KEY_ENV, VLLM_API_KEY_ENV
 
 # Environment variables whose values never reach a log file, /progress or an Event.
-SECRET_ENVS = (UNTRUSTED_API_KEY_ENV, JUDGE_API_KEY_ENV, "WANDB_API_KEY", "OPENAI_API_KEY", "HF_TOKEN")
+SECRET_ENVS = (
+    UNTRUSTED_API_KEY_ENV,
+    JUDGE_API_KEY_ENV,
+    VLLM_API_KEY_ENV,
+    "WANDB_API_KEY",
+    "OPENAI_API_KEY",
+    "HF_TOKEN",
+)
 REDACTED = "[REDACTED]"
 MIN_SECRET_LENGTH = 8  # shorter values would redact ordinary words
 

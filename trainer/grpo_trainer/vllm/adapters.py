@@ -13,6 +13,10 @@ break symlinks), and it is replaced atomically.
 
 Each step's adapter is served by vLLM under a new name ``policy-v<step>``: reusing a
 name for changed weights could reuse prefix-cache blocks of the old weights.
+
+What vLLM serves is checked by name *and* path (``root`` in ``/v1/models``): an adapter
+served under one of the run's names from another path (someone loaded theirs under it, or
+a stale server) is unloaded and the run's own loaded anew, never sampled for training.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import torch
 from peft import get_peft_model_state_dict
 from safetensors.torch import save_file as save_safetensors
 
-from grpo_trainer.contract.config import VLLMEndpoint
+from grpo_trainer.contract.config import VLLM_API_KEY_ENV, VLLMEndpoint
 from grpo_trainer.run.atomic import remove_leftovers, staged_dir, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -227,6 +231,10 @@ class AdapterLoadError(RuntimeError):
     """vLLM answered but refused the adapter (a configuration problem, not worth waiting for)."""
 
 
+class VLLMKeyError(RuntimeError):
+    """vLLM refused the key this process sent (or that it sent none): waiting does not cure it."""
+
+
 class _Transient(Exception):
     """A failure that waiting may cure: connection refused/reset, timeout, 5xx of a proxy or a starting server."""
 
@@ -240,6 +248,7 @@ class PublishResult:
     load_seconds: float
     first_request_seconds: float
     unloaded: list[str]
+    foreign: str | None = None  # the path vLLM served ``name`` from instead of the run's (replaced)
 
 
 class VLLMAdapterSync:
@@ -257,6 +266,7 @@ class VLLMAdapterSync:
         adapter_dir: str,
         max_loras: int = 4,
         *,
+        api_key: str | None = None,
         keep_previous: bool = True,
         wait_timeout_seconds: float = 1800.0,
         request_timeout_seconds: float = 60.0,
@@ -275,7 +285,9 @@ class VLLMAdapterSync:
         self.verify_prompt = verify_prompt
         self.max_backoff_seconds = max_backoff_seconds
         self._sleep = sleep
-        self._client = httpx.Client(timeout=request_timeout_seconds)
+        # every request carries the server's key (vLLM refuses /v1 without it, its guard every other path)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(timeout=request_timeout_seconds, headers=headers)
         self.current: int | None = None
         self.previous: int | None = None
         self.best: int | None = None
@@ -288,6 +300,7 @@ class VLLMAdapterSync:
             endpoint.base_url,
             endpoint.adapter_dir,
             endpoint.max_loras,
+            api_key=endpoint.api_key(),
             keep_previous=keep_previous,
             wait_timeout_seconds=endpoint.wait_timeout_seconds,
             request_timeout_seconds=endpoint.request_timeout_seconds,
@@ -315,7 +328,11 @@ class VLLMAdapterSync:
         path = f"{self.adapter_dir.rsplit('/', 1)[0]}/{run_relative}"
 
         def once() -> None:
-            self._load(name, path, inplace=name in self._served())
+            root = self._served().get(name)
+            if root is not None and root != path:  # another adapter under the name: a new adapter id, not in place
+                self._unload(name)
+                root = None
+            self._load(name, path, inplace=root is not None)
             if self._served().get(name) != path:
                 raise AdapterLoadError(f"vLLM accepted {name} but does not list it from {path} in /v1/models")
             self._complete(name)
@@ -361,15 +378,24 @@ class VLLMAdapterSync:
         return replace(result, waited_seconds=self._slept, unloaded=unloaded)
 
     def ensure_current(self) -> list[PublishResult]:
-        """Load again the wanted versions a restarted vLLM lost (call before sampling); [] if none was missing."""
+        """Serve again each wanted version vLLM does not serve from the run's path: one a restarted vLLM
+        lost, or one served from another path (a foreign adapter loaded under the run's name, or a stale
+        server: unloaded, then the run's loaded anew; ``foreign`` says from where). Call before sampling
+        and after; [] when vLLM serves exactly what it should."""
         self._slept = 0.0
         served = self.served()
         results: list[PublishResult] = []
         for step in self.wanted():
-            if version_name(step) not in served:
-                log.warning("vLLM no longer serves %s (restarted?); loading it again", version_name(step))
-                result = self._retrying(lambda s=step: self._publish_once(s, False), f"republish {version_name(step)}")
-                results.append(replace(result, waited_seconds=self._slept))
+            name, path = version_name(step), self.lora_path(step)
+            root = served.get(name)
+            if root == path:
+                continue
+            if root is None:
+                log.warning("vLLM no longer serves %s (restarted?); loading it again", name)
+            else:
+                log.warning("vLLM serves %s from %s, not the run's %s; replacing it", name, root, path)
+            result = self._retrying(lambda s=step: self._publish_once(s, False), f"republish {name}")
+            results.append(replace(result, waited_seconds=self._slept))
         return results
 
     # -- one attempt of each operation ----------------------------------------
@@ -382,6 +408,9 @@ class VLLMAdapterSync:
             raise _Transient(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
         if response.status_code in (502, 503, 504):
             raise _Transient(f"{method} {url}: HTTP {response.status_code}")
+        if response.status_code == 401:
+            sent = "a key that is not the server's" if "authorization" in self._client.headers else "no key"
+            raise VLLMKeyError(f"{method} {url}: HTTP 401: vLLM wants its key (${VLLM_API_KEY_ENV}); we sent {sent}")
         return response
 
     def _served(self) -> dict[str, str]:
@@ -392,16 +421,22 @@ class VLLMAdapterSync:
 
     def _publish_once(self, step: int, reload: bool) -> PublishResult:
         name, path = version_name(step), self.lora_path(step)
-        served = self._served()
-        already = name in served and served[name] == path and not reload
+        root = self._served().get(name)
+        already = root == path and not reload
+        foreign = root if root is not None and root != path else None
         load_start = time.monotonic()
         if not already:
-            if name in served:
-                log.warning("reloading %s in place from %s (was %s)", name, path, served[name])
-            self._load(name, path, inplace=name in served)
-            served = self._served()
-            if name not in served:
-                raise AdapterLoadError(f"vLLM accepted {name} but does not list it in /v1/models")
+            if foreign is not None:
+                # not in place: a new adapter id, so no prefix-cache block of the other weights is reused
+                self._unload(name)
+                root = None
+            elif root is not None:
+                log.warning("reloading %s in place from %s", name, path)
+            self._load(name, path, inplace=root is not None)
+            root = self._served().get(name)
+            if root != path:
+                listed = f"from {root}" if root is not None else "not at all"
+                raise AdapterLoadError(f"vLLM accepted {name} from {path} but lists it {listed} in /v1/models")
         load_seconds = time.monotonic() - load_start
         request_start = time.monotonic()
         self._complete(name)
@@ -413,7 +448,7 @@ class VLLMAdapterSync:
             load_seconds,
             first_request_seconds,
         )
-        return PublishResult(name, step, already, 0.0, load_seconds, first_request_seconds, [])
+        return PublishResult(name, step, already, 0.0, load_seconds, first_request_seconds, [], foreign)
 
     def _load(self, name: str, path: str, inplace: bool) -> None:
         body = {"lora_name": name, "lora_path": path, "load_inplace": inplace}
@@ -440,15 +475,18 @@ class VLLMAdapterSync:
         if not response.json().get("choices"):
             raise AdapterLoadError(f"vLLM returned no choices for a completion with {name}")
 
+    def _unload(self, name: str) -> None:
+        response = self._request("POST", "/v1/unload_lora_adapter", json={"lora_name": name})
+        if response.status_code not in (200, 404):  # 404: gone already
+            raise AdapterLoadError(f"vLLM refused to unload {name}: HTTP {response.status_code}: {response.text[:300]}")
+
     def _unload_unwanted(self) -> list[str]:
         wanted = {version_name(step) for step in self.wanted()}
         unloaded: list[str] = []
         for name in self._served():
             if version_step(name) is None or name in wanted:
                 continue
-            response = self._request("POST", "/v1/unload_lora_adapter", json={"lora_name": name})
-            if response.status_code not in (200, 404):  # 404: gone already
-                raise AdapterLoadError(f"vLLM refused to unload {name}: HTTP {response.status_code}: {response.text[:300]}")
+            self._unload(name)
             unloaded.append(name)
         if unloaded:
             log.info("unloaded %s", unloaded)

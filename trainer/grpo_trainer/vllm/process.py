@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Optional
+from typing import Mapping, Optional
 
 from grpo_trainer.contract.vllm_command import VLLMServerSpec, vllm_command
 
@@ -47,8 +47,11 @@ class VLLMProcess:
         *,
         start_timeout: float = 180.0,
         cwd: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """``env``: variables the server needs beyond this process's environment and the command's (its key)."""
         self.spec = spec
+        self.env = dict(env or {})
         self.log_path = Path(log_path)
         self.start_timeout = start_timeout
         # vLLM writes scratch files (e.g. its usage stats) into its working directory.
@@ -66,7 +69,7 @@ class VLLMProcess:
 
     def start(self) -> "VLLMProcess":
         cmd = vllm_command(self.spec)
-        env = {**os.environ, **cmd.env}
+        env = {**os.environ, **cmd.env, **self.env}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         logger.info("starting vLLM", extra={"argv": cmd.argv, "log": str(self.log_path)})

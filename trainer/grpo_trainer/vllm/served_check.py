@@ -37,10 +37,13 @@ class ServedCheck:
         return asdict(self)
 
 
-def served_logprobs(base_url: str, name: str, token_ids: Sequence[int], timeout: float = 60.0) -> list[float]:
+def served_logprobs(
+    base_url: str, name: str, token_ids: Sequence[int], timeout: float = 60.0, api_key: str | None = None
+) -> list[float]:
     """vLLM's logprob of every token after the first, under model ``name`` (raw logits, temperature 1)."""
     body = {"model": name, "prompt": list(token_ids), "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0}
-    response = httpx.post(f"{base_url.rstrip('/')}/completions", json=body, timeout=timeout)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    response = httpx.post(f"{base_url.rstrip('/')}/completions", json=body, headers=headers, timeout=timeout)
     response.raise_for_status()
     scored = response.json()["choices"][0]["prompt_logprobs"]
     return [float(scored[i][str(token_ids[i])]["logprob"]) for i in range(1, len(token_ids))]
@@ -73,9 +76,15 @@ def disk_and_base_logprobs(model: Any, adapter_dir: Path, token_ids: Sequence[in
 
 
 def check_served_adapter(
-    model: Any, device: torch.device, base_url: str, name: str, adapter_dir: Path, token_ids: Sequence[int]
+    model: Any,
+    device: torch.device,
+    base_url: str,
+    name: str,
+    adapter_dir: Path,
+    token_ids: Sequence[int],
+    api_key: str | None = None,
 ) -> ServedCheck:
-    served = served_logprobs(base_url, name, token_ids)
+    served = served_logprobs(base_url, name, token_ids, api_key=api_key)
     disk, base = disk_and_base_logprobs(model, adapter_dir, token_ids, device)
     check = ServedCheck(
         adapter=name,

@@ -1,0 +1,70 @@
+"""The job's vLLM answers only whoever holds its key, on every path but its probes.
+
+vLLM's own key (``--api-key``, ``$VLLM_API_KEY``) guards only paths under /v1, /v2,
+/inference and /cohere. The server also answers, unauthenticated, ``POST /adapters``
+and ``DELETE /adapters/<name>`` (the SageMaker routes of runtime LoRA updating: load an
+adapter from any path under any name), ``POST /invocations`` (generation), /tokenize
+and more. This ASGI middleware, given to vLLM with ``--middleware``, asks for the same
+key (``Authorization: Bearer <key>``) on every request except GET and HEAD of /health
+(the kubelet's probes) and /metrics (Prometheus).
+
+vLLM imports it as a file of its own (``grpo_vllm_guard.py`` on its PYTHONPATH: from the
+job's ConfigMap in a pod, from the run directory locally), so it uses the standard
+library only: it runs in vLLM's image, where this package is not installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+KEY_ENV = "VLLM_API_KEY"  # vLLM's own key variable: one key for its /v1 check and this one
+OPEN_PATHS = frozenset({"/health", "/metrics", "/metrics/"})
+OPEN_METHODS = frozenset({"GET", "HEAD"})
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_UNAUTHORIZED = b'{"error":"Unauthorized: this server needs the job\'s key (Authorization: Bearer <key>)"}'
+
+
+class RequireKey:
+    """ASGI middleware: 401 for any request without the key in ``$VLLM_API_KEY``, except the open probes."""
+
+    def __init__(self, app: App) -> None:
+        key = os.environ.get(KEY_ENV, "")
+        if not key:  # fail closed: no request gets through a guard without a key
+            raise RuntimeError(f"grpo_vllm_guard: ${KEY_ENV} is unset, so the server would answer anyone")
+        self.app = app
+        self._digest = hashlib.sha256(key.encode()).digest()
+
+    def authorized(self, scope: Scope) -> bool:
+        for name, value in scope.get("headers") or ():
+            if name.lower() == b"authorization":
+                scheme, _, token = bytes(value).decode("latin-1").partition(" ")
+                given = hashlib.sha256(token.strip().encode("latin-1")).digest()
+                return scheme.lower() == "bearer" and hmac.compare_digest(given, self._digest)
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope.get("type")
+        if kind not in ("http", "websocket"):  # lifespan
+            return await self.app(scope, receive, send)
+        probe = kind == "http" and scope.get("path") in OPEN_PATHS and scope.get("method") in OPEN_METHODS
+        if probe or self.authorized(scope):
+            return await self.app(scope, receive, send)
+        if kind == "websocket":
+            await send({"type": "websocket.close", "code": 1008})  # policy violation
+            return
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(_UNAUTHORIZED)).encode()),
+            (b"www-authenticate", b"Bearer"),
+        ]
+        await send({"type": "http.response.start", "status": 401, "headers": headers})
+        await send({"type": "http.response.body", "body": _UNAUTHORIZED})
