@@ -9,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import re
 import shutil
 from pathlib import Path
 from typing import Optional, TextIO
@@ -20,12 +19,12 @@ from grpo_operator.local.plan import CONFIG_FILE, InvalidInput, Plan
 from grpo_trainer.contract.config import TrainerConfig
 from grpo_trainer.contract.progress import PROGRESS_FILE, Progress
 from grpo_trainer.run.atomic import write_bytes_atomic, write_text_atomic
+from grpo_trainer.run.checkpoint_manifest import CHECKPOINTS_DIR, newest_verified
 
 log = logging.getLogger(__name__)
 
 LOGS_DIR = "logs"
 LOCK_FILE = ".grpo-local.lock"
-CHECKPOINTS_DIR = "checkpoints"  # grpo_trainer.run.checkpoint's layout: checkpoints/step-N/COMPLETE
 LOG_TAIL_LINES = 40
 
 
@@ -56,14 +55,8 @@ def lock_run_dir(run_dir: Path, fresh: bool) -> TextIO:
 
 
 def latest_checkpoint(run_dir: Path) -> Optional[int]:
-    steps = []
-    root = run_dir / CHECKPOINTS_DIR
-    if root.is_dir():
-        for entry in root.iterdir():
-            m = re.fullmatch(r"step-(\d+)", entry.name)
-            if m and (entry / "COMPLETE").is_file():
-                steps.append(int(m.group(1)))
-    return max(steps) if steps else None
+    """The step the trainer will resume from: its newest complete, verified checkpoint."""
+    return newest_verified(run_dir / CHECKPOINTS_DIR)
 
 
 def _config_changes(old_text: str, new: TrainerConfig) -> list[str]:
