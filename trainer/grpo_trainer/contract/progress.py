@@ -40,7 +40,8 @@ TimedPhase = Literal[
     "step",
 ]
 # Why a job is invalid (the trainer exits exit_codes.INVALID_JOB): the reason of its Failed condition.
-ErrorReason = Literal["InvalidCode", "InvalidProgram", "InvalidMetric", "InvalidData"]
+# ForeignRunDirectory: its run directory holds another job's run (grpo_trainer.run.ownership).
+ErrorReason = Literal["InvalidCode", "InvalidProgram", "InvalidMetric", "InvalidData", "ForeignRunDirectory"]
 PHASES: tuple[str, ...] = get_args(Phase)
 TIMED_PHASES: tuple[str, ...] = get_args(TimedPhase)
 

@@ -52,6 +52,7 @@ from grpo_trainer.grpo.update import UpdateStats, train_on_samples
 from grpo_trainer.run.atomic import remove_leftovers, write_text_atomic
 from grpo_trainer.run.checkpoint import CheckpointManager, TrainingState, capture_rng
 from grpo_trainer.run.distributed import DistContext, broadcast_object, wait_for_main
+from grpo_trainer.run.ownership import claim_run_dir
 from grpo_trainer.run.progress_board import ProgressBoard
 from grpo_trainer.run.progress_server import ProgressServer, TrainerMetrics
 from grpo_trainer.run.result import keep_best, result_adapter, write_result
@@ -435,6 +436,7 @@ class GRPORun:
             best_step=snapshot.best_step,
             history={"progress": snapshot.model_dump(mode="json")},
         )
+        owner = self.cfg.owner
         try:
             self.ckpt.save(
                 state,
@@ -444,6 +446,7 @@ class GRPORun:
                 rng_states=rngs,
                 base_model_name=self.cfg.vllm.served_model_name,
                 grad_scaler=self.policy.grad_scaler,
+                job=owner.job.model_dump(mode="json") if owner is not None else None,
             )
         except OSError as exc:
             self._checkpoint_failed(s, step, exc)
@@ -505,11 +508,14 @@ class GRPORun:
     def run(self) -> str:
         """Train to the end (or until stopped); returns the final phase: done or stopped.
 
-        Raises TaskError (main rank) when the job's program, metric or data is wrong, before any model loads.
+        Raises TaskError (main rank) when the job's program, metric or data is wrong, and ForeignRunError
+        when the run directory holds another job's run, before any model loads.
         """
         if self.dist.is_main:
             if self.task is None:
                 self.task = checked_task(self.cfg)
+            if self.cfg.owner is not None:
+                claim_run_dir(self.run_dir, self.cfg.owner)
             remove_leftovers(self.run_dir)  # a result/ a crash left between its two renames
         state = self._setup_policy()
         step = state.step if state is not None else 0
