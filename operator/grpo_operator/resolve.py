@@ -52,6 +52,7 @@ from grpo_trainer.contract.config import (
     VLLMEndpoint,
 )
 from grpo_trainer.contract.export import EXPORT_MODULE, ClaimTarget, ExportPlan, ExportTarget, HubTarget, S3Target
+from grpo_trainer.contract.identity import RUN_DEFINING_FIELDS, JobIdentity, RunOwner, field_hash
 from grpo_trainer.contract.progress import RESULT_ADAPTER_DIR, RESULT_DIR, result_model_name
 from grpo_trainer.contract.vllm_command import VLLMServerSpec
 
@@ -61,6 +62,10 @@ BASE_SERVED_NAME = "base"
 LOCAL_HOST = "127.0.0.1"  # where a local run's vLLM listens
 TRAINER_MODULE = "grpo_trainer.run.main"
 LAUNCHER_MODULE = "grpo_trainer.run.launch"  # one rank per training GPU; forwards SIGTERM, keeps exit 75
+
+# Where a job's run directory is on its volume (its own or storage.existingClaim) and, by default,
+# under grpo-local's working directory: runs/<job name>.
+RUNS_DIR = "runs"
 
 # Where things are inside the job's pods (grpo_operator.children mounts them there).
 RUN_MOUNT = "/mnt/grpo"
@@ -121,6 +126,9 @@ class ClusterTarget:
     inference_port: int
     trainer_port: int
     api_key_secret: str  # the Secret holding the job's vLLM key (API_KEY_SECRET_KEY), which both pods read
+    # The job's run directory is its volume's root, not runs/<name>: its pods were first created by an
+    # operator from before per-job folders (grpo_operator.controller.lifecycle decides, from the status).
+    claim_root: bool = False
 
     run_dir: str = field(default=RUN_MOUNT, init=False)
     guard_dir: str = field(default=GUARD_MOUNT, init=False)
@@ -207,6 +215,87 @@ class ResolvedJob:
     trainer_env_refs: tuple[EnvRef, ...]
     inference_env_refs: tuple[EnvRef, ...]
     code_fetches: tuple[CodeFetch, ...] = ()  # git and pip sources, fetched before the trainer starts
+    # Pods: the run directory's folder on the job's claim, mounted at RUN_MOUNT (None: the claim's root).
+    run_sub_path: Optional[str] = None
+
+
+def run_path(name: str) -> str:
+    """Job ``name``'s run directory relative to its volume (and grpo-local's working directory): runs/<name>.
+
+    Keyed by the name, not the uid: claims are namespaced, so two live jobs never share it,
+    and a job applied again under its name (a volume kept by storage.retainOnDelete, named
+    as its existingClaim) finds its run where its own volume had it. Whose run it is, is
+    checked by the trainer (grpo_trainer.run.ownership).
+    """
+    return f"{RUNS_DIR}/{name}"
+
+
+def run_claim(name: str, spec: GRPOJobSpec) -> str:
+    """The claim holding the job's run directory: storage.existingClaim, or the job's own ``<name>-run``."""
+    return spec.storage.existing_claim or f"{name}-run"
+
+
+def run_sub_path(name: str, target: Target) -> Optional[str]:
+    """The run directory's folder on the job's claim (None: the claim's root, or not a pod)."""
+    if not isinstance(target, ClusterTarget) or target.claim_root:
+        return None
+    return run_path(name)
+
+
+# Keys of run-defining fields that say how a run goes, not what it trains: a job changed only
+# in these (more steps, other checkpointing, threads, logging) still resumes its run.
+OPERATIONAL_KEYS: Mapping[str, frozenset[str]] = {
+    "grpo": frozenset({"num_train_steps", "num_threads", "checkpoint_every_steps", "keep_checkpoints"}),
+    "trainKwargs": frozenset({"ddp_timeout", "report_to", "log_completions", "logging_steps"}),
+}
+
+
+def _without_credentials(value: object) -> object:
+    """A field's JSON without Secret references (and what only held them): which Secret holds a token is
+    not what the run is."""
+    if isinstance(value, dict):
+        kept = {k: _without_credentials(v) for k, v in value.items() if not k.endswith("SecretRef")}
+        return {k: v for k, v in kept.items() if v != {}}
+    if isinstance(value, list):
+        return [_without_credentials(v) for v in value]
+    return value
+
+
+def run_definition(spec: GRPOJobSpec) -> dict[str, str]:
+    """The run-defining fields (contract.identity.RUN_DEFINING_FIELDS), each hashed: what a resumed run must match.
+
+    Values the job leaves at their defaults are left out, so a field a later version
+    adds (with a default) does not make a running job's checkpoints foreign.
+    """
+    doc = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    definition: dict[str, str] = {}
+    for name in RUN_DEFINING_FIELDS:
+        value = _without_credentials(doc.get(name))
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k not in OPERATIONAL_KEYS.get(name, ())} or None
+        definition[name] = field_hash(value)
+    return definition
+
+
+def run_owner(
+    name: str, spec: GRPOJobSpec, target: Target, namespace: Optional[str] = None, uid: Optional[str] = None
+) -> RunOwner:
+    """Whose run directory it is, and how a refusal names it and the way out (where the job runs)."""
+    job = JobIdentity(name=name, namespace=namespace, uid=uid, definition=run_definition(spec))
+    if isinstance(target, LocalTarget):
+        return RunOwner(
+            job=job,
+            where=f"run directory {target.run_dir}",
+            fix="Pass --run-dir with a directory of its own, or --fresh to delete this one and start over.",
+        )
+    claim = run_claim(name, spec)
+    sub = run_sub_path(name, target)
+    where = f"folder {sub} of claim {claim!r}" if sub else f"the root of claim {claim!r}"
+    return RunOwner(
+        job=job,
+        where=where,
+        fix=f"Run this job on a claim of its own (spec.storage.existingClaim), or delete {where} to start over.",
+    )
 
 
 def mounted(mount: str, volume: Optional[VolumeSource], path: str) -> str:
@@ -407,7 +496,9 @@ def code_sources(spec: GRPOJobSpec, target: Target) -> list[CodeSource]:
     return out
 
 
-def trainer_config(name: str, spec: GRPOJobSpec, target: Target, training_gpus: int) -> TrainerConfig:
+def trainer_config(
+    name: str, spec: GRPOJobSpec, target: Target, training_gpus: int, owner: Optional[RunOwner] = None
+) -> TrainerConfig:
     """The trainer's config file for a job where it runs."""
     train_data = _data(spec.data.train, "train", target)
     assert train_data is not None
@@ -415,6 +506,7 @@ def trainer_config(name: str, spec: GRPOJobSpec, target: Target, training_gpus: 
     return TrainerConfig(
         job_name=name,
         run_dir=target.run_dir,
+        owner=owner,
         program=spec.program.builtin or spec.program.import_path or "",
         metric=spec.metric.builtin or spec.metric.import_path or "",
         model=model_location(spec, target.model_mount),
@@ -518,8 +610,13 @@ def env_refs(spec: GRPOJobSpec) -> tuple[tuple[EnvRef, ...], tuple[EnvRef, ...]]
     return tuple(trainer), tuple(inference)
 
 
-def resolve(name: str, spec: GRPOJobSpec, target: Target) -> ResolvedJob:
-    """What runs for job ``name`` at ``target``. Raises :class:`UnplaceableJob` (local runs only)."""
+def resolve(
+    name: str, spec: GRPOJobSpec, target: Target, *, namespace: Optional[str] = None, uid: Optional[str] = None
+) -> ResolvedJob:
+    """What runs for job ``name`` at ``target``. Raises :class:`UnplaceableJob` (local runs only).
+
+    ``namespace``, ``uid``: the GRPOJob object's (a cluster job), recorded with its run.
+    """
     training_gpus, inference_gpus = gpu_split(spec, target)
     trainer_env = {**TRAINER_ENV_DEFAULTS, CONFIG_ENV: target.config_path, **literal_env(spec.trainer.env)}
     if isinstance(target, LocalTarget):
@@ -530,7 +627,7 @@ def resolve(name: str, spec: GRPOJobSpec, target: Target) -> ResolvedJob:
         trainer_refs, inference_refs = (*trainer_refs, key), (*inference_refs, key)
     return ResolvedJob(
         name=name,
-        config=trainer_config(name, spec, target, training_gpus),
+        config=trainer_config(name, spec, target, training_gpus, run_owner(name, spec, target, namespace, uid)),
         config_path=target.config_path,
         vllm=vllm_server(spec, target, inference_gpus),
         trainer_argv=trainer_command(training_gpus, target.config_path, target.python),
@@ -540,6 +637,7 @@ def resolve(name: str, spec: GRPOJobSpec, target: Target) -> ResolvedJob:
         trainer_env_refs=trainer_refs,
         inference_env_refs=inference_refs,
         code_fetches=tuple(code_fetches(spec, target)),
+        run_sub_path=run_sub_path(name, target),
     )
 
 
@@ -555,6 +653,7 @@ class ResolvedExport:
     env_refs: tuple[EnvRef, ...]  # the destinations' credentials, from Secret keys (a local run: its environment)
     claims: tuple[str, ...]  # claim destinations, each once: mounted writable (a pod) or mapped (--volume)
     merged: bool  # some destination wants merged/: the process loads the base model
+    run_sub_path: Optional[str] = None  # pods: the run directory's folder on the job's claim (as ResolvedJob's)
 
 
 def _digest(doc: object) -> str:
@@ -664,6 +763,7 @@ def resolve_export(name: str, spec: GRPOJobSpec, target: Target, indices: Sequen
         env_refs=export_env_refs(spec, indices),
         claims=claims,
         merged=any(d.merged for _, d in chosen),
+        run_sub_path=run_sub_path(name, target),
     )
 
 

@@ -7,7 +7,8 @@ apply`` to a trained adapter through the very pod specs a cluster would get:
 * **Containers** run as process groups, each in its own mount namespace
   (``unshare --mount``): every volume is bind-mounted at its ``mountPath`` (a
   PersistentVolumeClaim → the bound PersistentVolume's hostPath directory; a
-  ConfigMap or Secret → its keys as files; an emptyDir → a fresh directory), and
+  ConfigMap or Secret → its keys as files; an emptyDir → a fresh directory; a
+  ``subPath`` of a writable mount that does not exist yet is created, as a kubelet does), and
   the root filesystem is made read-only when the container asks for
   ``readOnlyRootFilesystem``. The command, args, env (values, Secret and ConfigMap
   references, downward-API fields) and workingDir are the pod's. Init containers run
@@ -830,6 +831,8 @@ class ProcessNode:
         source = volumes[vm["name"]]
         if vm.get("subPath"):
             source = source / vm["subPath"]
+            if not vm.get("readOnly"):
+                source.mkdir(parents=True, exist_ok=True)  # a kubelet creates a missing subPath folder
         return BindMount(source, vm["mountPath"], bool(vm.get("readOnly")))
 
     def _env(self, pod: Pod, obj: dict[str, Any], spec: dict[str, Any]) -> dict[str, str]:

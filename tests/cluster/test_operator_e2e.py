@@ -142,6 +142,12 @@ def children(cp: ControlPlane, ns: str) -> list[str]:
     )
 
 
+def run_mount(pod: dict[str, Any]) -> dict[str, Any]:
+    """How the pod's container mounts the job's run volume."""
+    (mount,) = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == "run"]
+    return mount
+
+
 def running(cp: ControlPlane, ns: str, name: str) -> dict[str, Any]:
     return cp.wait_for_pod_phase(ns, name, "Running", timeout=30)
 
@@ -504,9 +510,15 @@ def test_missing_secret_and_claim_are_named_until_they_appear(
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
     }
     cp.apply_yaml(yaml.safe_dump(claim), ns)
-    wait_job(cp, ns, "papillon", is_true("Training"), "Training=True once both exist")
-    volumes = pods(cp, ns)["papillon-trainer-0"]["spec"]["volumes"]
-    assert {"name": "run", "persistentVolumeClaim": {"claimName": "shared-runs"}} in volumes
+    # a second job on the same claim: each job's pods mount only its own folder of it
+    cp.apply_yaml(yaml.safe_dump(job_manifest("second", storage={"existingClaim": "shared-runs"})), ns)
+    for name in ("papillon", "second"):
+        job = wait_job(cp, ns, name, is_true("Training"), "Training=True once both exist")
+        assert job["status"]["runPath"] == f"runs/{name}"
+        for pod in (f"{name}-trainer-0", f"{name}-inference-0"):
+            spec = pods(cp, ns)[pod]
+            assert {"name": "run", "persistentVolumeClaim": {"claimName": "shared-runs"}} in spec["spec"]["volumes"]
+            assert run_mount(spec) == {"name": "run", "mountPath": "/mnt/grpo", "subPath": f"runs/{name}"}, pod
     assert "PersistentVolumeClaim/papillon-run" not in children(cp, ns)
 
 
@@ -520,6 +532,7 @@ def test_a_kept_volume_outlives_its_job_and_a_new_job_mounts_it_only_when_told(
     apply_jobs(cp, ns, job_manifest(storage={"retainOnDelete": True}, runPolicy={"ttlSecondsAfterFinished": 1}))
     job_uid = wait_job(cp, ns, "papillon", is_true("Training"), "Training=True")["metadata"]["uid"]
     volume_uid = cp.get_json("pvc", "papillon-run", namespace=ns)["metadata"]["uid"]
+    own_volume_mount = run_mount(pods(cp, ns)["papillon-trainer-0"])
     exit_running_pod(cp, ns, "papillon-trainer-0", 0)
     wait_until(lambda: not job_exists(cp, ns, "papillon"), timeout=60, what="the finished job deleted by its TTL")
     wait_until(lambda: not pods(cp, ns), timeout=60, what="the job's pods collected")
@@ -541,6 +554,9 @@ def test_a_kept_volume_outlives_its_job_and_a_new_job_mounts_it_only_when_told(
     volumes = pods(cp, ns)["papillon-trainer-0"]["spec"]["volumes"]
     assert {"name": "run", "persistentVolumeClaim": {"claimName": "papillon-run"}} in volumes
     assert cp.get_json("pvc", "papillon-run", namespace=ns)["metadata"]["uid"] == volume_uid
+    # the same folder of it as the job that made it: the run resumes from its checkpoints
+    assert run_mount(pods(cp, ns)["papillon-trainer-0"]) == own_volume_mount
+    assert own_volume_mount["subPath"] == "runs/papillon"
 
 
 def test_a_job_with_serve_keeps_its_vllm_pod_after_success_until_serve_is_turned_off(
@@ -667,12 +683,18 @@ def test_jobs_left_with_kopf_finalizer_by_an_older_operator_are_released_on_star
     control_plane: ControlPlane, operator_kubeconfig: Path, job_ns: str, tmp_path: Path
 ):
     """An upgrade from a version that kept Kopf's finalizer on jobs: a running job loses it, a job
-    deleted while no operator ran (stuck Terminating) goes, as soon as the new operator starts."""
+    deleted while no operator ran (stuck Terminating) goes, as soon as the new operator starts.
+    And from one that kept each job's run at its volume's root: a job whose pods it had created
+    (its status names them, and has no runPath) keeps its run there, so its next attempt resumes."""
     cp, ns = control_plane, job_ns
     apply_jobs(cp, ns, job_manifest("running"), job_manifest("stuck"))
     for name in ("running", "stuck"):
         cp.kubectl("patch", "grpojob", name, "-n", ns, "--type=merge",
                    "-p", json.dumps({"metadata": {"finalizers": [KOPF_FINALIZER]}}))  # fmt: skip
+    old_status = {"restarts": 0, "interruptions": 0, "inferenceRestarts": 0, "trainerPod": "running-trainer-0",
+                  "inferencePod": "running-inference-0"}  # fmt: skip
+    cp.kubectl("patch", "grpojob", "running", "-n", ns, "--subresource=status", "--type=merge",
+               "-p", json.dumps({"status": old_status}))  # fmt: skip
     cp.kubectl("delete", "grpojob", "stuck", "-n", ns, "--wait=false")
     assert get_job(cp, ns, "stuck")["metadata"]["deletionTimestamp"]  # Terminating, held by the finalizer
 
@@ -683,6 +705,8 @@ def test_jobs_left_with_kopf_finalizer_by_an_older_operator_are_released_on_star
         wait_job(cp, ns, "running", lambda j: not j["metadata"].get("finalizers"), "Kopf's finalizer removed")
         assert "Pod/running-trainer-0" in children(cp, ns) and "Pod/stuck-trainer-0" not in children(cp, ns)
         assert cond(job, "Created")["status"] == "True"
+        assert job["status"]["runPath"] == "."
+        assert run_mount(pods(cp, ns)["running-trainer-0"]) == {"name": "run", "mountPath": "/mnt/grpo"}
     finally:
         proc.stop_and_check_log()
 

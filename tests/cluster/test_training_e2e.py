@@ -236,7 +236,9 @@ def test_job_trains_survives_killed_and_stopped_trainer_and_killed_vllm_and_ends
     assert cond(job, "InferenceReady")["status"] == "True"  # vLLM's /health, via the readiness probe
     pods = {p["metadata"]["name"]: p for p in cp.get_json("pods", namespace=ns)["items"]}
     assert pods[trainer0]["spec"]["nodeName"] == pods[vllm0]["spec"]["nodeName"] == node.name
-    run_dir = claim_dir(cp, ns, f"{JOB}-run")  # the job's volume, provisioned by kube-controller-manager
+    # the job's folder on its volume (provisioned by kube-controller-manager): runs/<job>, as on a shared claim
+    assert job["status"]["runPath"] == f"runs/{JOB}"
+    run_dir = claim_dir(cp, ns, f"{JOB}-run") / job["status"]["runPath"]
 
     # progress in `kubectl get` (the operator reads the trainer's /progress on its pod IP)
     row = cp.kubectl("get", "grpojobs", JOB, "-n", ns, "--no-headers").stdout.split()
@@ -491,7 +493,7 @@ def test_a_users_own_program_from_every_kind_of_code_source_trains_and_a_misspel
     else:
         assert endpoint["model"] in served, served
 
-    run_dir = claim_dir(cp, ns, "topics-run")
+    run_dir = claim_dir(cp, ns, "topics-run") / "runs" / "topics"
     # --- a later Python session load()s the result: outside the cluster, through a port-forward, as alice
     from grpo_operator.client import ClusterBackend, load
 

@@ -25,6 +25,8 @@ from grpo_operator.local.default import default_job
 from grpo_operator.local.plan import CONFIG_FILE, InvalidInput, RunOptions, make_plan
 from grpo_operator.local.rundir import LOCK_FILE
 from grpo_operator.resolve import LocalTarget, resolve
+from grpo_trainer.contract.identity import JobIdentity, RunOwner
+from grpo_trainer.run.ownership import OWNER_FILE, claim_run_dir
 
 # -- invalid input: exit 2, nothing started --------------------------------------------------
 
@@ -172,6 +174,24 @@ def test_fresh_refuses_to_delete_a_directory_that_is_not_a_run(
     assert result.returncode == 2
     assert "not a run directory" in result.stderr
     assert (precious / "thesis.tex").read_text() == "years of work"
+
+
+def test_a_run_directory_of_another_job_is_refused_before_anything_is_written_to_it(
+    cli, default_doc: dict[str, Any], write_job, tmp_path: Path, ports: tuple[int, int]
+) -> None:
+    """``--run-dir`` of another job (it would resume that job's checkpoints): the trainer's own check, run by
+    grpo-local first, as a run and as ``--check``."""
+    run_dir = tmp_path / "theirs"
+    theirs = JobIdentity(name="other-job", definition={"model": "0" * 64})
+    claim_run_dir(run_dir, RunOwner(job=theirs, where=str(run_dir), fix="-"))
+    job = str(write_job(default_doc))
+    for extra in ((), ("--check",)):
+        result = cli(job, "--run-dir", str(run_dir), "--port", str(ports[0]), "--trainer-port", str(ports[1]), *extra)
+        assert result.returncode == 2, result.stderr
+        assert f"ForeignRunDirectory: run directory {run_dir} holds the run of job 'other-job'" in result.stderr
+        assert "Pass --run-dir with a directory of its own, or --fresh" in result.stderr
+        assert_nothing_started(run_dir)
+    assert JobIdentity.model_validate_json((run_dir / OWNER_FILE).read_text()) == theirs
 
 
 # -- the embedded default ---------------------------------------------------------------------

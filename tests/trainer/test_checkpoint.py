@@ -1,14 +1,19 @@
-"""Full checkpoints: exact resume of adapter, optimizer, scheduler and RNG; atomicity; pruning.
+"""Full checkpoints: exact resume of adapter, optimizer, scheduler and RNG; atomicity; durability; pruning.
 
 Real torch/transformers/PEFT on CPU with a tiny random Llama built in memory (no
-tokenizer needed: the "loss" is a function of the logits of random token ids).
+tokenizer needed: the "loss" is a function of the logits of random token ids). A disk
+that fails to make a write durable (EIO, ENOSPC from fsync) is the narrow seam of
+tests/support/fsync_faults.py: os.fsync raising for the checkpoint's files.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import random
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +24,7 @@ from grpo_trainer.contract.hparams import LoraConfig, TrainKwargs
 from grpo_trainer.grpo.optim import build_optimizer, build_scheduler
 from grpo_trainer.grpo.policy import Policy, wrap_policy
 from grpo_trainer.run.checkpoint import COMPLETE_MARKER, CheckpointManager, TrainingState
+from support.fsync_faults import failing_fsync
 from support.tinyllama import tiny_llama
 
 TRAIN = TrainKwargs(
@@ -122,7 +128,7 @@ def test_partial_checkpoint_is_ignored(tmp_path: Path) -> None:
     assert manager.latest() == manager.path(1)
     restored = manager.restore(*make_run(seed=2))
     assert restored is not None and restored.sampler == {"position": 1}
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no COMPLETE marker"):
         manager.restore(*make_run(seed=2), path=manager.path(2))
 
 
@@ -171,3 +177,79 @@ def test_the_fp16_gradient_scale_resumes(tmp_path: Path, caplog: pytest.LogCaptu
     fresh = torch.amp.GradScaler("cpu", init_scale=2.0**14)
     manager.restore(*make_run(seed=2), grad_scaler=fresh)
     assert fresh.get_scale() == 2.0**14 and "no gradient scaler state" in caplog.text
+
+
+@pytest.mark.parametrize("code", [errno.EIO, errno.ENOSPC])
+def test_a_checkpoint_that_cannot_be_made_durable_is_not_kept_and_the_previous_one_resumes(
+    tmp_path: Path, code: int
+) -> None:
+    """fsync of the step-2 checkpoint's files fails: the save raises, nothing of it is left, and after a crash
+    the run resumes from step 1 with the exact state it had there, and goes on (step 2 saved again)."""
+    policy, optimizer, scheduler = make_run(seed=1)
+    manager = CheckpointManager(tmp_path, keep=3)
+    train_step(policy, optimizer, scheduler)
+    manager.save(TrainingState(step=1, sampler={"position": 1}), policy, optimizer, scheduler)
+    at_step_1 = lora_weights(policy)
+    train_step(policy, optimizer, scheduler)
+    with failing_fsync(r"/checkpoints/\.staging-step-2-[0-9a-f]+/", code), pytest.raises(OSError) as raised:
+        manager.save(TrainingState(step=2), policy, optimizer, scheduler)
+    assert raised.value.errno == code
+    assert manager.complete_steps() == [1] and sorted(p.name for p in manager.root.iterdir()) == ["step-1"]
+
+    started = time.perf_counter()
+    resumed = CheckpointManager(tmp_path, keep=3)  # the next attempt
+    policy2, optimizer2, scheduler2 = make_run(seed=2)
+    state = resumed.restore(policy2, optimizer2, scheduler2)
+    seconds = time.perf_counter() - started
+    assert state is not None and state.step == 1 and state.sampler == {"position": 1}
+    for name, weight in lora_weights(policy2).items():
+        torch.testing.assert_close(weight, at_step_1[name], rtol=0, atol=0, msg=name)
+    train_step(policy2, optimizer2, scheduler2)
+    resumed.save(TrainingState(step=2), policy2, optimizer2, scheduler2)
+    assert resumed.complete_steps() == [1, 2]
+    print(f"fsync {errno.errorcode[code]} on checkpoint 2: not kept; resumed from step {state.step} in {seconds:.3f} s")
+
+
+def test_restore_falls_back_to_the_previous_checkpoint_when_the_newest_no_longer_matches_its_manifest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A disk that lost or changed a written file (same size, other bytes) under a complete checkpoint."""
+    policy, optimizer, scheduler = make_run(seed=1)
+    manager = CheckpointManager(tmp_path, keep=3)
+    weights: dict[int, dict[str, torch.Tensor]] = {}
+    for step in (1, 2, 3):
+        train_step(policy, optimizer, scheduler)
+        manager.save(TrainingState(step=step), policy, optimizer, scheduler)
+        weights[step] = lora_weights(policy)
+    optimizer_file = manager.path(3) / "optimizer.pt"
+    data = bytearray(optimizer_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    optimizer_file.write_bytes(bytes(data))
+
+    policy2, optimizer2, scheduler2 = make_run(seed=2)
+    started = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="grpo_trainer.run.checkpoint"):
+        state = manager.restore(policy2, optimizer2, scheduler2)
+    seconds = time.perf_counter() - started
+    assert state is not None and state.step == 2
+    assert "checkpoint of step 3 cannot be resumed from (optimizer.pt does not match its SHA-256" in caplog.text
+    for name, weight in lora_weights(policy2).items():
+        torch.testing.assert_close(weight, weights[2][name], rtol=0, atol=0, msg=name)
+    with pytest.raises(FileNotFoundError, match="optimizer.pt does not match"):
+        manager.restore(policy2, optimizer2, scheduler2, path=manager.path(3))
+    size = sum(f.stat().st_size for f in manager.path(2).rglob("*") if f.is_file())
+    print(f"step 3 damaged: resumed from step {state.step} ({size} bytes verified and loaded in {seconds:.3f} s)")
+    # the resumed run's next save prunes the damaged one with the old ones, never the one it just wrote
+    assert CheckpointManager(tmp_path, keep=1).prune(saved=2) == [1, 3]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-2"]
+
+
+def test_a_checkpoint_written_before_manifests_still_resumes(tmp_path: Path) -> None:
+    """A running job's checkpoints from before the upgrade: COMPLETE holds only the step and time."""
+    policy, optimizer, scheduler = make_run(seed=1)
+    train_step(policy, optimizer, scheduler)
+    manager = CheckpointManager(tmp_path, keep=2)
+    path = manager.save(TrainingState(step=4), policy, optimizer, scheduler)
+    (path / COMPLETE_MARKER).write_text(json.dumps({"step": 4, "saved_at": 0.0}))
+    state = manager.restore(*make_run(seed=2))
+    assert state is not None and state.step == 4

@@ -1,12 +1,16 @@
-"""The whole trainer process against a real vLLM (CPU build): steps, adapters, hot-swap, exact resume.
+"""The whole trainer process against a real vLLM (CPU build): steps, adapters, hot-swap, exact resume,
+and a checkpoint the volume cannot take.
 
 The trainer runs as its own process (`python -m grpo_trainer.run.main`), exactly as in the
 trainer pod, on the tiny generated model; the PAPILLON program's untrusted model is
-the same vLLM's base model through the OpenAI-compatible client path.
+the same vLLM's base model through the OpenAI-compatible client path. The full volume is
+the narrow seam of tests/support/fsync_faults.py (os.fsync failing with ENOSPC for one
+checkpoint's files).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -24,6 +28,7 @@ from grpo_operator.resolve import trainer_command
 from grpo_trainer.contract import exit_codes
 from grpo_trainer.contract.hparams import CheckpointMode, GRPOArgs, TrainKwargs
 from grpo_trainer.dspy.programs.papillon import CRAFT, RESPOND
+from support.fsync_faults import trainer_command as faulty_trainer_command
 from support.ranks import alive, rank_pids
 from support.vllm import trainer_config_for
 
@@ -74,12 +79,18 @@ def _config(
     return path
 
 
-def _start(config: Path, log: Path, ranks: int = 1) -> subprocess.Popen:
-    """The trainer as its pod runs it: one process, or ``ranks`` data-parallel ones under the launcher."""
+def _start(config: Path, log: Path, ranks: int = 1, fsync_fault: tuple[str, int] | None = None) -> subprocess.Popen:
+    """The trainer as its pod runs it: one process, or ``ranks`` data-parallel ones under the launcher.
+
+    ``fsync_fault``: (path regex, errno) of files whose fsync fails (one process only).
+    """
     env = {**os.environ, "GRPO_LOG_FORMAT": "json", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
     cmd = trainer_command(ranks, config_path=str(config), python=sys.executable)  # the pod's command
+    if fsync_fault is not None:
+        assert ranks == 1
+        cmd = faulty_trainer_command(config, *fsync_fault)
     return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=config.parent)
 
 
@@ -109,12 +120,20 @@ def _progress(run_dir: Path) -> dict:
     return json.loads((run_dir / "progress.json").read_text())
 
 
-def test_three_steps_make_three_served_adapter_versions(vllm_server, tmp_path):
+def test_three_steps_make_three_served_adapter_versions_through_a_full_volume(vllm_server, tmp_path):
+    """Three steps, each adapter served in turn. The volume refuses step 2's checkpoint (ENOSPC on fsync):
+    the run says so and goes on from step 1's, which stands, and the step-3 checkpoint is written."""
     server = vllm_server
     run_dir = tmp_path / "run"
-    proc = _start(_config(server, run_dir, steps=3, checkpoint="none"), tmp_path / "trainer.log")
+    started = time.monotonic()
+    proc = _start(
+        _config(server, run_dir, steps=3, checkpoint="none"),
+        tmp_path / "trainer.log",
+        fsync_fault=(r"/checkpoints/\.staging-step-2-[0-9a-f]+/", errno.ENOSPC),
+    )
     seen = _watch_served_versions(server, run_dir, proc)
     assert proc.wait(timeout=900) == 0, (tmp_path / "trainer.log").read_text()[-3000:]
+    seconds = time.monotonic() - started
 
     progress = _progress(run_dir)
     assert progress["step"] == 3 and progress["phase"] == "done" and progress["finished"]
@@ -143,6 +162,15 @@ def test_three_steps_make_three_served_adapter_versions(vllm_server, tmp_path):
     w1 = load_file(run_dir / "adapters" / "step-1" / "adapter_model.safetensors")
     w3 = load_file(run_dir / "adapters" / "step-3" / "adapter_model.safetensors")
     assert any(float((w1[k] - w3[k]).abs().max()) > 0 for k in w1)
+
+    # the checkpoint the volume refused: not there, reported, and the run went on
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-1", "step-3"]
+    assert (progress["checkpoint_failures"], progress["checkpoint_step"], progress["checkpoint_error"]) == (1, 3, None)
+    (failed,) = [json.loads(line) for line in (tmp_path / "trainer.log").read_text().splitlines()
+                 if '"checkpoint failed' in line]  # fmt: skip
+    assert failed["step"] == 2 and failed["previous_checkpoint"] == 1 and "No space left on device" in failed["error"]
+    print(f"checkpoint 2 refused (ENOSPC): run went on from checkpoint 1 to step {progress['step']}, "
+          f"checkpoints on disk {sorted(p.name for p in (run_dir / 'checkpoints').iterdir())}, {seconds:.0f} s")
 
 
 @pytest.mark.timeout(1800)  # two 4-step runs: ~3 min on a quiet machine, far more on a loaded one

@@ -19,8 +19,10 @@ import pytest
 
 from grpo_trainer.contract import exit_codes
 from grpo_trainer.contract.config import CodeSource, DataSpec, TrainerConfig, VLLMEndpoint
+from grpo_trainer.contract.identity import JobIdentity, RunOwner
 from grpo_trainer.contract.progress import Progress
 from grpo_trainer.dspy.task import TaskError, load_task
+from grpo_trainer.run.ownership import claim_run_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 OWN = ROOT / "examples" / "own_program"
@@ -223,6 +225,35 @@ def test_the_trainer_exits_invalid_job_before_loading_the_model(tmp_path: Path) 
     progress = Progress.read(cfg.run_dir)
     assert progress is not None and progress.phase == "failed" and progress.error_reason == "InvalidProgram"
     assert seconds < 120, f"took {seconds:.0f} s"  # imports only (generous for a loaded CI machine)
+
+
+def test_the_trainer_refuses_another_jobs_run_directory_before_loading_the_model(tmp_path: Path) -> None:
+    """Two jobs on one claim folder (or a grpo-local --run-dir of another job): the second trainer exits 78 with
+    ForeignRunDirectory in seconds, and writes nothing into the first one's directory."""
+    run_dir = tmp_path / "run"
+
+    def owner(name: str, data: str) -> RunOwner:
+        job = JobIdentity(name=name, namespace="team-a", uid=f"uid-{name}", definition={"data": data})
+        return RunOwner(job=job, where="folder runs/x of claim 'shared'", fix="Use a claim of its own.")
+
+    first = owner("topics", "d1")
+    claim_run_dir(run_dir, first)
+    (run_dir / "checkpoints" / "step-3").mkdir(parents=True)
+    state = {"step": 3, "job": first.job.model_dump()}
+    (run_dir / "checkpoints" / "step-3" / "state.json").write_text(json.dumps(state))
+    (run_dir / "checkpoints" / "step-3" / "COMPLETE").write_text("{}")
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+
+    for other, needle in ((owner("other", "d1"), "holds the run of job 'team-a/topics'"),
+                          (owner("topics", "d2"), "started with another spec.data")):  # fmt: skip
+        done, seconds = _trainer(config(tmp_path, owner=other), tmp_path)
+        assert done.returncode == exit_codes.INVALID_JOB, done.stderr[-2000:]
+        report = json.loads((tmp_path / "termination-log").read_text())
+        assert report["error_reason"] == "ForeignRunDirectory" and needle in report["error"], report
+        assert "Use a claim of its own." in report["error"]
+        assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before  # nothing written there
+        assert seconds < 120, f"took {seconds:.0f} s"
+        print(f"refused {other.job.describe()} in {seconds:.1f} s: {report['error'][:120]}...")
 
 
 def test_check_mode_passes_a_good_job_and_prints_what_it_found(tmp_path: Path) -> None:

@@ -8,18 +8,30 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from grpo_operator.api.status import GRPOJobStatus
-from grpo_operator.children import Job
+from grpo_operator.children import Job, resolved
 from grpo_operator.controller.conditions import state
 from grpo_operator.controller.lifecycle import Observed, Plan, decide
 from grpo_trainer.contract import exit_codes
+from grpo_trainer.contract.progress import termination_message
+from grpo_trainer.run.main import refusal
+from grpo_trainer.run.ownership import ForeignRunError, check_owner, claim_run_dir
 from support.jobstates import SETTINGS, T0, a_pod, cond, created_names, observe, spec
 
 
 def running_pair(trainer: str = "papillon-trainer-0", inference: str = "papillon-inference-0") -> tuple:
     return a_pod(trainer, "trainer"), a_pod(inference, "inference")
+
+
+def exited_trainer(code: int, message: str | None = None, name: str = "papillon-trainer-0"):
+    """A trainer pod whose container exited with ``code`` (and left ``message`` as its termination message)."""
+    terminated: dict[str, Any] = {"exitCode": code, **({"message": message} if message is not None else {})}
+    return a_pod(name, "trainer", "Failed", containerStatuses=[{"name": "trainer", "state": {"terminated": terminated}}])
 
 
 def test_new_job_creates_every_child_once():
@@ -40,6 +52,44 @@ def test_new_job_creates_every_child_once():
     assert plan.status["maxSteps"] == 500 and plan.status["restarts"] == 0
     assert state(plan.status) == "Created"
     GRPOJobStatus.model_validate(plan.status)  # everything we write is declared in the CRD
+
+
+def run_mounts(plan: Plan) -> dict[str, dict]:
+    """Pod name -> how it mounts the job's volume."""
+    return {
+        m["metadata"]["name"]: next(v for v in m["spec"]["containers"][0]["volumeMounts"] if v["name"] == "run")
+        for m in plan.create
+        if m["kind"] == "Pod"
+    }
+
+
+def test_a_new_job_keeps_its_run_in_its_own_folder_of_the_volume_and_records_where():
+    plan = decide(observe(), SETTINGS)
+    assert plan.status["runPath"] == "runs/papillon"
+    own_folder = {"name": "run", "mountPath": "/mnt/grpo", "subPath": "runs/papillon"}
+    assert run_mounts(plan) == {"papillon-inference-0": own_folder, "papillon-trainer-0": own_folder}
+    # kept from then on, whatever else the status gains
+    failed = exited_trainer(1)
+    again = decide(observe(status=plan.status, pods=(failed, a_pod("papillon-inference-0", "inference"))), SETTINGS)
+    assert again.status["runPath"] == "runs/papillon"
+    assert run_mounts(again)["papillon-trainer-1"]["subPath"] == "runs/papillon"
+
+
+def test_a_job_whose_pods_an_older_operator_created_keeps_its_run_at_the_volumes_root():
+    """After an upgrade: its checkpoints are at the root, and its next attempt must resume from them."""
+    old_status = {"restarts": 1, "interruptions": 0, "inferenceRestarts": 0, "trainerPod": "papillon-trainer-1",
+                  "inferencePod": "papillon-inference-0"}  # fmt: skip
+    failed = exited_trainer(1, name="papillon-trainer-1")
+    plan = decide(observe(status=old_status, pods=(failed, a_pod("papillon-inference-0", "inference"))), SETTINGS)
+    assert plan.status["runPath"] == "."
+    assert run_mounts(plan) == {"papillon-trainer-2": {"name": "run", "mountPath": "/mnt/grpo"}}
+    config = json.loads(next(m for m in plan.replace + plan.create if m["kind"] == "ConfigMap")["data"]["config.json"])
+    assert config["owner"]["where"] == "the root of claim 'papillon-run'"
+    # and so on, once recorded
+    later = decide(observe(status=plan.status, pods=(a_pod("papillon-inference-0", "inference"),)), SETTINGS)
+    assert later.status["runPath"] == "." and "subPath" not in run_mounts(later)["papillon-trainer-2"]
+    # a job the older operator never got to create pods for (suspended from the start) gets its own folder
+    assert decide(observe(status={"restarts": 0}), SETTINGS).status["runPath"] == "runs/papillon"
 
 
 def test_running_job_is_left_alone_and_reports_training():
@@ -200,6 +250,24 @@ def test_an_invalid_job_fails_at_once_with_the_trainers_reason_and_no_retry():
     )
     plan = decide(observe(pods=(bare, a_pod("papillon-inference-0", "inference")), job_spec=s), SETTINGS)
     assert cond(plan, "Failed")["reason"] == "InvalidJob" and plan.status["restarts"] == 0
+
+
+def test_a_run_directory_of_another_job_fails_the_job_with_the_trainers_refusal(tmp_path: Path):
+    """Job 'second' finds job papillon's record in its run directory: the trainer refuses before any model loads,
+    and what it leaves in the termination message is the job's Failed condition, with no retry."""
+    first = resolved(Job("papillon", "ns", "uid-a", spec()), SETTINGS).config.owner
+    second = resolved(Job("second", "ns", "uid", spec()), SETTINGS).config
+    assert first is not None and second.owner is not None
+    claim_run_dir(tmp_path, first)
+    with pytest.raises(ForeignRunError) as raised:
+        check_owner(tmp_path, second.owner)
+    trainer = exited_trainer(exit_codes.INVALID_JOB, termination_message(refusal(second, raised.value)))
+    plan = decide(observe(pods=(trainer, a_pod("papillon-inference-0", "inference"))), SETTINGS)
+    failed = cond(plan, "Failed")
+    assert (failed["status"], failed["reason"], plan.status["restarts"]) == ("True", "ForeignRunDirectory", 0)
+    assert "folder runs/second of claim 'second-run'" in failed["message"]
+    assert "holds the run of job 'ns/papillon' (uid uid-a) (job.json), not of this job 'ns/second'" in failed["message"]
+    assert "spec.storage.existingClaim" in failed["message"] and "no retry" in failed["message"]
 
 
 def test_a_failed_code_fetch_is_named_with_its_error_and_retried():

@@ -9,6 +9,7 @@ the interpreter) and in how GPUs are handed out (the device plugin or CUDA_VISIB
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 from grpo_operator.api import parse_job
 from grpo_operator.children import Job, config_map, inference_pod, resolved, trainer_pod
 from grpo_operator.local.default import default_job
-from grpo_operator.resolve import ClusterTarget, LocalTarget, UnplaceableJob, resolve
+from grpo_operator.resolve import ClusterTarget, LocalTarget, UnplaceableJob, resolve, run_path
 from grpo_operator.settings import OperatorSettings
 from grpo_trainer.contract.config import TrainerConfig
 from grpo_trainer.contract.vllm_command import vllm_command
@@ -104,6 +105,8 @@ def test_the_trainer_config_differs_only_in_where_things_are(spec, tmp_path: Pat
         doc = config.model_dump()
         for key in ("run_dir", "model", "port"):
             doc.pop(key)
+        doc["owner"].pop("where")  # how a refusal names the run directory and the way out: a claim or a path
+        doc["owner"].pop("fix")
         doc["vllm"].pop("base_url")
         doc["vllm"].pop("adapter_dir")
         for data in ("train_data", "val_data"):
@@ -117,6 +120,24 @@ def test_the_trainer_config_differs_only_in_where_things_are(spec, tmp_path: Pat
     assert pod_config.vllm.adapter_dir == f"{pod_config.run_dir}/adapters"
     assert local_config.vllm.adapter_dir == f"{tmp_path}/run/adapters"
     assert local_config.vllm.base_url == "http://127.0.0.1:8123/v1"
+
+
+def test_the_run_directory_is_the_jobs_own_folder_of_its_volume_unless_it_started_at_the_root(
+    spec, tmp_path: Path
+) -> None:
+    """Pods mount runs/<name> of the claim (its root for a job an older operator started); a local run is its
+    run directory, by default runs/<name> of the working directory (grpo_operator.local.plan)."""
+    pods = resolve("j", spec, cluster(spec), namespace="team-a", uid="u1")
+    assert pods.run_sub_path == "runs/j" and pods.config.run_dir == "/mnt/grpo"
+    assert pods.config.owner is not None and pods.config.owner.where == "folder runs/j of claim 'j-run'"
+    assert (pods.config.owner.job.namespace, pods.config.owner.job.uid) == ("team-a", "u1")
+    legacy = resolve("j", spec, replace(cluster(spec), claim_root=True))
+    assert legacy.run_sub_path is None and legacy.config.owner is not None
+    assert legacy.config.owner.where == "the root of claim 'j-run'"
+    local = resolve("j", spec, local_target(tmp_path, gpus=4))
+    assert local.run_sub_path is None and local.config.owner is not None
+    assert local.config.owner.where == f"run directory {tmp_path}/run" and "--fresh" in local.config.owner.fix
+    assert run_path("j") == "runs/j"
 
 
 def test_a_local_machine_splits_its_gpus_vllm_first() -> None:

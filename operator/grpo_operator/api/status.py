@@ -193,5 +193,14 @@ class GRPOJobStatus(ProgressStatus):
     placement: Optional[Placement] = Field(
         None, description="ReadWriteOnce jobs: the operator's re-placements of both pods onto one node."
     )
+    run_path: Optional[str] = Field(
+        None,
+        max_length=512,
+        description=(
+            "Where the job's run directory (adapters, checkpoints, result/) is on its volume: runs/<job name>; "
+            "'.' for the volume's root (jobs started by an operator from before per-job folders keep it). "
+            "Decided when the job is first seen and kept."
+        ),
+    )
     trainer_pod: Optional[str] = Field(None, description="Name of the current trainer pod.")
     inference_pod: Optional[str] = Field(None, description="Name of the current vLLM pod.")

@@ -24,18 +24,20 @@ from grpo_trainer.contract.vllm_command import GUARD_FILE, guard_source
 
 
 def cluster_target(job: Job, settings: OperatorSettings) -> ClusterTarget:
-    """Where the job's pods find each other: the vLLM Service's in-cluster name and the ports."""
+    """Where the job's pods find each other (the vLLM Service's in-cluster name, the ports) and whether
+    its run directory is its volume's root."""
     return ClusterTarget(
         inference_host=f"{service_name(job)}.{job.namespace}.svc.{settings.cluster_domain}",
         inference_port=settings.inference_port,
         trainer_port=settings.trainer_port,
         api_key_secret=api_key_secret_name(job),
+        claim_root=job.claim_root,
     )
 
 
 def resolved(job: Job, settings: OperatorSettings) -> ResolvedJob:
     """The job's resolution for its pods (grpo_operator.resolve): what every pod builder renders."""
-    return resolve(job.name, job.spec, cluster_target(job, settings))
+    return resolve(job.name, job.spec, cluster_target(job, settings), namespace=job.namespace, uid=job.uid)
 
 
 def resolved_pods(job: Job, settings: OperatorSettings) -> tuple[ResolvedJob, ResolvedPods]:

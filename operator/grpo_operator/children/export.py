@@ -69,9 +69,9 @@ def export_pod(
     pull = options.image_pull_policy or settings.image_pull_policy
     if pull:
         container["imagePullPolicy"] = pull
-    job_volume = run_mount(job)
+    job_volume = run_mount(job, export.run_sub_path)
     mounts = [
-        Mount(job_volume.volume, job_volume.path, read_only=True),  # it only reads result/ and the model cache
+        Mount(job_volume.volume, job_volume.path, read_only=True, sub_path=job_volume.sub_path),  # reads result/, hub cache
         *model_mounts(job),
         *(export_claim_mount(claim) for claim in export.claims),
         *scratch_mounts(plan),

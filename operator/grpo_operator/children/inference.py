@@ -71,7 +71,7 @@ def inference_pod(job: Job, settings: OperatorSettings, attempt: int, *, serve_r
     pull = options.image_pull_policy or settings.image_pull_policy
     if pull:
         container["imagePullPolicy"] = pull
-    mounts = [run_mount(job), *model_mounts(job), guard_mount(job, spec.guard_dir), *scratch_mounts(plan)]
+    mounts = [run_mount(job, run.run_sub_path), *model_mounts(job), guard_mount(job, spec.guard_dir), *scratch_mounts(plan)]
     return pod(
         job,
         name=inference_pod_name(job, attempt),

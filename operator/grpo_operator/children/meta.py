@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from grpo_operator.api.job import API_VERSION, KIND
-from grpo_operator.api.spec import OWN_CLAIM_SUFFIX, GRPOJobSpec
+from grpo_operator.api.spec import GRPOJobSpec
+from grpo_operator.resolve import run_claim
 
 OPERATOR_NAME = "grpo-operator"
 APP_NAME = "grpojob"
@@ -36,14 +37,17 @@ DNS_LABEL_MAX = 63
 
 @dataclass(frozen=True)
 class Job:
-    """The parsed GRPOJob a builder works from: identity (for owner references), spec, and the
-    nodes its pods are kept off (``status.placement.avoidNodes``, decided by the lifecycle)."""
+    """The parsed GRPOJob a builder works from: identity (for owner references), spec, and what the
+    lifecycle decided from its status: the nodes its pods are kept off (``status.placement.avoidNodes``),
+    and whether its run directory is its volume's root (``status.runPath``: pods first created by an
+    operator from before per-job folders)."""
 
     name: str
     namespace: str
     uid: str
     spec: GRPOJobSpec
     avoid_nodes: tuple[str, ...] = ()
+    claim_root: bool = False
 
 
 def dns_label(base: str, suffix: str) -> str:
@@ -62,7 +66,7 @@ def dns_label(base: str, suffix: str) -> str:
 
 def pvc_name(job: Job) -> str:
     """The claim both pods mount: the user's existing one, or the job's own."""
-    return job.spec.storage.existing_claim or f"{job.name}{OWN_CLAIM_SUFFIX}"
+    return run_claim(job.name, job.spec)
 
 
 def config_map_name(job: Job) -> str:

@@ -99,8 +99,9 @@ def scratch_mounts(plan: PodPlan) -> list[Mount]:
     return mounts
 
 
-def run_mount(job: Job) -> Mount:
-    return Mount({"name": "run", "persistentVolumeClaim": {"claimName": pvc_name(job)}}, RUN_MOUNT)
+def run_mount(job: Job, sub_path: Optional[str]) -> Mount:
+    """The job's claim at RUN_MOUNT: its run directory's folder (ResolvedJob.run_sub_path), or its root."""
+    return Mount({"name": "run", "persistentVolumeClaim": {"claimName": pvc_name(job)}}, RUN_MOUNT, sub_path=sub_path)
 
 
 def user_volume_mount(source: VolumeSource, root: str) -> Mount:

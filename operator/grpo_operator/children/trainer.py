@@ -71,7 +71,7 @@ def trainer_pod(job: Job, settings: OperatorSettings, attempt: int) -> dict[str,
         (code_fetcher(fetch, container), [*code_mounts(job, writable=fetch.index), *scratch[:2]])  # /tmp, $HOME
         for fetch in run.code_fetches
     )
-    mounts = [run_mount(job), config, *model_mounts(job), *data_mounts(job), *code_mounts(job), *scratch]
+    mounts = [run_mount(job, run.run_sub_path), config, *model_mounts(job), *data_mounts(job), *code_mounts(job), *scratch]
     return pod(
         job,
         name=trainer_pod_name(job, attempt),

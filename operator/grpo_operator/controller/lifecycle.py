@@ -35,6 +35,7 @@ from grpo_operator.controller.conditions import (
     transitions,
 )
 from grpo_operator.controller.exporting import decide_export
+from grpo_operator.resolve import run_sub_path
 from grpo_operator.settings import OperatorSettings
 from grpo_trainer.contract import exit_codes
 
@@ -72,10 +73,30 @@ class Observed:
     def job(self) -> Job:
         assert self.spec is not None
         avoid = (self.status.get("placement") or {}).get("avoidNodes") or ()
-        return Job(self.name, self.namespace, self.uid, self.spec, avoid_nodes=tuple(avoid))
+        return Job(
+            self.name, self.namespace, self.uid, self.spec, avoid_nodes=tuple(avoid), claim_root=claim_root(self.status)
+        )
 
     def pods_of(self, component: str) -> list[PodView]:
         return [p for p in self.pods if p.component == component]
+
+
+# status.runPath of a job whose run directory is its volume's root (see claim_root).
+ROOT_RUN_PATH = "."
+
+
+def claim_root(status: Mapping[str, Any]) -> bool:
+    """The job's run directory is its volume's root, not runs/<name>: decided once per job and kept.
+
+    A status records it (``runPath``). One from an operator before per-job folders has no
+    ``runPath``; if that operator got as far as the pods (it named them in ``trainerPod``
+    before creating them), they wrote the run at the root, and the job keeps it there so
+    its next attempt resumes instead of starting over. Any other job gets runs/<name>.
+    """
+    recorded = status.get("runPath")
+    if recorded is not None:
+        return bool(recorded == ROOT_RUN_PATH)
+    return bool(status.get("trainerPod") or status.get("inferencePod"))
 
 
 @dataclass(frozen=True)
@@ -392,6 +413,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
     spec = obs.spec
     job = obs.job
     status["maxSteps"] = spec.grpo.num_train_steps
+    status["runPath"] = run_sub_path(job.name, children.cluster_target(job, settings)) or ROOT_RUN_PATH
     if obs.progress:
         for key in PROGRESS_FIELDS:
             if key in obs.progress:

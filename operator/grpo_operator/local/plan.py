@@ -41,6 +41,7 @@ from grpo_operator.resolve import (
     inline_data_key,
     resolve,
     resolve_export,
+    run_path,
 )
 from grpo_trainer.contract.config import DEFAULT_PORT, VLLM_API_KEY_ENV, TrainerConfig
 from grpo_trainer.contract.vllm_command import GUARD_FILE, VLLMServerSpec, guard_source
@@ -357,7 +358,7 @@ def make_plan(options: RunOptions, *, ports: bool = True) -> Plan:
     check_env_refs(spec)
     if ports:
         check_ports(options)
-    run_dir = (options.run_dir or Path("runs") / name).expanduser().resolve()
+    run_dir = (options.run_dir or Path(run_path(name))).expanduser().resolve()
     code_paths, code_archives = locate_code(spec, docs, options.volumes, run_dir)
     data_files, data_contents = locate_data(spec, docs, run_dir)
 

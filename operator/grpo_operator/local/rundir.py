@@ -10,7 +10,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Optional, TextIO
@@ -21,12 +20,13 @@ from grpo_operator.local.plan import CONFIG_FILE, InvalidInput, Plan
 from grpo_trainer.contract.config import TrainerConfig
 from grpo_trainer.contract.progress import PROGRESS_FILE, Progress
 from grpo_trainer.run.atomic import write_bytes_atomic, write_text_atomic
+from grpo_trainer.run.checkpoint_manifest import CHECKPOINTS_DIR, newest_verified
+from grpo_trainer.run.ownership import ForeignRunError, check_owner
 
 log = logging.getLogger(__name__)
 
 LOGS_DIR = "logs"
 LOCK_FILE = ".grpo-local.lock"
-CHECKPOINTS_DIR = "checkpoints"  # grpo_trainer.run.checkpoint's layout: checkpoints/step-N/COMPLETE
 LOG_TAIL_LINES = 40
 
 
@@ -56,19 +56,12 @@ def lock_run_dir(run_dir: Path, fresh: bool) -> TextIO:
             if entry.name == LOCK_FILE:
                 continue
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-    (run_dir / LOGS_DIR).mkdir(exist_ok=True)
     return lock
 
 
 def latest_checkpoint(run_dir: Path) -> Optional[int]:
-    steps = []
-    root = run_dir / CHECKPOINTS_DIR
-    if root.is_dir():
-        for entry in root.iterdir():
-            m = re.fullmatch(r"step-(\d+)", entry.name)
-            if m and (entry / "COMPLETE").is_file():
-                steps.append(int(m.group(1)))
-    return max(steps) if steps else None
+    """The step the trainer will resume from: its newest complete, verified checkpoint."""
+    return newest_verified(run_dir / CHECKPOINTS_DIR)
 
 
 def _config_changes(old_text: str, new: TrainerConfig) -> list[str]:
@@ -78,7 +71,7 @@ def _config_changes(old_text: str, new: TrainerConfig) -> list[str]:
     except ValueError:
         return []
     current = json.loads(new.to_json())
-    ignored = {"port", "vllm"}  # ports change between runs legitimately
+    ignored = {"port", "vllm", "owner"}  # ports change between runs legitimately; the owner is checked on its own
     changed = [k for k in current if k not in ignored and old.get(k) != current[k]]
     if changed == ["grpo"]:  # --steps alone is fine
         old_grpo = {k: v for k, v in old.get("grpo", {}).items() if k != "num_train_steps"}
@@ -88,7 +81,20 @@ def _config_changes(old_text: str, new: TrainerConfig) -> list[str]:
     return changed
 
 
+def check_run_dir_owner(plan: Plan) -> None:
+    """The trainer's own check (grpo_trainer.run.ownership), before the runner writes anything into the
+    directory: another job's run directory (or this job's with other run-defining fields) is refused."""
+    if plan.config.owner is None:
+        return
+    try:
+        check_owner(plan.run_dir, plan.config.owner)
+    except ForeignRunError as exc:
+        raise InvalidInput(f"{exc.reason}: {exc}") from None
+
+
 def write_config(plan: Plan) -> None:
+    """The trainer's config and the files it reads (what a pod gets from ConfigMaps), and logs/: the runner's
+    first writes into the run directory (after check_run_dir_owner)."""
     path = plan.run_dir / CONFIG_FILE
     if path.is_file():
         changed = _config_changes(path.read_text(encoding="utf-8"), plan.config)
@@ -99,6 +105,7 @@ def write_config(plan: Plan) -> None:
                 ", ".join(changed),
             )
     write_text_atomic(path, plan.config.to_json() + "\n")
+    (plan.run_dir / LOGS_DIR).mkdir(exist_ok=True)
     for file, data in plan.job_files.items():  # what pods read from ConfigMaps, where the config points
         file.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(file, data)

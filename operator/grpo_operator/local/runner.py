@@ -32,7 +32,15 @@ from grpo_operator.local.report import (
     write_plot,
     write_summary,
 )
-from grpo_operator.local.rundir import LOGS_DIR, latest_checkpoint, lock_run_dir, log_tail, read_progress, write_config
+from grpo_operator.local.rundir import (
+    LOGS_DIR,
+    check_run_dir_owner,
+    latest_checkpoint,
+    lock_run_dir,
+    log_tail,
+    read_progress,
+    write_config,
+)
 from grpo_operator.resolve import TRAINER_MODULE
 from grpo_trainer.contract import exit_codes
 from grpo_trainer.contract.export import ExportReport
@@ -274,6 +282,7 @@ def run(options: RunOptions, display: Display) -> RunResult:
     plan = make_plan(options)
     lock = lock_run_dir(plan.run_dir, options.fresh)
     try:
+        check_run_dir_owner(plan)
         write_config(plan)
         log.info("run directory %s", plan.run_dir)
         failed = fetch_code(plan)
@@ -348,6 +357,7 @@ def check(options: RunOptions) -> CheckResult:
     plan = make_plan(options, ports=False)
     lock = lock_run_dir(plan.run_dir, options.fresh)
     try:
+        check_run_dir_owner(plan)
         write_config(plan)
         failed = fetch_code(plan)
         if failed is not None:

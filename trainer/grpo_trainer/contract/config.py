@@ -17,6 +17,7 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from grpo_trainer.contract.hparams import GRPOArgs, TrainKwargs
+from grpo_trainer.contract.identity import RunOwner
 from grpo_trainer.contract.vllm_guard import KEY_ENV
 
 # Environment variables the operator fills from the job's Secret references.
@@ -120,6 +121,13 @@ class TrainerConfig(_Contract):
 
     job_name: str
     run_dir: str = Field(..., description="The shared volume: adapters/, checkpoints/, logs/, progress.json.")
+    owner: Optional[RunOwner] = Field(
+        None,
+        description=(
+            "The job this run directory belongs to (recorded in it; another job's directory is refused). "
+            "None: not checked (a config written before owners were)."
+        ),
+    )
     program: str = Field(..., description="Built-in program name or 'module:attr'.")
     metric: str = Field(..., description="Built-in metric name or 'module:attr'.")
     model: str = Field(..., description="Hub id or directory of the base model, as the trainer loads it.")

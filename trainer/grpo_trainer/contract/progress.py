@@ -41,7 +41,8 @@ TimedPhase = Literal[
     "step",
 ]
 # Why a job is invalid (the trainer exits exit_codes.INVALID_JOB): the reason of its Failed condition.
-ErrorReason = Literal["InvalidCode", "InvalidProgram", "InvalidMetric", "InvalidData"]
+# ForeignRunDirectory: its run directory holds another job's run (grpo_trainer.run.ownership).
+ErrorReason = Literal["InvalidCode", "InvalidProgram", "InvalidMetric", "InvalidData", "ForeignRunDirectory"]
 PHASES: tuple[str, ...] = get_args(Phase)
 TIMED_PHASES: tuple[str, ...] = get_args(TimedPhase)
 
@@ -169,6 +170,15 @@ class Progress(_Doc):
         description="The program's predictors the local model drives and trains (others have an LM of their own).",
     )
     result: Optional[RunResult] = Field(None, description="The best result so far, written to the volume's result/.")
+    checkpoint_step: Optional[int] = Field(
+        None, description="Step of the newest checkpoint written (a rerun resumes there)."
+    )
+    checkpoint_failures: int = Field(
+        0, description="Checkpoints that could not be written (full or failing volume), run total."
+    )
+    checkpoint_error: Optional[str] = Field(
+        None, description="Why the last checkpoint could not be written ('step N: ...'); cleared by the next one."
+    )
     served_check: Optional[dict[str, Any]] = Field(
         None,
         description="End-of-run proof that vLLM serves the adapter on the volume (trainer/grpo_trainer/vllm/served_check.py).",

@@ -1,16 +1,22 @@
 """Full training checkpoints for exact resume after a crash, preemption or kill -9.
 
-Layout of ``<run_dir>/checkpoints/step-N/`` (written under a staging name, renamed
-into place; ``COMPLETE`` is written last, so a directory without it — e.g. from an
-interrupted copy of the volume — is never resumed from)::
+Layout of ``<run_dir>/checkpoints/step-N/`` (written under a staging name, flushed,
+renamed into place: grpo_trainer.run.atomic.staged_dir; ``COMPLETE`` is written last,
+so a directory without it -- e.g. from an interrupted copy of the volume -- is never
+resumed from)::
 
     adapter/          PEFT adapter (also loadable by vLLM or ``PeftModel.from_pretrained``)
     optimizer.pt      optimizer.state_dict()
     scheduler.pt      lr scheduler state_dict() (absent without a scheduler)
     grad_scaler.pt    fp16's gradient scaler state_dict() (its scale; absent without fp16)
     rng-rank<R>.pt    python, numpy, torch CPU and CUDA generator states of rank R
-    state.json        step, sampler state, best score/step, history (caller's JSON)
-    COMPLETE          {"step": N, "saved_at": ...}
+    state.json        step, sampler state, best score/step, history (caller's JSON), the job it belongs to
+    COMPLETE          {"step": N, "saved_at": ..., "files": {name: {size, sha256}}}
+
+A save whose write or fsync fails raises and leaves the previous checkpoints as they
+were. A resume takes the newest checkpoint that is complete and still matches its
+manifest (grpo_trainer.run.checkpoint_manifest), and falls back to the one before it,
+with a warning, when the newest does not.
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,15 +36,21 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from grpo_trainer.run.atomic import remove_leftovers, staged_dir
+from grpo_trainer.run.checkpoint_manifest import (
+    CHECKPOINTS_DIR,
+    COMPLETE_MARKER,
+    STATE_FILE,
+    complete_steps,
+    problem,
+    step_dirs,
+    write_complete,
+)
 from grpo_trainer.vllm.adapters import save_peft_adapter, unwrap_model
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS_DIR = "checkpoints"
-COMPLETE_MARKER = "COMPLETE"
 GRAD_SCALER_FILE = "grad_scaler.pt"
 FORMAT_VERSION = 1
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 class Stateful(Protocol):
@@ -111,13 +122,15 @@ def restore_rng(state: dict[str, Any]) -> None:
 class CheckpointManager:
     """Saves, finds, restores and prunes ``<run_dir>/checkpoints/step-N``. Only rank 0 saves."""
 
-    def __init__(self, run_dir: str | Path, keep: int = 2) -> None:
+    def __init__(self, run_dir: str | Path, keep: int = 2, *, writer: bool = True) -> None:
+        """``writer``: this process saves (the main rank); it alone repairs what a killed save left."""
         if keep < 1:
             raise ValueError("keep must be >= 1")
         self.root = Path(run_dir) / CHECKPOINTS_DIR
         self.keep = keep
-        self.root.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(self.root)
+        if writer:
+            self.root.mkdir(parents=True, exist_ok=True)
+            remove_leftovers(self.root)
 
     def path(self, step: int) -> Path:
         return self.root / f"step-{step}"
@@ -132,11 +145,15 @@ class CheckpointManager:
         rng_states: list[dict[str, Any]] | None = None,
         base_model_name: str | None = None,
         grad_scaler: Stateful | None = None,
+        job: dict[str, Any] | None = None,
     ) -> Path:
-        """Write the checkpoint of ``state.step`` atomically, then prune to ``keep``.
+        """Write the checkpoint of ``state.step`` atomically and durably, then prune to ``keep``.
 
         ``rng_states``: one ``capture_rng()`` per rank (gathered by the caller under
-        data parallelism); default: this process's only.
+        data parallelism); default: this process's only. ``job``: whose run it is
+        (grpo_trainer.contract.identity.JobIdentity, as JSON), kept in state.json.
+        Raises OSError when the checkpoint could not be written or flushed; the
+        previous ones are untouched and nothing is pruned then.
         """
         start = time.perf_counter()
         final = self.path(state.step)
@@ -151,26 +168,33 @@ class CheckpointManager:
             for rank, rng in enumerate(rngs):
                 torch.save(rng, staging / f"rng-rank{rank}.pt")
             doc = {"format": FORMAT_VERSION, "world_size": len(rngs), **asdict(state)}
-            (staging / "state.json").write_text(json.dumps(doc, indent=2, sort_keys=True), encoding="utf-8")
-            marker = {"step": state.step, "saved_at": time.time()}
-            (staging / COMPLETE_MARKER).write_text(json.dumps(marker), encoding="utf-8")
+            if job is not None:
+                doc["job"] = job
+            (staging / STATE_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True), encoding="utf-8")
+            write_complete(staging, state.step)
         log.info("checkpoint %s saved in %.3f s", final, time.perf_counter() - start)
-        self.prune()
+        self.prune(saved=state.step)
         return final
 
     def complete_steps(self) -> list[int]:
-        """Steps with a complete checkpoint, oldest first."""
-        steps: list[int] = []
-        for entry in self.root.iterdir():
-            match = _STEP_DIR.match(entry.name)
-            if match and (entry / COMPLETE_MARKER).is_file():
-                steps.append(int(match.group(1)))
-        return sorted(steps)
+        """Steps with a complete checkpoint (its COMPLETE marker written), oldest first."""
+        return complete_steps(self.root)
 
     def latest(self) -> Path | None:
-        """The newest complete checkpoint; partial ones (no COMPLETE marker) are ignored."""
-        steps = self.complete_steps()
-        return self.path(steps[-1]) if steps else None
+        """The newest checkpoint to resume from: complete and matching its manifest. Newer ones that are
+        not are skipped with a warning (partial ones, without the marker, silently)."""
+        for step in reversed(self.complete_steps()):
+            path = self.path(step)
+            why = problem(path)
+            if why is None:
+                return path
+            log.warning(
+                "checkpoint of step %d cannot be resumed from (%s); falling back to the one before it",
+                step,
+                why,
+                extra={"checkpoint": str(path)},
+            )
+        return None
 
     def restore(
         self,
@@ -182,7 +206,8 @@ class CheckpointManager:
         rank: int = 0,
         grad_scaler: Stateful | None = None,
     ) -> TrainingState | None:
-        """Load a checkpoint (default: the latest) into the given objects; None when there is none.
+        """Load a checkpoint (default: :meth:`latest`, the newest verified) into the given objects; None when
+        there is none.
 
         Optimizer state is read on the CPU and moved by ``load_state_dict`` to the
         device of each parameter, so a checkpoint written on cuda:1 resumes anywhere.
@@ -191,9 +216,10 @@ class CheckpointManager:
         path = path if path is not None else self.latest()
         if path is None:
             return None
-        if not (path / COMPLETE_MARKER).is_file():
-            raise FileNotFoundError(f"{path} is not a complete checkpoint (no {COMPLETE_MARKER})")
-        doc = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        why = problem(path)
+        if why is not None:
+            raise FileNotFoundError(f"{path} cannot be resumed from: {why}")
+        doc = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
         if doc.get("format") != FORMAT_VERSION:
             raise ValueError(f"{path}: checkpoint format {doc.get('format')} is not {FORMAT_VERSION}")
         _load_adapter_weights(model, path / "adapter" / "adapter_model.safetensors")
@@ -223,17 +249,17 @@ class CheckpointManager:
         log.info("resumed from %s (step %d)", path, state.step)
         return state
 
-    def prune(self) -> list[int]:
-        """Keep the newest ``keep`` complete checkpoints; delete older ones and stale partial ones."""
-        complete = self.complete_steps()
+    def prune(self, saved: int | None = None) -> list[int]:
+        """Keep the newest ``keep`` complete checkpoints; delete older ones and stale partial ones.
+
+        ``saved``: the step just saved. Complete checkpoints after it are from before a resume that
+        could not use them (they did not match their manifest): they go too, never the one just saved.
+        """
+        complete = [s for s in self.complete_steps() if saved is None or s <= saved]
         kept = set(complete[-self.keep :])
         newest = complete[-1] if complete else None
         removed: list[int] = []
-        for entry in self.root.iterdir():
-            match = _STEP_DIR.match(entry.name)
-            if not match:
-                continue
-            step = int(match.group(1))
+        for step, entry in step_dirs(self.root).items():
             partial = not (entry / COMPLETE_MARKER).is_file()
             # a partial directory newer than every complete one may still be arriving (a copy); leave it
             if (partial and newest is not None and step < newest) or (not partial and step not in kept):

@@ -6,6 +6,13 @@ with the adapter saved and served, so a crash loses at most the step in progress
 (checkpoints every ``grpo.checkpoint_every_steps`` make the resume exact). With
 ``grpo.overlap_rollouts`` the next step's rollouts run in a background thread
 while this step trains (:mod:`grpo_trainer.grpo.prefetch`).
+
+A checkpoint that cannot be written (a full or failing volume) is reported, in the log
+and in /progress, and the run goes on from the previous one; after
+``MAX_CHECKPOINT_FAILURES`` in a row the attempt fails, so a volume that never recovers
+cannot let unsaved work pile up. A new best adapter is published (``adapters/best.json``,
+``result/``) once a checkpoint holds its step: a crash before that resumes from an
+earlier checkpoint, retrains that step, and must not find a best that no longer exists.
 """
 
 from __future__ import annotations
@@ -42,9 +49,10 @@ from grpo_trainer.grpo.prefetch import Drawn, Prefetcher, publish_unloads, resum
 from grpo_trainer.grpo.rollout import ExampleSampler, PolicyCallError, Rollout, run_rollouts
 from grpo_trainer.grpo.samples import TrainSample
 from grpo_trainer.grpo.update import UpdateStats, train_on_samples
-from grpo_trainer.run.atomic import write_text_atomic
+from grpo_trainer.run.atomic import remove_leftovers, write_text_atomic
 from grpo_trainer.run.checkpoint import CheckpointManager, TrainingState, capture_rng
 from grpo_trainer.run.distributed import DistContext, broadcast_object, wait_for_main
+from grpo_trainer.run.ownership import claim_run_dir
 from grpo_trainer.run.progress_board import ProgressBoard
 from grpo_trainer.run.progress_server import ProgressServer, TrainerMetrics
 from grpo_trainer.run.result import keep_best, result_adapter, write_result
@@ -57,6 +65,9 @@ from grpo_trainer.vllm.served_check import check_served_adapter
 log = logging.getLogger(__name__)
 
 STOP = "stop"  # broadcast instead of samples when the main rank decides to stop
+# Checkpoints that may fail in a row before the attempt fails (a full disk that never frees): the
+# run then restarts from the last one that was written, as after any failure.
+MAX_CHECKPOINT_FAILURES = 3
 
 
 @dataclass
@@ -128,9 +139,12 @@ class GRPORun:
         self.stop = stop or StopFlag()
         self.run_dir = cfg.run_path
         self.max_steps = cfg.grpo.num_train_steps
-        self.ckpt = CheckpointManager(self.run_dir, keep=cfg.grpo.keep_checkpoints)
+        # the main rank alone writes checkpoints, and repairs what a killed writer left
+        self.ckpt = CheckpointManager(self.run_dir, keep=cfg.grpo.keep_checkpoints, writer=dist.is_main)
         self.policy: Policy
         self.sampling: Optional[Sampling] = None
+        self._pending_best: Optional[tuple[int, float]] = None  # a new best whose step no checkpoint holds yet
+        self._checkpoint_failures = 0  # in a row
         self._probe: Optional[TrainSample] = None  # a sequence the end-of-run served-adapter check scores
         self.overlap = cfg.grpo.overlap_rollouts
         self.prefetch: Prefetcher[SampledStep] = Prefetcher()
@@ -144,8 +158,19 @@ class GRPORun:
         self.policy = load_policy(self.cfg.model, self.cfg.train, self.cfg.device)
         self.optimizer = build_optimizer(self.policy.trainable_parameters(), self.cfg.train)
         self.scheduler = build_scheduler(self.optimizer, self.cfg.train)
+        # The main rank picks the checkpoint (the newest verified one) and every rank restores that one.
+        path = self.ckpt.latest() if self.dist.is_main else None
+        wait_for_main(self.dist, "resume-from")
+        path = broadcast_object(path, self.dist)
+        if path is None:
+            return None
         state = self.ckpt.restore(
-            self.policy.model, self.optimizer, self.scheduler, rank=self.dist.rank, grad_scaler=self.policy.grad_scaler
+            self.policy.model,
+            self.optimizer,
+            self.scheduler,
+            path=path,
+            rank=self.dist.rank,
+            grad_scaler=self.policy.grad_scaler,
         )
         if state is not None and self.dist.is_main:  # every rank restored it; one line says so
             log.info("resumed from checkpoint", extra={"step": state.step, "ranks": self.dist.world_size})
@@ -290,13 +315,13 @@ class GRPORun:
         is_best = s.board.validation(step, score, baseline=step == 0, train_score=train_score)
         mode = self.cfg.grpo.checkpoint
         if is_best and mode != "none":  # none keeps no best adapter: the result is the last step's
+            s.sync.set_best(step or None)  # vLLM keeps it loaded; the pruning spares it
             if step > 0:
-                keep_best(s.store, mode, step, score)
                 s.board.best_adapter(version_name(step))
+                self._pending_best = (step, score)  # kept (best.json, result/) with the checkpoint of this step
             else:
                 s.board.best_adapter(None)
-            s.sync.set_best(step or None)
-            self._write_result(s, finished=False)
+                self._write_result(s, finished=False)  # the base model: no adapter to wait for
         if s.tracker is not None:
             metrics = {"val/score": score}
             if train_score is not None:
@@ -439,33 +464,97 @@ class GRPORun:
             best_step=snapshot.best_step,
             history={"progress": snapshot.model_dump(mode="json")},
         )
-        self.ckpt.save(
-            state,
-            self.policy.model,
-            self.optimizer,
-            self.scheduler,
-            rng_states=rngs,
-            base_model_name=self.cfg.vllm.served_model_name,
-            grad_scaler=self.policy.grad_scaler,
-        )
+        owner = self.cfg.owner
+        try:
+            self.ckpt.save(
+                state,
+                self.policy.model,
+                self.optimizer,
+                self.scheduler,
+                rng_states=rngs,
+                base_model_name=self.cfg.vllm.served_model_name,
+                grad_scaler=self.policy.grad_scaler,
+                job=owner.job.model_dump(mode="json") if owner is not None else None,
+            )
+        except OSError as exc:
+            self._checkpoint_failed(s, step, exc)
+            return
+        self._checkpoint_failures = 0
+        s.board.checkpoint_saved(step)
+        self._publish_best(s)
         s.store.prune(self.cfg.grpo.keep_checkpoints + 1, protect=s.sync.wanted())
+
+    def _checkpoint_failed(self, s: Sampling, step: int, exc: OSError) -> None:
+        """Go on from the previous checkpoint, which the failed write left as it was; fail the attempt after
+        MAX_CHECKPOINT_FAILURES in a row (it restarts from that checkpoint)."""
+        self._checkpoint_failures += 1
+        previous = s.board.snapshot().checkpoint_step
+        error = f"{type(exc).__name__}: {exc}"
+        s.board.checkpoint_failed(step, error)
+        log.warning(
+            "checkpoint failed; going on from the previous one",
+            extra={
+                "step": step, "error": error, "previous_checkpoint": previous, "in_a_row": self._checkpoint_failures,
+            },  # fmt: skip
+        )
+        if self._checkpoint_failures >= MAX_CHECKPOINT_FAILURES:
+            resume = f"the checkpoint of step {previous}" if previous else "the start (no checkpoint was written)"
+            raise RuntimeError(
+                f"{self._checkpoint_failures} checkpoints in a row could not be written (the last, of step {step}: "
+                f"{error}); ending this attempt: the next one resumes from {resume}"
+            ) from exc
+
+    def _publish_best(self, s: Sampling) -> None:
+        """Keep the new best adapter (best.json; improvements.json with grpo.checkpoint improvements) and replace
+        result/ with it, now that a checkpoint holds its step."""
+        if self._pending_best is None:
+            return
+        step, score = self._pending_best
+        keep_best(s.store, self.cfg.grpo.checkpoint, step, score)
+        self._write_result(s, finished=False)
+        self._pending_best = None
+
+    def _restore_best(self, s: Sampling, state: TrainingState) -> None:
+        """After a resume: best.json (and improvements.json) and result/ as the checkpoint has them. A crash
+        between a checkpoint and their update left them behind it; none leaves them ahead (they follow it)."""
+        mode = self.cfg.grpo.checkpoint
+        if mode == "none":  # no best kept; result/ is the last step's, written at the end
+            return
+        best_step, on_disk = state.best_step or 0, s.store.best()
+        if best_step and not s.store.path(best_step).is_dir():
+            log.warning("the best adapter of the checkpoint is gone from the volume", extra={"step": best_step})
+        elif best_step and state.best_score is not None and (on_disk is None or on_disk.step != best_step):
+            keep_best(s.store, mode, best_step, state.best_score)
+        elif not best_step and on_disk is not None:
+            s.store.clear_best()
+        written = s.board.snapshot().result
+        if written is None or written.step != best_step:
+            self._write_result(s, finished=False)
 
     # -- the run ------------------------------------------------------------------------------
 
     def run(self) -> str:
         """Train to the end (or until stopped); returns the final phase: done or stopped.
 
-        Raises TaskError (main rank) when the job's program, metric or data is wrong, before any model loads.
+        Raises TaskError (main rank) when the job's program, metric or data is wrong, and ForeignRunError
+        when the run directory holds another job's run, before any model loads.
         """
-        if self.dist.is_main and self.task is None:
-            self.task = checked_task(self.cfg)
+        if self.dist.is_main:
+            if self.task is None:
+                self.task = checked_task(self.cfg)
+            if self.cfg.owner is not None:
+                claim_run_dir(self.run_dir, self.cfg.owner)
+            remove_leftovers(self.run_dir)  # a result/ a crash left between its two renames
         state = self._setup_policy()
         step = state.step if state is not None else 0
         if self.dist.is_main:
             assert self.task is not None
             self.sampling = s = self._setup_sampling(state, self.task)
-            if state is not None and state.best_step and self.cfg.grpo.checkpoint != "none":
-                s.sync.set_best(state.best_step)
+            if state is not None:
+                s.board.checkpoint_saved(state.step)  # the newest checkpoint written, as far as this run knows
+                if state.best_step and self.cfg.grpo.checkpoint != "none":
+                    s.sync.set_best(state.best_step)
+                self._restore_best(s, state)
             for version in resume_versions(step, self.overlap):
                 if version in (0, step) or s.store.path(version).is_dir():
                     self._serve(s, version)
@@ -505,6 +594,8 @@ class GRPORun:
             s = self.sampling
             if phase == "done":
                 self._check_served_adapter(s, step)
+                if self._pending_best is not None:  # its checkpoint failed, but no step will be retrained now
+                    keep_best(s.store, self.cfg.grpo.checkpoint, *self._pending_best)
                 self._serve_result(s, self._write_result(s, finished=True))
                 s.board.finish()
             else:

@@ -5,8 +5,8 @@
 
 Exit status: 0 when the run finished, 75 (EX_TEMPFAIL) when a signal stopped it
 after a checkpoint before the last step (a rerun resumes), 78 (EX_CONFIG) when the
-job's program, metric or data is wrong (found before any model loads), 1 when it
-failed otherwise (progress.json says why). ``--check`` stops after that check.
+job's program, metric or data is wrong or its run directory holds another job's run
+(found before any model loads), 1 when it failed otherwise (progress.json says why). ``--check`` stops after that check.
 With ``$GRPO_TERMINATION_LOG`` set (in a pod: the container's
 terminationMessagePath), the final progress is also written there.
 """
@@ -29,6 +29,7 @@ from grpo_trainer.contract import exit_codes  # noqa: E402
 from grpo_trainer.contract.config import CONFIG_ENV, TERMINATION_LOG_ENV, TrainerConfig  # noqa: E402
 from grpo_trainer.contract.progress import Progress, termination_message  # noqa: E402
 from grpo_trainer.run.logs import configure_logging  # noqa: E402
+from grpo_trainer.run.ownership import ForeignRunError, check_owner  # noqa: E402
 from grpo_trainer.run.progress_board import ProgressBoard  # noqa: E402
 from grpo_trainer.run.stopflag import StopFlag  # noqa: E402
 
@@ -62,6 +63,14 @@ def main(argv: list[str] | None = None) -> int:
 
     task: Optional[Task] = None
     if args.check or os.environ.get("RANK", "0") == "0":
+        try:
+            if cfg.owner is not None:
+                check_owner(cfg.run_path, cfg.owner)
+        except ForeignRunError as exc:
+            log.error("invalid job: %s: %s", exc.reason, exc)
+            if not args.check:  # nothing goes into the other run's progress.json
+                write_termination_message(refusal(cfg, exc))
+            return exit_codes.INVALID_JOB
         try:
             task = checked_task(cfg)
         except TaskError as exc:
@@ -104,6 +113,14 @@ def report_invalid_job(cfg: TrainerConfig, exc: TaskError) -> Progress:
     board = ProgressBoard(cfg.run_dir, cfg.job_name, cfg.grpo.num_train_steps, initial=previous)
     board.fail(str(exc), reason=exc.reason)
     return board.snapshot()
+
+
+def refusal(cfg: TrainerConfig, exc: ForeignRunError) -> Progress:
+    """The final progress of a trainer that refused another job's run directory (written nowhere in it)."""
+    return Progress(
+        job=cfg.job_name, max_steps=cfg.grpo.num_train_steps, phase="failed", finished=True, error=str(exc),
+        error_reason=exc.reason,
+    )  # fmt: skip
 
 
 def write_termination_message(progress: Optional[Progress]) -> None:

@@ -217,6 +217,18 @@ class ProgressBoard:
             self._doc.result = result
             self._publish()
 
+    def checkpoint_saved(self, step: int) -> None:
+        with self._lock:
+            self._doc.checkpoint_step, self._doc.checkpoint_error = step, None
+            self._publish()
+
+    def checkpoint_failed(self, step: int, error: str) -> None:
+        """The checkpoint of ``step`` could not be written; the previous one (checkpoint_step) stands."""
+        with self._lock:
+            self._doc.checkpoint_failures += 1
+            self._doc.checkpoint_error = self._redact(f"step {step}: {error}")
+            self._publish()
+
     def record_served_check(self, check: dict[str, Any]) -> None:
         with self._lock:
             self._doc.served_check = check

@@ -3,7 +3,8 @@
 Layout under ``<run_dir>/adapters/``::
 
     step-1/ step-2/ ...   PEFT adapter directories (adapter_config.json + adapter_model.safetensors)
-    best.json             {"step": N, "score": s, "path": "step-N"}: the best adapter by validation
+    best.json             {"step": N, "score": s, "path": "step-N"}: the best adapter by validation,
+                          written once a checkpoint holds step N (grpo_trainer.run.loop)
     improvements.json     [{"step", "score", "path"}, ...]: with grpo.checkpoint improvements, every
                           adapter that improved on the best before it, oldest first (never pruned)
 
@@ -169,6 +170,10 @@ class AdapterStore:
         write_text_atomic(self.root / BEST_POINTER, json.dumps(doc, indent=2) + "\n")
         log.info("best adapter: step %d (score %.4f)", step, score)
         return ScoredAdapter(step=step, score=score, path=path)
+
+    def clear_best(self) -> None:
+        """No adapter is the best (the base model scored best, as far as the checkpoint knows)."""
+        (self.root / BEST_POINTER).unlink(missing_ok=True)
 
     def best(self) -> ScoredAdapter | None:
         pointer = self.root / BEST_POINTER
