@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,26 +26,24 @@ from controlplane import ControlPlane, wait_until
 from grpo_operator.children import JOB_LABEL
 from grpo_trainer.contract.progress import Progress
 from support.cluster_jobs import (
-    CHART,
-    RESTRICTED,
+    CHILD_KINDS,
     apply_jobs,
+    children,
     cond,
+    events,
     exit_running_pod,
     get_job,
     is_true,
     job_exists,
     job_manifest,
+    pods,
     wait_job,
 )
 from support.latency import DelayProxy, upstream_of
-from support.operator import OperatorProcess, free_port, operator_env
+from support.operator import OperatorProcess, start_operator
 
 pytestmark = pytest.mark.cluster
 
-RELEASE = "grpo-e2e"
-RELEASE_NS = "grpo-e2e-system"
-SERVICE_ACCOUNT = f"{RELEASE}-grpo-operator"
-CHILD_KINDS = "pods,services,configmaps,persistentvolumeclaims"
 PAPILLON_CHILDREN = [
     "ConfigMap/papillon-config",
     "PersistentVolumeClaim/papillon-run",
@@ -58,47 +55,6 @@ KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"  # earlier operator vers
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def operator_kubeconfig(control_plane: ControlPlane) -> Iterator[Path]:
-    """Install the chart; a kubeconfig for its ServiceAccount (what the operator runs as)."""
-    control_plane.create_namespace(RELEASE_NS, labels=RESTRICTED)
-    crd_exists = control_plane.kubectl("get", "crd", "grpojobs.grpo.dev", check=False).returncode == 0
-    control_plane.helm(
-        "install", RELEASE, str(CHART), "--namespace", RELEASE_NS,
-        "--set", f"crds.install={str(not crd_exists).lower()}",
-    )  # fmt: skip
-    control_plane.kubectl("wait", "--for=condition=Established", "crd/grpojobs.grpo.dev", "--timeout=60s")
-    # the chart's operator pod passes Pod Security "restricted" (it runs on a fake node; no image runs here)
-    wait_until(
-        lambda: control_plane.get_json("pods", namespace=RELEASE_NS)["items"], timeout=30, what="the operator pod"
-    )
-    yield control_plane.kubeconfig_for_serviceaccount(RELEASE_NS, SERVICE_ACCOUNT, create=False)
-    control_plane.helm("uninstall", RELEASE, "--namespace", RELEASE_NS, check=False)
-    control_plane.delete_namespace(RELEASE_NS)
-
-
-@pytest.fixture
-def job_ns(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A namespace that enforces Pod Security "restricted"."""
-    base = request.node.name.lower().replace("_", "-")[:40].strip("-")
-    name = control_plane.create_namespace(f"{base}-{uuid.uuid4().hex[:5]}", labels=RESTRICTED)
-    yield name
-    control_plane.delete_namespace(name)
-
-
-def start_operator(
-    cp: ControlPlane, kubeconfig: Path, ns: str, log: Path, extra: dict[str, str] | None = None
-) -> OperatorProcess:
-    settings = {
-        "GRPO_RESYNC_SECONDS": "2",
-        "GRPO_PROGRESS_POLL_SECONDS": "1",
-        "GRPO_TRAINER_PORT": str(free_port()),
-        "GRPO_LOG_LEVEL": "INFO",
-        **(extra or {}),
-    }
-    return OperatorProcess(operator_env(cp.env(kubeconfig=kubeconfig)), [ns], log, settings).start()
 
 
 @pytest.fixture
@@ -116,25 +72,8 @@ def operator(
 # --------------------------------------------------------------------------- helpers
 
 
-def pods(cp: ControlPlane, ns: str) -> dict[str, dict[str, Any]]:
-    return {p["metadata"]["name"]: p for p in cp.get_json("pods", namespace=ns)["items"]}
-
-
-def children(cp: ControlPlane, ns: str) -> list[str]:
-    items = cp.get_json(CHILD_KINDS, namespace=ns)["items"]
-    return sorted(
-        f"{i['kind']}/{i['metadata']['name']}"
-        for i in items
-        if i["kind"] != "ConfigMap" or i["metadata"]["name"] != "kube-root-ca.crt"
-    )
-
-
 def running(cp: ControlPlane, ns: str, name: str) -> dict[str, Any]:
     return cp.wait_for_pod_phase(ns, name, "Running", timeout=30)
-
-
-def events(cp: ControlPlane, ns: str) -> list[dict[str, Any]]:
-    return cp.get_json("events", namespace=ns)["items"]
 
 
 class _Progress(BaseHTTPRequestHandler):

@@ -8,6 +8,7 @@ here, hence a local process instead of the chart's Deployment.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -18,7 +19,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from controlplane import ControlPlane
 
 
 def free_port() -> int:
@@ -76,6 +80,24 @@ class OperatorProcess:
             time.sleep(0.2)
         raise TimeoutError(f"operator not healthy after {timeout:.0f}s:\n{self.log_tail()}")
 
+    def healthz(self) -> tuple[int, dict[str, Any]]:
+        """/healthz's status code and JSON body (0 and {} when it does not answer)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=5) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+        except (urllib.error.URLError, OSError, ValueError):
+            return 0, {}
+
+    def reconciles(self, namespace: str, name: str) -> float:
+        """grpo_operator_reconcile_total of one job on /metrics (0 before its first reconcile)."""
+        series = f'grpo_operator_reconcile_total{{name="{name}",namespace="{namespace}"}} '
+        for line in self.metrics().splitlines():
+            if line.startswith(series):
+                return float(line[len(series) :])
+        return 0.0
+
     def metrics(self) -> str:
         text = self._get(self.metrics_port, "/metrics")
         if text is None:
@@ -126,3 +148,17 @@ def operator_env(base: Mapping[str, str]) -> dict[str, str]:
             env.pop(key)
     env.setdefault("PATH", os.environ.get("PATH", ""))
     return env
+
+
+def start_operator(
+    cp: ControlPlane, kubeconfig: Path, ns: str, log: Path, extra: Optional[Mapping[str, str]] = None
+) -> OperatorProcess:
+    """The operator with ``kubeconfig``'s identity, watching ``ns``, with quick resync and progress polls."""
+    settings = {
+        "GRPO_RESYNC_SECONDS": "2",
+        "GRPO_PROGRESS_POLL_SECONDS": "1",
+        "GRPO_TRAINER_PORT": str(free_port()),
+        "GRPO_LOG_LEVEL": "INFO",
+        **(extra or {}),
+    }
+    return OperatorProcess(operator_env(cp.env(kubeconfig=kubeconfig)), [ns], log, settings).start()
