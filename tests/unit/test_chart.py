@@ -51,7 +51,10 @@ NON_DEFAULT = {
         "trainerPort": 9500,
         "clusterDomain": "corp.internal",
     },
-    "operator": {"logLevel": "DEBUG", "resyncSeconds": 5, "progressPollSeconds": 3, "replaceUnplaceableSeconds": 300},
+    "operator": {
+        "logLevel": "DEBUG", "resyncSeconds": 5, "progressPollSeconds": 3, "replaceUnplaceableSeconds": 300,
+        "livenessStallSeconds": 60,
+    },  # fmt: skip
     "metrics": {"port": 9090, "service": {"port": 9090}},
     "health": {"port": 9091},
     "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
@@ -233,6 +236,7 @@ def test_non_default_values_reach_the_operator(helm_bin: Path, tmp_path: Path, m
         "resync_seconds": 5.0,
         "progress_poll_seconds": 3.0,
         "replace_unplaceable_seconds": 300.0,
+        "liveness_stall_seconds": 60.0,
         "namespaces": ("team-a", "team-b"),
         "check_secrets": False,
         "cluster_domain": "corp.internal",

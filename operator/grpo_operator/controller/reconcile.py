@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from typing import Any, Optional
@@ -27,7 +26,8 @@ from grpo_operator.controller.conditions import Cond, PodView, conditions, is_tr
 from grpo_operator.controller.kube import RETAINED_ANNOTATION, Cluster, api_message
 from grpo_operator.controller.lifecycle import Event, Observed, Plan, decide, trainer_attempt
 from grpo_operator.controller.memo import FoundMemo
-from grpo_operator.controller.progress_poll import fetch_progress, progress_status, progress_url
+from grpo_operator.controller.progress_pool import ProgressPoller
+from grpo_operator.controller.progress_poll import progress_status, progress_url
 from grpo_operator.controller.prometheus import OperatorMetrics
 from grpo_operator.settings import OperatorSettings
 
@@ -42,12 +42,6 @@ def indexed_pod(pod: Mapping[str, Any]) -> tuple[tuple[str, ...], PodView]:
     """What the pod index keeps of a pod: its owners and its view, not the whole body."""
     owners = tuple(o.get("uid", "") for o in pod.get("metadata", {}).get("ownerReferences") or [])
     return owners, pod_view(pod)
-
-
-@dataclass
-class _ProgressMemo:
-    fetched_at: float = 0.0
-    fields: dict[str, Any] = field(default_factory=dict)
 
 
 # A Secret seen with the keys a job needs is not read again for this long: the
@@ -81,7 +75,9 @@ class Reconciler:
         self._secrets: FoundMemo[tuple[str, str], set[str]] = FoundMemo(SECRET_MEMO_SECONDS)
         # (kind, namespace, name, owner uid or None for a user's claim) → True, or a ConfigMap's data
         self._found: FoundMemo[tuple[str, str, str], Any] = FoundMemo(FOUND_MEMO_SECONDS)
-        self._progress: dict[tuple[str, str], _ProgressMemo] = {}
+        self.progress: ProgressPoller[tuple[str, str]] = ProgressPoller(
+            settings.progress_workers, settings.progress_poll_seconds, settings.progress_timeout_seconds
+        )
         self._check_secrets = settings.check_secrets
         self._pod_index: Optional[PodIndex] = None
         # API calls one reconcile makes at the same time (its reads; its events)
@@ -103,7 +99,7 @@ class Reconciler:
         key = (namespace, name)
         with self._lock(key):
             self.metrics.forget(namespace, name)
-            self._progress.pop(key, None)
+            self.progress.forget(key)
             with self._locks_lock:
                 self._locks.pop(key, None)
                 self._started.pop(key, None)
@@ -228,21 +224,15 @@ class Reconciler:
     def _poll_progress(
         self, key: tuple[str, str], pods: list[Any], trainer_pod: Optional[str]
     ) -> Optional[dict[str, Any]]:
-        memo = self._progress.setdefault(key, _ProgressMemo())
+        """The trainer's last known progress; a poll of a running trainer is left to the progress pool."""
         pod = next((p for p in pods if p.name == trainer_pod and p.component == TRAINER), None)
         final = pod.final_report if pod is not None and pod.finished else None
         if final is not None:  # exact, where the last poll may have missed the end
-            memo.fields = progress_status(final, now_utc())
-            return memo.fields or None
-        due = time.monotonic() - memo.fetched_at >= self.settings.progress_poll_seconds
-        if pod is not None and pod.running and pod.ip and due:
-            memo.fetched_at = time.monotonic()
-            doc = fetch_progress(
-                progress_url(pod.ip, self.settings.trainer_port), self.settings.progress_timeout_seconds
-            )
-            if doc is not None:
-                memo.fields = progress_status(doc, now_utc())
-        return memo.fields or None
+            fields = progress_status(final, now_utc())
+            self.progress.set_final(key, fields)
+            return fields or None
+        url = progress_url(pod.ip, self.settings.trainer_port) if pod is not None and pod.running and pod.ip else None
+        return self.progress.latest(key, url) or None
 
     def observe(self, body: Mapping[str, Any], now: Optional[datetime] = None) -> Observed:
         meta = body["metadata"]
