@@ -23,7 +23,7 @@ from grpo_operator import children
 from grpo_operator.api.job import InvalidJob, parse_spec
 from grpo_operator.children import TRAINER
 from grpo_operator.controller.conditions import Cond, PodView, conditions, is_true, now_utc, pod_view, transitions
-from grpo_operator.controller.kube import RETAINED_ANNOTATION, Cluster, api_message
+from grpo_operator.controller.kube import RETAINED_ANNOTATION, Cluster, Conflict, api_message
 from grpo_operator.controller.lifecycle import Event, Observed, Plan, decide, trainer_attempt
 from grpo_operator.controller.memo import FoundMemo
 from grpo_operator.controller.progress_pool import ProgressPoller
@@ -55,6 +55,9 @@ FOUND_MEMO_SECONDS = 60.0
 # Threads for the API calls reconciles issue concurrently (shared by all jobs), per
 # reconcile worker: each reconcile issues up to five reads at once.
 IO_THREADS_PER_WORKER = 2
+# Reconciles of one job in a row whose status write met a newer version of the job (409):
+# each re-reads and re-decides; past this the resync tries again later.
+CONFLICT_ATTEMPTS = 3
 
 
 class Reconciler:
@@ -111,25 +114,41 @@ class Reconciler:
         return started is not None and time.monotonic() - started < seconds
 
     def reconcile_named(self, namespace: str, name: str) -> Optional[Plan]:
-        """Reconcile a job; None when it is gone or being deleted (garbage collection does the rest)."""
+        """Reconcile a job; None when it is gone or being deleted (garbage collection does the rest).
+
+        The status is written only over the version of the job that was read (its
+        resourceVersion): when the job changed meanwhile (another operator's write, as in
+        the overlap of an eviction, or a user's edit), the write is refused with 409, and
+        the job is read again and decided afresh before anything else is done, so no
+        stale decision moves an attempt counter or a condition back.
+        """
         key = (namespace, name)
         with self._lock(key):
             with self._locks_lock:
                 self._started[key] = time.monotonic()
-            # Read under the lock: a handler's body may predate our own last status
-            # patch, and acting on a stale attempt counter would restart twice.
-            fresh = self.cluster.get_job(*key)
-            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
-                return None
-            started = time.monotonic()
-            self.metrics.reconciles.labels(*key).inc()
-            try:
-                return self._reconcile(fresh)
-            except Exception:
-                self.metrics.errors.labels(*key).inc()
-                raise  # the caller (a Kopf handler or the resync) logs it and retries
-            finally:
-                self.metrics.latency.observe(time.monotonic() - started)
+            for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+                # Read under the lock: a handler's body may predate our own last status
+                # patch, and acting on a stale attempt counter would restart twice.
+                fresh = self.cluster.get_job(*key)
+                if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                    return None
+                started = time.monotonic()
+                self.metrics.reconciles.labels(*key).inc()
+                try:
+                    return self._reconcile(fresh)
+                except Conflict:
+                    self.metrics.conflicts.inc()
+                    log.info("%s/%s changed since it was read; reading it again (%d/%d)", namespace, name, attempt,
+                             CONFLICT_ATTEMPTS)  # fmt: skip
+                    if attempt == CONFLICT_ATTEMPTS:
+                        self.metrics.errors.labels(*key).inc()
+                        raise
+                except Exception:
+                    self.metrics.errors.labels(*key).inc()
+                    raise  # the caller (a Kopf handler or the resync) logs it and retries
+                finally:
+                    self.metrics.latency.observe(time.monotonic() - started)
+        return None
 
     # ------------------------------------------------------------------ observe
 
@@ -287,8 +306,10 @@ class Reconciler:
         obs = self.observe(body)
         plan = decide(obs, self.settings)
         old_status = dict(body.get("status") or {})
+        version = meta.get("resourceVersion")
         if plan.status != old_status:
-            self.cluster.patch_status(ns, name, plan.status)
+            # only over what was read: raises Conflict (nothing carried out) when the job changed since
+            version = self.cluster.patch_status(ns, name, plan.status, version)
         for pod in plan.delete_pods:
             self.cluster.delete_pod(ns, pod)
         for claim in plan.release_claims:
@@ -313,7 +334,7 @@ class Reconciler:
             except ApiException as exc:
                 failures.append(f"{what}: {api_message(exc)}")
         if failures:
-            self._record_create_failure(ns, name, plan, failures, old_status.get("conditions") or [])
+            self._record_create_failure(ns, name, plan, failures, old_status.get("conditions") or [], version)
         for t in plan.transitions:
             plan.events.append(Event("Warning" if t.warning else "Normal", t.reason, t.event_message()))
         if created:
@@ -348,7 +369,13 @@ class Reconciler:
         )
 
     def _record_create_failure(
-        self, ns: str, name: str, plan: Plan, failures: list[str], old_conditions: list[Mapping[str, Any]]
+        self,
+        ns: str,
+        name: str,
+        plan: Plan,
+        failures: list[str],
+        old_conditions: list[Mapping[str, Any]],
+        version: Optional[str],
     ) -> None:
         """A refused creation (Pod Security, quota, RBAC) is reported as Created=False/CreateFailed."""
         message = "could not create " + "; ".join(failures)
@@ -359,7 +386,7 @@ class Reconciler:
         created = next(c for c in failed if c["type"] == "Created")
         plan.status["conditions"] = [created if c["type"] == "Created" else c for c in plan.status["conditions"]]
         plan.transitions = transitions(old_conditions, plan.status["conditions"])
-        self.cluster.patch_status(ns, name, plan.status)
+        self.cluster.patch_status(ns, name, plan.status, version)
 
 
 def _info(obs: Observed) -> dict[str, str]:
