@@ -64,6 +64,13 @@ class OperatorSettings(BaseModel):
     check_secrets: bool = Field(
         True, description="Check that referenced Secrets exist (needs RBAC get on secrets); off: rely on pod status."
     )
+    secret_namespaces: tuple[str, ...] = Field(
+        (),
+        description=(
+            "Namespaces where referenced Secrets are checked (the operator may get Secrets only there); "
+            "empty: every namespace. Jobs elsewhere are not checked, and their Created condition says so."
+        ),
+    )
     cluster_domain: str = Field("cluster.local", description="DNS suffix of Service names in the trainer's config.")
     log_level: str = Field("INFO", description="Python log level.")
 
@@ -76,7 +83,7 @@ class OperatorSettings(BaseModel):
             raw = env.get(ENV_PREFIX + name.upper())
             if raw is None or raw == "":
                 continue
-            if name == "namespaces":
+            if name in ("namespaces", "secret_namespaces"):
                 values[name] = tuple(ns.strip() for ns in raw.split(",") if ns.strip())
             elif name == "check_secrets":
                 values[name] = raw.strip().lower() in ("1", "true", "yes", "on")

@@ -58,6 +58,7 @@ class Observed:
     missing: tuple[str, ...] = ()
     progress: Optional[Mapping[str, Any]] = None
     retained_claim: bool = False  # the job's claim name is taken by a volume an earlier job left (retainOnDelete)
+    secrets_unchecked: str = ""  # why the job's Secret references were not checked ('' when they were)
     now: datetime = field(default_factory=lambda: datetime.now().astimezone())
 
     @property
@@ -130,6 +131,11 @@ def _waiting_cond(pod: Optional[PodView], what: str, created_now: bool, missing:
     if pod.phase == "Pending":
         return Cond.false("Pending", f"{what} pod {pod.name} is pending")
     return Cond.false("Starting", f"{what} pod {pod.name} is {pod.phase.lower()}, not ready yet")
+
+
+def _noted(message: str, obs: Observed) -> str:
+    """The Created condition's message, with what the operator could not check (Secrets it may not read)."""
+    return f"{message}; {obs.secrets_unchecked}" if obs.secrets_unchecked else message
 
 
 def _progress_message(status: Mapping[str, Any]) -> str:
@@ -381,9 +387,9 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
             plan.replace.append(cm)  # untrustedModel/judge are mutable; a new trainer attempt reads it
         if not obs.service_exists:
             plan.create.append(children.inference_service(job, settings))
-        new["Created"] = Cond.true("ChildrenCreated", "volume, config, Service and pods are created")
+        new["Created"] = Cond.true("ChildrenCreated", _noted("volume, config, Service and pods are created", obs))
     else:
-        new["Created"] = Cond.false("MissingReference", "; ".join(missing))
+        new["Created"] = Cond.false("MissingReference", _noted("; ".join(missing), obs))
 
     # ---------------------------------------------------------------- suspended
     if spec.suspend:

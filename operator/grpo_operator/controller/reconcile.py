@@ -55,6 +55,8 @@ FOUND_MEMO_SECONDS = 60.0
 # Threads for the API calls reconciles issue concurrently (shared by all jobs), per
 # reconcile worker: each reconcile issues up to five reads at once.
 IO_THREADS_PER_WORKER = 2
+# A namespace where reading a Secret was refused (403) is not tried again for this long.
+SECRETS_FORBIDDEN_SECONDS = 300.0
 # Reconciles of one job in a row whose status write met a newer version of the job (409):
 # each re-reads and re-decides; past this the resync tries again later.
 CONFLICT_ATTEMPTS = 3
@@ -81,7 +83,7 @@ class Reconciler:
         self.progress: ProgressPoller[tuple[str, str]] = ProgressPoller(
             settings.progress_workers, settings.progress_poll_seconds, settings.progress_timeout_seconds
         )
-        self._check_secrets = settings.check_secrets
+        self._secrets_forbidden: dict[str, float] = {}  # namespace -> when a Secret read there was refused
         self._pod_index: Optional[PodIndex] = None
         # API calls one reconcile makes at the same time (its reads; its events)
         self._io = ThreadPoolExecutor(
@@ -152,29 +154,47 @@ class Reconciler:
 
     # ------------------------------------------------------------------ observe
 
-    def _missing(self, job: children.Job) -> list[str]:
-        """Referenced objects that do not exist, each named with what to do."""
+    def _missing(self, job: children.Job) -> tuple[list[str], str]:
+        """Referenced objects that do not exist, each named with what to do; and why the job's Secret
+        references went unchecked ('' when they were checked, or there are none)."""
         missing: list[str] = []
         ns = job.namespace
-        if self._check_secrets:
-            for secret, key in children.referenced_secrets(job):
-                try:
-                    keys = self._secret_keys(ns, secret, key)
-                except PermissionError:
-                    log.warning("no RBAC permission to get Secrets; Secret references are not checked")
-                    self._check_secrets = False
-                    break
-                if keys is None:
-                    missing.append(f"Secret {secret!r} not found in namespace {ns!r} (needed for key {key!r})")
-                elif key not in keys:
-                    missing.append(f"Secret {secret!r} has no key {key!r}")
+        secrets = children.referenced_secrets(job) if self.settings.check_secrets else []
+        unchecked = self._secrets_unchecked(ns) if secrets else ""
+        for secret, key in [] if unchecked else secrets:
+            try:
+                keys = self._secret_keys(ns, secret, key)
+            except PermissionError:
+                log.warning("no RBAC permission to get Secrets in namespace %s; Secret references there are not "
+                            "checked", ns, extra={"namespace": ns})  # fmt: skip
+                with self._locks_lock:
+                    self._secrets_forbidden[ns] = time.monotonic()
+                unchecked = self._secrets_unchecked(ns)
+                break
+            if keys is None:
+                missing.append(f"Secret {secret!r} not found in namespace {ns!r} (needed for key {key!r})")
+            elif key not in keys:
+                missing.append(f"Secret {secret!r} has no key {key!r}")
         for claim in children.user_claims(job):
             if not self._claim_exists(ns, claim):
                 missing.append(f"PersistentVolumeClaim {claim!r} not found in namespace {ns!r}")
         for config_map, use in children.user_config_maps(job):
             if not self._user_object_exists("ConfigMap", ns, config_map):
                 missing.append(f"ConfigMap {config_map!r} ({use}) not found in namespace {ns!r}")
-        return missing
+        return missing, unchecked
+
+    def _secrets_unchecked(self, namespace: str) -> str:
+        """Why Secrets are not checked in this namespace, for the job's Created condition ('' if they are)."""
+        after = "a missing Secret or key shows as the pod's CreateContainerConfigError"
+        if self.settings.secret_namespaces and namespace not in self.settings.secret_namespaces:
+            return (f"Secret references not checked: the operator reads Secrets only in the namespaces of "
+                    f"rbac.secretNamespaces; {after}")  # fmt: skip
+        with self._locks_lock:
+            refused = self._secrets_forbidden.get(namespace)
+        if refused is not None and time.monotonic() - refused < SECRETS_FORBIDDEN_SECONDS:
+            return (f"Secret references not checked: the operator may not get Secrets in namespace {namespace!r}; "
+                    f"{after}")  # fmt: skip
+        return ""
 
     def _claim_exists(self, namespace: str, name: str) -> bool:
         """Whether a user's PersistentVolumeClaim exists (remembered once seen)."""
@@ -277,7 +297,8 @@ class Reconciler:
         pvc = self._io.submit(self._child, "PersistentVolumeClaim", job, children.pvc_name(job)) if read_pvc else None
         config = None if finished else self._io.submit(self._child, "ConfigMap", job, children.config_map_name(job))
         service = None if finished else self._io.submit(self._child, "Service", job, children.service_name(job))
-        missing = None if finished else self._io.submit(self._missing, job)
+        references = None if finished else self._io.submit(self._missing, job)
+        missing, unchecked = references.result() if references is not None else ([], "")
         pods = listed.result()
         trainer_pod = status.get("trainerPod") or children.trainer_pod_name(job, trainer_attempt(status))
         return Observed(
@@ -293,7 +314,8 @@ class Reconciler:
             config_map_data=config.result() if config is not None else None,
             service_exists=service is not None and service.result() is not None,
             pods=pods,
-            missing=tuple(missing.result()) if missing is not None else (),
+            missing=tuple(missing),
+            secrets_unchecked=unchecked,
             progress=self._poll_progress((ns, name), list(pods), trainer_pod),
             now=now or now_utc(),
         )
