@@ -215,7 +215,8 @@ def test_operator_killed_mid_creation_makes_exactly_one_set_of_children(
             proc.start(wait=False)
         proc.wait_healthy()
         wait_job(cp, ns, "papillon", is_true("Training"), "Training=True after the kills", timeout=60)
-        time.sleep(3)  # more reconciles: nothing new may appear
+        seen = proc.reconciles(ns, "papillon")  # two more reconciles of the job: nothing new may appear
+        wait_until(lambda: proc.reconciles(ns, "papillon") >= seen + 2, timeout=30, what="two more reconciles")
     finally:
         proc.stop_and_check_log()
         proxy.close()
@@ -454,8 +455,12 @@ def test_job_reapplied_under_the_same_name_gets_its_own_children_not_the_old_one
     cp.kubectl("delete", "grpojob", "papillon", "-n", ns, "--wait=true", "--timeout=30s")
     apply_jobs(cp, ns, job_manifest(untrustedModel={"model": "gpt-4.1-nano"}), secret=False)
     new_uid = wait_job(cp, ns, "papillon", lambda j: j["metadata"]["uid"] != old["metadata"]["uid"], "new job")
-    time.sleep(5)  # the new job's reconciles meet the old children, going but still there
-    assert not is_true("Training")(wait_job(cp, ns, "papillon", bool, "job")), "trained on the old job's children"
+    # the operator has decided about the old children, going but still there: it tried to create the
+    # new job's own and met them
+    job = wait_job(cp, ns, "papillon", lambda j: cond(j, "Created").get("reason") == "CreateFailed", "CreateFailed")
+    assert job["metadata"]["uid"] == new_uid["metadata"]["uid"]
+    assert not is_true("Training")(job), "trained on the old job's children"
+    assert "papillon-config" in cond(job, "Created")["message"]
 
     for obj in held:
         cp.kubectl("patch", obj, "-n", ns, "--type=merge", "-p", '{"metadata":{"finalizers":null}}')
