@@ -5,17 +5,15 @@ chart ServiceAccount's token (no image can run here), watching one namespace
 that enforces Pod Security "restricted". Pods land on KWOK fake GPU nodes; KWOK
 makes a pod Succeed/Fail when it is annotated ``grpo.test/exit``. Fakes and why:
 KWOK nodes stand in for GPU nodes (no GPU here), and the trainer's /progress is
-served by a small local HTTP server bound to the fake pod's IP (no trainer image
-runs on a fake node).
+served by a small local HTTP server answering on the fake pod's IP (no trainer image
+runs on a fake node; support/fake_trainer.py).
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +35,10 @@ from support.cluster_jobs import (
     job_exists,
     job_manifest,
     pods,
+    trainer_of_ip,
     wait_job,
 )
+from support.fake_trainer import FakeTrainers
 from support.latency import DelayProxy, upstream_of
 from support.operator import OperatorProcess, start_operator
 
@@ -76,21 +76,6 @@ def running(cp: ControlPlane, ns: str, name: str) -> dict[str, Any]:
     return cp.wait_for_pod_phase(ns, name, "Running", timeout=30)
 
 
-class _Progress(BaseHTTPRequestHandler):
-    document: dict[str, Any] = {}
-
-    def do_GET(self) -> None:
-        body = json.dumps(self.document).encode()
-        self.send_response(200 if self.path == "/progress" else 404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 # --------------------------------------------------------------------------- tests
 
 
@@ -124,19 +109,10 @@ def test_papillon_job_runs_reports_progress_and_succeeds(
     assert table[1].split()[:2] == ["papillon", "Training"]
 
     # the trainer reports progress on its pod IP; the operator copies it into status and metrics
-    port = int(operator.env["GRPO_TRAINER_PORT"])
-    handler = type(
-        "Progress",
-        (_Progress,),
-        {
-            # the trainer's own document (grpo_trainer.contract.progress), as its /progress serves it
-            "document": Progress(
-                job="papillon", step=7, max_steps=500, reward_mean=0.42, val_score=0.5, adapter_version="policy-v7"
-            ).model_dump(mode="json")
-        },
-    )
-    server = ThreadingHTTPServer((trainer["status"]["podIP"], port), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    trainers = FakeTrainers(int(operator.env["GRPO_TRAINER_PORT"]), trainer_of_ip(cp, ns))
+    # the trainer's own document (grpo_trainer.contract.progress), as its /progress serves it
+    doc = Progress(job="papillon", step=7, max_steps=500, reward_mean=0.42, val_score=0.5, adapter_version="policy-v7")
+    trainers.set("papillon", **doc.model_dump(mode="json"))
     try:
         job = wait_job(cp, ns, "papillon", lambda j: j["status"].get("step") == 7, "status.step from /progress")
         assert job["status"]["trainReward"] == 0.42 and job["status"]["adapterVersion"] == "policy-v7"
@@ -151,8 +127,7 @@ def test_papillon_job_runs_reports_progress_and_succeeds(
         assert f'grpo_job_train_reward{{name="papillon",namespace="{ns}"}} 0.42' in metrics
         assert "grpo_operator_reconcile_duration_seconds_count" in metrics
     finally:
-        server.shutdown()
-        server.server_close()
+        trainers.close()
 
     exit_running_pod(cp, ns, "papillon-trainer-0", 0)
     job = wait_job(cp, ns, "papillon", is_true("Succeeded"), "Succeeded=True")
