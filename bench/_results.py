@@ -9,8 +9,10 @@ import os
 import re
 import shlex
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -58,3 +60,11 @@ def write_section(name: str, body: str, path: Path = RESULTS) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+def logs_dir(given: Optional[Path], name: str) -> Path:
+    """Where a benchmark keeps its component logs: ``given`` (``--logs``), or a new temporary folder; printed."""
+    logs = given or Path(tempfile.mkdtemp(prefix=f"{name.replace('_', '-')}-"))
+    logs.mkdir(parents=True, exist_ok=True)
+    print(f"logs: {logs}", file=sys.stderr)
+    return logs

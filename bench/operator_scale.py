@@ -28,7 +28,6 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -44,7 +43,7 @@ from grpo_operator.settings import OperatorSettings
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "cluster"))  # as tests/cluster/conftest.py
 
 import controlplane  # noqa: E402
-from _results import header, percentile, write_section  # noqa: E402
+from _results import header, logs_dir, percentile, write_section  # noqa: E402
 from _scale_watch import GRPO_GROUP, GRPO_PLURAL, GRPO_VERSION, JOB_LABEL, NamespaceRecorder  # noqa: E402
 
 from support.cluster_jobs import SECRET, install_crd, job_manifest  # noqa: E402
@@ -465,9 +464,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    logs = args.logs or Path(tempfile.mkdtemp(prefix="operator-scale-"))
-    logs.mkdir(parents=True, exist_ok=True)
-    print(f"logs: {logs}", file=sys.stderr)
+    logs = logs_dir(args.logs, NAME)
     nodes = math.ceil(max(args.sizes) * GPUS_PER_JOB * HEADROOM / GPUS_PER_NODE)
     results: dict[tuple[int, str], list[Result]] = {}
     operator_settings = {} if args.workers is None else {"GRPO_RECONCILE_WORKERS": str(args.workers)}

@@ -1,7 +1,8 @@
 """``grpo-operator`` / ``python -m grpo_operator``: run the operator.
 
 Watches the whole cluster, or only the namespaces given (``--namespace`` or
-GRPO_NAMESPACES), serves /metrics and a Kopf liveness endpoint (/healthz).
+GRPO_NAMESPACES), serves /metrics and a liveness endpoint (/healthz, red when the
+reconcile workers or the /progress pool are wedged: controller/liveness.py).
 """
 
 from __future__ import annotations
@@ -92,7 +93,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         standalone=True,
         clusterwide=not settings.namespaces,
         namespaces=list(settings.namespaces),
-        liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None,
     )
     return 0
 

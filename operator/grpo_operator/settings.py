@@ -49,9 +49,27 @@ class OperatorSettings(BaseModel):
         ),
     )
     progress_timeout_seconds: float = Field(2.0, gt=0, description="Timeout of one /progress request.")
+    progress_workers: int = Field(
+        4, ge=1, le=64, description="Trainers' /progress read at the same time (a thread each, apart from reconciles)."
+    )
+    liveness_stall_seconds: float = Field(
+        180.0,
+        gt=0,
+        description=(
+            "/healthz fails when a reconcile or a /progress read has been in hand this long, or work has waited "
+            "this long with none taken (an idle operator stays healthy)."
+        ),
+    )
     namespaces: tuple[str, ...] = Field((), description="Namespaces to watch; empty: the whole cluster.")
     check_secrets: bool = Field(
         True, description="Check that referenced Secrets exist (needs RBAC get on secrets); off: rely on pod status."
+    )
+    secret_namespaces: tuple[str, ...] = Field(
+        (),
+        description=(
+            "Namespaces where referenced Secrets are checked (the operator may get Secrets only there); "
+            "empty: every namespace. Jobs elsewhere are not checked, and their Created condition says so."
+        ),
     )
     cluster_domain: str = Field("cluster.local", description="DNS suffix of Service names in the trainer's config.")
     log_level: str = Field("INFO", description="Python log level.")

@@ -2,6 +2,9 @@
 
 * ``control_plane`` (session): a running :class:`controlplane.ControlPlane`.
 * ``namespace`` (function): a fresh namespace (default ServiceAccount ready), deleted after.
+* ``job_ns`` (function): the same, enforcing Pod Security "restricted" (where the operator's pods go).
+* ``operator_kubeconfig`` (module): the chart installed; a kubeconfig of its ServiceAccount, the
+  identity the operator runs as in the tests that start it as a process.
 
 Every test that uses ``control_plane`` gets the ``cluster`` marker. If the binaries
 are missing the fixture FAILS with instructions (run ``tests/cluster/build.sh``),
@@ -14,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,9 +28,11 @@ if _HERE not in sys.path:  # --import-mode=importlib: make `import controlplane`
 
 import controlplane
 
-from support.cluster_jobs import install_crd
+from support.cluster_jobs import CHART, RESTRICTED, install_crd
 
 _LOGS_KEY = pytest.StashKey[str]()
+RELEASE = "grpo-e2e"
+SERVICE_ACCOUNT = f"{RELEASE}-grpo-operator"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -83,3 +89,33 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 def grpojob_crd(control_plane: controlplane.ControlPlane) -> str:
     """The generated GRPOJob CRD, applied and Established; yields its name."""
     return install_crd(control_plane)
+
+
+@pytest.fixture(scope="module")
+def operator_kubeconfig(control_plane: controlplane.ControlPlane) -> Iterator[Path]:
+    """Install the chart; a kubeconfig for its ServiceAccount (what the operator runs as).
+
+    A namespace of its own each time: the last module's may still be terminating."""
+    release_ns = control_plane.create_namespace(f"{RELEASE}-system-{uuid.uuid4().hex[:5]}", labels=RESTRICTED)
+    crd_exists = control_plane.kubectl("get", "crd", "grpojobs.grpo.dev", check=False).returncode == 0
+    control_plane.helm(
+        "install", RELEASE, str(CHART), "--namespace", release_ns,
+        "--set", f"crds.install={str(not crd_exists).lower()}",
+    )  # fmt: skip
+    control_plane.kubectl("wait", "--for=condition=Established", "crd/grpojobs.grpo.dev", "--timeout=60s")
+    # the chart's operator pod passes Pod Security "restricted" (it runs on a fake node; no image runs here)
+    controlplane.wait_until(
+        lambda: control_plane.get_json("pods", namespace=release_ns)["items"], timeout=30, what="the operator pod"
+    )
+    yield control_plane.kubeconfig_for_serviceaccount(release_ns, SERVICE_ACCOUNT, create=False)
+    control_plane.helm("uninstall", RELEASE, "--namespace", release_ns, check=False)
+    control_plane.delete_namespace(release_ns)
+
+
+@pytest.fixture
+def job_ns(control_plane: controlplane.ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A namespace that enforces Pod Security "restricted"."""
+    base = request.node.name.lower().replace("_", "-")[:40].strip("-")
+    name = control_plane.create_namespace(f"{base}-{uuid.uuid4().hex[:5]}", labels=RESTRICTED)
+    yield name
+    control_plane.delete_namespace(name)

@@ -28,6 +28,7 @@ from support.chart import CRD, crd_exists, helm_install, start_operator_like_dep
 from support.cluster_jobs import (
     CHART,
     RESTRICTED,
+    SECRET,
     apply_jobs,
     cond,
     exit_running_pod,
@@ -106,13 +107,16 @@ def cluster_operator(
 def test_namespace_mode_install_runs_a_job_with_roles_only(
     control_plane: ControlPlane, grpojob_crd: str, job_ns: str, tmp_path: Path
 ):
+    """Two watched namespaces, Secrets readable in one (rbac.secretNamespaces): a job missing its Secret
+    waits there, naming it; in the other it runs unchecked, and says so."""
     cp, release, release_ns = control_plane, "grpo-scoped", unique("grpo-scoped")
     cp.create_namespace(release_ns, labels=RESTRICTED)
+    other_ns = cp.create_namespace(unique("unchecked"), labels=RESTRICTED)
     values = {
         "crds": {"install": False},  # the CRD is cluster-wide: owned by whoever installs it (grpojob_crd here)
-        "watchNamespaces": [job_ns],
+        "watchNamespaces": [job_ns, other_ns],
         "serviceAccount": {"name": "grpo-scoped"},
-        "rbac": {"checkSecrets": False, "aggregateToDefaultRoles": False},  # nothing cluster-scoped
+        "rbac": {"secretNamespaces": [job_ns], "aggregateToDefaultRoles": False},  # nothing cluster-scoped
         "image": {"pullPolicy": "Always"},
         "jobDefaults": {"inferenceImage": "registry.example.com/ml/vllm:0.32.0"},
         "metrics": {"service": {"enabled": False}},
@@ -127,17 +131,30 @@ def test_namespace_mode_install_runs_a_job_with_roles_only(
         assert can_i(cp, who, "create", "pods", "-n", job_ns)
         assert not can_i(cp, who, "list", "grpojobs.grpo.dev", "--all-namespaces")
         assert not can_i(cp, who, "create", "pods", "-n", "default")
-        assert not can_i(cp, who, "get", "secrets", "-n", job_ns)  # rbac.checkSecrets=false
+        assert can_i(cp, who, "get", "secrets", "-n", job_ns)  # rbac.secretNamespaces
+        assert not can_i(cp, who, "list", "secrets", "-n", job_ns)  # never listed or watched
+        assert not can_i(cp, who, "watch", "secrets", "-n", job_ns)
+        assert not can_i(cp, who, "get", "secrets", "-n", other_ns)
         assert can_i(cp, who, "create", "secrets", "-n", job_ns)  # each job's vLLM key, never read back
         assert can_i(cp, who, "create", "networkpolicies.networking.k8s.io", "-n", job_ns)
         assert not can_i(cp, who, "patch", "networkpolicies.networking.k8s.io", "-n", job_ns)
         assert cp.get_json("clusterroles", "-l", f"app.kubernetes.io/instance={release}")["items"] == []
 
         proc = start_operator_like_deployment(cp, release_ns, "grpo-scoped", tmp_path / "operator.log")
-        assert proc.namespaces == [job_ns]
+        assert proc.namespaces == [job_ns, other_ns]
         try:
-            apply_jobs(cp, job_ns, job_manifest())
-            wait_job(cp, job_ns, "papillon", is_true("Training"), "Training=True")
+            apply_jobs(cp, job_ns, job_manifest(), secret=False)
+            apply_jobs(cp, other_ns, job_manifest(), secret=False)
+            waiting = wait_job(cp, job_ns, "papillon", lambda j: cond(j, "Created").get("reason") == "MissingReference",
+                               "Created=False/MissingReference")  # fmt: skip
+            assert "Secret 'openai-api-key' not found" in cond(waiting, "Created")["message"]
+            unchecked = wait_job(cp, other_ns, "papillon", is_true("Training"), "Training=True, unchecked")
+            assert "Secret references not checked" in cond(unchecked, "Created")["message"]
+            assert "rbac.secretNamespaces" in cond(unchecked, "Created")["message"]
+
+            cp.kubectl("create", "secret", "generic", SECRET, "--from-literal=api-key=sk-test", "-n", job_ns)
+            job = wait_job(cp, job_ns, "papillon", is_true("Training"), "Training=True")
+            assert "not checked" not in cond(job, "Created")["message"]
             vllm = cp.wait_for_pod_phase(job_ns, "papillon-inference-0", "Running")
             assert vllm["spec"]["containers"][0]["image"] == "registry.example.com/ml/vllm:0.32.0"
         finally:
@@ -145,6 +162,8 @@ def test_namespace_mode_install_runs_a_job_with_roles_only(
     finally:
         cp.helm("uninstall", release, "-n", release_ns, check=False)
         cp.delete_namespace(release_ns)
+        delete_jobs(cp, other_ns)
+        cp.delete_namespace(other_ns)
 
 
 def test_default_install_runs_papillon_to_training_on_one_gpu_node(

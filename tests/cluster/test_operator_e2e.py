@@ -5,8 +5,8 @@ chart ServiceAccount's token (no image can run here), watching one namespace
 that enforces Pod Security "restricted". Pods land on KWOK fake GPU nodes; KWOK
 makes a pod Succeed/Fail when it is annotated ``grpo.test/exit``. Fakes and why:
 KWOK nodes stand in for GPU nodes (no GPU here), and the trainer's /progress is
-served by a small local HTTP server bound to the fake pod's IP (no trainer image
-runs on a fake node).
+served by a small local HTTP server answering on the fake pod's IP (no trainer image
+runs on a fake node; support/fake_trainer.py).
 """
 
 from __future__ import annotations
@@ -14,11 +14,8 @@ from __future__ import annotations
 import base64
 import json
 import sys
-import threading
 import time
-import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -30,28 +27,28 @@ from grpo_operator.children import JOB_LABEL
 from grpo_trainer.contract.progress import Progress
 from support.chart import deployment
 from support.cluster_jobs import (
-    CHART,
-    RESTRICTED,
+    CHILD_KINDS,
     apply_jobs,
+    children,
     cond,
+    events,
     exit_running_pod,
     get_job,
     grpo,
     is_true,
     job_exists,
     job_manifest,
+    pods,
     team_member,
+    trainer_of_ip,
     wait_job,
 )
+from support.fake_trainer import FakeTrainers
 from support.latency import DelayProxy, upstream_of
-from support.operator import OperatorProcess, free_port, operator_env
+from support.operator import OperatorProcess, kubeconfig_namespace, start_operator
 
 pytestmark = pytest.mark.cluster
 
-RELEASE = "grpo-e2e"
-RELEASE_NS = "grpo-e2e-system"
-SERVICE_ACCOUNT = f"{RELEASE}-grpo-operator"
-CHILD_KINDS = "pods,services,configmaps,persistentvolumeclaims"
 PAPILLON_CHILDREN = [
     "ConfigMap/papillon-config",
     "PersistentVolumeClaim/papillon-run",
@@ -63,55 +60,6 @@ KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"  # earlier operator vers
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def operator_kubeconfig(control_plane: ControlPlane) -> Iterator[Path]:
-    """Install the chart; a kubeconfig for its ServiceAccount (what the operator runs as)."""
-    control_plane.create_namespace(RELEASE_NS, labels=RESTRICTED)
-    crd_exists = control_plane.kubectl("get", "crd", "grpojobs.grpo.dev", check=False).returncode == 0
-    control_plane.helm(
-        "install", RELEASE, str(CHART), "--namespace", RELEASE_NS,
-        "--set", f"crds.install={str(not crd_exists).lower()}",
-    )  # fmt: skip
-    control_plane.kubectl("wait", "--for=condition=Established", "crd/grpojobs.grpo.dev", "--timeout=60s")
-    # the chart's operator pod passes Pod Security "restricted" (it runs on a fake node; no image runs here)
-    wait_until(
-        lambda: control_plane.get_json("pods", namespace=RELEASE_NS)["items"], timeout=30, what="the operator pod"
-    )
-    yield control_plane.kubeconfig_for_serviceaccount(RELEASE_NS, SERVICE_ACCOUNT, create=False)
-    control_plane.helm("uninstall", RELEASE, "--namespace", RELEASE_NS, check=False)
-    control_plane.delete_namespace(RELEASE_NS)
-
-
-@pytest.fixture
-def job_ns(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A namespace that enforces Pod Security "restricted"."""
-    base = request.node.name.lower().replace("_", "-")[:40].strip("-")
-    name = control_plane.create_namespace(f"{base}-{uuid.uuid4().hex[:5]}", labels=RESTRICTED)
-    yield name
-    control_plane.delete_namespace(name)
-
-
-def chart_network_settings(cp: ControlPlane) -> dict[str, str]:
-    """What the chart's Deployment tells the operator about NetworkPolicies (on by default): where it runs."""
-    (container,) = deployment(cp, RELEASE_NS)["spec"]["template"]["spec"]["containers"]
-    names = ("GRPO_NETWORK_POLICIES", "GRPO_OPERATOR_NAMESPACE", "GRPO_OPERATOR_POD_LABELS", "GRPO_METRICS_NAMESPACES")
-    return {e["name"]: e["value"] for e in container["env"] if e["name"] in names}
-
-
-def start_operator(
-    cp: ControlPlane, kubeconfig: Path, ns: str, log: Path, extra: dict[str, str] | None = None
-) -> OperatorProcess:
-    settings = {
-        "GRPO_RESYNC_SECONDS": "2",
-        "GRPO_PROGRESS_POLL_SECONDS": "1",
-        "GRPO_TRAINER_PORT": str(free_port()),
-        "GRPO_LOG_LEVEL": "INFO",
-        **chart_network_settings(cp),
-        **(extra or {}),
-    }
-    return OperatorProcess(operator_env(cp.env(kubeconfig=kubeconfig)), [ns], log, settings).start()
 
 
 @pytest.fixture
@@ -129,17 +77,8 @@ def operator(
 # --------------------------------------------------------------------------- helpers
 
 
-def pods(cp: ControlPlane, ns: str) -> dict[str, dict[str, Any]]:
-    return {p["metadata"]["name"]: p for p in cp.get_json("pods", namespace=ns)["items"]}
-
-
-def children(cp: ControlPlane, ns: str) -> list[str]:
-    items = cp.get_json(CHILD_KINDS, namespace=ns)["items"]
-    return sorted(
-        f"{i['kind']}/{i['metadata']['name']}"
-        for i in items
-        if i["kind"] != "ConfigMap" or i["metadata"]["name"] != "kube-root-ca.crt"
-    )
+def running(cp: ControlPlane, ns: str, name: str) -> dict[str, Any]:
+    return cp.wait_for_pod_phase(ns, name, "Running", timeout=30)
 
 
 def run_mount(pod: dict[str, Any]) -> dict[str, Any]:
@@ -148,36 +87,14 @@ def run_mount(pod: dict[str, Any]) -> dict[str, Any]:
     return mount
 
 
-def running(cp: ControlPlane, ns: str, name: str) -> dict[str, Any]:
-    return cp.wait_for_pod_phase(ns, name, "Running", timeout=30)
-
-
-def events(cp: ControlPlane, ns: str) -> list[dict[str, Any]]:
-    return cp.get_json("events", namespace=ns)["items"]
-
-
-class _Progress(BaseHTTPRequestHandler):
-    document: dict[str, Any] = {}
-
-    def do_GET(self) -> None:
-        body = json.dumps(self.document).encode()
-        self.send_response(200 if self.path == "/progress" else 404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 # --------------------------------------------------------------------------- tests
 
 
 def test_papillon_job_runs_reports_progress_and_succeeds(
-    control_plane: ControlPlane, job_ns: str, operator: OperatorProcess
+    control_plane: ControlPlane, job_ns: str, operator: OperatorProcess, operator_kubeconfig: Path
 ):
     cp, ns = control_plane, job_ns
+    release_ns = kubeconfig_namespace(operator_kubeconfig)
     apply_jobs(cp, ns, job_manifest())
     job = wait_job(cp, ns, "papillon", is_true("Training"), "Training=True")
     uid = job["metadata"]["uid"]
@@ -209,8 +126,8 @@ def test_papillon_job_runs_reports_progress_and_succeeds(
     trainer_pods = {JOB_LABEL: "papillon", "app.kubernetes.io/component": "trainer"}
     assert vllm_from == [{"podSelector": {"matchLabels": trainer_pods}}]
     (operator_peer,) = policies["papillon-trainer"]["spec"]["ingress"][0]["from"]
-    assert operator_peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": RELEASE_NS}}
-    operator_pods = deployment(cp, RELEASE_NS)["spec"]["template"]["metadata"]["labels"]
+    assert operator_peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": release_ns}}
+    operator_pods = deployment(cp, release_ns)["spec"]["template"]["metadata"]["labels"]
     assert operator_peer["podSelector"]["matchLabels"].items() <= operator_pods.items()
     assert trainer["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "3"
     assert vllm["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
@@ -226,19 +143,10 @@ def test_papillon_job_runs_reports_progress_and_succeeds(
     assert table[1].split()[:2] == ["papillon", "Training"]
 
     # the trainer reports progress on its pod IP; the operator copies it into status and metrics
-    port = int(operator.env["GRPO_TRAINER_PORT"])
-    handler = type(
-        "Progress",
-        (_Progress,),
-        {
-            # the trainer's own document (grpo_trainer.contract.progress), as its /progress serves it
-            "document": Progress(
-                job="papillon", step=7, max_steps=500, reward_mean=0.42, val_score=0.5, adapter_version="policy-v7"
-            ).model_dump(mode="json")
-        },
-    )
-    server = ThreadingHTTPServer((trainer["status"]["podIP"], port), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    trainers = FakeTrainers(int(operator.env["GRPO_TRAINER_PORT"]), trainer_of_ip(cp, ns))
+    # the trainer's own document (grpo_trainer.contract.progress), as its /progress serves it
+    doc = Progress(job="papillon", step=7, max_steps=500, reward_mean=0.42, val_score=0.5, adapter_version="policy-v7")
+    trainers.set("papillon", **doc.model_dump(mode="json"))
     try:
         job = wait_job(cp, ns, "papillon", lambda j: j["status"].get("step") == 7, "status.step from /progress")
         assert job["status"]["trainReward"] == 0.42 and job["status"]["adapterVersion"] == "policy-v7"
@@ -253,8 +161,7 @@ def test_papillon_job_runs_reports_progress_and_succeeds(
         assert f'grpo_job_train_reward{{name="papillon",namespace="{ns}"}} 0.42' in metrics
         assert "grpo_operator_reconcile_duration_seconds_count" in metrics
     finally:
-        server.shutdown()
-        server.server_close()
+        trainers.close()
 
     exit_running_pod(cp, ns, "papillon-trainer-0", 0)
     job = wait_job(cp, ns, "papillon", is_true("Succeeded"), "Succeeded=True")
@@ -317,7 +224,8 @@ def test_operator_killed_mid_creation_makes_exactly_one_set_of_children(
             proc.start(wait=False)
         proc.wait_healthy()
         wait_job(cp, ns, "papillon", is_true("Training"), "Training=True after the kills", timeout=60)
-        time.sleep(3)  # more reconciles: nothing new may appear
+        seen = proc.reconciles(ns, "papillon")  # two more reconciles of the job: nothing new may appear
+        wait_until(lambda: proc.reconciles(ns, "papillon") >= seen + 2, timeout=30, what="two more reconciles")
     finally:
         proc.stop_and_check_log()
         proxy.close()
@@ -642,8 +550,12 @@ def test_job_reapplied_under_the_same_name_gets_its_own_children_not_the_old_one
     cp.kubectl("delete", "grpojob", "papillon", "-n", ns, "--wait=true", "--timeout=30s")
     apply_jobs(cp, ns, job_manifest(untrustedModel={"model": "gpt-4.1-nano"}), secret=False)
     new_uid = wait_job(cp, ns, "papillon", lambda j: j["metadata"]["uid"] != old["metadata"]["uid"], "new job")
-    time.sleep(5)  # the new job's reconciles meet the old children, going but still there
-    assert not is_true("Training")(wait_job(cp, ns, "papillon", bool, "job")), "trained on the old job's children"
+    # the operator has decided about the old children, going but still there: it tried to create the
+    # new job's own and met them
+    job = wait_job(cp, ns, "papillon", lambda j: cond(j, "Created").get("reason") == "CreateFailed", "CreateFailed")
+    assert job["metadata"]["uid"] == new_uid["metadata"]["uid"]
+    assert not is_true("Training")(job), "trained on the old job's children"
+    assert "papillon-config" in cond(job, "Created")["message"]
 
     for obj in held:
         cp.kubectl("patch", obj, "-n", ns, "--type=merge", "-p", '{"metadata":{"finalizers":null}}')

@@ -75,6 +75,8 @@ INTERRUPT_TRAINER_AT = 3  # ... when its container gets SIGTERM (the pod is not 
 KILL_VLLM_AT = 4
 TRAINING_GPUS, INFERENCE_GPUS = 3, 1  # the seed's
 COLLECTIVE_TIMEOUT = 10  # trainKwargs.ddp_timeout: far below vLLM's start-up and a validation here
+# What the trainer logs when vLLM does not answer: a rollout's request failed, or a call to its API is retried.
+VLLM_OUTAGE = ("policy sampling failed; waiting for vLLM", "vLLM unavailable")
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -164,9 +166,13 @@ def job_document(model_dir: Path) -> dict[str, Any]:
         for split in ("train", "validation")
     }
     spec["data"]["validation"]["file"]["path"] = "val.jsonl"
-    # This test is about the path, not the learning: half the default's rollouts, a validation at the end only.
-    spec["grpo"].update(num_train_steps=STEPS, num_steps_for_val=STEPS, num_samples_per_input=4)
-    spec["data"]["validation"]["limit"] = 16
+    # Half the default's steps, a validation at the start and the end only, on half the rows. So that the
+    # best adapter beats the base model (asserted) in 5 steps: the default's rollouts per step (the groups
+    # GRPO learns from) at the rate that peaked around step 5 in bench/RESULTS.md ("learning": at 2e-3,
+    # one run here gained only +0.010 on 16 rows).
+    spec["grpo"].update(num_train_steps=STEPS, num_steps_for_val=STEPS)
+    spec["trainKwargs"]["learning_rate"] = 3e-3
+    spec["data"]["validation"]["limit"] = 32
     spec["trainKwargs"].update(
         num_training_gpus=TRAINING_GPUS, num_inference_gpus=INFERENCE_GPUS, ddp_timeout=COLLECTIVE_TIMEOUT
     )
@@ -195,15 +201,14 @@ def checkpoints(run_dir: Path) -> list[int]:
     return sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*") if p.name[5:].isdigit())
 
 
+def log_records(lines: list[str]) -> list[dict[str, Any]]:
+    """The trainer's JSON log records among these lines."""
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
 def log_events(text: str, msg: str) -> list[dict[str, Any]]:
-    """The trainer's JSON log lines with this message."""
-    out = []
-    for line in text.splitlines():
-        if line.startswith("{") and f'"{msg}"' in line:
-            doc = json.loads(line)
-            if doc.get("msg") == msg:
-                out.append(doc)
-    return out
+    """The trainer's JSON log records with this message."""
+    return [doc for doc in log_records(text.splitlines()) if doc.get("msg") == msg]
 
 
 def trainer_ranks(node: ProcessNode, ns: str, pod: str) -> dict[int, int]:
@@ -278,6 +283,8 @@ def test_job_trains_survives_killed_and_stopped_trainer_and_killed_vllm_and_ends
     wait_job(cp, ns, JOB, lambda j: j["status"].get("step", 0) >= KILL_VLLM_AT, "step 4 after the resume", timeout=900)
 
     # --- vLLM dies: its container is restarted in place (restartPolicy Always), the trainer waits and re-serves
+    trainer2 = f"{JOB}-trainer-2"
+    logged = len(node.logs(ns, trainer2).splitlines())  # the trainer's log up to the kill
     node.kill(ns, vllm0, sig=signal.SIGKILL)
     wait_until(
         lambda: cp.get_json("pod", vllm0, namespace=ns)["status"]["containerStatuses"][0]["restartCount"] == 1,
@@ -289,7 +296,17 @@ def test_job_trains_survives_killed_and_stopped_trainer_and_killed_vllm_and_ends
     job = wait_job(cp, ns, JOB, is_true("Succeeded"), "Succeeded=True", timeout=1500)
     status = job["status"]
     assert status["restarts"] == 1 and status["interruptions"] == 1 and status["completionTime"]
-    assert status["baselineValScore"] is not None and status["bestValScore"] >= status["baselineValScore"]
+    # the trainer met the outage (a failed request, then waiting for vLLM), then served its adapter again
+    # to the restarted vLLM (loaded anew, not found loaded) and trained on
+    after_kill = [doc["msg"] for doc in log_records(node.logs(ns, trainer2).splitlines()[logged:])]
+    met = [i for i, msg in enumerate(after_kill) if msg.startswith(VLLM_OUTAGE)]
+    assert met, f"the trainer never met the vLLM outage: {after_kill}"
+    served = [msg for msg in after_kill[met[0] :] if msg.startswith("published policy-v")]
+    assert served, f"no adapter published to the restarted vLLM: {after_kill[met[0]:]}"
+    # the best adapter is this run's, and beats the base model on validation (best includes the baseline)
+    baseline, best_score = status["baselineValScore"], status["bestValScore"]
+    print(f"validation: baseline {baseline:.4f}, best {best_score:.4f} at step {status.get('bestStep')}")
+    assert status.get("bestStep") == STEPS and best_score > baseline, (baseline, best_score, status.get("bestStep"))
     row = cp.kubectl("get", "grpojobs", JOB, "-n", ns, "--no-headers").stdout.split()
     assert row[1:4] == ["Succeeded", str(STEPS), str(STEPS)], row
 
@@ -298,20 +315,16 @@ def test_job_trains_survives_killed_and_stopped_trainer_and_killed_vllm_and_ends
     assert progress is not None and progress.step == STEPS
     assert (run_dir / "adapters" / f"step-{STEPS}" / "adapter_model.safetensors").is_file()
     best = status["bestStep"]
-    if best:
-        assert status["bestAdapterVersion"] == f"policy-v{best}"
-        assert (run_dir / "adapters" / f"step-{best}" / "adapter_model.safetensors").is_file()
-    else:  # no adapter of this short run beat the base model: no adapter claims to be the best
-        assert status["bestValScore"] == status["baselineValScore"] and "bestAdapterVersion" not in status
+    assert status["bestAdapterVersion"] == f"policy-v{best}"
+    assert (run_dir / "adapters" / f"step-{best}" / "adapter_model.safetensors").is_file()
     # what a pipeline reads (kubectl get -o jsonpath='{.status.result}'): the best, kept in result/ on the volume
     result = status["result"]
-    assert (result["path"], result["step"], result["finished"]) == ("result", best or 0, True), result
+    assert (result["path"], result["step"], result["finished"]) == ("result", best, True), result
     assert result["valScore"] == status["bestValScore"] and result["baseModel"]
-    if best:
-        assert result["adapter"] == "result/adapter"
-        assert (run_dir / "result" / "adapter" / "adapter_model.safetensors").read_bytes() == (
-            run_dir / "adapters" / f"step-{best}" / "adapter_model.safetensors"
-        ).read_bytes()
+    assert result["adapter"] == "result/adapter"
+    assert (run_dir / "result" / "adapter" / "adapter_model.safetensors").read_bytes() == (
+        run_dir / "adapters" / f"step-{best}" / "adapter_model.safetensors"
+    ).read_bytes()
     assert json.loads((run_dir / "result" / "result.json").read_text())["job"] == JOB
     check = progress.served_check
     assert check is not None and check["adapter"] == f"policy-v{STEPS}", check

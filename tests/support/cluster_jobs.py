@@ -11,11 +11,12 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 from controlplane import EXIT_ANNOTATION, ControlPlane, wait_until
 
+from grpo_operator.children import JOB_LABEL, TRAINER
 from support.checkout import checkout_env
 from support.jobdocs import ROOT, load_example
 
@@ -27,6 +28,7 @@ RESTRICTED = {
     "pod-security.kubernetes.io/enforce-version": "latest",
 }
 SECRET = "openai-api-key"  # the example's untrusted-model and judge Secret
+CHILD_KINDS = "pods,services,configmaps,persistentvolumeclaims"
 
 Job = dict[str, Any]
 
@@ -126,3 +128,33 @@ def grpo_command(kubeconfig: Path, *args: str) -> list[str]:
 def grpo(kubeconfig: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     command = grpo_command(kubeconfig, *args)
     return subprocess.run(command, env=checkout_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def pods(cp: ControlPlane, ns: str) -> dict[str, dict[str, Any]]:
+    return {p["metadata"]["name"]: p for p in cp.get_json("pods", namespace=ns)["items"]}
+
+
+def children(cp: ControlPlane, ns: str) -> list[str]:
+    """``Kind/name`` of every pod, Service, ConfigMap (but the namespace's CA bundle) and claim in ``ns``."""
+    items = cp.get_json(CHILD_KINDS, namespace=ns)["items"]
+    return sorted(
+        f"{i['kind']}/{i['metadata']['name']}"
+        for i in items
+        if i["kind"] != "ConfigMap" or i["metadata"]["name"] != "kube-root-ca.crt"
+    )
+
+
+def events(cp: ControlPlane, ns: str) -> list[dict[str, Any]]:
+    return cp.get_json("events", namespace=ns)["items"]
+
+
+def trainer_of_ip(cp: ControlPlane, ns: str) -> Callable[[str], Optional[str]]:
+    """ip -> the job whose trainer pod in ``ns`` has that IP (None: no such pod), for support.fake_trainer."""
+
+    def job_of(ip: str) -> Optional[str]:
+        for pod in cp.get_json("pods", "-l", f"app.kubernetes.io/component={TRAINER}", namespace=ns)["items"]:
+            if pod.get("status", {}).get("podIP") == ip:
+                return pod["metadata"]["labels"][JOB_LABEL]
+        return None
+
+    return job_of

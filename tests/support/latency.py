@@ -3,7 +3,9 @@
 The operator talks to the API server through it (TLS passes through untouched,
 so the server's certificate still verifies for 127.0.0.1). With a few hundred
 milliseconds per request, creating a job's children takes seconds, and a test
-can kill the operator between two of those creations.
+can kill the operator between two of those creations. :meth:`DelayProxy.hold`
+stops requests from reaching the server at all (an API server that hangs) until
+:meth:`DelayProxy.release`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class DelayProxy:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._closed = threading.Event()
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._sockets: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -48,10 +52,18 @@ class DelayProxy:
                 client.close()
                 continue
             self._sockets += [client, server]
-            threading.Thread(target=self._pump, args=(client, server, self.delay), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, 0.0), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, server, self.delay, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, 0.0, False), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, delay: float) -> None:
+    def hold(self) -> None:
+        """From now on, keep what clients send from the server (requests hang) until :meth:`release`."""
+        self._flowing.clear()
+
+    def release(self) -> None:
+        """Let held and new requests through."""
+        self._flowing.set()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, delay: float, holdable: bool) -> None:
         with contextlib.suppress(OSError):
             while True:
                 data = src.recv(65536)
@@ -59,6 +71,8 @@ class DelayProxy:
                     break
                 if delay:
                     time.sleep(delay)
+                if holdable:
+                    self._flowing.wait()
                 dst.sendall(data)
         for s in (src, dst):
             with contextlib.suppress(OSError):

@@ -8,6 +8,7 @@ here, hence a local process instead of the chart's Deployment.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -18,7 +19,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from controlplane import ControlPlane
 
 
 def free_port() -> int:
@@ -76,6 +80,24 @@ class OperatorProcess:
             time.sleep(0.2)
         raise TimeoutError(f"operator not healthy after {timeout:.0f}s:\n{self.log_tail()}")
 
+    def healthz(self) -> tuple[int, dict[str, Any]]:
+        """/healthz's status code and JSON body (0 and {} when it does not answer)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=5) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+        except (urllib.error.URLError, OSError, ValueError):
+            return 0, {}
+
+    def reconciles(self, namespace: str, name: str) -> float:
+        """grpo_operator_reconcile_total of one job on /metrics (0 before its first reconcile)."""
+        series = f'grpo_operator_reconcile_total{{name="{name}",namespace="{namespace}"}} '
+        for line in self.metrics().splitlines():
+            if line.startswith(series):
+                return float(line[len(series) :])
+        return 0.0
+
     def metrics(self) -> str:
         text = self._get(self.metrics_port, "/metrics")
         if text is None:
@@ -126,3 +148,41 @@ def operator_env(base: Mapping[str, str]) -> dict[str, str]:
             env.pop(key)
     env.setdefault("PATH", os.environ.get("PATH", ""))
     return env
+
+
+def kubeconfig_namespace(kubeconfig: Path) -> str:
+    """The namespace of a kubeconfig's current context (a ServiceAccount's: its own namespace)."""
+    import yaml
+
+    doc = yaml.safe_load(kubeconfig.read_text())
+    (context,) = [c["context"] for c in doc["contexts"] if c["name"] == doc["current-context"]]
+    return str(context.get("namespace", "default"))
+
+
+NETWORK_SETTINGS = ("GRPO_NETWORK_POLICIES", "GRPO_OPERATOR_NAMESPACE", "GRPO_OPERATOR_POD_LABELS", "GRPO_METRICS_NAMESPACES")
+
+
+def chart_network_settings(cp: ControlPlane, release_ns: str) -> dict[str, str]:
+    """What the chart's Deployment in ``release_ns`` tells the operator about NetworkPolicies (on by default):
+    where it runs. Empty when no chart is installed there."""
+    items = cp.get_json("deployments", namespace=release_ns)["items"]
+    if len(items) != 1:
+        return {}
+    (container,) = items[0]["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e["value"] for e in container["env"] if e["name"] in NETWORK_SETTINGS}
+
+
+def start_operator(
+    cp: ControlPlane, kubeconfig: Path, ns: str, log: Path, extra: Optional[Mapping[str, str]] = None
+) -> OperatorProcess:
+    """The operator with ``kubeconfig``'s identity, watching ``ns``, with quick resync and progress polls,
+    and the NetworkPolicy settings of the chart whose ServiceAccount that identity is."""
+    settings = {
+        "GRPO_RESYNC_SECONDS": "2",
+        "GRPO_PROGRESS_POLL_SECONDS": "1",
+        "GRPO_TRAINER_PORT": str(free_port()),
+        "GRPO_LOG_LEVEL": "INFO",
+        **chart_network_settings(cp, kubeconfig_namespace(kubeconfig)),
+        **(extra or {}),
+    }
+    return OperatorProcess(operator_env(cp.env(kubeconfig=kubeconfig)), [ns], log, settings).start()

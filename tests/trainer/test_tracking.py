@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from grpo_trainer.contract.config import UNTRUSTED_API_KEY_ENV
-from grpo_trainer.run.tracking import CompletionLog, NullTracker, TrackingError, make_tracker
+from grpo_trainer.run.tracking import CompletionLog, NullTracker, make_tracker
+from support.checkout import checkout_env
 
 
 def test_tensorboard_tracker_writes_scalars(tmp_path: Path) -> None:
@@ -34,13 +36,36 @@ def test_none_tracker_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "logs").exists()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
+# A trainer image without wandb: its import fails as for a package that is not installed
+# (ModuleNotFoundError from the import system), in a process of its own.
+WITHOUT_WANDB = """
+import importlib.abc, sys
+from pathlib import Path
+
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "wandb":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NotInstalled())
+from grpo_trainer.run.tracking import TrackingError, make_tracker
+try:
+    make_tracker("wandb", Path(sys.argv[1]), job="demo")
+except TrackingError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
 def test_missing_wandb_fails_at_start_with_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(TrackingError, match="'wandb' package is not installed"):
-        make_tracker("wandb", tmp_path, job="demo")
+    proc = subprocess.run([sys.executable, "-c", WITHOUT_WANDB, str(tmp_path)], capture_output=True, text=True,
+                          env=checkout_env(), timeout=120)  # fmt: skip
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "'wandb' package is not installed" in proc.stdout and "report_to" in proc.stdout
+    assert not (tmp_path / "logs" / "wandb").exists()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb is not installed here")
 def test_wandb_without_key_runs_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)

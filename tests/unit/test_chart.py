@@ -52,7 +52,10 @@ NON_DEFAULT = {
         "trainerPort": 9500,
         "clusterDomain": "corp.internal",
     },
-    "operator": {"logLevel": "DEBUG", "resyncSeconds": 5, "progressPollSeconds": 3, "replaceUnplaceableSeconds": 300},
+    "operator": {
+        "logLevel": "DEBUG", "resyncSeconds": 5, "progressPollSeconds": 3, "replaceUnplaceableSeconds": 300,
+        "livenessStallSeconds": 60,
+    },  # fmt: skip
     "metrics": {"port": 9090, "service": {"port": 9090}},
     "health": {"port": 9091},
     "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
@@ -240,6 +243,7 @@ def test_non_default_values_reach_the_operator(helm_bin: Path, tmp_path: Path, m
         "resync_seconds": 5.0,
         "progress_poll_seconds": 3.0,
         "replace_unplaceable_seconds": 300.0,
+        "liveness_stall_seconds": 60.0,
         "namespaces": ("team-a", "team-b"),
         "check_secrets": False,
         "cluster_domain": "corp.internal",
@@ -269,6 +273,30 @@ def test_rbac_is_least_privilege(helm_bin: Path):
     assert [r["verbs"] for r in secrets] == [["create"], ["get"]]  # the job's key; checkSecrets
     policies = [r for r in rules if "networkpolicies" in r["resources"]]
     assert [(r["apiGroups"], r["verbs"]) for r in policies] == [(["networking.k8s.io"], ["get", "create"])]
+
+
+def test_secret_namespaces_alone_get_a_role_to_read_secrets(helm_bin: Path, monkeypatch: pytest.MonkeyPatch):
+    """rbac.secretNamespaces: no Secret access cluster-wide (nor in the other watched namespaces), a Role with
+    `get` on Secrets in each listed namespace, and the operator told where it may check."""
+    secret_get = [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]  # never list or watch
+    for mode in ([], ["--set", "watchNamespaces={team-a,team-b}"]):
+        docs = render(helm_bin, "--set", "rbac.secretNamespaces={team-b}", *mode)
+        kinds = by_kind(docs)
+        roles = kinds.get("ClusterRole", []) + kinds.get("Role", [])
+        main_roles = [r for r in roles if r["metadata"]["name"] == FULLNAME]
+        assert main_roles and all("secrets" not in rule["resources"] for r in main_roles for rule in r["rules"])
+        role = one(docs, "Role", f"{FULLNAME}-secrets")
+        assert role["metadata"]["namespace"] == "team-b" and role["rules"] == secret_get
+        binding = one(docs, "RoleBinding", f"{FULLNAME}-secrets")
+        assert binding["metadata"]["namespace"] == "team-b"
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": f"{FULLNAME}-secrets",
+        }  # fmt: skip
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": "grpo-system"}]
+        settings = operator_settings(docs, monkeypatch)
+        assert settings.check_secrets and settings.secret_namespaces == ("team-b",)
+    unchecked = render(helm_bin, "--set", "rbac.secretNamespaces={team-b}", "--set", "rbac.checkSecrets=false")
+    assert not [r for r in by_kind(unchecked).get("Role", []) if r["metadata"]["name"] == f"{FULLNAME}-secrets"]
 
 
 def test_users_get_grpojob_rights_through_the_default_roles(helm_bin: Path):

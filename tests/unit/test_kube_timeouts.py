@@ -46,7 +46,7 @@ def test_every_api_call_gives_up_on_a_silent_api_server(silent_server: str, monk
     calls = {
         "get_job": lambda: cluster.get_job("ns", "papillon"),
         "read": lambda: cluster.read("ConfigMap", "ns", "papillon-config"),
-        "patch_status": lambda: cluster.patch_status("ns", "papillon", {"step": 1}),
+        "patch_status": lambda: cluster.patch_status("ns", "papillon", {"step": 1}, "1"),
         "delete_pod": lambda: cluster.delete_pod("ns", "papillon-trainer-0"),
     }
     for name, call in calls.items():

@@ -1,4 +1,5 @@
-"""What a reconcile reads from the API server: a finished job reads its pods (and a kept volume) only.
+"""What a reconcile reads from the API server: a finished job reads its pods (and a kept volume) only;
+Secrets only where the operator may read them, and a job elsewhere is told its references went unchecked.
 
 A recording stand-in for the API server (no real one is needed to count calls); the real
 calls are exercised by the cluster tests."""
@@ -15,14 +16,17 @@ from support.jobdocs import load_example
 
 
 class RecordingCluster:
-    def __init__(self) -> None:
+    def __init__(self, forbidden: tuple[str, ...] = ()) -> None:
         self.reads: list[str] = []
+        self.forbidden = forbidden  # namespaces where RBAC refuses `get secrets`
 
     def read(self, kind: str, namespace: str, name: str) -> None:
         self.reads.append(kind)
 
     def secret_keys(self, namespace: str, name: str) -> set[str]:
         self.reads.append("Secret")
+        if namespace in self.forbidden:
+            raise PermissionError("secrets is forbidden")
         return {"api-key"}
 
     def job_pods(self, namespace: str, job: str, uid: str) -> list[dict[str, Any]]:
@@ -88,3 +92,28 @@ def test_the_jobs_key_secret_is_created_never_read_and_a_conflict_on_it_is_its_o
     cluster.created.clear()
     reconciler._reconcile(job(finished=False))
     assert key not in cluster.created
+
+
+def test_secrets_are_read_only_in_the_secret_namespaces_and_a_job_elsewhere_is_told():
+    cluster = RecordingCluster()
+    settings = OperatorSettings(secret_namespaces=("team-a",))
+    reconciler = Reconciler(cluster, settings, OperatorMetrics())  # type: ignore[arg-type]
+    obs = reconciler.observe(job(finished=False))  # in namespace "ns"
+    assert "Secret" not in cluster.reads and obs.missing == ()
+    assert "not checked" in obs.secrets_unchecked and "rbac.secretNamespaces" in obs.secrets_unchecked
+    body = job(finished=False)
+    body["metadata"]["namespace"] = "team-a"
+    obs = reconciler.observe(body)
+    assert "Secret" in cluster.reads and obs.secrets_unchecked == ""
+
+
+def test_a_namespace_that_refuses_secrets_is_noted_and_not_asked_again_others_still_checked():
+    cluster = RecordingCluster(forbidden=("ns",))
+    reconciler = Reconciler(cluster, OperatorSettings(), OperatorMetrics())  # type: ignore[arg-type]
+    first = reconciler.observe(job(finished=False))
+    assert cluster.reads.count("Secret") == 1 and "may not get Secrets in namespace 'ns'" in first.secrets_unchecked
+    again = reconciler.observe(job(finished=False))
+    assert cluster.reads.count("Secret") == 1 and again.secrets_unchecked == first.secrets_unchecked
+    other = job(finished=False)
+    other["metadata"]["namespace"] = "team-b"
+    assert reconciler.observe(other).secrets_unchecked == "" and cluster.reads.count("Secret") == 2

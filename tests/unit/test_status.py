@@ -18,6 +18,7 @@ from grpo_operator.controller.conditions import Cond, conditions, pod_view, stat
 from grpo_operator.controller.progress_poll import fetch_progress, progress_status, progress_url
 from grpo_operator.controller.prometheus import OperatorMetrics
 from grpo_trainer.contract.progress import Progress, RunResult
+from support.fake_trainer import ReplyByPath
 
 T0 = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -246,45 +247,19 @@ def test_hostile_progress_values_are_dropped_never_raised_nor_passed_to_the_api_
     GRPOJobStatus.model_validate(fields)
 
 
-class _Hostile(BaseHTTPRequestHandler):
-    """/huge: 2 MiB of a valid document; /trickle: a byte every 0.2 s; /deep: nesting past any parser."""
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        if self.path == "/huge":
-            body = json.dumps({"step": 1, "pad": "x" * (2 << 20)}).encode()
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        elif self.path == "/huge-chunked":  # no Content-Length: the cap must hold while reading
-            self.end_headers()
-            self.wfile.write(b'{"pad": "' + b"x" * (2 << 20) + b'"}')
-        elif self.path == "/trickle":
-            self.end_headers()
-            for byte in b'{"step": 1' + b" " * 200 + b"}":
-                self.wfile.write(bytes([byte]))
-                self.wfile.flush()
-                time.sleep(0.2)
-        else:
-            self.end_headers()
-            self.wfile.write(b"[" * 100_000 + b"]" * 100_000)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 def test_a_huge_trickling_or_deep_progress_reply_is_refused_in_bounded_time():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ReplyByPath)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        for path in ("/huge", "/huge-chunked", "/deep"):
+        for path in ("/huge", "/huge-chunked", "/deep", "/garbage"):
             assert fetch_progress(base + path, timeout=2) is None, path
+        # numbers no status field holds are read, then dropped (test_hostile_progress_values_...)
+        assert not {"step", "bestStep", "valScore"} & set(progress_status(fetch_progress(base + "/overflowing", 2), T0))
         started = time.monotonic()
         assert fetch_progress(base + "/trickle", timeout=1) is None  # each byte is on time; the whole is not
-        assert time.monotonic() - started < 4  # bounded by twice the timeout, not by the reply's 40 s
+        assert time.monotonic() - started < 4  # bounded by twice the timeout, not by the reply's 86 s
     finally:
         server.shutdown()
         server.server_close()

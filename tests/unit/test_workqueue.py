@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -163,6 +164,52 @@ def test_stop_cancels_the_workers_and_drops_waiting_keys():
         await queue.stop()
         assert not queue.running
         assert rec.calls == ["slow"] and rec.active == set()  # the processing was cancelled, not left hanging
+
+    run(test)
+
+
+def test_liveness_a_key_in_hand_too_long_is_a_stall_and_an_idle_queue_never_is():
+    """What /healthz turns red on: a worker holding one key past the limit (a wedged reconcile); an idle
+    operator, however long idle, stays healthy."""
+
+    async def test() -> None:
+        rec = Recorder()
+        release = rec.gate("wedged")
+        queue: WorkQueue[str] = WorkQueue(rec, workers=2, name="grpojobs")
+        queue.start()
+        later = time.monotonic() + 3600
+        assert queue.stalled(limit=60, now=later) is None  # idle for an hour: healthy
+        queue.add("wedged")
+        await rec.started["wedged"].wait()
+        assert queue.stalled(limit=60) is None  # in hand, not for long yet
+        stalled = queue.stalled(limit=60, now=time.monotonic() + 61)
+        assert stalled is not None and "work queue grpojobs: wedged in hand for 61 s" in stalled
+        release.set()
+        await queue.join()
+        assert queue.stalled(limit=60, now=later) is None  # done: idle again
+        await queue.stop()
+
+    run(test)
+
+
+def test_liveness_keys_waiting_that_no_worker_takes_are_a_stall_a_busy_queue_is_not():
+    async def test() -> None:
+        rec = Recorder()
+        queue: WorkQueue[str] = WorkQueue(rec, workers=1, name="grpojobs")
+        queue.add("a")  # no worker started: nobody takes it (as when every worker task has died)
+        stalled = queue.stalled(limit=60, now=time.monotonic() + 61)
+        assert stalled is not None and "1 waiting and none taken or finished" in stalled
+        # a busy queue that keeps taking keys is not stalled, however long its backlog lasts
+        releases = [rec.gate(k) for k in ("b", "c")]
+        queue.start()
+        queue.add("b")
+        queue.add("c")
+        await rec.started["b"].wait()
+        assert queue.stalled(limit=60) is None and len(queue) == 1
+        for release in releases:
+            release.set()
+        await queue.join()
+        await queue.stop()
 
     run(test)
 

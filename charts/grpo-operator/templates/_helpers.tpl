@@ -77,12 +77,17 @@ operator/reconcile.py (Cluster) and operator/handlers.py.
   resources: ["networkpolicies"]
   verbs: ["get", "create"]
 {{- end }}
-{{- if .Values.rbac.checkSecrets }}
+{{- if and .Values.rbac.checkSecrets (not .Values.rbac.secretNamespaces) }}
+{{ include "grpo-operator.secretRule" . }}
+{{- end }}
+{{- end -}}
+
+{{/* Reading Secrets: everywhere the operator watches, or (rbac.secretNamespaces) in a Role of their own. */}}
+{{- define "grpo-operator.secretRule" -}}
 # Only to tell users a referenced Secret or key is missing; never listed or watched.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
-{{- end }}
 {{- end -}}
 
 {{/* The trainer image of every job that names none: the chart's appVersion by default. */}}

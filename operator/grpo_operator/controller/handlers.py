@@ -13,7 +13,11 @@ of pod events no longer waits behind a few whole reconciles.
   index, in the queue's background lane: events go first;
 * any change of a pod the operator manages → reconcile its job at once
   (so a failed trainer or an unschedulable pod is reported within seconds);
-* deletion (the watch's DELETED event) → forget the job's metrics.
+* deletion (the watch's DELETED event) → forget the job's metrics;
+* a trainer's /progress read with news (progress_pool.py, its own threads) → reconcile its job.
+
+``/healthz`` (liveness.py) turns red when the work queue or the progress pool is
+wedged, so the kubelet restarts an operator whose workers are stuck.
 
 The pods' watch also fills a Kopf index (pod views per job), which reconciles
 read instead of listing pods: with hundreds of jobs, one LIST per reconcile was
@@ -39,9 +43,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from aiohttp import web
 
 from grpo_operator.api.job import GROUP, PLURAL, VERSION
 from grpo_operator.children import JOB_LABEL, MANAGED_BY_LABEL, OPERATOR_NAME
+from grpo_operator.controller.liveness import Check, serve_health
 from grpo_operator.controller.reconcile import Reconciler, indexed_pod
 from grpo_operator.controller.workqueue import WorkQueue
 from grpo_operator.settings import OperatorSettings
@@ -131,12 +137,24 @@ def reconcile_queue(reconciler: Reconciler, workers: int) -> tuple[WorkQueue[Job
     return WorkQueue(reconcile, workers, name="grpojobs"), threads
 
 
+def health_check(queue: WorkQueue[JobKey], reconciler: Reconciler, limit: float) -> Check:
+    """What /healthz reports: the wedged pools (none: healthy), and what each holds."""
+
+    def check() -> tuple[list[str], dict[str, Any]]:
+        problems = [p for p in (queue.stalled(limit), reconciler.progress.stalled(limit)) if p]
+        counts = {"waiting": len(queue), "reconciling": queue.processing, "polling": reconciler.progress.in_flight()}
+        return problems, counts
+
+    return check
+
+
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, settings: OperatorSettings) -> None:
     """Register every handler of the operator on ``registry``."""
 
     kopf.on.login(registry=registry)(kopf.login_via_client)
     queue, threads = reconcile_queue(reconciler, settings.reconcile_workers)
     resync = Resync(reconciler, queue, min(settings.resync_seconds, settings.progress_poll_seconds))
+    health: list[web.AppRunner] = []
 
     @kopf.index(GROUP, VERSION, PLURAL, id=JOB_INDEX, registry=registry)
     async def index_job(namespace: str, name: str, uid: str, **_: Any) -> dict[JobKey, str]:
@@ -148,16 +166,29 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, settings: 
 
     @kopf.on.startup(registry=registry)
     async def start_workers(**kwargs: Any) -> None:
+        loop = asyncio.get_running_loop()
+
+        def news(key: JobKey) -> None:  # from a progress thread: the queue lives in the loop
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the operator is stopping
+                loop.call_soon_threadsafe(queue.add, key)
+
+        reconciler.progress.on_news = news
         queue.start()
         resync.start(kwargs[JOB_INDEX])  # the live index: filled by Kopf as the watch streams
+        if settings.health_port:
+            check = health_check(queue, reconciler, settings.liveness_stall_seconds)
+            health.append(await serve_health(settings.health_port, check))
         workers = settings.reconcile_workers
         log.info("reconciling with %d workers", workers, extra={"workers": workers})
 
     @kopf.on.cleanup(registry=registry)
     async def stop_workers(**_: Any) -> None:
+        for runner in health:
+            await runner.cleanup()
         await resync.stop()
         await queue.stop()
         threads.shutdown(wait=False, cancel_futures=True)  # a reconcile in flight ends on its own
+        reconciler.progress.shutdown()
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)

@@ -31,6 +31,10 @@ REQUEST_TIMEOUT = (5.0, 30.0)
 RETAINED_ANNOTATION = "grpo.dev/retained-from"
 
 
+class Conflict(Exception):
+    """The object changed since the version a conditional write was based on (HTTP 409)."""
+
+
 class Cluster:
     """The operator's API calls (official kubernetes client), returning plain camelCase dicts."""
 
@@ -153,9 +157,26 @@ class Cluster:
             if exc.status != 404:
                 raise
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    def patch_status(
+        self, namespace: str, name: str, status: Mapping[str, Any], resource_version: Optional[str]
+    ) -> Optional[str]:
+        """Merge-patch the job's status, only if the job is still at ``resource_version``; its new version.
+
+        The version in the patch makes the API server refuse it (409, raised as :class:`Conflict`)
+        when anyone wrote the job since it was read: a decision taken on what was read must not
+        overwrite what was decided since (an attempt counter would move back).
+        """
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         patch = self.custom.patch_namespaced_custom_object_status
-        self._call(patch, GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+        try:
+            patched = self._call(patch, GROUP, VERSION, namespace, PLURAL, name, body)
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict(f"{namespace}/{name} changed since resourceVersion {resource_version}") from None
+            raise
+        return (patched.get("metadata") or {}).get("resourceVersion")
 
     def delete_job(self, namespace: str, name: str) -> None:
         try:

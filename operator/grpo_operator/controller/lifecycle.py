@@ -65,6 +65,7 @@ class Observed:
     # creating it, or meeting it); when it is not, it is created with ``new_api_key``.
     key_secret_exists: bool = True
     network_policies_found: frozenset[str] = frozenset()  # names of the job's own NetworkPolicies that exist
+    secrets_unchecked: str = ""  # why the job's Secret references were not checked ('' when they were)
     now: datetime = field(default_factory=lambda: datetime.now().astimezone())
     # Random, hence an input like the clock: decide() stays a function of what it is given.
     new_api_key: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
@@ -159,6 +160,11 @@ def _waiting_cond(pod: Optional[PodView], what: str, created_now: bool, missing:
     if pod.phase == "Pending":
         return Cond.false("Pending", f"{what} pod {pod.name} is pending")
     return Cond.false("Starting", f"{what} pod {pod.name} is {pod.phase.lower()}, not ready yet")
+
+
+def _noted(message: str, obs: Observed) -> str:
+    """The Created condition's message, with what the operator could not check (Secrets it may not read)."""
+    return f"{message}; {obs.secrets_unchecked}" if obs.secrets_unchecked else message
 
 
 def _progress_message(status: Mapping[str, Any]) -> str:
@@ -453,9 +459,11 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
         if not obs.service_exists:
             plan.create.append(children.inference_service(job, settings))
         _ensure(obs, plan, children.network_policies(job, settings))  # before the pods: none runs unguarded
-        new["Created"] = Cond.true("ChildrenCreated", "volume, config, key, Service and pods are created")
+        new["Created"] = Cond.true(
+            "ChildrenCreated", _noted("volume, config, key, Service and pods are created", obs)
+        )
     else:
-        new["Created"] = Cond.false("MissingReference", "; ".join(missing))
+        new["Created"] = Cond.false("MissingReference", _noted("; ".join(missing), obs))
 
     # ---------------------------------------------------------------- suspended
     if spec.suspend:

@@ -111,6 +111,11 @@ class OperatorMetrics:
         self.errors = Counter(
             "grpo_operator_reconcile_errors", "Reconciles that raised an error.", JOB_LABELS, registry=self.registry
         )
+        self.conflicts = Counter(
+            "grpo_operator_status_conflicts",
+            "Status writes refused because the job had changed since it was read (read again and decided afresh).",
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "grpo_operator_reconcile_duration_seconds",
             "Wall time of one reconcile (API calls included).",

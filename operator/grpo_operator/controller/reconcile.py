@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from typing import Any, Optional
@@ -24,10 +23,11 @@ from grpo_operator import children
 from grpo_operator.api.job import InvalidJob, parse_spec
 from grpo_operator.children import TRAINER
 from grpo_operator.controller.conditions import Cond, PodView, conditions, is_true, now_utc, pod_view, transitions
-from grpo_operator.controller.kube import RETAINED_ANNOTATION, Cluster, api_message
+from grpo_operator.controller.kube import RETAINED_ANNOTATION, Cluster, Conflict, api_message
 from grpo_operator.controller.lifecycle import Event, Observed, Plan, decide, trainer_attempt
 from grpo_operator.controller.memo import FoundMemo
-from grpo_operator.controller.progress_poll import fetch_progress, progress_status, progress_url
+from grpo_operator.controller.progress_poll import progress_status, progress_url
+from grpo_operator.controller.progress_pool import ProgressPoller
 from grpo_operator.controller.prometheus import OperatorMetrics
 from grpo_operator.settings import OperatorSettings
 
@@ -44,12 +44,6 @@ def indexed_pod(pod: Mapping[str, Any]) -> tuple[tuple[str, ...], PodView]:
     return owners, pod_view(pod)
 
 
-@dataclass
-class _ProgressMemo:
-    fetched_at: float = 0.0
-    fields: dict[str, Any] = field(default_factory=dict)
-
-
 # A Secret seen with the keys a job needs is not read again for this long: the
 # jobs of a namespace usually share one, and re-reading it for each job's every
 # reconcile was a large part of the API traffic at a few hundred jobs. A missing
@@ -61,6 +55,11 @@ FOUND_MEMO_SECONDS = 60.0
 # Threads for the API calls reconciles issue concurrently (shared by all jobs), per
 # reconcile worker: each reconcile issues up to five reads at once.
 IO_THREADS_PER_WORKER = 2
+# A namespace where reading a Secret was refused (403) is not tried again for this long.
+SECRETS_FORBIDDEN_SECONDS = 300.0
+# Reconciles of one job in a row whose status write met a newer version of the job (409):
+# each re-reads and re-decides; past this the resync tries again later.
+CONFLICT_ATTEMPTS = 3
 
 
 class Reconciler:
@@ -81,8 +80,10 @@ class Reconciler:
         self._secrets: FoundMemo[tuple[str, str], set[str]] = FoundMemo(SECRET_MEMO_SECONDS)
         # (kind, namespace, name, owner uid or None for a user's claim) → True, or a ConfigMap's data
         self._found: FoundMemo[tuple[str, str, str], Any] = FoundMemo(FOUND_MEMO_SECONDS)
-        self._progress: dict[tuple[str, str], _ProgressMemo] = {}
-        self._check_secrets = settings.check_secrets
+        self.progress: ProgressPoller[tuple[str, str]] = ProgressPoller(
+            settings.progress_workers, settings.progress_poll_seconds, settings.progress_timeout_seconds
+        )
+        self._secrets_forbidden: dict[str, float] = {}  # namespace -> when a Secret read there was refused
         self._pod_index: Optional[PodIndex] = None
         # API calls one reconcile makes at the same time (its reads; its events)
         self._io = ThreadPoolExecutor(
@@ -103,7 +104,7 @@ class Reconciler:
         key = (namespace, name)
         with self._lock(key):
             self.metrics.forget(namespace, name)
-            self._progress.pop(key, None)
+            self.progress.forget(key)
             with self._locks_lock:
                 self._locks.pop(key, None)
                 self._started.pop(key, None)
@@ -115,51 +116,85 @@ class Reconciler:
         return started is not None and time.monotonic() - started < seconds
 
     def reconcile_named(self, namespace: str, name: str) -> Optional[Plan]:
-        """Reconcile a job; None when it is gone or being deleted (garbage collection does the rest)."""
+        """Reconcile a job; None when it is gone or being deleted (garbage collection does the rest).
+
+        The status is written only over the version of the job that was read (its
+        resourceVersion): when the job changed meanwhile (another operator's write, as in
+        the overlap of an eviction, or a user's edit), the write is refused with 409, and
+        the job is read again and decided afresh before anything else is done, so no
+        stale decision moves an attempt counter or a condition back.
+        """
         key = (namespace, name)
         with self._lock(key):
             with self._locks_lock:
                 self._started[key] = time.monotonic()
-            # Read under the lock: a handler's body may predate our own last status
-            # patch, and acting on a stale attempt counter would restart twice.
-            fresh = self.cluster.get_job(*key)
-            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
-                return None
-            started = time.monotonic()
-            self.metrics.reconciles.labels(*key).inc()
-            try:
-                return self._reconcile(fresh)
-            except Exception:
-                self.metrics.errors.labels(*key).inc()
-                raise  # the caller (a Kopf handler or the resync) logs it and retries
-            finally:
-                self.metrics.latency.observe(time.monotonic() - started)
+            for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+                # Read under the lock: a handler's body may predate our own last status
+                # patch, and acting on a stale attempt counter would restart twice.
+                fresh = self.cluster.get_job(*key)
+                if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                    return None
+                started = time.monotonic()
+                self.metrics.reconciles.labels(*key).inc()
+                try:
+                    return self._reconcile(fresh)
+                except Conflict:
+                    self.metrics.conflicts.inc()
+                    log.info("%s/%s changed since it was read; reading it again (%d/%d)", namespace, name, attempt,
+                             CONFLICT_ATTEMPTS)  # fmt: skip
+                    if attempt == CONFLICT_ATTEMPTS:
+                        self.metrics.errors.labels(*key).inc()
+                        raise
+                except Exception:
+                    self.metrics.errors.labels(*key).inc()
+                    raise  # the caller (a Kopf handler or the resync) logs it and retries
+                finally:
+                    self.metrics.latency.observe(time.monotonic() - started)
+        return None
 
     # ------------------------------------------------------------------ observe
 
-    def _missing(self, job: children.Job) -> list[str]:
-        """Referenced objects that do not exist, each named with what to do."""
+    def _missing(self, job: children.Job) -> tuple[list[str], str]:
+        """Referenced objects that do not exist, each named with what to do; and why the job's Secret
+        references went unchecked ('' when they were checked, or there are none)."""
         missing: list[str] = []
         ns = job.namespace
-        if self._check_secrets:
-            for secret, key in children.referenced_secrets(job):
-                try:
-                    keys = self._secret_keys(ns, secret, key)
-                except PermissionError:
-                    log.warning("no RBAC permission to get Secrets; Secret references are not checked")
-                    self._check_secrets = False
-                    break
-                if keys is None:
-                    missing.append(f"Secret {secret!r} not found in namespace {ns!r} (needed for key {key!r})")
-                elif key not in keys:
-                    missing.append(f"Secret {secret!r} has no key {key!r}")
+        secrets = children.referenced_secrets(job) if self.settings.check_secrets else []
+        unchecked = self._secrets_unchecked(ns) if secrets else ""
+        for secret, key in [] if unchecked else secrets:
+            try:
+                keys = self._secret_keys(ns, secret, key)
+            except PermissionError:
+                log.warning("no RBAC permission to get Secrets in namespace %s; Secret references there are not "
+                            "checked", ns, extra={"namespace": ns})  # fmt: skip
+                with self._locks_lock:
+                    self._secrets_forbidden[ns] = time.monotonic()
+                unchecked = self._secrets_unchecked(ns)
+                break
+            if keys is None:
+                missing.append(f"Secret {secret!r} not found in namespace {ns!r} (needed for key {key!r})")
+            elif key not in keys:
+                missing.append(f"Secret {secret!r} has no key {key!r}")
         for claim in children.user_claims(job):
             if not self._claim_exists(ns, claim):
                 missing.append(f"PersistentVolumeClaim {claim!r} not found in namespace {ns!r}")
         for config_map, use in children.user_config_maps(job):
             if not self._user_object_exists("ConfigMap", ns, config_map):
                 missing.append(f"ConfigMap {config_map!r} ({use}) not found in namespace {ns!r}")
-        return missing
+        return missing, unchecked
+
+    def _secrets_unchecked(self, namespace: str) -> str:
+        """Why Secrets are not checked in this namespace, for the job's Created condition ('' if they are)."""
+        after = "a missing Secret or key shows as the pod's CreateContainerConfigError"
+        if self.settings.secret_namespaces and namespace not in self.settings.secret_namespaces:
+            return (f"Secret references not checked: the operator reads Secrets only in the namespaces of "
+                    f"rbac.secretNamespaces; {after}")  # fmt: skip
+        with self._locks_lock:
+            refused = self._secrets_forbidden.get(namespace)
+        if refused is not None and time.monotonic() - refused < SECRETS_FORBIDDEN_SECONDS:
+            return (f"Secret references not checked: the operator may not get Secrets in namespace {namespace!r}; "
+                    f"{after}")  # fmt: skip
+        return ""
 
     def _claim_exists(self, namespace: str, name: str) -> bool:
         """Whether a user's PersistentVolumeClaim exists (remembered once seen)."""
@@ -228,21 +263,15 @@ class Reconciler:
     def _poll_progress(
         self, key: tuple[str, str], pods: list[Any], trainer_pod: Optional[str]
     ) -> Optional[dict[str, Any]]:
-        memo = self._progress.setdefault(key, _ProgressMemo())
+        """The trainer's last known progress; a poll of a running trainer is left to the progress pool."""
         pod = next((p for p in pods if p.name == trainer_pod and p.component == TRAINER), None)
         final = pod.final_report if pod is not None and pod.finished else None
         if final is not None:  # exact, where the last poll may have missed the end
-            memo.fields = progress_status(final, now_utc())
-            return memo.fields or None
-        due = time.monotonic() - memo.fetched_at >= self.settings.progress_poll_seconds
-        if pod is not None and pod.running and pod.ip and due:
-            memo.fetched_at = time.monotonic()
-            doc = fetch_progress(
-                progress_url(pod.ip, self.settings.trainer_port), self.settings.progress_timeout_seconds
-            )
-            if doc is not None:
-                memo.fields = progress_status(doc, now_utc())
-        return memo.fields or None
+            fields = progress_status(final, now_utc())
+            self.progress.set_final(key, fields)
+            return fields or None
+        url = progress_url(pod.ip, self.settings.trainer_port) if pod is not None and pod.running and pod.ip else None
+        return self.progress.latest(key, url) or None
 
     def observe(self, body: Mapping[str, Any], now: Optional[datetime] = None) -> Observed:
         meta = body["metadata"]
@@ -268,10 +297,11 @@ class Reconciler:
         pvc = self._io.submit(self._child, "PersistentVolumeClaim", job, children.pvc_name(job)) if read_pvc else None
         config = None if finished else self._io.submit(self._child, "ConfigMap", job, children.config_map_name(job))
         service = None if finished else self._io.submit(self._child, "Service", job, children.service_name(job))
-        missing = None if finished else self._io.submit(self._missing, job)
+        references = None if finished else self._io.submit(self._missing, job)
         policies = {
             name: self._io.submit(self._child, "NetworkPolicy", job, name) for name in self._policy_names(job, status)
         }
+        missing, unchecked = references.result() if references is not None else ([], "")
         pods = listed.result()
         trainer_pod = status.get("trainerPod") or children.trainer_pod_name(job, trainer_attempt(status))
         return Observed(
@@ -287,7 +317,8 @@ class Reconciler:
             config_map_data=config.result() if config is not None else None,
             service_exists=service is not None and service.result() is not None,
             pods=pods,
-            missing=tuple(missing.result()) if missing is not None else (),
+            missing=tuple(missing),
+            secrets_unchecked=unchecked,
             progress=self._poll_progress((ns, name), list(pods), trainer_pod),
             key_secret_exists=self._found.get(self._key_memo(job), lambda: None) is not None,  # never read
             network_policies_found=frozenset(name for name, found in policies.items() if found.result() is not None),
@@ -315,8 +346,10 @@ class Reconciler:
         obs = self.observe(body)
         plan = decide(obs, self.settings)
         old_status = dict(body.get("status") or {})
+        version = meta.get("resourceVersion")
         if plan.status != old_status:
-            self.cluster.patch_status(ns, name, plan.status)
+            # only over what was read: raises Conflict (nothing carried out) when the job changed since
+            version = self.cluster.patch_status(ns, name, plan.status, version)
         for pod in plan.delete_pods:
             self.cluster.delete_pod(ns, pod)
         for claim in plan.release_claims:
@@ -345,7 +378,7 @@ class Reconciler:
                 failures.append(f"{what}: {api_message(exc)}")
                 blocked = blocked or kind != "Pod"
         if failures:
-            self._record_create_failure(ns, name, plan, failures, old_status.get("conditions") or [])
+            self._record_create_failure(ns, name, plan, failures, old_status.get("conditions") or [], version)
         for t in plan.transitions:
             plan.events.append(Event("Warning" if t.warning else "Normal", t.reason, t.event_message()))
         if created:
@@ -380,7 +413,13 @@ class Reconciler:
         )
 
     def _record_create_failure(
-        self, ns: str, name: str, plan: Plan, failures: list[str], old_conditions: list[Mapping[str, Any]]
+        self,
+        ns: str,
+        name: str,
+        plan: Plan,
+        failures: list[str],
+        old_conditions: list[Mapping[str, Any]],
+        version: Optional[str],
     ) -> None:
         """A refused creation (Pod Security, quota, RBAC) is reported as Created=False/CreateFailed."""
         message = "could not create " + "; ".join(failures)
@@ -391,7 +430,7 @@ class Reconciler:
         created = next(c for c in failed if c["type"] == "Created")
         plan.status["conditions"] = [created if c["type"] == "Created" else c for c in plan.status["conditions"]]
         plan.transitions = transitions(old_conditions, plan.status["conditions"])
-        self.cluster.patch_status(ns, name, plan.status)
+        self.cluster.patch_status(ns, name, plan.status, version)
 
 
 def _info(obs: Observed) -> dict[str, str]:

@@ -13,7 +13,9 @@ The rules (those of client-go's workqueue, without rate limiting):
   by one worker: a key is never processed by two workers at the same time;
 * an exception from one key is logged and the worker goes on with the next
   (the caller's periodic resync retries the key);
-* :meth:`stop` cancels the workers; keys still waiting are dropped.
+* :meth:`stop` cancels the workers; keys still waiting are dropped;
+* :meth:`stalled` says when the workers are wedged (liveness.py): a key in hand
+  too long, or keys waiting while none is taken.
 
 Two lanes: keys added with ``background=True`` (the periodic resync) are taken
 only when no other key waits, so an event about a new or changed job never
@@ -26,9 +28,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Generic, Optional, TypeVar
+
+from grpo_operator.controller.liveness import stall
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +57,8 @@ class WorkQueue(Generic[K]):
         self._waiting: dict[K, bool] = {}
         self._lanes: dict[bool, deque[K]] = {True: deque(), False: deque()}
         self._available = asyncio.Semaphore(0)  # counts the keys in the lanes
-        self._processing: set[K] = set()
+        self._processing: dict[K, float] = {}  # key -> monotonic time a worker took it
+        self._last_progress = time.monotonic()  # a key last taken or finished
         self._tasks: list[asyncio.Task[None]] = []
         self._idle = asyncio.Event()
         self._idle.set()
@@ -64,6 +70,17 @@ class WorkQueue(Generic[K]):
     @property
     def running(self) -> bool:
         return bool(self._tasks)
+
+    @property
+    def processing(self) -> int:
+        """Keys in a worker's hands now."""
+        return len(self._processing)
+
+    def stalled(self, limit: float, now: Optional[float] = None) -> Optional[str]:
+        """Why the workers count as wedged (a key in hand over ``limit`` s, or keys waiting and none
+        taken for that long), or None: an idle queue never is."""
+        now = time.monotonic() if now is None else now
+        return stall(f"work queue {self.name}", self._processing, len(self), self._last_progress, now, limit)
 
     def start(self) -> None:
         """Start the workers (in the running event loop); a second call does nothing."""
@@ -108,7 +125,7 @@ class WorkQueue(Generic[K]):
         await self._available.acquire()
         key = (self._lanes[True] or self._lanes[False]).popleft()
         del self._waiting[key]
-        self._processing.add(key)
+        self._processing[key] = self._last_progress = time.monotonic()
         return key
 
     async def _work(self) -> None:
@@ -119,7 +136,8 @@ class WorkQueue(Generic[K]):
             except Exception:
                 log.exception("%s: processing %s failed", self.name, key, extra={"queue": self.name, "key": key})
             finally:
-                self._processing.discard(key)
+                self._processing.pop(key, None)
+                self._last_progress = time.monotonic()
                 again = self._waiting.get(key)
                 if again is not None:  # added while we were at it: once more, with what changed since
                     self._put(key, again)
