@@ -8,7 +8,7 @@ schema is generated from them.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import ConfigDict, Field
 
@@ -41,7 +41,8 @@ class GRPOArgs(LibraryKwargs):
     report_train_scores: bool = Field(False, description="Score the training set along with validation.")
     failure_score: float = Field(0.0, description="Reward of a rollout whose metric or external call failed.")
     format_failure_score: float = Field(-1.0, description="Reward of a rollout whose output could not be parsed.")
-    seed: int = Field(0, ge=0, description="Seed of the per-epoch example shuffle and of sampling.")
+    # vLLM seeds NumPy with it (--seed), which takes 32 bits.
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the per-epoch example shuffle and of sampling.")
     checkpoint_every_steps: int = Field(
         1, ge=1, description="Full checkpoint (adapter, optimizer, scheduler, RNG, sampler) every N steps."
     )
@@ -90,7 +91,7 @@ class LoraConfig(LibraryKwargs):
     r: int = Field(8, ge=1, le=max(VLLM_LORA_RANKS), description="LoRA rank (vLLM serves ranks up to 512).")
     lora_alpha: float = Field(16, gt=0, description="LoRA scaling numerator.")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
-    target_modules: list[str] = Field(
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"],
         min_length=1,
         max_length=64,
