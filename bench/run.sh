@@ -34,7 +34,7 @@ else
   python=python
 fi
 
-if [[ "$name" == operator_* && -z "${GRPO_K8S_BIN:-}" ]]; then
+if [[ "$name" == operator_* || "$name" == admission_corpus ]] && [[ -z "${GRPO_K8S_BIN:-}" ]]; then
   GRPO_K8S_BIN=$(bash "$root/tests/cluster/build.sh" | tail -n 1)
   export GRPO_K8S_BIN
 fi

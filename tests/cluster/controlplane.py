@@ -33,6 +33,7 @@ import base64
 import contextlib
 import ctypes
 import dataclasses
+import http.client
 import json
 import os
 import shutil
@@ -42,8 +43,10 @@ import ssl
 import subprocess
 import tempfile
 import textwrap
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -989,26 +992,30 @@ class ControlPlane:
         and would otherwise run kubectl several times a second. HTTP errors are
         returned, not raised; connection errors raise.
         """
-        ca = self._ca
-        assert ca is not None
-        if self._ssl is None:
-            ctx = ssl.create_default_context(cafile=str(ca.cert))
-            ctx.load_cert_chain(str(ca.dir / "admin.crt"), str(ca.dir / "admin.key"))
-            self._ssl = ctx
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.server + path, data=data, method=method)
         req.add_header("Accept", "application/json")
         if data is not None:
             req.add_header("Content-Type", content_type)
         try:
-            with urllib.request.urlopen(req, context=self._ssl, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, context=self._admin_ssl(), timeout=timeout) as resp:
                 status, raw = resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             status, raw = exc.code, exc.read()
-        try:
-            return status, json.loads(raw) if raw else None
-        except ValueError:
-            return status, None
+        return status, _json_or_none(raw)
+
+    def _admin_ssl(self) -> ssl.SSLContext:
+        ca = self._ca
+        assert ca is not None
+        if self._ssl is None:
+            ctx = ssl.create_default_context(cafile=str(ca.cert))
+            ctx.load_cert_chain(str(ca.dir / "admin.crt"), str(ca.dir / "admin.key"))
+            self._ssl = ctx
+        return self._ssl
+
+    def session(self) -> ApiSession:
+        """REST calls as the admin over kept-alive connections (one per thread): for thousands of requests."""
+        return ApiSession(self.server, self._admin_ssl())
 
     # ------------------------------------------------------------------ clients
 
@@ -1129,6 +1136,44 @@ class ControlPlane:
             return pod if pod.get("status", {}).get("phase") == phase else None
 
         return wait_until(check, timeout=timeout, what=f"pod {namespace}/{name} phase {phase}")
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+class ApiSession:
+    """:meth:`ControlPlane.request` without a TLS handshake per call: each thread keeps its own connection
+    (reopened once when the server closed it)."""
+
+    def __init__(self, server: str, context: ssl.SSLContext):
+        url = urllib.parse.urlsplit(server)
+        self._host, self._port = url.hostname or "127.0.0.1", url.port
+        self._context = context
+        self._local = threading.local()
+
+    def request(self, method: str, path: str, body: Any = None, *, timeout: float = 30) -> tuple[int, Any]:
+        """(HTTP status, parsed JSON body or None); HTTP errors are returned, connection errors raise."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Accept": "application/json", **({"Content-Type": "application/json"} if data else {})}
+        for attempt in (1, 2):
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = http.client.HTTPSConnection(self._host, self._port, context=self._context, timeout=timeout)
+                self._local.conn = conn
+            try:
+                conn.request(method, path, body=data, headers=headers)
+                resp = conn.getresponse()
+                return resp.status, _json_or_none(resp.read())
+            except (http.client.HTTPException, OSError):
+                conn.close()
+                self._local.conn = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
 
 def _http_ok(url: str) -> bool:

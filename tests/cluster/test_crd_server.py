@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 import yaml
 from controlplane import wait_until
 
+from grpo_operator.api import GROUP, PLURAL, VERSION
 from support.jobdocs import INVALID_CASES, load_example, mutated
 
 SERVER_CASES = [c for c in INVALID_CASES if c.get("server")]
+SECRET_CASES = [c for c in INVALID_CASES if c.get("secret")]
 
 
 def test_crd_established_with_printer_columns(control_plane, grpojob_crd):
@@ -61,14 +64,42 @@ def test_enough_server_side_cases():
     assert len(SERVER_CASES) >= 10
 
 
+@pytest.fixture(scope="module")
+def cases_namespace(control_plane, grpojob_crd):
+    """One namespace for every invalid case: a refused job leaves nothing in it."""
+    name = control_plane.create_namespace(f"invalid-cases-{uuid.uuid4().hex[:5]}")
+    yield name
+    control_plane.delete_namespace(name)
+
+
+@pytest.fixture(scope="module")
+def api(control_plane):
+    return control_plane.session()
+
+
 @pytest.mark.parametrize("case", SERVER_CASES, ids=[c["name"] for c in SERVER_CASES])
-def test_api_server_rejects_invalid_job(control_plane, grpojob_crd, namespace, case):
+def test_api_server_rejects_invalid_job(api, cases_namespace, case):
+    """Created as kubectl would (strict field validation), over one kept-alive connection: a hundred cases in
+    seconds. What kubectl prints is the same message (test_pasted_secrets... runs kubectl itself)."""
     doc = mutated(case)
-    result = control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc), check=False)
-    assert result.returncode != 0, f"API server accepted {case['name']}"
-    assert case["field"] in result.stderr, result.stderr
+    jobs = f"/apis/{GROUP}/{VERSION}/namespaces/{cases_namespace}/{PLURAL}"
+    status, body = api.request("POST", f"{jobs}?fieldValidation=Strict", doc)
+    assert status >= 400, f"API server accepted {case['name']}"
+    assert case["field"] in body["message"], body["message"]
+    assert api.request("GET", f"{jobs}/{doc['metadata']['name']}")[0] == 404, "a rejected job must not be stored"
+
+
+def test_pasted_secrets_are_refused_whatever_the_clients_field_validation(control_plane, grpojob_crd, namespace):
+    """A client-side apply that does not validate (the API server prunes unknown fields then) is refused too: the
+    secret never reaches a stored object, whose last-applied-configuration annotation would keep the manifest."""
+    assert len(SECRET_CASES) >= 5
+    for case in SECRET_CASES:
+        text = yaml.safe_dump(mutated(case))
+        result = control_plane.kubectl("apply", "--validate=false", "-n", namespace, "-f", "-", input=text, check=False)
+        assert result.returncode != 0, f"API server accepted {case['name']} with --validate=false"
+        assert case["field"] in result.stderr and "Secret" in result.stderr, result.stderr
     listed = json.loads(control_plane.kubectl("get", "grpojobs", "-n", namespace, "-o", "json").stdout)
-    assert listed["items"] == [], "a rejected job must not be stored"
+    assert listed["items"] == [], "a refused job must not be stored"
 
 
 def test_run_defining_fields_are_immutable(control_plane, grpojob_crd, namespace):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 
-from grpo_operator.api import parse_job
+from grpo_operator.api import InvalidJob, parse_job
 from grpo_operator.children import (
     Job,
     config_map,
@@ -116,6 +117,29 @@ def test_volume_from_storage_spec_or_existing_claim():
     assert user_claims(job) == ["shared-runs"]
     claim = next(v for v in trainer_pod(job, SETTINGS, 0)["spec"]["volumes"] if v["name"] == "run")
     assert claim["persistentVolumeClaim"]["claimName"] == "shared-runs"
+    # "" is Kubernetes' "no class" (a volume provisioned by hand), not "the default class"
+    assert persistent_volume_claim(make_job(storage={"storageClassName": ""}))["spec"]["storageClassName"] == ""
+    assert "storageClassName" not in persistent_volume_claim(make_job())["spec"]
+
+
+def test_claims_and_config_maps_of_any_name_get_distinct_valid_volume_names():
+    """A claim or ConfigMap name may hold dots and 253 characters; a pod's volume name is an RFC 1123 label."""
+    long_a, long_b = "d" * 200 + "a", "d" * 200 + "b"
+    doc = load_example()
+    doc["spec"]["model"] = {"path": "qwen", "volume": {"claimName": "models.v2"}}
+    doc["spec"]["data"]["train"] = {"file": {"path": "train.jsonl", "volume": {"claimName": long_a}}}
+    doc["spec"]["data"]["validation"] = {"file": {"path": "val.jsonl", "volume": {"claimName": long_b}}}
+    pod = trainer_pod(Job("papillon", "team-a", "uid-1234", parse_job(doc).spec), SETTINGS, 0)
+    volumes = pod["spec"]["volumes"]
+    claims = {v["persistentVolumeClaim"]["claimName"]: v["name"] for v in volumes if "persistentVolumeClaim" in v}
+    names = [claims[c] for c in ("models.v2", long_a, long_b)]
+    assert len(set(names)) == 3, names
+    assert all(re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", n) and len(n) <= 63 for n in names), names
+    doc = load_example()
+    doc["spec"]["data"]["train"] = {"configMap": {"name": "topics.v2", "key": "train.jsonl"}}
+    pod = trainer_pod(Job("papillon", "team-a", "uid-1234", parse_job(doc).spec), SETTINGS, 0)
+    (volume,) = [v["name"] for v in pod["spec"]["volumes"] if v.get("configMap", {}).get("name") == "topics.v2"]
+    assert "." not in volume and volume.startswith("data-topics-v2-"), volume
 
 
 def test_read_write_once_colocates_the_two_pods_on_one_node():
@@ -300,6 +324,19 @@ def test_kueue_queue_gates_both_pods_as_one_group():
         assert pod["spec"]["schedulingGates"] == [{"name": "kueue.x-k8s.io/admission"}]
     plain = trainer_pod(make_job(), SETTINGS, 0)
     assert "schedulingGates" not in plain["spec"] and "kueue.x-k8s.io/queue-name" not in plain["metadata"]["labels"]
+
+
+def test_every_label_and_annotation_the_operator_sets_is_refused_in_the_jobs_own():
+    """A job's spec.trainer/inference labels and annotations cannot set what the operator sets on its pods."""
+    job = make_job(queueName="gpu-queue")
+    serving = inference_pod(job, SETTINGS, 0, serve_result=True)
+    for pod in (trainer_pod(job, SETTINGS, 0), inference_pod(job, SETTINGS, 0), serving):
+        for where in ("labels", "annotations"):
+            for key in pod["metadata"][where]:
+                doc = load_example()
+                doc["spec"]["trainer"] = {where: {key: "x"}}
+                with pytest.raises(InvalidJob, match=f"spec.trainer.{where}: {re.escape(key)} is refused"):
+                    parse_job(doc)
 
 
 def test_builders_are_deterministic():

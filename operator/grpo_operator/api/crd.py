@@ -77,10 +77,12 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         if len(options) == 1:
             out = _structural(_merge(options[0] if "$ref" not in options[0] else _structural(options[0], defs), rest), defs)
         elif {o.get("type") for o in options} == {"integer", "string"}:
-            # The string form's own bounds stay (a quantity's pattern, as controller-gen emits it);
-            # the API server checks them on strings only.
+            # The string form's own bounds stay (a quantity's pattern, as controller-gen emits it), and the
+            # integer form's (its minimum); the API server checks each on values of its own type.
             (text,) = [o for o in options if o.get("type") == "string"]
+            (number,) = [o for o in options if o.get("type") == "integer"]
             bounds = {k: v for k, v in text.items() if k in ("pattern", "maxLength")}
+            bounds.update((k, v) for k, v in number.items() if k in ("minimum", "maximum"))
             out = _structural({**rest, **bounds, "x-kubernetes-int-or-string": True}, defs)
         else:
             raise ValueError(f"cannot express anyOf {node['anyOf']} structurally")
@@ -133,6 +135,9 @@ def build_crd() -> dict[str, Any]:
         "type": "object",
         "description": (GRPOJob.__doc__ or "").strip(),
         "required": ["spec"],
+        # rules that need metadata.name, which CEL sees only at the root; metadata has no properties in the
+        # schema, so a fieldPath cannot point into it: the message names the field
+        "x-kubernetes-validations": [{"rule": r.cel, "message": f"{r.field}: {r.message}"} for r in GRPOJob.rules],
         "properties": {
             "apiVersion": {"type": "string", "description": "grpo.dev/v1alpha1"},
             "kind": {"type": "string", "description": KIND},
@@ -140,8 +145,6 @@ def build_crd() -> dict[str, Any]:
             "spec": spec_schema,
             "status": status_schema,
         },
-        # rules that need metadata.name, which CEL sees only at the root
-        "x-kubernetes-validations": [rule.to_cel() for rule in GRPOJob.rules],
     }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

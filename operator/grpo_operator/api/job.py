@@ -7,10 +7,12 @@ the field's path in the manifest and what to do about it.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from grpo_operator.api.names import DNS_LABEL, JOB_NAME_MAX
 from grpo_operator.api.spec import OWN_CLAIM_SUFFIX, GRPOJobSpec
 from grpo_operator.api.status import GRPOJobStatus
 from grpo_trainer.contract.rules import Rule, RuledModel, RuleViolation
@@ -29,7 +31,7 @@ class ObjectMeta(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name: Optional[str] = Field(None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    name: Optional[str] = None  # held to what every child accepts by GRPOJob's rule
     namespace: Optional[str] = None
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
@@ -59,11 +61,28 @@ OWN_VOLUME_RULE = Rule(
 )
 
 
+def _valid_name(name: Optional[str]) -> bool:
+    return name is None or (len(name) <= JOB_NAME_MAX and re.match(DNS_LABEL, name) is not None)
+
+
+# The API server takes any DNS subdomain as a custom resource's name (253 characters, dots); a job's name is
+# also a label value of its children and the stem of their names, the Service's an RFC 1035 label.
+JOB_NAME_RULE = Rule(
+    cel=f"size(self.metadata.name) <= {JOB_NAME_MAX} && self.metadata.name.matches('{DNS_LABEL}')",
+    message=(
+        f"a job's name is at most {JOB_NAME_MAX} lowercase letters, digits and '-', starting and ending with a "
+        "letter or digit, no dots: it labels the job's pods and names its volume, ConfigMap and Service; rename it"
+    ),
+    check=lambda job: _valid_name(job.metadata.name),
+    field="metadata.name",
+)
+
+
 class GRPOJob(RuledModel):
     """A GRPO optimisation of a DSPy program with LoRA, trained on GPUs and sampled through vLLM."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    rules = (OWN_VOLUME_RULE,)
+    rules = (JOB_NAME_RULE, OWN_VOLUME_RULE)
 
     api_version: Literal["grpo.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
     kind: Literal["GRPOJob"] = KIND
@@ -85,7 +104,7 @@ def _path(loc: tuple[Any, ...]) -> str:
     for item in loc:
         if isinstance(item, int):
             parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
-        elif item in ("function-after[_check_rules()]", "function-before[_no_inline_keys()]"):
+        elif item in ("function-after[_check_rules()]", "function-before[_no_inline_secrets()]"):
             continue
         elif isinstance(item, str) and (item.startswith("function-") or item.startswith("literal[") or item in ("int", "str")):
             continue

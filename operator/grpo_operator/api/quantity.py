@@ -14,6 +14,8 @@ from decimal import Decimal, InvalidOperation
 QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
+# The same without a minus sign: every quantity of a job (CPU, memory, a volume's size) is an amount.
+NON_NEGATIVE_QUANTITY_PATTERN = r"^\+?" + QUANTITY_PATTERN.removeprefix(r"^(\+|-)?")
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1),

@@ -11,11 +11,24 @@ import json
 import re
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import AfterValidator, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import AfterValidator, Field, WithJsonSchema, field_validator
 from pydantic.alias_generators import to_camel
 
-from grpo_operator.api.base import ApiModel, Rule, exactly_one_of, nested, not_both
-from grpo_operator.api.quantity import QUANTITY_PATTERN, parse_quantity
+from grpo_operator.api.base import ApiModel, InlineSecrets, Rule, exactly_one_of, nested, not_both
+from grpo_operator.api.names import (
+    DNS_LABEL,
+    ENV_NAME,
+    RESERVED_LABELS,
+    RESERVED_PREFIXES,
+    SECURITY_ANNOTATION_PREFIXES,
+    ConfigKey,
+    LabelValue,
+    ObjectName,
+    cel_list,
+    no_reserved_keys,
+    valid_keys,
+)
+from grpo_operator.api.quantity import NON_NEGATIVE_QUANTITY_PATTERN, parse_quantity
 from grpo_trainer.contract.config import (
     CONFIG_ENV,
     HF_TOKEN_ENV,
@@ -27,25 +40,46 @@ from grpo_trainer.contract.config import (
 from grpo_trainer.contract.hparams import GRPOArgs, TrainKwargs
 
 IMPORT_PATH = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_.]*$"
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
-DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
-ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"  # what the API server accepts as an env var name
-CONFIG_KEY_NAME = r"^[-._a-zA-Z0-9]+$"  # a key of a Secret or ConfigMap
+# A string a child object takes as is: no surrounding (or any) whitespace, as in an image reference.
+NO_SPACE = r"^[^\s]+$"
+# Credentials in an http(s) URL: user info before the host.
+URL_CREDENTIALS = r"^https?://[^/]*@"
 
 
 def _quantity(value: int | str) -> int | str:
-    parse_quantity(value)  # a clear message naming the value, instead of the pattern
+    # a clear message naming the value, instead of the pattern
+    if parse_quantity(value) < 0:
+        raise ValueError(f"{value!r} is negative; give an amount (e.g. 8, 500m, 64Gi)")
     return value
 
 
-_QUANTITY_STRING = {"type": "string", "pattern": QUANTITY_PATTERN, "maxLength": 64}
+_QUANTITY_STRING = {"type": "string", "pattern": NON_NEGATIVE_QUANTITY_PATTERN, "maxLength": 64}
 Quantity = Annotated[
     Union[int, str],
     AfterValidator(_quantity),
-    WithJsonSchema({"anyOf": [{"type": "integer"}, _QUANTITY_STRING]}),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0}, _QUANTITY_STRING]}),
 ]
 QuantityString = Annotated[str, AfterValidator(_quantity), WithJsonSchema(_QUANTITY_STRING)]
+
+
+def no_url_credentials(field: str, fix: str, *, each: bool = False) -> Rule:
+    """The URL ``field`` (each URL of the list, with ``each``) carries no user or password."""
+    wire = to_camel(field)
+    bad = re.compile(URL_CREDENTIALS)
+    bad_cel = f"matches('{URL_CREDENTIALS}')"
+    test = f"self.{wire}.all(u, !u.{bad_cel})" if each else f"!self.{wire}.{bad_cel}"
+
+    def check(obj: Any) -> bool:
+        value = getattr(obj, field)
+        urls = value if each else [value] if value is not None else []
+        return not any(bad.match(u) for u in urls)
+
+    return Rule(
+        cel=f"!has(self.{wire}) || {test}",
+        message=f"credentials in the URL would be stored in the job; {fix}",
+        check=check,
+        field=wire,
+    )
 
 # Variables the operator sets in the job's pods (grpo_operator.resolve decides their values):
 # the config and termination-log paths, keys it fills from Secret references, GPU visibility,
@@ -130,16 +164,14 @@ class MetricRef(ApiModel):
 class ConfigMapCode(ApiModel):
     """A module tree packed into a ConfigMap by ``grpo-pack-code DIR --name NAME`` (at most 1 MiB)."""
 
-    name: str = Field(
-        ..., min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="The ConfigMap, in the job's namespace."
-    )
+    name: ObjectName = Field(..., description="The ConfigMap, in the job's namespace.")
 
 
 class SecretKey(ApiModel):
     """One key of a Secret in the job's namespace."""
 
-    name: str = Field(..., min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="The Secret.")
-    key: str = Field(..., min_length=1, max_length=253, pattern=CONFIG_KEY_NAME, description="The key in it.")
+    name: ObjectName = Field(..., description="The Secret.")
+    key: ConfigKey = Field(..., description="The key in it.")
 
 
 class GitCode(ApiModel):
@@ -165,14 +197,10 @@ class GitCode(ApiModel):
     token_secret_ref: Optional[SecretKey] = Field(None, description="An HTTPS access token (sent as a header, never in the URL).")
     ssh_key_secret_ref: Optional[SecretKey] = Field(None, description="An SSH private key, for ssh:// and git@ URLs.")
     rules = (
-        Rule(
-            cel="!self.url.matches('^https?://[^/]*@')",
-            message="credentials in the URL would be stored in the job; put the token in a Secret (tokenSecretRef)",
-            check=lambda g: re.match(r"^https?://[^/]*@", g.url) is None,
-            field="url",
-        ),
+        no_url_credentials("url", "put the token in a Secret (tokenSecretRef)"),
         not_both("token_secret_ref", "ssh_key_secret_ref"),
     )
+    inline_secrets = InlineSecrets(("token", "password", "sshKey"), "tokenSecretRef (or sshKeySecretRef)")
 
 
 class PipCode(ApiModel):
@@ -187,14 +215,21 @@ class PipCode(ApiModel):
             "from the trainer image (a second torch would shadow the image's); list any others explicitly."
         ),
     )
-    index_url: Optional[str] = Field(None, max_length=2048, pattern=r"^https?://", description="A package index instead of PyPI.")
+    index_url: Optional[str] = Field(
+        None, max_length=2048, pattern=r"^https?://", description="A package index instead of PyPI (no credentials)."
+    )
     extra_index_urls: list[Annotated[str, Field(max_length=2048, pattern=r"^https?://")]] = Field(
         default_factory=list, max_length=8, description="Further indexes."
     )
     index_url_secret_ref: Optional[SecretKey] = Field(
         None, description="A Secret key holding the whole index URL with its credentials (given to pip as PIP_INDEX_URL)."
     )
-    rules = (not_both("index_url", "index_url_secret_ref"),)
+    rules = (
+        not_both("index_url", "index_url_secret_ref"),
+        no_url_credentials("index_url", "put the whole URL in a Secret (indexUrlSecretRef)"),
+        no_url_credentials("extra_index_urls", "an index that needs them goes in indexUrlSecretRef", each=True),
+    )
+    inline_secrets = InlineSecrets(("password", "token"), "indexUrlSecretRef (the whole index URL)")
 
 
 class CodeSource(ApiModel):
@@ -217,25 +252,43 @@ class CodeSource(ApiModel):
 class VolumeSource(ApiModel):
     """A read-only volume holding files the job reads (a model or a data set)."""
 
-    claim_name: str = Field(..., max_length=253, description="Name of an existing PersistentVolumeClaim in the job's namespace.")
-    sub_path: Optional[str] = Field(None, max_length=1024, description="Path inside the claim to mount instead of its root.")
+    claim_name: ObjectName = Field(..., description="Name of an existing PersistentVolumeClaim in the job's namespace.")
+    sub_path: Optional[str] = Field(
+        None, min_length=1, max_length=1024, description="Relative path inside the claim to mount instead of its root."
+    )
+    rules = (
+        Rule(
+            cel=(
+                "!has(self.subPath) || "
+                "(!self.subPath.startsWith('/') && !self.subPath.split('/').exists(p, p == '..'))"
+            ),
+            message="subPath is a relative path inside the claim, without '..'",
+            check=lambda v: v.sub_path is None
+            or (not v.sub_path.startswith("/") and ".." not in v.sub_path.split("/")),
+            field="subPath",
+        ),
+    )
 
 
 class LocalModel(ApiModel):
     """The local model that is served by vLLM and trained with LoRA."""
 
     name: Optional[str] = Field(
-        None, max_length=256, description="Hugging Face hub id, e.g. Qwen/Qwen2.5-1.5B-Instruct."
+        None, min_length=1, max_length=256, description="Hugging Face hub id, e.g. Qwen/Qwen2.5-1.5B-Instruct."
     )
     path: Optional[str] = Field(
         None,
+        min_length=1,
         max_length=1024,
         description="Directory of a saved model. Absolute, or relative to the mount of 'volume' when one is given.",
     )
     volume: Optional[VolumeSource] = Field(None, description="Volume holding 'path'; mounted read-only in both pods.")
     hub: Optional[ModelHub] = Field(None, description="Hub access for 'name' (a token for gated or private models).")
     served_name: Optional[str] = Field(
-        None, max_length=128, description="Name vLLM serves the base model under (default: name or 'base')."
+        None,
+        min_length=1,
+        max_length=128,
+        description="Name vLLM serves the base model under (default: name or 'base').",
     )
     max_model_len: Optional[int] = Field(None, ge=128, description="vLLM --max-model-len (prompt + completion tokens).")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="Weights dtype in vLLM.")
@@ -259,15 +312,15 @@ class LocalModel(ApiModel):
 class SecretKeyRef(ApiModel):
     """A key of a Secret in the job's namespace."""
 
-    name: str = Field(..., max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", description="Secret name.")
-    key: str = Field("api-key", max_length=253, description="Key inside the Secret.")
+    name: ObjectName = Field(..., description="Secret name.")
+    key: ConfigKey = Field("api-key", description="Key inside the Secret.")
 
 
 class TokenSecretRef(ApiModel):
     """The Secret key holding a Hugging Face hub token (gated or private repositories)."""
 
-    name: str = Field(..., max_length=253, pattern=DNS_SUBDOMAIN, description="Secret name.")
-    key: str = Field("token", max_length=253, pattern=CONFIG_KEY_NAME, description="Key inside the Secret.")
+    name: ObjectName = Field(..., description="Secret name.")
+    key: ConfigKey = Field("token", description="Key inside the Secret.")
 
 
 class ModelHub(ApiModel):
@@ -280,12 +333,15 @@ class ModelHub(ApiModel):
             "Needed for gated or private models."
         ),
     )
+    inline_secrets = InlineSecrets(("token", "hfToken"), "tokenSecretRef")
 
 
 class ExternalLM(ApiModel):
     """An OpenAI-compatible chat endpoint (the untrusted model, or the judge)."""
 
-    model: str = Field(..., max_length=256, description="Model name as the endpoint knows it, e.g. gpt-4.1-mini.")
+    model: str = Field(
+        ..., min_length=1, max_length=256, description="Model name as the endpoint knows it, e.g. gpt-4.1-mini."
+    )
     base_url: Optional[str] = Field(
         None,
         max_length=1024,
@@ -299,18 +355,8 @@ class ExternalLM(ApiModel):
     max_tokens: Optional[int] = Field(None, ge=1, description="Completion token limit of this endpoint.")
     timeout_seconds: float = Field(60.0, gt=0, le=3600, description="Per-request timeout.")
     max_retries: int = Field(3, ge=0, le=20, description="Retries with exponential backoff on errors and 429s.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_inline_keys(cls, data: object) -> object:
-        if isinstance(data, dict):
-            for key in ("apiKey", "api_key", "key", "token"):
-                if key in data:
-                    raise ValueError(
-                        f"{key}: API keys are never accepted inline; put the key in a Secret and set "
-                        "apiKeySecretRef: {name: <secret>, key: <key>}"
-                    )
-        return data
+    rules = (no_url_credentials("base_url", "put the key in a Secret (apiKeySecretRef)"),)
+    inline_secrets = InlineSecrets(("apiKey", "api_key", "key", "token"), "apiKeySecretRef")
 
 
 # --------------------------------------------------------------------------- data
@@ -319,12 +365,17 @@ class ExternalLM(ApiModel):
 class HubDataset(ApiModel):
     """A Hugging Face hub dataset (downloaded by the trainer)."""
 
-    id: str = Field(..., max_length=256, description="Dataset id, e.g. Columbia-NLP/PUPA.")
-    config: Optional[str] = Field(None, max_length=128, description="Dataset configuration, e.g. pupa_new.")
-    split: str = Field(
-        "train", max_length=128, description="Split with optional slice in datasets syntax, e.g. train[:225]."
+    id: str = Field(..., min_length=1, max_length=256, description="Dataset id, e.g. Columbia-NLP/PUPA.")
+    config: Optional[str] = Field(
+        None, min_length=1, max_length=128, description="Dataset configuration, e.g. pupa_new."
     )
-    revision: Optional[str] = Field(None, max_length=128, description="Git revision to pin.")
+    split: str = Field(
+        "train",
+        min_length=1,
+        max_length=128,
+        description="Split with optional slice in datasets syntax, e.g. train[:225].",
+    )
+    revision: Optional[str] = Field(None, min_length=1, max_length=128, description="Git revision to pin.")
     token_secret_ref: Optional[TokenSecretRef] = Field(
         None,
         description=(
@@ -332,12 +383,18 @@ class HubDataset(ApiModel):
             "must be model.hub.tokenSecretRef when both are set (one HF_TOKEN per pod)."
         ),
     )
+    inline_secrets = InlineSecrets(("token", "hfToken"), "tokenSecretRef")
 
 
 class FileDataset(ApiModel):
     """A data file on a volume."""
 
-    path: str = Field(..., max_length=1024, description="File path, relative to the volume's mount when 'volume' is set.")
+    path: str = Field(
+        ...,
+        min_length=1,
+        max_length=1024,
+        description="File path, relative to the volume's mount when 'volume' is set.",
+    )
     volume: Optional[VolumeSource] = Field(None, description="Volume holding the file; mounted read-only in the trainer.")
     format: Literal["auto", "jsonl", "csv", "parquet"] = Field("auto", description="File format (auto: by extension).")
 
@@ -347,13 +404,19 @@ class UrlDataset(ApiModel):
 
     url: str = Field(..., max_length=2048, pattern=r"^https?://", description="Address of a JSONL, CSV or Parquet file.")
     format: Literal["auto", "jsonl", "csv", "parquet"] = Field("auto", description="File format (auto: by extension).")
+    rules = (
+        no_url_credentials(
+            "url",
+            "give a URL the trainer may read without them, or the file as hub (tokenSecretRef), file or configMap",
+        ),
+    )
 
 
 class ConfigMapDataset(ApiModel):
     """A data file kept as one key of a ConfigMap: ``kubectl create configmap NAME --from-file=train.jsonl``."""
 
-    name: str = Field(..., min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="The ConfigMap, in the job's namespace.")
-    key: str = Field(..., min_length=1, max_length=253, pattern=CONFIG_KEY_NAME, description="The key holding the file.")
+    name: ObjectName = Field(..., description="The ConfigMap, in the job's namespace.")
+    key: ConfigKey = Field(..., description="The key holding the file.")
     format: Literal["auto", "jsonl", "csv", "parquet"] = Field("auto", description="File format (auto: by the key's extension).")
 
 
@@ -391,15 +454,15 @@ class DatasetSource(ApiModel):
     url: Optional[UrlDataset] = None
     config_map: Optional[ConfigMapDataset] = Field(None, description="A file in a ConfigMap (up to 1 MiB).")
     inline: Optional[InlineDataset] = Field(None, description="Rows written in the job (up to 256 KiB).")
-    fields: dict[str, str] = Field(
+    fields: dict[str, Annotated[str, Field(max_length=256)]] = Field(
         default_factory=dict,
         description=(
             "Program field name -> column name, for columns named differently from the program's fields "
             "(PAPILLON: user_query, target_response, pii_str). Default: PUPA's columns."
         ),
-        json_schema_extra={"maxProperties": 64},
+        max_length=64,
     )
-    input_fields: Optional[list[str]] = Field(
+    input_fields: Optional[list[Annotated[str, Field(min_length=1, max_length=256)]]] = Field(
         None,
         max_length=32,
         description="Program fields that are inputs (dspy.Example.with_inputs). Default: the built-in program's.",
@@ -421,13 +484,43 @@ class Datasets(ApiModel):
 
 
 class Toleration(ApiModel):
-    """A Kubernetes toleration (GPU nodes are usually tainted)."""
+    """A Kubernetes toleration (GPU nodes are usually tainted), held to core/v1's rules."""
 
-    key: Optional[str] = Field(None, max_length=316)
+    key: Optional[str] = Field(None, min_length=1, max_length=317)
     operator: Literal["Exists", "Equal"] = "Equal"
-    value: Optional[str] = Field(None, max_length=63)
+    value: Optional[LabelValue] = None
     effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = None
     toleration_seconds: Optional[int] = None
+    rules = (
+        valid_keys("key", "a taint key", single=True),
+        Rule(
+            cel="has(self.key) || self.operator == 'Exists'",
+            message="a toleration without a key matches every taint and needs operator: Exists",
+            check=lambda t: t.key is not None or t.operator == "Exists",
+            field="operator",
+        ),
+        Rule(
+            cel="self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            message="operator Exists matches any value; remove value (or use operator: Equal)",
+            check=lambda t: t.operator != "Exists" or not t.value,
+            field="value",
+        ),
+        Rule(
+            cel="!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            message="tolerationSeconds applies to effect NoExecute only; set effect: NoExecute or remove it",
+            check=lambda t: t.toleration_seconds is None or t.effect == "NoExecute",
+            field="tolerationSeconds",
+        ),
+    )
+
+
+# What a job may size in its pods' containers (GPUs come from trainKwargs; other extended resources have rules of
+# their own, request equal to limit, that the operator's defaults do not follow).
+POD_RESOURCES = ("cpu", "memory", "ephemeral-storage")
+_RESOURCES_FIX = (
+    f"resources here are {', '.join(POD_RESOURCES)}; GPU counts come from trainKwargs.num_training_gpus / "
+    "num_inference_gpus (remove nvidia.com/gpu)"
+)
 
 
 def _request_above_limit(resources: Resources) -> list[str]:
@@ -462,19 +555,25 @@ class Resources(ApiModel):
             "Resource requests, e.g. cpu: 8, memory: 64Gi. Default: trainer 4 CPUs and 24Gi per training GPU, "
             "vLLM 4 CPUs and 16Gi per inference GPU (2 CPUs and 8Gi / 6Gi on CPU)."
         ),
-        json_schema_extra={"maxProperties": 32},
+        max_length=32,
     )
     limits: dict[str, Quantity] = Field(
         default_factory=dict,
         description="Resource limits. Default: memory limited to its request, CPU unlimited.",
-        json_schema_extra={"maxProperties": 32},
+        max_length=32,
     )
     rules = (
-        Rule(
-            # has(): the API server does not default a map absent from a present object
-            cel="!(has(self.requests) && 'nvidia.com/gpu' in self.requests) && !(has(self.limits) && 'nvidia.com/gpu' in self.limits)",
-            message="GPU counts come from trainKwargs.num_training_gpus / num_inference_gpus; remove nvidia.com/gpu here",
-            check=lambda r: "nvidia.com/gpu" not in r.requests and "nvidia.com/gpu" not in r.limits,
+        *(
+            Rule(
+                # has(): the API server does not default a map absent from a present object
+                cel=f"!has(self.{m}) || self.{m}.all(r, r in {cel_list(POD_RESOURCES)})",
+                message=_RESOURCES_FIX,
+                message_expression=f"self.{m}.filter(r, !(r in {cel_list(POD_RESOURCES)}))[0] + ': {_RESOURCES_FIX}'",
+                check=lambda r, m=m: set(getattr(r, m)) <= set(POD_RESOURCES),
+                describe=lambda r, m=m: f"{min(set(getattr(r, m)) - set(POD_RESOURCES))}: {_RESOURCES_FIX}",
+                field=m,
+            )
+            for m in ("requests", "limits")
         ),
         Rule(
             cel=_REQUEST_LE_LIMIT_CEL,
@@ -489,10 +588,6 @@ class Resources(ApiModel):
     )
 
 
-def _cel_list(names: tuple[str, ...]) -> str:
-    return "[" + ", ".join(f"'{n}'" for n in names) + "]"
-
-
 _ENV_FIX = (
     "is set by the operator; remove it (API keys: untrustedModel/judge apiKeySecretRef; "
     "the hub token: model.hub.tokenSecretRef; GPUs: trainKwargs; the vLLM key is generated per job)"
@@ -502,8 +597,8 @@ _ENV_FIX = (
 class KeyRef(ApiModel):
     """One key of a Secret or ConfigMap in the job's namespace."""
 
-    name: str = Field(..., max_length=253, pattern=DNS_SUBDOMAIN, description="Name of the Secret or ConfigMap.")
-    key: str = Field(..., max_length=253, pattern=CONFIG_KEY_NAME, description="The key.")
+    name: ObjectName = Field(..., description="Name of the Secret or ConfigMap.")
+    key: ConfigKey = Field(..., description="The key.")
     optional: bool = Field(False, description="Start the pod even when the object or key is missing (variable unset).")
 
 
@@ -523,7 +618,7 @@ class EnvVar(ApiModel):
     value_from: Optional[EnvVarSource] = Field(None, description="Read the value from a Secret or ConfigMap key.")
     rules = (
         Rule(
-            cel=f"!(self.name in {_cel_list(OPERATOR_ENV_NAMES)})",
+            cel=f"!(self.name in {cel_list(OPERATOR_ENV_NAMES)})",
             message=f"the name {_ENV_FIX}",
             # per entry, so the message can name it (a filter over the list costs too much CEL budget)
             message_expression=f"self.name + ' {_ENV_FIX}'",
@@ -538,7 +633,7 @@ class EnvVar(ApiModel):
 class ObjectRef(ApiModel):
     """A whole Secret or ConfigMap in the job's namespace."""
 
-    name: str = Field(..., max_length=253, pattern=DNS_SUBDOMAIN, description="Name of the Secret or ConfigMap.")
+    name: ObjectName = Field(..., description="Name of the Secret or ConfigMap.")
     optional: bool = Field(False, description="Start the pod even when it is missing.")
 
 
@@ -554,24 +649,29 @@ class EnvFromSource(ApiModel):
 class PullSecretRef(ApiModel):
     """A docker-registry Secret in the job's namespace."""
 
-    name: str = Field(..., max_length=253, pattern=DNS_SUBDOMAIN, description="Secret name (kubernetes.io/dockerconfigjson).")
+    name: ObjectName = Field(..., description="Secret name (kubernetes.io/dockerconfigjson).")
 
 
 class PodOptions(ApiModel):
     """Scheduling and image options of one of the job's pods."""
 
-    image: Optional[str] = Field(None, max_length=512, description="Container image (default: the operator's configured image).")
+    image: Optional[str] = Field(
+        None,
+        max_length=512,
+        pattern=NO_SPACE,
+        description="Container image (default: the operator's configured image).",
+    )
     image_pull_policy: Optional[Literal["Always", "IfNotPresent", "Never"]] = Field(None, description="Image pull policy.")
     resources: Resources = nested(Resources, "CPU and memory; GPUs are set from trainKwargs.")
-    node_selector: dict[str, str] = Field(
+    node_selector: dict[str, LabelValue] = Field(
         default_factory=dict,
         description="Node labels the pod requires, e.g. nvidia.com/gpu.product.",
-        json_schema_extra={"maxProperties": 32},
+        max_length=32,
     )
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=32, description="Tolerations, e.g. for tainted GPU nodes."
     )
-    priority_class_name: Optional[str] = Field(None, max_length=253, description="PriorityClass of the pod.")
+    priority_class_name: Optional[ObjectName] = Field(None, description="PriorityClass of the pod.")
     env: list[EnvVar] = Field(
         default_factory=list,
         max_length=64,
@@ -605,10 +705,42 @@ class PodOptions(ApiModel):
             "load included) before the kubelet restarts it. Default: 1800."
         ),
     )
-    annotations: dict[str, str] = Field(
-        default_factory=dict, description="Extra pod annotations.", json_schema_extra={"maxProperties": 64}
+    # 32 values of 4096 characters and their keys stay under the API server's 256 KiB for a pod's annotations.
+    annotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=dict,
+        description=(
+            "Extra pod annotations. Keys under " + ", ".join(RESERVED_PREFIXES) + " are the operator's, and the legacy "
+            "AppArmor and seccomp keys (" + ", ".join(SECURITY_ANNOTATION_PREFIXES) + ") are refused: the pods run "
+            "the RuntimeDefault profiles their securityContext sets."
+        ),
+        max_length=32,
     )
-    labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.", json_schema_extra={"maxProperties": 64})
+    labels: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        description=(
+            "Extra pod labels. Keys under " + ", ".join(RESERVED_PREFIXES) + " and " + ", ".join(RESERVED_LABELS)
+            + " are the operator's (they identify the job's pods; Kueue's follow spec.queueName)."
+        ),
+        max_length=64,
+    )
+    rules = (
+        valid_keys("nodeSelector", "node label keys"),
+        valid_keys("labels", "label keys"),
+        no_reserved_keys(
+            "labels",
+            RESERVED_PREFIXES,
+            RESERVED_LABELS,
+            "the operator sets it to identify the job and its pods (Kueue labels follow spec.queueName)",
+        ),
+        valid_keys("annotations", "annotation keys"),
+        no_reserved_keys(
+            "annotations",
+            (*RESERVED_PREFIXES, *SECURITY_ANNOTATION_PREFIXES),
+            (),
+            "the operator and Kueue keep their bookkeeping under their prefixes, and the legacy AppArmor and "
+            "seccomp keys would change the security profile of the pod (it runs RuntimeDefault)",
+        ),
+    )
 
     @field_validator("env")
     @classmethod
@@ -642,7 +774,7 @@ class InferenceOptions(PodOptions):
         None, ge=1, le=64, description="vLLM --max-loras (default: enough for the versions in flight)."
     )
     gpu_memory_utilization: Optional[float] = Field(None, gt=0, le=1, description="vLLM --gpu-memory-utilization.")
-    extra_args: list[str] = Field(
+    extra_args: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
         default_factory=list,
         max_length=64,
         description=(
@@ -651,6 +783,7 @@ class InferenceOptions(PodOptions):
         ),
     )
     rules = (
+        *PodOptions.rules,
         Rule(
             cel=(  # an inference object without extraArgs has none: the API server does not default it
                 f"!has(self.extraArgs) || "
@@ -665,7 +798,7 @@ class InferenceOptions(PodOptions):
             field="extraArgs",
         ),
         Rule(
-            cel=f"!has(self.env) || self.env.all(e, !(e.name in {_cel_list(INFERENCE_ENV_NAMES)}))",
+            cel=f"!has(self.env) || self.env.all(e, !(e.name in {cel_list(INFERENCE_ENV_NAMES)}))",
             message=(
                 f"env may not set {', '.join(INFERENCE_ENV_NAMES)} in the vLLM pod: the operator puts the server's key "
                 "guard there; remove it"
@@ -679,12 +812,17 @@ class InferenceOptions(PodOptions):
 class Storage(ApiModel):
     """The shared volume for adapters, checkpoints and logs."""
 
-    size: str = Field("20Gi", pattern=QUANTITY, max_length=64, description="Requested capacity.")
-    storage_class_name: Optional[str] = Field(None, max_length=253, description="StorageClass (default: the cluster's).")
+    size: QuantityString = Field("20Gi", description="Requested capacity (more than 0).")
+    storage_class_name: Optional[str] = Field(
+        None,
+        max_length=253,
+        pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$",
+        description="StorageClass (default: the cluster's; \"\": none, a volume provisioned by hand).",
+    )
     access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = Field(
         "ReadWriteOnce", description="ReadWriteOnce puts both pods on one node; ReadWriteMany lets them spread."
     )
-    existing_claim: Optional[str] = Field(None, max_length=253, description="Use this PVC instead of creating one.")
+    existing_claim: Optional[ObjectName] = Field(None, description="Use this PVC instead of creating one.")
     retain_on_delete: bool = Field(
         False,
         description=(
@@ -695,6 +833,12 @@ class Storage(ApiModel):
         ),
     )
     rules = (
+        Rule(
+            cel="!isQuantity(self.size) || quantity(self.size).isGreaterThan(quantity('0'))",
+            message="a volume of size 0 holds nothing; give a size, e.g. 20Gi",
+            check=lambda s: parse_quantity(s.size) > 0,
+            field="size",
+        ),
         Rule(
             cel="self.accessMode != 'ReadWriteOncePod'",
             message="ReadWriteOncePod cannot be shared by the trainer and vLLM pods; use ReadWriteOnce or ReadWriteMany",
@@ -722,14 +866,21 @@ class Serve(ApiModel):
     )
 
 
+# Durations the operator adds to a time: ten years, far inside what a datetime holds.
+MAX_SECONDS = 10 * 365 * 86400
+
+
 class RunPolicy(ApiModel):
     """Failure, deadline and clean-up policy (as batch/v1 Job and Kubeflow TrainJob)."""
 
     backoff_limit: int = Field(3, ge=0, le=100, description="Trainer pod failures tolerated before the job fails.")
-    active_deadline_seconds: Optional[int] = Field(None, ge=1, description="Fail with DeadlineExceeded after this long running.")
+    active_deadline_seconds: Optional[int] = Field(
+        None, ge=1, le=MAX_SECONDS, description="Fail with DeadlineExceeded after this long running."
+    )
     ttl_seconds_after_finished: Optional[int] = Field(
         None,
         ge=0,
+        le=MAX_SECONDS,
         description=(
             "Delete the finished job after this long, and with it the job's own volume (adapters, checkpoints, "
             "result/); a storage.existingClaim is never deleted."
@@ -772,11 +923,8 @@ def _no_credentials_in(field: str) -> Rule:
 class ClaimExport(ApiModel):
     """A folder on a PersistentVolumeClaim of the job's namespace, replaced as a whole at each export."""
 
-    claim_name: str = Field(
-        ...,
-        max_length=253,
-        pattern=DNS_SUBDOMAIN,
-        description="The claim (mounted writable in the export pod). Not the job's own volume.",
+    claim_name: ObjectName = Field(
+        ..., description="The claim (mounted writable in the export pod). Not the job's own volume."
     )
     path: Optional[str] = Field(
         None,
@@ -808,20 +956,16 @@ class HubExport(ApiModel):
         ..., description="A Secret key holding a hub token with write access to the repository (never inline)."
     )
     rules = (_no_credentials_in("endpoint"),)
+    inline_secrets = InlineSecrets(("token", "hfToken"), "tokenSecretRef")
 
 
 class S3Credentials(ApiModel):
     """The Secret holding an S3 access key pair."""
 
-    name: str = Field(..., max_length=253, pattern=DNS_SUBDOMAIN, description="Secret name.")
-    access_key_id_key: str = Field(
-        "AWS_ACCESS_KEY_ID", max_length=253, pattern=CONFIG_KEY_NAME, description="The key holding the access key id."
-    )
-    secret_access_key_key: str = Field(
-        "AWS_SECRET_ACCESS_KEY",
-        max_length=253,
-        pattern=CONFIG_KEY_NAME,
-        description="The key holding the secret access key.",
+    name: ObjectName = Field(..., description="Secret name.")
+    access_key_id_key: ConfigKey = Field("AWS_ACCESS_KEY_ID", description="The key holding the access key id.")
+    secret_access_key_key: ConfigKey = Field(
+        "AWS_SECRET_ACCESS_KEY", description="The key holding the secret access key."
     )
 
 
@@ -848,6 +992,9 @@ class S3Export(ApiModel):
         ..., description="The Secret holding the access key id and secret access key (never inline)."
     )
     rules = (_no_parent_segment("prefix"), _no_credentials_in("endpoint_url"))
+    inline_secrets = InlineSecrets(
+        ("accessKeyId", "secretAccessKey", "awsAccessKeyId", "awsSecretAccessKey"), "credentialsSecretRef"
+    )
 
 
 class ExportDestination(ApiModel):

@@ -12,17 +12,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from grpo_operator.api.job import API_VERSION, KIND
+from grpo_operator.api.names import (
+    COMPONENT_LABEL,
+    DNS_LABEL_MAX,
+    INSTANCE_LABEL,
+    MANAGED_BY_LABEL,
+    NAME_LABEL,
+    OPERATOR_PREFIX,
+)
 from grpo_operator.api.spec import GRPOJobSpec
 from grpo_operator.resolve import run_claim
 
+# The labels are reserved in the API (grpo_operator.api.names): a job's own pod labels cannot set them.
 OPERATOR_NAME = "grpo-operator"
 APP_NAME = "grpojob"
-JOB_LABEL = "grpo.dev/job"
-ATTEMPT_LABEL = "grpo.dev/attempt"
-NAME_LABEL = "app.kubernetes.io/name"
-INSTANCE_LABEL = "app.kubernetes.io/instance"
-COMPONENT_LABEL = "app.kubernetes.io/component"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+JOB_LABEL = f"{OPERATOR_PREFIX}job"
+ATTEMPT_LABEL = f"{OPERATOR_PREFIX}attempt"
 
 TRAINER = "trainer"
 INFERENCE = "inference"
@@ -31,8 +36,6 @@ STORAGE = "storage"
 CONFIG = "config"
 CREDENTIALS = "credentials"
 NETWORK = "network"
-
-DNS_LABEL_MAX = 63
 
 
 @dataclass(frozen=True)

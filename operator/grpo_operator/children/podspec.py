@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from grpo_operator.api.names import DNS_LABEL_MAX, KUEUE_PREFIX, OPERATOR_PREFIX
 from grpo_operator.api.spec import EnvFromSource, PodOptions, VolumeSource
 from grpo_operator.children.meta import (
     ATTEMPT_LABEL,
@@ -41,10 +42,10 @@ from grpo_operator.resolve import (
 RUN_AS_USER = 1000
 HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
 
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
-KUEUE_GROUP_COUNT_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
-KUEUE_ADMISSION_GATE = "kueue.x-k8s.io/admission"
+KUEUE_QUEUE_LABEL = f"{KUEUE_PREFIX}queue-name"
+KUEUE_GROUP_LABEL = f"{KUEUE_PREFIX}pod-group-name"
+KUEUE_GROUP_COUNT_ANNOTATION = f"{KUEUE_PREFIX}pod-group-total-count"
+KUEUE_ADMISSION_GATE = f"{KUEUE_PREFIX}admission"
 POD_GROUP_SIZE = 2  # trainer + vLLM
 
 
@@ -104,9 +105,21 @@ def run_mount(job: Job, sub_path: Optional[str]) -> Mount:
     return Mount({"name": "run", "persistentVolumeClaim": {"claimName": pvc_name(job)}}, RUN_MOUNT, sub_path=sub_path)
 
 
+def volume_name(kind: str, name: str) -> str:
+    """The pod's volume for an object the job names (a claim, a ConfigMap): ``<kind>-<name>`` when that is an
+    RFC 1123 label, else with a hash of the name in place of what a label cannot hold (dots, length), so two
+    objects never share a volume."""
+    plain = f"{kind}-{name}"
+    if len(plain) <= DNS_LABEL_MAX and "." not in plain:
+        return plain
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    stem = name.replace(".", "-")[: DNS_LABEL_MAX - len(kind) - len(digest) - 2].rstrip("-")
+    return f"{kind}-{stem}-{digest}"
+
+
 def user_volume_mount(source: VolumeSource, root: str) -> Mount:
     """A read-only user claim at ``<root>/<claim>`` (the path resolve.mounted assumes)."""
-    name = f"claim-{source.claim_name}"[:63].rstrip("-.")
+    name = volume_name("claim", source.claim_name)
     volume = {"name": name, "persistentVolumeClaim": {"claimName": source.claim_name, "readOnly": True}}
     return Mount(volume, f"{root}/{source.claim_name}", read_only=True, sub_path=source.sub_path)
 
@@ -124,7 +137,7 @@ def data_mounts(job: Job) -> list[Mount]:
             mounts.append(user_volume_mount(source.file.volume, DATA_MOUNT))
         if source is not None and source.config_map is not None:
             name = source.config_map.name
-            volume = {"name": f"data-{name}"[:63].rstrip("-."), "configMap": {"name": name}}
+            volume = {"name": volume_name("data", name), "configMap": {"name": name}}
             mounts.append(Mount(volume, config_map_data_dir(name), read_only=True))
     return mounts
 
@@ -215,7 +228,7 @@ def probes(health: Optional[Health], port: str) -> dict[str, Any]:
 
 # A pod's spec as the operator rendered it, hashed: the lifecycle compares it with what the job renders now
 # (spec.trainer and spec.inference may change; a running pod keeps what it started with).
-SPEC_HASH_ANNOTATION = "grpo.dev/pod-spec-hash"
+SPEC_HASH_ANNOTATION = f"{OPERATOR_PREFIX}pod-spec-hash"
 
 
 def spec_hash(pod_spec: dict[str, Any]) -> str:

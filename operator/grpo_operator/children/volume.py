@@ -16,7 +16,7 @@ def persistent_volume_claim(job: Job) -> Optional[dict[str, Any]]:
         "accessModes": [storage.access_mode],
         "resources": {"requests": {"storage": storage.size}},
     }
-    if storage.storage_class_name:
+    if storage.storage_class_name is not None:  # "": no class (a volume provisioned by hand), as in Kubernetes
         spec["storageClassName"] = storage.storage_class_name
     return {
         "apiVersion": "v1",

@@ -10,7 +10,7 @@ and the CRD schema is generated from them.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import ConfigDict, Field
 
@@ -95,7 +95,8 @@ class GRPOArgs(LibraryKwargs):
             "a format failure (format_failure_score). The untrusted model and the judge keep DSPy's ChatAdapter."
         ),
     )
-    seed: int = Field(0, ge=0, description="Seed of the per-epoch example shuffle and of sampling.")
+    # vLLM seeds NumPy with it (--seed), which takes 32 bits.
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the per-epoch example shuffle and of sampling.")
     checkpoint: CheckpointMode = Field(
         "single-best",
         description=(
@@ -165,7 +166,7 @@ class LoraConfig(LibraryKwargs):
     r: int = Field(8, ge=1, le=max(VLLM_LORA_RANKS), description="LoRA rank (vLLM serves ranks up to 512).")
     lora_alpha: float = Field(16, gt=0, description="LoRA scaling numerator.")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
-    target_modules: list[str] = Field(
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"],
         min_length=1,
         max_length=64,

@@ -1,0 +1,52 @@
+"""The generated admission corpus (API server only: no operator, no pod runs).
+
+Every field of the CRD's spec, mutated every way (tests/support/mutations.py), is sent to the real
+API server: each mutation is either refused naming the field, or accepted and then survives
+pydantic, the job's resolution, every child builder and the API server's dry run of every child
+(tests/support/admission.py). Mutations go with field validation Ignore (what a lenient client
+sends: unknown keys pruned, so a declared inline-secret key must be refused by a rule), and the
+unknown keys once more with Strict. pydantic must refuse whatever the API server refuses (the
+local runner parses the same job). The counts are printed; bench/RESULTS.md (section
+admission_corpus) records them.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+import yaml
+from controlplane import ControlPlane
+
+from support.admission import VALID_REFUSED, VERDICTS, Judge, count
+from support.cluster_jobs import CRD_FILE, RESTRICTED
+from support.jobdocs import load_example
+from support.mutations import generate
+
+
+@pytest.fixture
+def restricted_namespace(control_plane: ControlPlane, grpojob_crd: str):
+    name = control_plane.create_namespace(f"admission-{uuid.uuid4().hex[:5]}", labels=RESTRICTED)
+    yield name
+    control_plane.delete_namespace(name)
+
+
+def test_every_mutation_is_refused_naming_its_field_or_runs(control_plane: ControlPlane, restricted_namespace: str):
+    root = yaml.safe_load(CRD_FILE.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    judge = Judge(control_plane.session(), restricted_namespace)
+    t0 = time.monotonic()
+    corpus = generate(load_example(), root["properties"]["spec"])
+    try:
+        outcomes = judge.run(corpus.mutations)
+    finally:
+        judge.clean_up()
+    counts = count(outcomes, corpus, judge.children_sent, time.monotonic() - t0)
+    print("\nadmission corpus\n" + counts.table())
+
+    assert not corpus.no_sample, f"no sample of STRING_POOL fits these fields; add one: {corpus.no_sample}"
+    failing = [o.line() for o in outcomes if o.verdict in (VERDICTS[2], VERDICTS[3], VALID_REFUSED)]
+    assert not failing, f"{len(failing)} mutations:\n" + "\n".join(failing[:60])
+    # pydantic and the CRD agree: what the API server refuses, the local runner (and the operator) refuse too
+    lenient = [o.mutation.label for o in outcomes if not o.pydantic_agrees]
+    assert not lenient, f"refused by the API server, accepted by pydantic: {lenient}"
