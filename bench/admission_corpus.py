@@ -27,8 +27,7 @@ from _results import header, write_section  # noqa: E402
 
 from support.admission import VERDICTS, Judge, count  # noqa: E402
 from support.cluster_jobs import CRD_FILE, RESTRICTED, install_crd  # noqa: E402
-from support.jobdocs import load_example  # noqa: E402
-from support.mutations import generate  # noqa: E402
+from support.mutations import generate, seed_job  # noqa: E402
 
 NAME = "admission_corpus"
 
@@ -45,7 +44,7 @@ def main() -> int:
         namespace = cp.create_namespace("admission-corpus", labels=RESTRICTED)
         judge = Judge(cp.session(), namespace)
         t0 = time.monotonic()
-        corpus = generate(load_example(), spec)
+        corpus = generate(seed_job(), spec)
         try:
             outcomes = judge.run(corpus.mutations)
         finally:

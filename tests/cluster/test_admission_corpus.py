@@ -21,8 +21,7 @@ from controlplane import ControlPlane
 
 from support.admission import VALID_REFUSED, VERDICTS, Judge, count
 from support.cluster_jobs import CRD_FILE, RESTRICTED
-from support.jobdocs import load_example
-from support.mutations import generate
+from support.mutations import generate, seed_job
 
 
 @pytest.fixture
@@ -36,7 +35,7 @@ def test_every_mutation_is_refused_naming_its_field_or_runs(control_plane: Contr
     root = yaml.safe_load(CRD_FILE.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     judge = Judge(control_plane.session(), restricted_namespace)
     t0 = time.monotonic()
-    corpus = generate(load_example(), root["properties"]["spec"])
+    corpus = generate(seed_job(), root["properties"]["spec"])
     try:
         outcomes = judge.run(corpus.mutations)
     finally:

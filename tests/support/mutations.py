@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 from grpo_operator.api import InvalidJob, parse_job
+from support.jobdocs import load_example
 
 # A list item (the first) and a map entry in a path; every other step is a property name.
 ITEM = 0
@@ -51,6 +52,7 @@ STRING_POOL = (
     "0",
     "1Gi",
     "a:b",
+    "a/b",
     "https://example.com/a",
     "git@example.com:a/b.git",
     "0123456789abcdef0123456789abcdef01234567",
@@ -393,6 +395,15 @@ class Generated:
     carried: list[str]  # fields a valid value was found for
     refused: list[str]  # fields no value makes valid (a refused key, a list that must stay empty)
     no_sample: list[str]  # string fields whose grammar no sample of STRING_POOL meets: add one
+
+
+def seed_job() -> dict[str, Any]:
+    """The seed of the corpus: the example job, plus the optional sections it leaves out whose objects need a
+    sibling chosen among several (spec.export's destinations: exactly one of claim, hub, s3), so each of their
+    fields is reached on a valid job."""
+    seed = load_example()
+    seed["spec"]["export"] = {"destinations": [{"claim": {"claimName": "models"}}]}
+    return seed
 
 
 def generate(seed: dict[str, Any], spec_schema: dict[str, Any]) -> Generated:

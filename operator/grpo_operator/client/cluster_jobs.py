@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from grpo_operator.api.job import GROUP, KIND, PLURAL, VERSION
 from grpo_operator.client.errors import GRPOError, JobFailed, JobRejected, NotServed
-from grpo_operator.client.job_view import JobView
+from grpo_operator.client.job_view import JobView, poll_view
 from grpo_operator.client.submission import Submission
 
 SUBMISSION_ANNOTATION = "grpo.dev/submission-sha256"  # what compile() submitted, to recognise it on a re-run
@@ -239,18 +239,9 @@ class ClusterJobs:
         poll: float = POLL_SECONDS,
     ) -> JobView:
         """Poll the job until ``until`` holds (default: Succeeded or Failed); raises TimeoutError."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            view = self.view(name)
-            if on_view is not None:
-                on_view(view)
-            if until(view):
-                return view
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"GRPOJob {name} is {view.state} ({view.reason}: {view.message}) after {timeout:g} s"
-                )
-            time.sleep(poll)
+        return poll_view(
+            lambda: self.view(name), until, on_view=on_view, timeout=timeout, poll=poll, what=f"GRPOJob {name}"
+        )
 
     def logs(self, name: str, *, follow: bool = False, tail: Optional[int] = None) -> Iterator[str]:
         """The trainer's log lines (the current attempt's pod), as ``kubectl logs`` shows them; ``follow`` first

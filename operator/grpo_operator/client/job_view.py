@@ -7,6 +7,8 @@ as ``kubectl get grpojobs`` shows it (api/status.py CONDITION_ORDER).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
@@ -106,3 +108,25 @@ class JobView:
             "best": self.best_val_score,
             "message": self.message,
         }
+
+
+def poll_view(
+    view: Callable[[], JobView],
+    until: Callable[[JobView], bool],
+    *,
+    on_view: Optional[Callable[[JobView], None]],
+    timeout: Optional[float],
+    poll: float,
+    what: str,
+) -> JobView:
+    """Read ``view()`` every ``poll`` seconds until ``until`` holds; TimeoutError naming ``what`` and its state."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        current = view()
+        if on_view is not None:
+            on_view(current)
+        if until(current):
+            return current
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} is {current.state} ({current.reason}: {current.message}) after {timeout:g} s")
+        time.sleep(poll)

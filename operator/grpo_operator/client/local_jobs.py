@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from grpo_operator.client.errors import GRPOError
-from grpo_operator.client.job_view import JobView
+from grpo_operator.client.job_view import JobView, poll_view
 from grpo_operator.local.rundir import LOCK_FILE, LOGS_DIR, read_progress
 from grpo_operator.local.runner import TRAINER_LOG
 from grpo_trainer.contract.progress import Progress
@@ -104,16 +104,15 @@ class LocalJobs:
         timeout: Optional[float] = None,
         poll: float = POLL_SECONDS,
     ) -> JobView:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            view = self.view(name)
-            if on_view is not None:
-                on_view(view)
-            if until(view) or view.state in ("Suspended", "Pending"):
-                return view
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"run {name} is {view.state} ({view.message}) after {timeout:g} s")
-            time.sleep(poll)
+        """Poll the run until ``until`` holds (default: finished), or it is suspended or not started."""
+        return poll_view(
+            lambda: self.view(name),
+            lambda v: until(v) or v.state in ("Suspended", "Pending"),
+            on_view=on_view,
+            timeout=timeout,
+            poll=poll,
+            what=f"run {name}",
+        )
 
     def stop(self, name: str) -> None:
         pid = runner_pid(self.run_dir(name))

@@ -152,7 +152,10 @@ class GRPOArgs(LibraryKwargs):
                 "self.variably_invoked_predictor_grouping_mode != 'fill' "
                 "|| has(self.variably_invoked_predictor_fill_strategy)"
             ),
-            message="grouping mode fill needs variably_invoked_predictor_fill_strategy: randint or max",
+            message=(
+                "variably_invoked_predictor_grouping_mode fill needs variably_invoked_predictor_fill_strategy: "
+                "randint or max"
+            ),
             check=lambda g: g.variably_invoked_predictor_grouping_mode != "fill"
             or g.variably_invoked_predictor_fill_strategy is not None,
             field="variably_invoked_predictor_fill_strategy",
