@@ -394,10 +394,11 @@ def compile_topics(ns: str, kubeconfig: Path, model_dir: Path, work: Path, name:
 
     folder = work / f"notebook-{name}"
     folder.mkdir()
-    (folder / f"{name.replace('-', '_')}_metric.py").write_text(metric_source)
+    module = f"{name.replace('-', '_')}_metric"  # e.g. topics_compiled_metric, named in the job's errors
+    (folder / f"{module}.py").write_text(metric_source)
     sys.path[:0] = [str(OWN_PROGRAM), str(folder)]
     try:
-        score = __import__(f"{name.replace('-', '_')}_metric").score
+        score = __import__(module).score
         from topics.program import Topic  # type: ignore[import-not-found]
 
         student = Topic()
@@ -426,7 +427,7 @@ def compile_topics(ns: str, kubeconfig: Path, model_dir: Path, work: Path, name:
         return compiler.compile(student, trainset=examples, valset=examples[:4])
     finally:
         sys.path[:] = [p for p in sys.path if p not in (str(OWN_PROGRAM), str(folder))]
-        sys.modules.pop(f"{name.replace('-', '_')}_metric", None)
+        sys.modules.pop(module, None)
 
 
 def test_a_users_own_program_from_every_kind_of_code_source_trains_and_a_misspelt_one_fails_at_once(
