@@ -91,7 +91,11 @@ def run_mount(pod: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_papillon_job_runs_reports_progress_and_succeeds(
-    control_plane: ControlPlane, job_ns: str, operator: OperatorProcess, operator_kubeconfig: Path
+    control_plane: ControlPlane,
+    job_ns: str,
+    operator: OperatorProcess,
+    operator_kubeconfig: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ):
     cp, ns = control_plane, job_ns
     release_ns = kubeconfig_namespace(operator_kubeconfig)
@@ -107,6 +111,18 @@ def test_papillon_job_runs_reports_progress_and_succeeds(
             (owner,) = item["metadata"]["ownerReferences"]
             assert owner["uid"] == uid and owner["controller"] is True, item["metadata"]["name"]
     trainer, vllm = running(cp, ns, "papillon-trainer-0"), running(cp, ns, "papillon-inference-0")
+    # grpo logs: a KWOK node keeps no container logs, and says so; its words come back naming the pod (not a
+    # missing CRD), and a follower, which gives a just-started pod's node a moment, gives up while the pod runs
+    from grpo_operator.client import cluster_jobs
+    from grpo_operator.client.errors import GRPOError
+
+    monkeypatch.setattr(cluster_jobs, "LOG_OPEN_PATIENCE_SECONDS", 3.0)
+    jobs = cluster_jobs.ClusterJobs(ns, kubeconfig=str(team_member(cp, ns)))
+    for follow in (False, True):
+        with pytest.raises(GRPOError) as refused:
+            list(jobs.logs("papillon", follow=follow))
+        assert "the log of pod papillon-trainer-0: its node does not serve it (" in str(refused.value)
+        assert "no logs found for container" in str(refused.value) and "papillon-trainer-0" in str(refused.value)
     # the job's own vLLM key: generated, in an immutable Secret the job owns, read by both pods (and only there)
     secrets = cp.get_json("secrets", "-l", JOB_LABEL, namespace=ns)["items"]
     (secret,) = secrets

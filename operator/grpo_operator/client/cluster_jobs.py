@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import time
 from typing import Any, Callable, Iterator, Optional
@@ -22,7 +23,11 @@ from grpo_operator.client.submission import Submission
 SUBMISSION_ANNOTATION = "grpo.dev/submission-sha256"  # what compile() submitted, to recognise it on a re-run
 TRAINER_CONTAINER = "trainer"
 POLL_SECONDS = 2.0
+LOG_OPEN_PATIENCE_SECONDS = 60.0  # how long a follower waits for the node to serve a started pod's log
+LOG_RETRY_SECONDS = 1.0
 IN_CLUSTER_ENV = "KUBERNETES_SERVICE_HOST"
+
+log = logging.getLogger(__name__)
 
 
 def in_cluster() -> bool:
@@ -48,8 +53,8 @@ def _api_client(context: Optional[str], kubeconfig: Optional[str]) -> tuple[Any,
     return api, (chosen or {}).get("context", {}).get("namespace") or "default"
 
 
-def _refusal(exc: Any, what: str) -> GRPOError:
-    """An ApiException as the error the user acts on: the API server's own message and field causes."""
+def _answer(exc: Any) -> tuple[str, list[str]]:
+    """An ApiException's message and causes (a field's refusal, or the words of a node the API server relayed)."""
     try:
         body = json.loads(exc.body or "{}")
     except (TypeError, ValueError):
@@ -59,11 +64,18 @@ def _refusal(exc: Any, what: str) -> GRPOError:
         f"{c.get('field', '')}: {c.get('message', '')}".strip(": ")
         for c in (body.get("details") or {}).get("causes") or []
     ]
+    return message, causes
+
+
+def _refusal(exc: Any, what: str) -> GRPOError:
+    """An ApiException as the error the user acts on: the API server's own message and field causes."""
+    message, causes = _answer(exc)
     if exc.status in (400, 422):
         return JobRejected(f"{what} was refused by the API server: {message}", causes or [message])
     if exc.status == 403:
         return GRPOError(f"{what}: forbidden ({message}); ask for the rights in this namespace")
-    if exc.status == 404 and "the server could not find the requested resource" in message:
+    no_such_type = "the server could not find the requested resource" in message  # not one missing object
+    if exc.status == 404 and no_such_type and what.startswith("GRPOJob"):
         return GRPOError(f"{what}: the GRPOJob CRD is not installed in this cluster (helm install grpo-operator ...)")
     return GRPOError(f"{what}: {exc.status} {message}")
 
@@ -252,7 +264,7 @@ class ClusterJobs:
         kwargs: dict[str, Any] = {"container": TRAINER_CONTAINER, "follow": follow, "_preload_content": False}
         if tail is not None:
             kwargs["tail_lines"] = tail
-        response = self._call(f"the log of pod {pod}", self.core.read_namespaced_pod_log, pod, self.namespace, **kwargs)
+        response = self._open_log(pod, kwargs, patience=LOG_OPEN_PATIENCE_SECONDS if follow else 0.0)
         buffer = b""
         try:
             for chunk in response.stream(amt=4096, decode_content=True):
@@ -264,6 +276,37 @@ class ClusterJobs:
                 yield buffer.decode("utf-8", errors="replace")
         finally:
             response.release_conn()
+
+    def _open_log(self, pod: str, kwargs: dict[str, Any], patience: float) -> Any:
+        """The log stream of ``pod``. The API server reports the pod Running a moment before its node may
+        serve the container's log (404 or 400 "waiting to start" from the kubelet): a follower waiting for
+        that pod retries for ``patience`` seconds, as long as the pod itself still exists."""
+        from kubernetes.client.exceptions import ApiException
+
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                return self.core.read_namespaced_pod_log(pod, self.namespace, **kwargs)
+            except ApiException as exc:
+                if exc.status not in (400, 404):
+                    raise _refusal(exc, f"the log of pod {pod}") from None
+                message, causes = _answer(exc)
+                words = "; ".join(causes) or message  # the node's own, as the API server relays them
+                if time.monotonic() >= deadline or not self._pod_exists(pod):
+                    raise GRPOError(f"the log of pod {pod}: its node does not serve it ({words})") from None
+                log.info("pod %s: waiting for its node to serve the log (%s)", pod, words)
+            time.sleep(LOG_RETRY_SECONDS)
+
+    def _pod_exists(self, pod: str) -> bool:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.core.read_namespaced_pod(pod, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise _refusal(exc, f"pod {pod}") from None
+        return True
 
     def _started_trainer(self, name: str) -> str:
         """The trainer pod's name once its container has started (or the job finished without one)."""
