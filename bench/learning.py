@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,16 +69,24 @@ def validation_noise(seeds: int, work: Path) -> list[float]:
     return scores
 
 
-def learning_run(steps: int, overlap: bool, seed: int, work: Path) -> dict[str, Any]:
-    """One ``grpo-local`` run of the embedded default; its summary.json plus the wall time."""
+def learning_run(
+    steps: int,
+    overlap: bool,
+    seed: int,
+    work: Path,
+    runner: Sequence[str] = ("-m", "grpo_operator.local.cli"),
+    label: str = "",
+) -> dict[str, Any]:
+    """One ``grpo-local`` run of the embedded default (``runner``: the interpreter's arguments that start it);
+    its summary.json plus the wall time."""
     doc = default_job()
     doc["spec"]["grpo"].update(overlap_rollouts=overlap, seed=seed)
-    name = f"run-{'overlap' if overlap else 'sequential'}-seed{seed}"
+    name = f"run-{'overlap' if overlap else 'sequential'}-seed{seed}{label}"
     job = work / f"{name}.yaml"
     job.write_text(yaml.safe_dump(doc, sort_keys=False))
     run_dir = work / name
     started = time.monotonic()
-    cmd = [sys.executable, "-m", "grpo_operator.local.cli", str(job), "--steps", str(steps), "--run-dir", str(run_dir),
+    cmd = [sys.executable, *runner, str(job), "--steps", str(steps), "--run-dir", str(run_dir),
            "--port", str(free_port()), "--trainer-port", "0", "--fresh", "--no-plot"]
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -347,6 +347,17 @@ def gpu_split(spec: GRPOJobSpec, target: Target) -> tuple[int, int]:
     return training, inference
 
 
+def _cpu_sharing_env(spec: GRPOJobSpec, target: Target, gpus: int) -> dict[str, str]:
+    """OpenMP threads that sleep when idle, for a local run's CPU process while the other computes beside it
+    (rollouts overlapped with training). libgomp's idle threads spin, taking the cores the other process
+    computes on: 3 overlapped steps of the embedded default took 229 s spinning, 192 s passive. Alone on
+    the cores (sequential steps), spinning is faster: 157 s against 191 s (bench/RESULTS.md, "cpu_sharing").
+    A pod has its own cores, a GPU process barely computes on them: nothing is set there. The job's own env
+    may say otherwise."""
+    shared = isinstance(target, LocalTarget) and not gpus and spec.grpo.overlap_rollouts
+    return {"OMP_WAIT_POLICY": "PASSIVE"} if shared else {}
+
+
 def _visible_devices(first: int, count: int) -> dict[str, str]:
     """CUDA_VISIBLE_DEVICES for ``count`` GPUs from ``first``: on one machine the processes split its GPUs
     (vLLM first); in a pod the device plugin shows each container only its own, so nothing is set there."""
@@ -548,6 +559,7 @@ def vllm_server(spec: GRPOJobSpec, target: Target, inference_gpus: int) -> VLLMS
         guard_dir=target.guard_dir,  # every request but the probes needs the job's key
         extra_args=tuple(spec.inference.extra_args),
         extra_env={
+            **_cpu_sharing_env(spec, target, inference_gpus),
             **literal_env(spec.inference.env),
             **(_visible_devices(0, inference_gpus) if isinstance(target, LocalTarget) else {}),
         },
@@ -618,7 +630,12 @@ def resolve(
     ``namespace``, ``uid``: the GRPOJob object's (a cluster job), recorded with its run.
     """
     training_gpus, inference_gpus = gpu_split(spec, target)
-    trainer_env = {**TRAINER_ENV_DEFAULTS, CONFIG_ENV: target.config_path, **literal_env(spec.trainer.env)}
+    trainer_env = {
+        **TRAINER_ENV_DEFAULTS,
+        **_cpu_sharing_env(spec, target, training_gpus),
+        CONFIG_ENV: target.config_path,
+        **literal_env(spec.trainer.env),
+    }
     if isinstance(target, LocalTarget):
         trainer_env.update(_visible_devices(inference_gpus, training_gpus))
     trainer_refs, inference_refs = env_refs(spec)

@@ -382,7 +382,12 @@ def test_rwo_pods_that_cannot_share_a_node_are_moved_together_to_one_that_fits(
                 for c in p.get("status", {}).get("conditions", []))]  # fmt: skip
             return len(stuck) == 1 and any(p["spec"].get("nodeName") == small for p in ps)
 
-        wait_until(one_placed_one_stuck, timeout=60, what="one pod on the 3-GPU node, the other unschedulable")
+        def stuck_on_the_small_node() -> bool:
+            # the state lasts replace_unplaceable_seconds (5 s) before the operator recreates both, stuck
+            # again: a loaded machine's polls can miss it; the operator's Replacing event says it was there
+            return one_placed_one_stuck() or any(e["reason"] == "Replacing" for e in events(cp, ns))
+
+        wait_until(stuck_on_the_small_node, timeout=60, what="one pod on the 3-GPU node, the other unschedulable")
         cp.add_gpu_nodes([big], gpus=4, labels=pool)
 
         def together_on_big() -> dict[str, Any] | None:

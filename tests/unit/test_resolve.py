@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from grpo_operator.api import parse_job
+from grpo_operator.api.spec import EnvVar
 from grpo_operator.children import Job, config_map, inference_pod, resolved, trainer_pod
 from grpo_operator.local.default import default_job
 from grpo_operator.resolve import ClusterTarget, LocalTarget, UnplaceableJob, resolve, run_path
@@ -79,7 +80,7 @@ def test_vllm_starts_with_the_same_flags_in_a_pod_and_locally(spec, tmp_path: Pa
     pod_cmd, local_cmd = vllm_command(pod_run.vllm), vllm_command(local_run.vllm)
     assert without(pod_cmd.argv, *WHERE_FLAGS) == without(local_cmd.argv, *WHERE_FLAGS)
     assert pod_cmd.argv[pod_cmd.argv.index("--seed") + 1] == str(spec.grpo.seed)
-    where = ("CUDA_VISIBLE_DEVICES", "PYTHONPATH")
+    where = ("CUDA_VISIBLE_DEVICES", "OMP_WAIT_POLICY", "PYTHONPATH")  # one machine's sharing, the guard's folder
     assert {k: v for k, v in pod_cmd.env.items() if k not in where} == {
         k: v for k, v in local_cmd.env.items() if k not in where
     }
@@ -94,9 +95,8 @@ def test_the_trainer_runs_the_same_command_and_environment(spec, tmp_path: Path)
     assert without(pod_run.trainer_argv, "--config") == without(local_run.trainer_argv, "--config")
     assert local_run.trainer_argv[0] == "/venv/bin/python" and local_run.trainer_argv[-1].endswith("config.json")
     pod_env = {k: v for k, v in pod_run.trainer_env.items() if k != "GRPO_TRAINER_CONFIG"}
-    local_env = {
-        k: v for k, v in local_run.trainer_env.items() if k not in ("GRPO_TRAINER_CONFIG", "CUDA_VISIBLE_DEVICES")
-    }
+    sharing = ("CUDA_VISIBLE_DEVICES", "OMP_WAIT_POLICY")  # how one machine's processes share it
+    local_env = {k: v for k, v in local_run.trainer_env.items() if k != "GRPO_TRAINER_CONFIG" and k not in sharing}
     assert pod_env == local_env
 
 
@@ -159,6 +159,19 @@ def test_a_machine_without_gpus_runs_the_seed_on_its_cpu() -> None:
     assert (run.training_gpus, run.inference_gpus) == (0, 0)
     assert run.config.device == "cpu" and run.vllm.device == "cpu"
     assert "CUDA_VISIBLE_DEVICES" not in run.trainer_env and "grpo_trainer.run.launch" not in run.trainer_argv
+    # rollouts overlapped with training: both processes compute on the same cores at once, and OpenMP
+    # threads sleep when idle (unless the job says otherwise); sequential steps keep libgomp's default
+    assert run.config.grpo.overlap_rollouts
+    assert run.trainer_env["OMP_WAIT_POLICY"] == vllm_command(run.vllm).env["OMP_WAIT_POLICY"] == "PASSIVE"
+    spec = seed_spec()
+    spec.trainer.env = [EnvVar(name="OMP_WAIT_POLICY", value="ACTIVE")]
+    assert resolve("j", spec, local_target(Path("/x"), gpus=0)).trainer_env["OMP_WAIT_POLICY"] == "ACTIVE"
+    sequential = seed_spec()
+    sequential.grpo.overlap_rollouts = False
+    # a pod has its own cores; a local GPU run's processes compute on their GPUs
+    pods, gpus = resolve("j", seed_spec(), cluster(seed_spec())), resolve("j", seed_spec(), local_target(Path("/x"), 4))
+    for other in (resolve("j", sequential, local_target(Path("/x"), gpus=0)), pods, gpus):
+        assert "OMP_WAIT_POLICY" not in other.trainer_env and "OMP_WAIT_POLICY" not in vllm_command(other.vllm).env
 
 
 def test_the_pods_render_the_resolution() -> None:
