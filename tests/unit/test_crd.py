@@ -112,8 +112,11 @@ def test_status_subresource_and_immutable_spec_fields():
     (rule,) = [r["rule"] for r in spec["storage"]["x-kubernetes-validations"] if "oldSelf" in r["rule"]]
     for field in spec["storage"]["properties"]:
         assert (f"self.{field} == oldSelf.{field}" in rule) == (field != "retainOnDelete"), field
-    for mutable in ("suspend", "runPolicy", "trainer", "inference"):
+    for mutable in ("suspend", "runPolicy", "trainer"):
         assert not any("oldSelf" in r["rule"] for r in spec[mutable].get("x-kubernetes-validations", [])), mutable
+    # inference: every field but pool (the job's run directory is on the pool's volume or on its own)
+    (rule,) = [r["rule"] for r in spec["inference"]["x-kubernetes-validations"] if "oldSelf" in r["rule"]]
+    assert re.findall(r"oldSelf\.(\w+)", rule) == ["pool", "pool"]
 
 
 def test_a_renamed_argument_is_explained_under_both_names_and_defaulted_under_neither():

@@ -1077,6 +1077,12 @@ STORAGE_UNCHANGED = " && ".join(
     for f in ("size", "storageClassName", "accessMode", "existingClaim")
 )
 STORAGE_IMMUTABLE = "is immutable once the job exists, except retainOnDelete; create a new GRPOJob instead"
+# inference.pool decides where the run directory is (the job's volume or the pool's): it stays as it was
+POOL_UNCHANGED = "has(self.pool) == has(oldSelf.pool) && (!has(self.pool) || self.pool == oldSelf.pool)"
+POOL_IMMUTABLE = (
+    "pool is immutable once the job exists (its run directory is on the pool's volume, or on the job's); "
+    "create a new GRPOJob instead"
+)
 
 # Where hub tokens are set, as CEL presence tests and as the Python path to the reference.
 _HUB_TOKENS: tuple[tuple[str, str], ...] = (
@@ -1135,7 +1141,11 @@ class GRPOJobSpec(ApiModel):
         json_schema_extra={"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": IMMUTABLE}]},
     )
     trainer: PodOptions = nested(PodOptions, "Options of the trainer pod.")
-    inference: InferenceOptions = nested(InferenceOptions, "Options of the vLLM pod.")
+    inference: InferenceOptions = nested(
+        InferenceOptions,
+        "Options of the vLLM pod, or the inference pool the job uses instead (inference.pool).",
+        json_schema_extra={"x-kubernetes-validations": [{"rule": POOL_UNCHANGED, "message": POOL_IMMUTABLE}]},
+    )
     storage: Storage = nested(
         Storage,
         "The shared adapter/checkpoint volume.",
