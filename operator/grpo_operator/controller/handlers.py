@@ -228,8 +228,9 @@ def register(
 def register_pools(
     registry: kopf.OperatorRegistry, pools: PoolReconciler, settings: OperatorSettings, jobs: WorkQueue[JobKey]
 ) -> WorkQueue[JobKey]:
-    """GRPOInferencePools: reconciled on their events, their servers' pod events, the events of the jobs that
-    name them, and periodically; a pool's change reconciles the jobs it lists (attached or waiting)."""
+    """GRPOInferencePools: reconciled when they appear or their spec changes, on their servers' pod events, the
+    events of the jobs that name them, and periodically; a pool's change reconciles the jobs it lists
+    (attached or waiting)."""
     threads = ThreadPoolExecutor(max_workers=settings.pool_workers, thread_name_prefix="grpo-pool")
 
     async def reconcile(key: JobKey) -> None:
@@ -253,19 +254,18 @@ def register_pools(
         await queue.stop()
         threads.shutdown(wait=False, cancel_futures=True)
 
-    @kopf.on.resume(GROUP, VERSION, POOL_PLURAL, registry=registry)
-    @kopf.on.create(GROUP, VERSION, POOL_PLURAL, registry=registry)
-    @kopf.on.update(GROUP, VERSION, POOL_PLURAL, field="spec", registry=registry)
-    async def on_pool(namespace: str, name: str, **_: Any) -> None:
-        queue.add((namespace, name))
-
     @kopf.on.event("v1", "pods", labels=POOL_POD_LABELS, registry=registry)
     async def on_pool_pod(namespace: str, labels: kopf.Labels, **_: Any) -> None:
         queue.add((namespace, labels[POOL_LABEL]))
 
     @kopf.on.event(GROUP, VERSION, POOL_PLURAL, registry=registry)
     async def on_pool_event(type: str, name: str, namespace: str, body: kopf.Body, **_: Any) -> None:
+        # Events only (no create/update handlers): Kopf would keep its bookkeeping in annotations, and the
+        # operator may not patch pools. A change of the status alone is the pool's own write: not queued again.
         status = body.get("status") or {}
+        generation = (body.get("metadata") or {}).get("generation")
+        if type != "DELETED" and (type in (None, "ADDED") or generation != status.get("observedGeneration")):
+            queue.add((namespace, name))
         for job in [j.get("name") for j in status.get("jobs") or []] + list(status.get("waiting") or []):
             if isinstance(job, str):
                 jobs.add((namespace, job))  # attached, waiting, or told that the pool is gone

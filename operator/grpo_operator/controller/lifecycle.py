@@ -17,8 +17,8 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any, Optional
 
 from grpo_operator import children
@@ -645,6 +645,8 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
     elif t_pod is not None and t_pod.running:
         note = _changed_since(t_pod, lambda: children.trainer_pod(job, settings, t_attempt), "spec.trainer")
         new["Training"] = Cond.true("Running", _progress_message(status) + note)
+    elif t_pod is None and refused:
+        new["Training"] = Cond.false("NotCreated", "no trainer: the job may not use its pool (see Created)")
     elif t_pod is None and may_create and verdict is not None and not verdict.attached:
         new["Training"] = Cond.false("PoolFull" if verdict.full else "WaitingForPool", verdict.waiting_message)
     else:
