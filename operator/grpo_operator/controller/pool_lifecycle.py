@@ -25,9 +25,6 @@ from grpo_operator.controller.conditions import Cond, PodView, conditions, trans
 from grpo_operator.controller.lifecycle import Event, Plan, waiting_cond
 from grpo_operator.settings import OperatorSettings
 
-# ------------------------------------------------------------------------------------------ the pool's side
-
-
 @dataclass(frozen=True)
 class JobOnPool:
     """A job of the pool's namespace that names the pool."""

@@ -14,11 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from pydantic import BaseModel
+
 from grpo_operator import children
 from grpo_operator.api.pool import GRPOInferencePoolSpec, InvalidPool, parse_pool_spec
 from grpo_operator.api.spec import GRPOJobSpec
 from grpo_operator.children import PoolBinding
 from grpo_operator.resolve import max_loras
+
 
 def pool_name(ref: str, namespace: str) -> tuple[str, str]:
     """(namespace, name) of a spec.inference.pool reference: NAME, or NAMESPACE/NAME."""
@@ -37,6 +40,11 @@ def job_slots(spec: GRPOJobSpec) -> int:
     return max_loras(spec)
 
 
+def _shown(value: object) -> object:
+    """A field's value as a manifest writes it (a volume as its mapping)."""
+    return value.model_dump(by_alias=True, exclude_none=True) if isinstance(value, BaseModel) else value
+
+
 def mismatch(job: GRPOJobSpec, pool: GRPOInferencePoolSpec) -> list[str]:
     """How a job differs from what its pool serves (empty: it may use it)."""
     out: list[str] = []
@@ -48,8 +56,7 @@ def mismatch(job: GRPOJobSpec, pool: GRPOInferencePoolSpec) -> list[str]:
         ("servedName", mine.served_name, theirs.served_name),
     ):
         if a != b:
-            shown = (lambda v: v.model_dump(by_alias=True, exclude_none=True) if hasattr(v, "model_dump") else v)
-            out.append(f"spec.model.{wire} is {shown(a)!r}, the pool's is {shown(b)!r}")
+            out.append(f"spec.model.{wire} is {_shown(a)!r}, the pool's is {_shown(b)!r}")
     rank = job.train_kwargs.lora_config.r
     if rank > pool.max_lora_rank:
         out.append(f"trainKwargs.lora_config.r is {rank}, above the pool's maxLoraRank {pool.max_lora_rank}")
