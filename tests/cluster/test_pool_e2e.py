@@ -63,7 +63,7 @@ def test_a_pool_serves_its_jobs_counts_their_slots_and_refuses_those_that_cannot
     cp, ns = control_plane, job_ns
     cp.apply_yaml(yaml.safe_dump(pool_manifest()), ns)
     pool = wait_until(
-        lambda: (p := get_pool(cp, ns)) if p.get("status", {}).get("readyReplicas") == 1 else None,
+        lambda: p if (p := get_pool(cp, ns)).get("status", {}).get("readyReplicas") == 1 else None,
         timeout=30,
         what="the pool's server ready",
     )
@@ -132,7 +132,7 @@ def test_a_pool_serves_its_jobs_counts_their_slots_and_refuses_those_that_cannot
 
     # the pool's series on the operator's /metrics
     metrics = wait_until(
-        lambda: (t := operator.metrics()) if f'grpo_pool_jobs_attached{{namespace="{ns}",pool="shared"}} 2.0' in t else None,
+        lambda: t if f'grpo_pool_jobs_attached{{namespace="{ns}",pool="shared"}} 2.0' in (t := operator.metrics()) else None,
         timeout=15,
         what="the pool's series",
     )
