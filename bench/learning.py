@@ -3,12 +3,13 @@
 1. Noise: the validation score of one fixed model (the warm-started base, step 0)
    under several sampling seeds, through the vLLM server ``grpo-local`` would start
    -- the spread any gain must clear.
-2. Learning: ``grpo-local`` on the embedded default, overlapped (the default) for a
-   few training seeds and sequential for one: baseline vs final validation score,
-   and wall time.
+2. Learning: ``grpo-local`` on the embedded default, sequential (how it runs on a CPU) for a
+   few training seeds and overlapped for one: baseline vs final validation score, the
+   gain's spread across training seeds, and wall time.
 
-Writes the ``learning`` section of bench/RESULTS.md; tests/support/learning.py (the margin
-tests/local/test_local_e2e.py and tests/local/test_compile.py assert) takes its noise figure from here.
+Writes the ``learning`` section of bench/RESULTS.md and bench/learning.json, the one
+figure tests/support/learning.py takes its margin from (the gain
+tests/local/test_local_e2e.py and tests/local/test_compile.py assert).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from grpo_trainer.dspy.task import checked_task
 from grpo_trainer.run.distributed import DistContext
 from grpo_trainer.run.loop import GRPORun
 from grpo_trainer.vllm.process import VLLMProcess
+from support.learning import FIGURE_FILE, MARGIN_SDS, LearningFigure
 from support.vllm import free_port
 
 
@@ -89,39 +91,55 @@ def learning_run(steps: int, overlap: bool, seed: int, work: Path) -> dict[str, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 noise seeds, 1 training seed, overlapped only")
+    parser.add_argument("--quick", action="store_true", help="3 noise seeds, 1 training seed of each mode")
     parser.add_argument("--seeds", type=int, default=6, help="sampling seeds for the noise")
-    parser.add_argument("--train-seeds", type=int, default=2, help="training seeds of the overlapped runs")
+    parser.add_argument("--train-seeds", type=int, default=3, help="training seeds of the sequential runs")
+    parser.add_argument("--overlap-seeds", type=int, default=1, help="training seeds of the overlapped runs")
     parser.add_argument("--steps", type=int, default=None, help="default: the embedded default's num_train_steps")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md and the figure alone")
     args = parser.parse_args()
-    seeds, train_seeds = (3, 1) if args.quick else (args.seeds, args.train_seeds)
+    seeds, train_seeds, overlap_seeds = (3, 1, 1) if args.quick else (args.seeds, args.train_seeds, args.overlap_seeds)
     steps = args.steps or default_job()["spec"]["grpo"]["num_train_steps"]  # builds the tiny model once
-    configs = [(True, seed) for seed in range(train_seeds)] + ([] if args.quick else [(False, 0)])
+    configs = [(False, seed) for seed in range(train_seeds)] + [(True, seed) for seed in range(overlap_seeds)]
     with tempfile.TemporaryDirectory(prefix="bench-learning-") as tmp:
         work = Path(tmp)
         print(f"validation noise over {seeds} sampling seeds (base model):", flush=True)
         noise = validation_noise(seeds, work)
         runs = [(overlap, seed, learning_run(steps, overlap, seed, work)) for overlap, seed in configs]
 
-    spread = statistics.stdev(noise)
+    figure = LearningFigure.measured(noise, [s["final_val_score"] - s["baseline_val_score"] for *_, s in runs])
     lines = [
         f"Validation score of the base model over {seeds} sampling seeds: mean {statistics.fmean(noise):.4f}, "
-        f"standard deviation **{spread:.4f}** (min {min(noise):.4f}, max {max(noise):.4f}).",
+        f"standard deviation {figure.sampling_sd:.4f} (min {min(noise):.4f}, max {max(noise):.4f}). What final − "
+        "baseline varies by when nothing is learnt (two evaluations, each with that spread): "
+        f"**{figure.null_gain_sd:.4f}** (√2 × {figure.sampling_sd:.4f}). The tests' margin: "
+        f"{MARGIN_SDS:g} × that = **{figure.margin:.4f}** (tests/support/learning.py reads it from "
+        f"`bench/{FIGURE_FILE.name}`, written by this run).",
         "",
-        "| mode | seed | steps | baseline val | final val | gain | gain / noise sd | best val (step) | wall s |",
+        "| mode | seed | steps | baseline val | final val | gain | gain / null sd | best val (step) | wall s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for overlap, seed, s in runs:
         gain = s["final_val_score"] - s["baseline_val_score"]
         lines.append(
             f"| {'overlapped' if overlap else 'sequential'} | {seed} | {s['steps']} | {s['baseline_val_score']:.4f} | "
-            f"{s['final_val_score']:.4f} | {gain:+.4f} | {gain / spread:.1f} | {s['best_val_score']:.4f} "
+            f"{s['final_val_score']:.4f} | {gain:+.4f} | {gain / figure.null_gain_sd:.1f} | {s['best_val_score']:.4f} "
             f"({s['best_step']}) | {s['bench_wall_seconds']:.0f} |"
         )
+    gains = figure.gains
+    spread = statistics.stdev(gains) if len(gains) > 1 else float("nan")
+    lines += [
+        "",
+        f"Gain across the {len(gains)} training runs: mean {statistics.fmean(gains):+.4f}, standard deviation "
+        f"{spread:.4f}, smallest {min(gains):+.4f}: {figure.clearance:.1f} of those standard deviations above the "
+        "margin (how far a test run's gain can fall short of the usual one and still pass).",
+    ]
     table = "\n".join(lines)
     print(table)
+    if min(gains) < figure.margin:
+        print(f"WARNING: a run gained {min(gains):+.4f}, below the margin {figure.margin:.4f}: the tests would fail")
     if not args.no_write:
+        figure.write()
         write_section("learning", f"## Learning of the embedded default, and validation noise\n\n{header('learning')}\n{table}")
 
 

@@ -60,7 +60,17 @@ from grpo_trainer.contract.progress import Progress
 from grpo_trainer.embedded.bundled import PII_DELEGATION
 from support.chart import helm_install, start_operator_like_deployment
 from support.checkout import SOURCE_DIRS, checkout_env
-from support.cluster_jobs import RESTRICTED, cond, get_job, grpo, grpo_command, is_true, team_member, wait_job
+from support.cluster_jobs import (
+    RESTRICTED,
+    cond,
+    get_job,
+    grpo,
+    grpo_command,
+    is_true,
+    job_exists,
+    team_member,
+    wait_job,
+)
 from support.operator import OperatorProcess, free_port
 from support.ranks import alive, rank_pids
 from support.served_result import assert_serves_result
@@ -365,20 +375,30 @@ def own_program_job(model_dir: Path, name: str, program: str) -> dict[str, Any]:
     return doc
 
 
-def compile_with_a_broken_metric(ns: str, kubeconfig: Path, model_dir: Path, work: Path) -> None:
-    """GRPO(...).compile() of the team's program with a metric that raises: JobFailed(InvalidMetric), quoting it."""
+# A notebook's metrics for the team's program: one that raises, one that scores the topic.
+BROKEN_METRIC = "def score(gold, pred, trace=None):\n    raise ValueError('no gold topic here')\n"
+TOPIC_METRIC = (
+    "def score(gold, pred, trace=None):\n"
+    "    return float(str(pred.topic).strip().lower() == str(gold.topic).strip().lower())\n"
+)
+
+
+def compile_topics(ns: str, kubeconfig: Path, model_dir: Path, work: Path, name: str, metric_source: str) -> Any:
+    """GRPO(...).compile() of the team's program on the cluster, as a notebook's process runs it: the metric is
+    defined in a module of the notebook's folder (shipped with the job), one step on 8 examples. Returns the
+    optimized program, bound to the served result through a port-forward from here."""
     import dspy
 
-    from grpo_operator.client import GRPO, ClusterBackend, JobFailed
+    from grpo_operator.client import GRPO, ClusterBackend
     from grpo_operator.local.display import LineDisplay
 
-    folder = work / "notebook-modules"
+    folder = work / f"notebook-{name}"
     folder.mkdir()
-    metric = "def score(gold, pred, trace=None):\n    raise ValueError('no gold topic here')\n"
-    (folder / "broken_metric.py").write_text(metric)
+    module = f"{name.replace('-', '_')}_metric"  # e.g. topics_compiled_metric, named in the job's errors
+    (folder / f"{module}.py").write_text(metric_source)
     sys.path[:0] = [str(OWN_PROGRAM), str(folder)]
     try:
-        from broken_metric import score  # type: ignore[import-not-found]
+        score = __import__(module).score
         from topics.program import Topic  # type: ignore[import-not-found]
 
         student = Topic()
@@ -393,7 +413,7 @@ def compile_with_a_broken_metric(ns: str, kubeconfig: Path, model_dir: Path, wor
             num_samples_per_input=2,
             train_kwargs={"num_training_gpus": 0, "num_inference_gpus": 0},
             model={"path": model_dir.name, "volume": {"claimName": "models"}, "dtype": "float32"},
-            name="topics-compiled",
+            name=name,
             backend=ClusterBackend(
                 namespace=ns,
                 kubeconfig=str(kubeconfig),
@@ -404,13 +424,10 @@ def compile_with_a_broken_metric(ns: str, kubeconfig: Path, model_dir: Path, wor
                 display=LineDisplay(io.StringIO()),
             ),
         )
-        with pytest.raises(JobFailed) as failed:
-            compiler.compile(student, trainset=examples, valset=examples[:4])
+        return compiler.compile(student, trainset=examples, valset=examples[:4])
     finally:
         sys.path[:] = [p for p in sys.path if p not in (str(OWN_PROGRAM), str(folder))]
-        sys.modules.pop("broken_metric", None)
-    assert failed.value.reason == "InvalidMetric", failed.value
-    assert "no gold topic here" in failed.value.message and "broken_metric:score" in failed.value.message
+        sys.modules.pop(module, None)
 
 
 def test_a_users_own_program_from_every_kind_of_code_source_trains_and_a_misspelt_one_fails_at_once(
@@ -421,7 +438,11 @@ def test_a_users_own_program_from_every_kind_of_code_source_trains_and_a_misspel
     and index served by this test over HTTP on loopback; git and pip fetched by the pod's init
     containers), the team's settings on a volume. One trains; the other has a misspelt importPath.
     Both ask for their result on the team's models claim (spec.export): the one that trains gets it
-    there, copied by its export pod beside the serving vLLM pod; the other's says there is nothing."""
+    there, copied by its export pod beside the serving vLLM pod; the other's says there is nothing.
+    Meanwhile a team member's notebook compile()s the same program with a metric that raises (JobFailed,
+    the job's words). Then a later session load()s the YAML job's result, the team exports it once more
+    with the CLI, a TTL deletes the job while retainOnDelete keeps its volume, and the notebook compile()s
+    with a metric that scores: the program it returns answers through its job's served adapter."""
     from safetensors.numpy import load_file
 
     from grpo_operator.code_pack import SHA_ANNOTATION, config_map
@@ -478,7 +499,12 @@ def test_a_users_own_program_from_every_kind_of_code_source_trains_and_a_misspel
 
         # --- compile() from a notebook's process, as that team member: its metric raises, and the job's own
         # words come back as the exception (the trainer's check before any model loads)
-        compile_with_a_broken_metric(ns, alice, model_dir, tmp_path)
+        from grpo_operator.client import JobFailed
+
+        with pytest.raises(JobFailed) as failed:
+            compile_topics(ns, alice, model_dir, tmp_path, "topics-compiled", BROKEN_METRIC)
+        assert failed.value.reason == "InvalidMetric", failed.value
+        assert "no gold topic here" in failed.value.message and "topics_compiled_metric:score" in failed.value.message
 
         # --- the other trains on the team's code and data
         job = wait_job(cp, ns, "topics", is_true("Succeeded"), "Succeeded=True", timeout=1500)
@@ -524,6 +550,7 @@ def test_a_users_own_program_from_every_kind_of_code_source_trains_and_a_misspel
         assert program(text="We cooked pasta with basil for dinner.").topic.strip()
     finally:
         served_result.close()
+
     # the result differs from the base model: LoRA's B matrices start at zero and were trained
     weights = load_file(str(run_dir / "adapters" / f"step-{OWN_STEPS}" / "adapter_model.safetensors"))
     assert any("lora_B" in k and float(abs(v).max()) > 0 for k, v in weights.items()), "LoRA B is still 0"
@@ -564,3 +591,34 @@ def test_a_users_own_program_from_every_kind_of_code_source_trains_and_a_misspel
     assert (exports / "grpo" / "topics-again" / "result.json").read_bytes() == (result_dir / "result.json").read_bytes()
     records = get_job(cp, ns, "topics")["status"]["export"]["destinations"]
     assert [r["location"] for r in records] == ["team-models:/grpo/topics", "team-models:/grpo/topics-again"]
+
+    # --- kept after the job: retainOnDelete and a TTL, both set after the fact (the only mutable storage field),
+    # and the TTL deletes the job; its serving pod goes with it, its volume and result/ stay
+    adapter = (result_dir / "adapter" / "adapter_model.safetensors").read_bytes() if result.get("adapter") else None
+    patch = {"spec": {"storage": {"retainOnDelete": True}, "runPolicy": {"ttlSecondsAfterFinished": 1}}}
+    cp.kubectl("patch", "grpojob", "topics", "-n", ns, "--type", "merge", "-p", json.dumps(patch))
+    wait_until(lambda: not job_exists(cp, ns, "topics"), timeout=120, what="the finished job deleted by its TTL")
+    wait_until(lambda: not node.pids(ns, "topics-inference-0"), timeout=120, what="the serving vLLM stopped")
+    claim = cp.get_json("pvc", "topics-run", namespace=ns)
+    assert not claim["metadata"].get("ownerReferences") and not claim["metadata"].get("deletionTimestamp"), claim
+    assert json.loads((result_dir / "result.json").read_text())["job"] == "topics"
+    if adapter is not None:
+        assert (result_dir / "adapter" / "adapter_model.safetensors").read_bytes() == adapter
+
+    # --- a notebook's compile() to the end, once the topics job is gone (pods share the node's network, so one
+    # job's servers at a time): the program it returns answers through its job's served best adapter (a
+    # port-forward from here), the adapter on that job's volume
+    started = time.monotonic()
+    optimized = compile_topics(ns, alice, model_dir, tmp_path, "topics-notebook", TOPIC_METRIC)
+    print(f"compile() on the cluster: {time.monotonic() - started:.0f} s")
+    compiled = optimized.grpo_result
+    try:
+        assert compiled.job == "topics-notebook" and tuple(compiled.trained) == ("classify",), compiled
+        notebook_run = claim_dir(cp, ns, "topics-notebook-run") / "runs" / "topics-notebook"
+        if compiled.result.get("adapter"):
+            assert_serves_result(optimized.classify.lm, notebook_run, "A match report: the home side won.", model_dir)
+        # one step on the tiny model does not teach the topic format: what shows it answers is the LM's reply
+        (reply,) = optimized.classify.lm("Which topic is this? We cooked pasta with basil for dinner.")
+        assert str(reply).strip(), reply
+    finally:
+        compiled.close()

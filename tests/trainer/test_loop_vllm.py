@@ -232,4 +232,5 @@ def test_kill_9_of_one_rank_and_resume_gives_the_same_adapter_as_a_straight_run(
     b = load_file(resumed / "adapters" / "step-4" / "adapter_model.safetensors")
     assert a.keys() == b.keys()
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    print(f"rank 1 SIGKILLed in step 3 of 4, resumed from step 2: step-4 adapter max |diff| {worst:.1e} from the straight run")
     assert worst <= 1e-6, f"resumed run drifted from the straight run by {worst}"

@@ -30,7 +30,10 @@ OWN = ROOT / "examples" / "own_program"
 
 @pytest.fixture(autouse=True)
 def _fresh_imports() -> Iterator[None]:
-    """Each test imports the user's package from its own sources (sys.path and modules restored)."""
+    """Each test imports the user's package from its own sources (sys.path and modules restored), never a copy
+    an earlier test of the session imported from elsewhere."""
+    for name in [m for m in sys.modules if m == "topics" or m.startswith("topics.")]:
+        del sys.modules[name]
     path, modules = list(sys.path), set(sys.modules)
     yield
     sys.path[:] = path

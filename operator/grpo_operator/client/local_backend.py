@@ -33,6 +33,7 @@ from grpo_operator.resolve import serving_result
 from grpo_trainer.contract.config import VLLM_API_KEY_ENV
 from grpo_trainer.contract.progress import RESULT_DIR, result_model_name
 from grpo_trainer.contract.vllm_command import GUARD_FILE
+from grpo_trainer.run.atomic import write_bytes_atomic
 from grpo_trainer.vllm.process import VLLMStartError
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def serve(name: str, options: RunOptions, trained: tuple[str, ...] | list[str]) 
     for file, data in plan.job_files.items():  # the key guard, as the run had it (a run of an older version had none)
         if file.name == GUARD_FILE and not file.is_file():
             file.parent.mkdir(parents=True, exist_ok=True)
-            file.write_bytes(data)
+            write_bytes_atomic(file, data)  # as the run wrote it (local.rundir.write_config)
     # A key of its own, as a run's server has: given to this process's LM, never written down.
     server = LocalVLLM(
         spec, plan.run_dir / LOGS_DIR / SERVE_LOG, start_timeout=SERVE_START_TIMEOUT, env=plan.secret_env
