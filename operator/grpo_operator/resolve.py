@@ -298,11 +298,9 @@ def run_owner(
     claim = target.pool_claim or run_claim(name, spec)
     sub = run_sub_path(name, target)
     where = f"folder {sub} of claim {claim!r}" if sub else f"the root of claim {claim!r}"
-    return RunOwner(
-        job=job,
-        where=where,
-        fix=f"Run this job on a claim of its own (spec.storage.existingClaim), or delete {where} to start over.",
-    )
+    # a job on a pool may not name a claim (its run is in the pool's volume, where the servers read it)
+    elsewhere = "Rename the job" if target.pool_claim else "Run this job on a claim of its own (spec.storage.existingClaim)"
+    return RunOwner(job=job, where=where, fix=f"{elsewhere}, or delete {where} to start over.")
 
 
 def mounted(mount: str, volume: Optional[VolumeSource], path: str) -> str:

@@ -161,7 +161,12 @@ def test_a_job_on_a_pool_has_no_vllm_pod_and_its_trainer_uses_the_pools_service_
     assert created_names(plan) == ["ConfigMap/papillon-config", "Pod/papillon-trainer-0"]  # no volume, Service, key, vLLM
     assert cond(plan, "InferenceReady")["reason"] == "PoolReady" and plan.status["inferencePool"] == "shared"
     assert "inferencePod" not in plan.status
-    config = json.loads(plan.create[0]["data"]["config.json"])["vllm"]
+    run_config = json.loads(plan.create[0]["data"]["config.json"])
+    config = run_config["vllm"]
+    # job.json's owner check on the pool's volume: a refusal names the folder and a way out a pool job has
+    owner = run_config["owner"]
+    assert owner["where"] == "folder runs/papillon of claim 'shared-adapters'"
+    assert owner["fix"].startswith("Rename the job") and "existingClaim" not in owner["fix"]
     assert config["base_url"] == "http://shared-vllm.ns.svc.cluster.local:8000/v1"
     assert config["adapter_prefix"] == "papillon-"  # papillon-policy-vN: unique among the pool's jobs
     assert config["adapter_dir"] == "/mnt/grpo/runs/papillon/adapters"  # where the pool's servers see it
@@ -210,6 +215,28 @@ def test_a_pool_of_another_base_model_or_a_smaller_rank_is_refused():
     ranked = parse_job(doc).spec
     created = refusal(decide(observe(job_spec=ranked, pool=pool_body(maxLoraRank=16), config_map_data=None), SETTINGS))
     assert "above the pool's maxLoraRank 16" in created["message"]
+
+
+def test_the_export_pod_of_a_job_on_a_pool_reads_its_folder_of_the_pools_volume_on_the_servers_node():
+    """The pool's server holds the pool's ReadWriteOnce claim for as long as the pool lives: the export pod of a
+    finished job on it must go to the server's node (it would not mount the claim elsewhere)."""
+    doc = load_example()
+    doc["spec"]["inference"] = {"pool": "shared"}
+    doc["spec"]["export"] = {"destinations": [{"claim": {"claimName": "models"}}]}
+    job_spec = parse_job(doc).spec
+    for mode, joins in (("ReadWriteOnce", True), ("ReadWriteMany", False)):
+        pool = a_pool(storage={"accessMode": mode})
+        job = children.Job("papillon", "ns", "uid-1", job_spec, pool=children.binding("shared", pool.uid, pool.spec))
+        pod = children.export_pod(job, SETTINGS, 0, [0], join_inference=False)
+        (run,) = [v for v in pod["spec"]["volumes"] if v["name"] == "run"]
+        assert run["persistentVolumeClaim"]["claimName"] == "shared-adapters"
+        (mount,) = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == "run"]
+        assert mount["subPath"] == "runs/papillon" and mount["readOnly"] is True
+        if joins:
+            (term,) = pod["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            assert term["labelSelector"]["matchLabels"] == {"grpo.dev/pool": "shared", "app.kubernetes.io/component": "inference"}
+        else:
+            assert "affinity" not in pod["spec"]
 
 
 def test_a_deleted_pool_is_reported_on_its_running_job_which_keeps_its_trainer():
