@@ -293,11 +293,15 @@ class Reconciler:
         # A finished job needs only its pods (the vLLM pod to free or keep serving) and, to release it,
         # a kept volume: at a thousand finished jobs, re-reading the rest every resync is the load.
         finished = is_true(status, "Succeeded") or is_true(status, "Failed")
-        own_pvc = children.persistent_volume_claim(job) is not None  # else the user's claim, checked in _missing
+        # A job on a pool has no volume or Service of its own: its run is in the pool's volume (a volume an earlier
+        # job of its name kept is no concern of it), its server the pool's.
+        on_pool = spec.inference.pool is not None
+        own_pvc = not on_pool and children.persistent_volume_claim(job) is not None  # else the user's (_missing)
         read_pvc = own_pvc and (not finished or spec.storage.retain_on_delete)
         pvc = self._io.submit(self._child, "PersistentVolumeClaim", job, children.pvc_name(job)) if read_pvc else None
         config = None if finished else self._io.submit(self._child, "ConfigMap", job, children.config_map_name(job))
-        service = None if finished else self._io.submit(self._child, "Service", job, children.service_name(job))
+        own_service = not finished and not on_pool
+        service = self._io.submit(self._child, "Service", job, children.service_name(job)) if own_service else None
         references = None if finished else self._io.submit(self._missing, job)
         policies = {
             name: self._io.submit(self._child, "NetworkPolicy", job, name) for name in self._policy_names(job, status)
