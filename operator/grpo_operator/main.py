@@ -17,6 +17,7 @@ from kubernetes import client, config
 
 from grpo_operator.controller.handlers import configure_kopf, register
 from grpo_operator.controller.kube import Cluster
+from grpo_operator.controller.pool_reconcile import PoolReconciler
 from grpo_operator.controller.prometheus import OperatorMetrics
 from grpo_operator.controller.reconcile import IO_THREADS_PER_WORKER, Reconciler
 from grpo_operator.settings import OperatorSettings
@@ -78,9 +79,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     metrics = OperatorMetrics()
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
-    reconciler = Reconciler(Cluster(api_client(settings)), settings, metrics)
+    cluster = Cluster(api_client(settings))
+    reconciler = Reconciler(cluster, settings, metrics)
     registry = kopf.OperatorRegistry()
-    register(registry, reconciler, settings)
+    register(registry, reconciler, settings, PoolReconciler(cluster, settings, metrics))
     scope = ", ".join(settings.namespaces) if settings.namespaces else "all namespaces"
     log.info(
         "grpo-operator watching %s; metrics on :%s, liveness on :%s", scope, settings.metrics_port, settings.health_port

@@ -15,8 +15,10 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Literal, Optional, Union
 
+from grpo_operator.api.pool import SLOTS_PER_JOB, GRPOInferencePoolSpec
 from grpo_operator.api.spec import (
     CodeSource as CodeSpec,
 )
@@ -28,8 +30,10 @@ from grpo_operator.api.spec import (
     ExportDestination,
     ExternalLM,
     GRPOJobSpec,
+    LocalModel,
     PodOptions,
     Resources,
+    ServerOptions,
     Toleration,
     VolumeSource,
     hub_tokens,
@@ -129,6 +133,10 @@ class ClusterTarget:
     # The job's run directory is its volume's root, not runs/<name>: its pods were first created by an
     # operator from before per-job folders (grpo_operator.controller.lifecycle decides, from the status).
     claim_root: bool = False
+    # A job on an inference pool: the pool's claim, which holds its run directory (runs/<job>), and where the
+    # pool's servers see that directory (they mount the whole claim). None: the job's own vLLM pod.
+    pool_claim: Optional[str] = None
+    inference_run_dir: Optional[str] = None
 
     run_dir: str = field(default=RUN_MOUNT, init=False)
     guard_dir: str = field(default=GUARD_MOUNT, init=False)
@@ -288,14 +296,12 @@ def run_owner(
             where=f"run directory {target.run_dir}",
             fix="Pass --run-dir with a directory of its own, or --fresh to delete this one and start over.",
         )
-    claim = run_claim(name, spec)
+    claim = target.pool_claim or run_claim(name, spec)
     sub = run_sub_path(name, target)
     where = f"folder {sub} of claim {claim!r}" if sub else f"the root of claim {claim!r}"
-    return RunOwner(
-        job=job,
-        where=where,
-        fix=f"Run this job on a claim of its own (spec.storage.existingClaim), or delete {where} to start over.",
-    )
+    # a job on a pool may not name a claim (its run is in the pool's volume, where the servers read it)
+    elsewhere = "Rename the job" if target.pool_claim else "Run this job on a claim of its own (spec.storage.existingClaim)"
+    return RunOwner(job=job, where=where, fix=f"{elsewhere}, or delete {where} to start over.")
 
 
 def mounted(mount: str, volume: Optional[VolumeSource], path: str) -> str:
@@ -305,12 +311,15 @@ def mounted(mount: str, volume: Optional[VolumeSource], path: str) -> str:
     return f"{mount}/{volume.claim_name}/{path.lstrip('/')}"
 
 
-def served_model_name(spec: GRPOJobSpec) -> str:
+ServedSpec = Union[GRPOJobSpec, GRPOInferencePoolSpec]  # what has a base model that vLLM serves
+
+
+def served_model_name(spec: ServedSpec) -> str:
     """The name vLLM serves the base model under; adapters are keyed to it."""
     return spec.model.served_name or spec.model.name or BASE_SERVED_NAME
 
 
-def model_location(spec: GRPOJobSpec, mount: str) -> str:
+def model_location(spec: ServedSpec, mount: str) -> str:
     """Hub id, or the model directory under its volume's mount."""
     if spec.model.name is not None:
         return spec.model.name
@@ -320,7 +329,7 @@ def model_location(spec: GRPOJobSpec, mount: str) -> str:
 
 def max_loras(spec: GRPOJobSpec) -> int:
     """Adapters vLLM keeps loaded: current + previous (overlap) + best + one in flight."""
-    return spec.inference.max_loras or 4
+    return spec.inference.max_loras or SLOTS_PER_JOB
 
 
 def trainer_command(num_gpus: int, config_path: str = CONFIG_PATH, python: str = "python") -> list[str]:
@@ -524,9 +533,10 @@ def trainer_config(
         vllm=VLLMEndpoint(
             base_url=f"http://{target.inference_host}:{target.inference_port}/v1",
             served_model_name=served_model_name(spec),
-            adapter_dir=f"{target.run_dir}/adapters",  # vLLM sees the volume where the trainer does
+            adapter_dir=f"{_inference_run_dir(target)}/adapters",
             max_loras=max_loras(spec),
-            api_key_env=VLLM_API_KEY_ENV,  # a pod's from the job's Secret, a local run's from the runner
+            api_key_env=VLLM_API_KEY_ENV,  # a pod's from the job's (or its pool's) Secret, a local run's from the runner
+            adapter_prefix=adapter_prefix(name, spec),
         ),
         untrusted=_endpoint(spec.untrusted_model, UNTRUSTED_API_KEY_ENV),
         judge=_endpoint(spec.judge, JUDGE_API_KEY_ENV),
@@ -540,29 +550,69 @@ def trainer_config(
     )
 
 
-def vllm_server(spec: GRPOJobSpec, target: Target, inference_gpus: int) -> VLLMServerSpec:
-    """The job's vLLM server, for :func:`grpo_trainer.contract.vllm_command.vllm_command`."""
+def _inference_run_dir(target: Target) -> str:
+    """The run directory as the vLLM process sees it: where the trainer sees it, or in its pool's mount."""
+    if isinstance(target, ClusterTarget) and target.inference_run_dir is not None:
+        return target.inference_run_dir
+    return target.run_dir
+
+
+def adapter_prefix(name: str, spec: GRPOJobSpec) -> str:
+    """What the job's adapter names start with: ``<job>-`` on a pool (names unique among its jobs), '' alone."""
+    return f"{name}-" if spec.inference.pool is not None else ""
+
+
+def _server(
+    spec: ServedSpec,
+    options: ServerOptions,
+    target: Target,
+    gpus: int,
+    *,
+    lora_rank: int,
+    max_loras: int,
+    max_cpu_loras: Optional[int],
+    seed: int,
+    default_env: Mapping[str, str] = MappingProxyType({}),
+) -> VLLMServerSpec:
+    """A vLLM server of ``spec``'s base model: a job's own, or a pool's. ``default_env``: what the server's
+    own env may override."""
     return VLLMServerSpec(
         model=model_location(spec, target.model_mount),
         served_model_name=served_model_name(spec),
         port=target.inference_port,
         host=target.vllm_bind_host,
-        lora_rank=spec.train_kwargs.lora_config.r,
-        max_loras=max_loras(spec),
+        lora_rank=lora_rank,
+        max_loras=max_loras,
+        max_cpu_loras=max_cpu_loras,
         dtype=spec.model.dtype,
         max_model_len=spec.model.max_model_len,
-        device="gpu" if inference_gpus > 0 else "cpu",
-        tensor_parallel_size=max(inference_gpus, 1),
-        gpu_memory_utilization=spec.inference.gpu_memory_utilization,
-        seed=spec.grpo.seed,
+        device="gpu" if gpus > 0 else "cpu",
+        tensor_parallel_size=max(gpus, 1),
+        gpu_memory_utilization=options.gpu_memory_utilization,
+        seed=seed,
         python=target.vllm_python,
-        guard_dir=target.guard_dir,  # every request but the probes needs the job's key
-        extra_args=tuple(spec.inference.extra_args),
+        guard_dir=target.guard_dir,  # every request but the probes needs the key
+        extra_args=tuple(options.extra_args),
         extra_env={
-            **_cpu_sharing_env(spec, target, inference_gpus),
-            **literal_env(spec.inference.env),
-            **(_visible_devices(0, inference_gpus) if isinstance(target, LocalTarget) else {}),
+            **default_env,
+            **literal_env(options.env),
+            **(_visible_devices(0, gpus) if isinstance(target, LocalTarget) else {}),
         },
+    )
+
+
+def vllm_server(spec: GRPOJobSpec, target: Target, inference_gpus: int) -> VLLMServerSpec:
+    """The job's vLLM server, for :func:`grpo_trainer.contract.vllm_command.vllm_command`."""
+    return _server(
+        spec,
+        spec.inference,
+        target,
+        inference_gpus,
+        lora_rank=spec.train_kwargs.lora_config.r,
+        max_loras=max_loras(spec),
+        max_cpu_loras=None,
+        seed=spec.grpo.seed,
+        default_env=_cpu_sharing_env(spec, target, inference_gpus),
     )
 
 
@@ -590,6 +640,14 @@ def _user_refs(env: list[EnvVar], where: str) -> list[EnvRef]:
     return refs
 
 
+def model_token_ref(model: LocalModel) -> Optional[EnvRef]:
+    """The hub token of spec.model (a job's or a pool's), given to the pods that download it."""
+    ref = model.hub.token_secret_ref if model.hub else None
+    if ref is None:
+        return None
+    return EnvRef(HF_TOKEN_ENV, "secret", ref.name, ref.key, False, "spec.model.hub.tokenSecretRef")
+
+
 def env_refs(spec: GRPOJobSpec) -> tuple[tuple[EnvRef, ...], tuple[EnvRef, ...]]:
     """(trainer, vLLM) variables from Secret/ConfigMap keys. Secret values never reach a config file.
 
@@ -605,11 +663,8 @@ def env_refs(spec: GRPOJobSpec) -> tuple[tuple[EnvRef, ...], tuple[EnvRef, ...]]
             ref = lm.api_key_secret_ref
             trainer.append(EnvRef(var, "secret", ref.name, ref.key, False, f"{where}.apiKeySecretRef"))
     inference: list[EnvRef] = []
-    model_token = spec.model.hub.token_secret_ref if spec.model.hub else None
-    if model_token is not None:
-        token = EnvRef(
-            HF_TOKEN_ENV, "secret", model_token.name, model_token.key, False, "spec.model.hub.tokenSecretRef"
-        )
+    token = model_token_ref(spec.model)
+    if token is not None:
         trainer.append(token)
         inference.append(token)
     elif data_tokens := hub_tokens(spec):
@@ -640,7 +695,8 @@ def resolve(
         trainer_env.update(_visible_devices(inference_gpus, training_gpus))
     trainer_refs, inference_refs = env_refs(spec)
     if isinstance(target, ClusterTarget):  # a local run's key is the runner's, in both processes' environment
-        key = EnvRef(VLLM_API_KEY_ENV, "secret", target.api_key_secret, API_KEY_SECRET_KEY, False, "the job's vLLM key")
+        whose = "the job's pool's vLLM key" if target.pool_claim is not None else "the job's vLLM key"
+        key = EnvRef(VLLM_API_KEY_ENV, "secret", target.api_key_secret, API_KEY_SECRET_KEY, False, whose)
         trainer_refs, inference_refs = (*trainer_refs, key), (*inference_refs, key)
     return ResolvedJob(
         name=name,
@@ -1006,3 +1062,48 @@ def export_pod_plan(spec: GRPOJobSpec, export: ResolvedExport) -> PodPlan:
         env_from=(),
         image_pull_secrets=tuple(s.name for s in spec.trainer.image_pull_secrets),
     )
+
+
+# --------------------------------------------------------------------------- an inference pool
+
+
+def pool_claim(name: str, spec: GRPOInferencePoolSpec) -> str:
+    """The pool's volume: storage.existingClaim, or its own ``<pool>-adapters``."""
+    return spec.storage.existing_claim or f"{name}-adapters"
+
+
+def pool_run_dir(job: str) -> str:
+    """Where a pool's servers see the run directory of job ``job`` (they mount the pool's whole claim)."""
+    return f"{RUN_MOUNT}/{run_path(job)}"
+
+
+@dataclass(frozen=True)
+class ResolvedPool:
+    """What runs for an inference pool: one vLLM server per replica, each in a pod of this plan."""
+
+    name: str
+    server: VLLMServerSpec
+    plan: PodPlan
+    env_refs: tuple[EnvRef, ...]  # the pool's key, the model's hub token, the user's valueFrom entries
+
+
+def resolve_pool(name: str, spec: GRPOInferencePoolSpec, target: ClusterTarget) -> ResolvedPool:
+    """The pool's servers: the job's vLLM server, rendered from the pool's fields (its slots, its rank)."""
+    gpus = spec.gpus_per_replica
+    server = _server(
+        spec,
+        spec.server,
+        target,
+        gpus,
+        lora_rank=spec.max_lora_rank,
+        max_loras=spec.max_loras,
+        max_cpu_loras=spec.slots,
+        seed=spec.seed,
+    )
+    key = EnvRef(VLLM_API_KEY_ENV, "secret", target.api_key_secret, API_KEY_SECRET_KEY, False, "the pool's vLLM key")
+    token = model_token_ref(spec.model)
+    refs = (*([token] if token is not None else []), *_user_refs(spec.server.env, "spec.server"), key)
+    startup = spec.server.startup_timeout_seconds or DEFAULT_STARTUP_SECONDS
+    health = Health(HEALTH_PATH, startup, readiness=True)
+    plan = _pod_plan(spec.server, gpus, INFERENCE_RESOURCES, health, cache_env("inference"))
+    return ResolvedPool(name=name, server=server, plan=plan, env_refs=refs)

@@ -39,6 +39,9 @@ class OperatorSettings(BaseModel):
     reconcile_workers: int = Field(
         16, ge=1, le=256, description="Jobs reconciled at the same time (a thread each, mostly waiting on the API)."
     )
+    pool_workers: int = Field(
+        4, ge=1, le=64, description="GRPOInferencePools reconciled at the same time (a thread each)."
+    )
     progress_poll_seconds: float = Field(10.0, gt=0, description="How often the trainer's /progress is read.")
     replace_unplaceable_seconds: float = Field(
         120.0,

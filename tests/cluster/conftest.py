@@ -29,6 +29,7 @@ if _HERE not in sys.path:  # --import-mode=importlib: make `import controlplane`
 import controlplane
 
 from support.cluster_jobs import CHART, RESTRICTED, install_crd
+from support.operator import OperatorProcess, start_operator
 
 _LOGS_KEY = pytest.StashKey[str]()
 RELEASE = "grpo-e2e"
@@ -98,6 +99,8 @@ def operator_kubeconfig(control_plane: controlplane.ControlPlane) -> Iterator[Pa
     A namespace of its own each time: the last module's may still be terminating."""
     release_ns = control_plane.create_namespace(f"{RELEASE}-system-{uuid.uuid4().hex[:5]}", labels=RESTRICTED)
     crd_exists = control_plane.kubectl("get", "crd", "grpojobs.grpo.dev", check=False).returncode == 0
+    if crd_exists:  # applied by a test before, not by helm: the pool's CRD beside it the same way
+        install_crd(control_plane)
     control_plane.helm(
         "install", RELEASE, str(CHART), "--namespace", release_ns,
         "--set", f"crds.install={str(not crd_exists).lower()}",
@@ -119,3 +122,16 @@ def job_ns(control_plane: controlplane.ControlPlane, request: pytest.FixtureRequ
     name = control_plane.create_namespace(f"{base}-{uuid.uuid4().hex[:5]}", labels=RESTRICTED)
     yield name
     control_plane.delete_namespace(name)
+
+
+@pytest.fixture
+def operator(
+    control_plane: controlplane.ControlPlane, operator_kubeconfig: Path, job_ns: str, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    """The operator as the chart's ServiceAccount, watching the test's namespace (test_training_e2e.py has its
+    own, on the process node)."""
+    proc = start_operator(control_plane, operator_kubeconfig, job_ns, tmp_path / "operator.log")
+    try:
+        yield proc
+    finally:
+        proc.stop_and_check_log()

@@ -15,7 +15,6 @@ import base64
 import json
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,21 +56,6 @@ PAPILLON_CHILDREN = [
     "Service/papillon-vllm",
 ]
 KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"  # earlier operator versions put it on every job
-
-
-# --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-def operator(
-    control_plane: ControlPlane, operator_kubeconfig: Path, job_ns: str, tmp_path: Path
-) -> Iterator[OperatorProcess]:
-    """The operator as the chart's ServiceAccount, watching the test's namespace."""
-    proc = start_operator(control_plane, operator_kubeconfig, job_ns, tmp_path / "operator.log")
-    try:
-        yield proc
-    finally:
-        proc.stop_and_check_log()
 
 
 # --------------------------------------------------------------------------- helpers

@@ -22,7 +22,9 @@ from support.jobdocs import ROOT, load_example
 
 CHART = ROOT / "charts" / "grpo-operator"
 CRD_FILE = CHART / "files" / "crd.yaml"
+POOL_CRD_FILE = CHART / "files" / "crd-pool.yaml"
 CRD_NAME = "grpojobs.grpo.dev"
+POOL_CRD_NAME = "grpoinferencepools.grpo.dev"
 RESTRICTED = {
     "pod-security.kubernetes.io/enforce": "restricted",
     "pod-security.kubernetes.io/enforce-version": "latest",
@@ -46,9 +48,10 @@ def job_manifest(name: str = "papillon", **spec_changes: Any) -> Job:
 
 
 def install_crd(cp: ControlPlane) -> str:
-    """Apply the generated GRPOJob CRD and wait until it is Established; returns its name."""
-    cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+    """Apply the generated CRDs (GRPOJob, GRPOInferencePool) and wait until they are Established; returns the
+    GRPOJob CRD's name."""
+    cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE), "-f", str(POOL_CRD_FILE))
+    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}", f"crd/{POOL_CRD_NAME}")
     return CRD_NAME
 
 

@@ -355,3 +355,28 @@ def test_only_the_key_holder_is_served_and_a_foreign_adapter_under_the_runs_name
     assert vllm.roots()["policy-v21"] == str(store.path(21))
     assert vllm.complete("policy-v21") == ours
     assert sync.ensure_current() == []
+
+
+@pytest.mark.vllm
+def test_jobs_sharing_a_pools_server_publish_under_their_own_names_and_unload_only_their_own(
+    vllm: Server, model_dir: Path, tmp_path: Path
+) -> None:
+    """Two jobs on one GRPOInferencePool's server (one key): each publishes <job>-policy-vN from its own run
+    directory, and its unloading of stale versions leaves the other job's alone."""
+    model = peft_model(model_dir)
+    stores = {job: AdapterStore(tmp_path / job, base_model_name=str(model_dir)) for job in ("a", "b")}
+    syncs = {job: vllm.sync(store, wait_timeout_seconds=60, prefix=f"{job}-") for job, store in stores.items()}
+    randomize_lora_b(model, seed=11)
+    stores["b"].save(model, 1)
+    assert syncs["b"].publish(1).name == "b-policy-v1"
+    for step in (1, 2, 3):
+        randomize_lora_b(model, seed=20 + step)
+        stores["a"].save(model, step)
+        last = syncs["a"].publish(step)
+    assert last.name == "a-policy-v3" and last.unloaded == ["a-policy-v1"]
+    roots = vllm.roots()
+    assert roots["b-policy-v1"] == str(stores["b"].path(1))  # the other job's version stays
+    assert roots["a-policy-v3"] == str(stores["a"].path(3)) and "a-policy-v1" not in roots
+    assert vllm.complete("b-policy-v1") != vllm.complete("a-policy-v3")
+    for name in [n for n in vllm.served() if n.startswith(("a-", "b-"))]:  # the module's server as it was
+        httpx.post(f"{vllm.base_url}/unload_lora_adapter", json={"lora_name": name}, headers=AUTH, timeout=30)

@@ -139,12 +139,15 @@ def test_default_install_is_cluster_wide_with_the_crd_and_nothing_optional(helm_
     docs = render(helm_bin)
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(
-        ["CustomResourceDefinition", "ServiceAccount", "ClusterRoleBinding", "Service", "Deployment"]
+        ["ServiceAccount", "ClusterRoleBinding", "Service", "Deployment"]
+        + ["CustomResourceDefinition"] * 2  # GRPOJob, GRPOInferencePool
         + ["ClusterRole"] * 3  # the operator's, and GRPOJob rights aggregated into edit and view
     )
-    crd = one(docs, "CustomResourceDefinition")
-    assert crd == yaml.safe_load((CHART / "files" / "crd.yaml").read_text())
-    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    for crd_file in ("crd.yaml", "crd-pool.yaml"):
+        committed = yaml.safe_load((CHART / "files" / crd_file).read_text())
+        crd = one(docs, "CustomResourceDefinition", committed["metadata"]["name"])
+        assert crd == committed
+        assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     binding = one(docs, "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": "grpo-system"}]
     assert operator_container(docs)["args"] == ["--all-namespaces"]
@@ -268,7 +271,15 @@ def test_rbac_is_least_privilege(helm_bin: Path):
         assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
         assert not {"deletecollection", "escalate", "bind", "impersonate"} & set(rule["verbs"])
     updates = [r["resources"] for r in rules if "update" in r["verbs"]]
-    assert updates == [["grpojobs/finalizers"]]  # only for blockOwnerDeletion on children
+    # only for blockOwnerDeletion on children
+    assert updates == [["grpojobs/finalizers"], ["grpoinferencepools/finalizers"]]
+    # pools are the users': the operator reads them and writes their status, never creates, changes or deletes one
+    pools = {tuple(r["resources"]): r["verbs"] for r in rules if any("grpoinferencepools" in x for x in r["resources"])}
+    assert pools == {
+        ("grpoinferencepools",): ["get", "list", "watch"],
+        ("grpoinferencepools/status",): ["get", "patch"],
+        ("grpoinferencepools/finalizers",): ["update"],
+    }
     secrets = [r for r in rules if "secrets" in r["resources"]]
     assert [r["verbs"] for r in secrets] == [["create"], ["get"]]  # the job's key; checkSecrets
     policies = [r for r in rules if "networkpolicies" in r["resources"]]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 from typing import Any, Iterator
 
+import pytest
 import yaml
 
-from grpo_operator.api.crd import build_crd, render_crd
+from grpo_operator.api.crd import JOB, POOL, Resource, build_crd, render_crd
 from support.jobdocs import ROOT
 
 CRD_FILE = ROOT / "charts" / "grpo-operator" / "files" / "crd.yaml"
+POOL_CRD_FILE = ROOT / "charts" / "grpo-operator" / "files" / "crd-pool.yaml"
+BOTH = pytest.mark.parametrize("resource", [JOB, POOL], ids=lambda r: r.kind)
 ALLOWED = {
     "type", "description", "properties", "required", "items", "additionalProperties", "enum", "default",
     "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "pattern",
@@ -29,18 +32,23 @@ def _nodes(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[s
         yield from _nodes(schema["additionalProperties"], f"{path}{{}}")
 
 
-def _root() -> dict[str, Any]:
-    return build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+def _root(resource: Resource = JOB) -> dict[str, Any]:
+    return build_crd(resource)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 
 
 def test_committed_crd_matches_models():
     assert CRD_FILE.read_text() == render_crd(), (
         "charts/grpo-operator/files/crd.yaml is stale: run `grpo-operator-crd -o charts/grpo-operator/files/crd.yaml`"
     )
+    assert POOL_CRD_FILE.read_text() == render_crd(POOL), (
+        "charts/grpo-operator/files/crd-pool.yaml is stale: run "
+        "`grpo-operator-crd --kind GRPOInferencePool -o charts/grpo-operator/files/crd-pool.yaml`"
+    )
 
 
-def test_schema_is_structural():
-    for path, node in _nodes(_root()):
+@BOTH
+def test_schema_is_structural(resource: Resource):
+    for path, node in _nodes(_root(resource)):
         unknown = set(node) - ALLOWED
         assert not unknown, f"{path}: keywords not allowed in a structural schema: {unknown}"
         assert "type" in node or node.get("x-kubernetes-int-or-string"), f"{path}: every node needs a type"
@@ -51,18 +59,21 @@ def test_schema_is_structural():
             assert isinstance(node["default"], dict), path
 
 
-def test_every_spec_field_is_documented_for_kubectl_explain():
-    spec = _root()["properties"]["spec"]
+@BOTH
+def test_every_spec_field_is_documented_for_kubectl_explain(resource: Resource):
+    spec = _root(resource)["properties"]["spec"]
     undocumented = [p for p, n in _nodes(spec) if p and not p.endswith("[]") and not p.endswith("}") and not n.get("description")]
     # toleration subfields carry their core/v1 meaning
     allowed = re.compile(r"\.tolerations\[\]\.(key|operator|value|effect|tolerationSeconds)$")
     missing = [p for p in undocumented if not allowed.search(p)]
     assert not missing, f"fields without a description: {missing}"
-    assert "train_kwargs" in spec["properties"]["trainKwargs"]["description"]
+    if resource is JOB:
+        assert "train_kwargs" in spec["properties"]["trainKwargs"]["description"]
 
 
-def test_cel_rules_name_existing_fields():
-    for path, node in _nodes(_root()):
+@BOTH
+def test_cel_rules_name_existing_fields(resource: Resource):
+    for path, node in _nodes(_root(resource)):
         for rule in node.get("x-kubernetes-validations", []):
             assert rule["message"]
             field = rule.get("fieldPath")
@@ -75,17 +86,19 @@ def test_cel_rules_name_existing_fields():
                 assert ref in node.get("properties", {}), f"{path}: rule references unknown field {ref}"
 
 
-def test_printer_columns_read_declared_status_fields():
-    version = build_crd()["spec"]["versions"][0]
+@BOTH
+def test_printer_columns_read_declared_status_fields(resource: Resource):
+    version = build_crd(resource)["spec"]["versions"][0]
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
     for col in version["additionalPrinterColumns"]:
         assert "[-1:]" not in col["jsonPath"], "use a [?(@.status==\"True\")] filter, not the last condition"
-        m = re.match(r"\.status\.(\w+)", col["jsonPath"])
+        m = re.match(r"\.(status|spec)\.(\w+)", col["jsonPath"])
         if m:
-            assert m.group(1) in status, f"printer column {col['name']} reads undeclared status.{m.group(1)}"
-    assert [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")] == [
-        "State", "Step", "Max", "Reward", "Val", "Age"
-    ]
+            declared = status if m.group(1) == "status" else spec
+            assert m.group(2) in declared, f"printer column {col['name']} reads undeclared {m.group(1)}.{m.group(2)}"
+    shown = {JOB.kind: ["State", "Step", "Max", "Reward", "Val", "Age"], POOL.kind: ["Ready", "Replicas", "Jobs", "Slots", "Used", "Age"]}
+    assert [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")] == shown[resource.kind]
 
 
 def test_status_subresource_and_immutable_spec_fields():
@@ -99,8 +112,11 @@ def test_status_subresource_and_immutable_spec_fields():
     (rule,) = [r["rule"] for r in spec["storage"]["x-kubernetes-validations"] if "oldSelf" in r["rule"]]
     for field in spec["storage"]["properties"]:
         assert (f"self.{field} == oldSelf.{field}" in rule) == (field != "retainOnDelete"), field
-    for mutable in ("suspend", "runPolicy", "trainer", "inference"):
+    for mutable in ("suspend", "runPolicy", "trainer"):
         assert not any("oldSelf" in r["rule"] for r in spec[mutable].get("x-kubernetes-validations", [])), mutable
+    # inference: every field but pool (the job's run directory is on the pool's volume or on its own)
+    (rule,) = [r["rule"] for r in spec["inference"]["x-kubernetes-validations"] if "oldSelf" in r["rule"]]
+    assert re.findall(r"oldSelf\.(\w+)", rule) == ["pool", "pool"]
 
 
 def test_a_renamed_argument_is_explained_under_both_names_and_defaulted_under_neither():

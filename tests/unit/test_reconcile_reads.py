@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from grpo_operator.controller.kube import RETAINED_ANNOTATION
 from grpo_operator.controller.prometheus import OperatorMetrics
 from grpo_operator.controller.reconcile import Reconciler
 from grpo_operator.settings import OperatorSettings
@@ -32,6 +33,9 @@ class RecordingCluster:
     def job_pods(self, namespace: str, job: str, uid: str) -> list[dict[str, Any]]:
         self.reads.append("Pods")
         return []
+
+    def get_pool(self, namespace: str, name: str) -> None:
+        self.reads.append("GRPOInferencePool")
 
 
 def job(*, finished: bool, retain: bool = False) -> dict[str, Any]:
@@ -57,6 +61,28 @@ def test_a_running_job_checks_its_children_and_references():
 def test_a_finished_job_reads_only_its_pods_and_a_volume_it_may_still_release():
     assert reads(job(finished=True)) == ["Pods"]
     assert reads(job(finished=True, retain=True)) == ["PersistentVolumeClaim", "Pods"]
+
+
+class KeptVolumeCluster(RecordingCluster):
+    """... where every claim asked for is one an earlier job of the name kept (storage.retainOnDelete)."""
+
+    def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        super().read(kind, namespace, name)
+        if kind != "PersistentVolumeClaim":
+            return None
+        return {"metadata": {"name": name, "annotations": {RETAINED_ANNOTATION: "uid-0"}}}
+
+
+def test_a_job_on_a_pool_reads_its_pool_and_no_volume_or_service_of_its_own():
+    """Its run is in the pool's volume: a volume an earlier job of its name kept does not refuse it."""
+    body = job(finished=False)
+    body["spec"]["inference"] = {"pool": "shared"}
+    cluster = KeptVolumeCluster()
+    obs = Reconciler(cluster, OperatorSettings(), OperatorMetrics()).observe(body)  # type: ignore[arg-type]
+    assert "GRPOInferencePool" in cluster.reads and not {"PersistentVolumeClaim", "Service"} & set(cluster.reads)
+    assert not obs.retained_claim and not obs.missing
+    del body["spec"]["inference"]  # the same job with a vLLM pod of its own is told about the kept volume
+    assert Reconciler(KeptVolumeCluster(), OperatorSettings(), OperatorMetrics()).observe(body).retained_claim  # type: ignore[arg-type]
 
 
 class CreatingCluster(RecordingCluster):

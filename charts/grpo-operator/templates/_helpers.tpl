@@ -48,6 +48,17 @@ operator/reconcile.py (Cluster) and operator/handlers.py.
 - apiGroups: ["grpo.dev"]
   resources: ["grpojobs/finalizers"]
   verbs: ["update"]
+# GRPOInferencePools: watched, their status written; their children are owned by them
+# (finalizers: as for jobs). Never created, changed or deleted by the operator.
+- apiGroups: ["grpo.dev"]
+  resources: ["grpoinferencepools"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["grpo.dev"]
+  resources: ["grpoinferencepools/status"]
+  verbs: ["get", "patch"]
+- apiGroups: ["grpo.dev"]
+  resources: ["grpoinferencepools/finalizers"]
+  verbs: ["update"]
 # The job's pods: watched (pod events trigger reconciles), created per attempt,
 # deleted on suspend/restart/finish.
 - apiGroups: [""]

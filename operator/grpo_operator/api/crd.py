@@ -1,8 +1,9 @@
-"""Generate the GRPOJob CustomResourceDefinition from the pydantic models.
+"""Generate the CustomResourceDefinitions (GRPOJob, GRPOInferencePool) from the pydantic models.
 
-The models are the single source of truth; the CRD committed in the chart is this
-module's output (``grpo-operator-crd > charts/grpo-operator/files/crd.yaml``), and
-a test fails when the two drift apart.
+The models are the single source of truth; the CRDs committed in the chart are this
+module's output (``grpo-operator-crd -o charts/grpo-operator/files/crd.yaml`` and
+``grpo-operator-crd --kind GRPOInferencePool -o charts/grpo-operator/files/crd-pool.yaml``),
+and a test fails when they drift apart.
 
 Pydantic emits JSON Schema 2020-12; Kubernetes wants a *structural* OpenAPI v3
 schema, so the conversion inlines references, turns ``X | None`` into
@@ -20,11 +21,16 @@ from typing import Any
 
 import yaml
 
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from grpo_operator.api import pool
 from grpo_operator.api.job import API_VERSION, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION, GRPOJob
 from grpo_operator.api.spec import GRPOJobSpec
 from grpo_operator.api.status import GRPOJobStatus
+from grpo_trainer.contract.rules import RuledModel
 
-CRD_NAME = f"{PLURAL}.{GROUP}"
 DEFAULT_MAX_STRING = 4096
 DEFAULT_MAX_ITEMS = 1024
 
@@ -47,6 +53,55 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
+
+POOL_PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+    {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
+    {"name": "Jobs", "type": "string", "jsonPath": ".status.jobs[*].name"},
+    {"name": "Slots", "type": "integer", "jsonPath": ".status.slots"},
+    {"name": "Used", "type": "integer", "jsonPath": ".status.slotsUsed"},
+    {"name": "Waiting", "type": "string", "jsonPath": ".status.waiting", "priority": 1},
+    {"name": "Model", "type": "string", "jsonPath": ".spec.model.name", "priority": 1},
+    {
+        "name": "Reason",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+        "priority": 1,
+    },
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One custom resource of the API: its models and names."""
+
+    kind: str
+    plural: str
+    singular: str
+    short_names: tuple[str, ...]
+    root: type[RuledModel]
+    spec: type[BaseModel]
+    status: type[BaseModel]
+    printer_columns: list[dict[str, Any]]
+
+    @property
+    def crd_name(self) -> str:
+        return f"{self.plural}.{GROUP}"
+
+
+JOB = Resource(KIND, PLURAL, SINGULAR, SHORT_NAMES, GRPOJob, GRPOJobSpec, GRPOJobStatus, PRINTER_COLUMNS)
+POOL = Resource(
+    pool.KIND,
+    pool.PLURAL,
+    pool.SINGULAR,
+    pool.SHORT_NAMES,
+    pool.GRPOInferencePool,
+    pool.GRPOInferencePoolSpec,
+    pool.GRPOInferencePoolStatus,
+    POOL_PRINTER_COLUMNS,
+)
+RESOURCES = {r.kind: r for r in (JOB, POOL)}
 
 _DROP = {"title", "$defs"}
 
@@ -127,20 +182,22 @@ def openapi_schema(model: type) -> dict[str, Any]:
     return _structural(raw, raw.get("$defs", {}))
 
 
-def build_crd() -> dict[str, Any]:
-    """The complete CustomResourceDefinition document."""
-    spec_schema = openapi_schema(GRPOJobSpec)
-    status_schema = openapi_schema(GRPOJobStatus)
+def build_crd(resource: Resource = JOB) -> dict[str, Any]:
+    """The complete CustomResourceDefinition document of one resource (default: GRPOJob)."""
+    spec_schema = openapi_schema(resource.spec)
+    status_schema = openapi_schema(resource.status)
     root = {
         "type": "object",
-        "description": (GRPOJob.__doc__ or "").strip(),
+        "description": (resource.root.__doc__ or "").strip(),
         "required": ["spec"],
         # rules that need metadata.name, which CEL sees only at the root; metadata has no properties in the
         # schema, so a fieldPath cannot point into it: the message names the field
-        "x-kubernetes-validations": [{"rule": r.cel, "message": f"{r.field}: {r.message}"} for r in GRPOJob.rules],
+        "x-kubernetes-validations": [
+            {"rule": r.cel, "message": f"{r.field}: {r.message}"} for r in resource.root.rules
+        ],
         "properties": {
             "apiVersion": {"type": "string", "description": "grpo.dev/v1alpha1"},
-            "kind": {"type": "string", "description": KIND},
+            "kind": {"type": "string", "description": resource.kind},
             "metadata": {"type": "object"},
             "spec": spec_schema,
             "status": status_schema,
@@ -150,20 +207,20 @@ def build_crd() -> dict[str, Any]:
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": CRD_NAME,
+            "name": resource.crd_name,
             "labels": {"app.kubernetes.io/name": "grpo-operator", "app.kubernetes.io/component": "crd"},
-            # helm uninstall must not delete every GRPOJob with the CRD.
+            # helm uninstall must not delete every GRPOJob (GRPOInferencePool) with the CRD.
             "annotations": {"helm.sh/resource-policy": "keep"},
         },
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": SINGULAR,
-                "shortNames": list(SHORT_NAMES),
+                "kind": resource.kind,
+                "listKind": f"{resource.kind}List",
+                "plural": resource.plural,
+                "singular": resource.singular,
+                "shortNames": list(resource.short_names),
                 "categories": ["grpo"],
             },
             "versions": [
@@ -172,7 +229,7 @@ def build_crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "additionalPrinterColumns": resource.printer_columns,
                     "schema": {"openAPIV3Schema": root},
                 }
             ],
@@ -183,15 +240,16 @@ def build_crd() -> dict[str, Any]:
 HEADER = "# Generated by `grpo-operator-crd` from operator/grpo_operator/api (the pydantic models). Do not edit.\n"
 
 
-def render_crd() -> str:
-    return HEADER + yaml.safe_dump(build_crd(), sort_keys=False, width=120)
+def render_crd(resource: Resource = JOB) -> str:
+    return HEADER + yaml.safe_dump(build_crd(resource), sort_keys=False, width=120)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=f"Print the {CRD_NAME} CRD ({API_VERSION}) generated from the models.")
+    parser = argparse.ArgumentParser(description=f"Print a CRD of {API_VERSION} generated from the models.")
+    parser.add_argument("--kind", choices=sorted(RESOURCES), default=KIND, help=f"which resource (default: {KIND})")
     parser.add_argument("-o", "--output", help="write to this file instead of stdout")
     args = parser.parse_args(argv)
-    text = render_crd()
+    text = render_crd(RESOURCES[args.kind])
     if args.output:
         with open(args.output, "w", encoding="utf-8") as fh:
             fh.write(text)

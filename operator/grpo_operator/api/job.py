@@ -65,17 +65,22 @@ def _valid_name(name: Optional[str]) -> bool:
     return name is None or (len(name) <= JOB_NAME_MAX and re.match(DNS_LABEL, name) is not None)
 
 
-# The API server takes any DNS subdomain as a custom resource's name (253 characters, dots); a job's name is
-# also a label value of its children and the stem of their names, the Service's an RFC 1035 label.
-JOB_NAME_RULE = Rule(
-    cel=f"size(self.metadata.name) <= {JOB_NAME_MAX} && self.metadata.name.matches('{DNS_LABEL}')",
-    message=(
-        f"a job's name is at most {JOB_NAME_MAX} lowercase letters, digits and '-', starting and ending with a "
-        "letter or digit, no dots: it labels the job's pods and names its volume, ConfigMap and Service; rename it"
-    ),
-    check=lambda job: _valid_name(job.metadata.name),
-    field="metadata.name",
-)
+def name_rule(kind: str, names: str) -> Rule:
+    """The API server takes any DNS subdomain as a custom resource's name (253 characters, dots); a job's or a
+    pool's name is also a label value of its children and the stem of their names, the Service's an RFC 1035
+    label. ``names``: the children it names."""
+    return Rule(
+        cel=f"size(self.metadata.name) <= {JOB_NAME_MAX} && self.metadata.name.matches('{DNS_LABEL}')",
+        message=(
+            f"a {kind}'s name is at most {JOB_NAME_MAX} lowercase letters, digits and '-', starting and ending with a "
+            f"letter or digit, no dots: it labels the {kind}'s pods and names its {names}; rename it"
+        ),
+        check=lambda obj: _valid_name(obj.metadata.name),
+        field="metadata.name",
+    )
+
+
+JOB_NAME_RULE = name_rule("job", "volume, ConfigMap and Service")
 
 
 class GRPOJob(RuledModel):

@@ -767,12 +767,9 @@ RESERVED_VLLM_FLAGS = (
 )
 
 
-class InferenceOptions(PodOptions):
-    """The vLLM pod."""
+class ServerOptions(PodOptions):
+    """A vLLM server's pod: a job's own (spec.inference) or an inference pool's (spec.server)."""
 
-    max_loras: Optional[int] = Field(
-        None, ge=1, le=64, description="vLLM --max-loras (default: enough for the versions in flight)."
-    )
     gpu_memory_utilization: Optional[float] = Field(None, gt=0, le=1, description="vLLM --gpu-memory-utilization.")
     extra_args: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
         default_factory=list,
@@ -809,8 +806,33 @@ class InferenceOptions(PodOptions):
     )
 
 
-class Storage(ApiModel):
-    """The shared volume for adapters, checkpoints and logs."""
+# spec.inference.pool: a pool's name, or NAMESPACE/NAME (refused by the operator unless it is the job's own
+# namespace: written that way, a reference to another tenant's pool gets a message rather than a pattern error).
+POOL_REF = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+
+
+class InferenceOptions(ServerOptions):
+    """The vLLM pod, or the inference pool the job samples through instead."""
+
+    max_loras: Optional[int] = Field(
+        None, ge=1, le=64, description="vLLM --max-loras (default: enough for the versions in flight)."
+    )
+    pool: Optional[str] = Field(
+        None,
+        max_length=317,
+        pattern=POOL_REF,
+        description=(
+            "Sample through this GRPOInferencePool of the job's namespace instead of a vLLM pod of the job's own: "
+            "the trainer uses the pool's Service and key, publishes its adapters as <job>-policy-vN, and keeps its "
+            "run directory in a folder of the pool's volume (runs/<job>). The pool's model must be spec.model and "
+            "its maxLoraRank at least trainKwargs.lora_config.r; the operator checks both, and that the pool is in "
+            "the job's namespace, before it creates anything. The other inference fields do not apply."
+        ),
+    )
+
+
+class VolumeStorage(ApiModel):
+    """A volume the operator creates (or an existing claim): a job's runs, or an inference pool's adapters."""
 
     size: QuantityString = Field("20Gi", description="Requested capacity (more than 0).")
     storage_class_name: Optional[str] = Field(
@@ -820,18 +842,9 @@ class Storage(ApiModel):
         description="StorageClass (default: the cluster's; \"\": none, a volume provisioned by hand).",
     )
     access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = Field(
-        "ReadWriteOnce", description="ReadWriteOnce puts both pods on one node; ReadWriteMany lets them spread."
+        "ReadWriteOnce", description="ReadWriteOnce puts the pods that share it on one node; ReadWriteMany lets them spread."
     )
     existing_claim: Optional[ObjectName] = Field(None, description="Use this PVC instead of creating one.")
-    retain_on_delete: bool = Field(
-        False,
-        description=(
-            "Keep the job's own volume (adapters, checkpoints, result/) when the finished job is deleted, by you or "
-            "by runPolicy.ttlSecondsAfterFinished: the operator drops the claim's owner reference when the job "
-            "finishes; the claim keeps its labels, and a later job mounts it with storage.existingClaim. Deleting "
-            "a job that has not finished still deletes its volume. The one storage field that may change."
-        ),
-    )
     rules = (
         Rule(
             cel="!isQuantity(self.size) || quantity(self.size).isGreaterThan(quantity('0'))",
@@ -845,6 +858,23 @@ class Storage(ApiModel):
             check=lambda s: s.access_mode != "ReadWriteOncePod",
             field="accessMode",
         ),
+    )
+
+
+class Storage(VolumeStorage):
+    """The shared volume for adapters, checkpoints and logs."""
+
+    retain_on_delete: bool = Field(
+        False,
+        description=(
+            "Keep the job's own volume (adapters, checkpoints, result/) when the finished job is deleted, by you or "
+            "by runPolicy.ttlSecondsAfterFinished: the operator drops the claim's owner reference when the job "
+            "finishes; the claim keeps its labels, and a later job mounts it with storage.existingClaim. Deleting "
+            "a job that has not finished still deletes its volume. The one storage field that may change."
+        ),
+    )
+    rules = (
+        *VolumeStorage.rules,
         Rule(
             cel="!(self.retainOnDelete && has(self.existingClaim))",
             message="retainOnDelete keeps the job's own volume; an existingClaim is never deleted: remove retainOnDelete",
@@ -1047,6 +1077,12 @@ STORAGE_UNCHANGED = " && ".join(
     for f in ("size", "storageClassName", "accessMode", "existingClaim")
 )
 STORAGE_IMMUTABLE = "is immutable once the job exists, except retainOnDelete; create a new GRPOJob instead"
+# inference.pool decides where the run directory is (the job's volume or the pool's): it stays as it was
+POOL_UNCHANGED = "has(self.pool) == has(oldSelf.pool) && (!has(self.pool) || self.pool == oldSelf.pool)"
+POOL_IMMUTABLE = (
+    "pool is immutable once the job exists (its run directory is on the pool's volume, or on the job's); "
+    "create a new GRPOJob instead"
+)
 
 # Where hub tokens are set, as CEL presence tests and as the Python path to the reference.
 _HUB_TOKENS: tuple[tuple[str, str], ...] = (
@@ -1105,7 +1141,11 @@ class GRPOJobSpec(ApiModel):
         json_schema_extra={"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": IMMUTABLE}]},
     )
     trainer: PodOptions = nested(PodOptions, "Options of the trainer pod.")
-    inference: InferenceOptions = nested(InferenceOptions, "Options of the vLLM pod.")
+    inference: InferenceOptions = nested(
+        InferenceOptions,
+        "Options of the vLLM pod, or the inference pool the job uses instead (inference.pool).",
+        json_schema_extra={"x-kubernetes-validations": [{"rule": POOL_UNCHANGED, "message": POOL_IMMUTABLE}]},
+    )
     storage: Storage = nested(
         Storage,
         "The shared adapter/checkpoint volume.",
@@ -1166,6 +1206,24 @@ class GRPOJobSpec(ApiModel):
             ),
             check=lambda s: len({(r.name, r.key) for r in hub_tokens(s)}) <= 1,
             field="data",
+        ),
+        Rule(
+            cel="!has(self.inference.pool) || !has(self.storage.existingClaim)",
+            message=(
+                "a job on an inference pool keeps its run in a folder of the pool's volume, where the pool's servers "
+                "read its adapters; remove storage.existingClaim (or inference.pool)"
+            ),
+            check=lambda s: s.inference.pool is None or not s.storage.existing_claim,
+            field="storage.existingClaim",
+        ),
+        Rule(
+            cel="!has(self.inference.pool) || !self.serve.enabled",
+            message=(
+                "serve.enabled keeps the job's own vLLM pod serving its result, and a job on an inference pool has "
+                "none (serving results from a pool is not built yet); remove serve.enabled or inference.pool"
+            ),
+            check=lambda s: s.inference.pool is None or not s.serve.enabled,
+            field="serve.enabled",
         ),
         Rule(
             cel=(

@@ -204,3 +204,6 @@ class GRPOJobStatus(ProgressStatus):
     )
     trainer_pod: Optional[str] = Field(None, description="Name of the current trainer pod.")
     inference_pod: Optional[str] = Field(None, description="Name of the current vLLM pod.")
+    inference_pool: Optional[str] = Field(
+        None, description="spec.inference.pool: the GRPOInferencePool that serves the job (it has no vLLM pod)."
+    )

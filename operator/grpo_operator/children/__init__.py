@@ -4,7 +4,7 @@ rendering the job's one resolution (grpo_operator.resolve).
 No I/O here; the handlers create what these return.
 """
 
-from grpo_operator.children.config import cluster_target, config_map, resolved
+from grpo_operator.children.config import cluster_target, config_map, pool_target, resolved
 from grpo_operator.children.credentials import api_key_ref, api_key_secret
 from grpo_operator.children.export import export_pod
 from grpo_operator.children.inference import inference_pod, inference_service, result_endpoint
@@ -16,8 +16,14 @@ from grpo_operator.children.meta import (
     JOB_LABEL,
     MANAGED_BY_LABEL,
     OPERATOR_NAME,
+    POOL_CLIENT_LABEL,
+    POOL_LABEL,
     TRAINER,
     Job,
+    Pool,
+    PoolBinding,
+    binding,
+    pool_pod_name,
     api_key_secret_name,
     config_map_name,
     export_pod_name,
@@ -28,6 +34,7 @@ from grpo_operator.children.meta import (
 )
 from grpo_operator.children.network import network_policies, serve_network_policy
 from grpo_operator.children.podspec import SPEC_HASH_ANNOTATION, co_located
+from grpo_operator.children.pool import pool_children, pool_endpoint, pool_pod
 from grpo_operator.children.trainer import referenced_secrets, trainer_pod
 from grpo_operator.children.volume import persistent_volume_claim, user_claims, user_config_maps
 
@@ -40,8 +47,18 @@ __all__ = [
     "MANAGED_BY_LABEL",
     "SPEC_HASH_ANNOTATION",
     "OPERATOR_NAME",
+    "POOL_CLIENT_LABEL",
+    "POOL_LABEL",
     "TRAINER",
     "Job",
+    "Pool",
+    "PoolBinding",
+    "binding",
+    "pool_children",
+    "pool_endpoint",
+    "pool_pod",
+    "pool_pod_name",
+    "pool_target",
     "api_key_ref",
     "api_key_secret",
     "api_key_secret_name",

@@ -1,5 +1,5 @@
 """The job's vLLM key: a Secret generated per job that both pods read (secretKeyRef), and so does a
-client of the served result.
+client of the served result. A pool has one of its own, read by its servers and its jobs' trainers.
 
 The key is made by the reconciler (it is random: an input of the pure decision, like the clock)
 and never read back: the operator needs only ``create`` on Secrets for it.
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from grpo_operator.children.meta import CREDENTIALS, Job, api_key_secret_name, object_meta
+from grpo_operator.children.meta import CREDENTIALS, Owner, api_key_secret_name, object_meta
 from grpo_operator.resolve import API_KEY_SECRET_KEY
 
 
-def api_key_secret(job: Job, key: str) -> dict[str, Any]:
+def api_key_secret(job: Owner, key: str) -> dict[str, Any]:
     """The Secret holding ``key``; immutable: the key never changes under the job's pods."""
     return {
         "apiVersion": "v1",
@@ -25,6 +25,6 @@ def api_key_secret(job: Job, key: str) -> dict[str, Any]:
     }
 
 
-def api_key_ref(job: Job) -> dict[str, str]:
+def api_key_ref(job: Owner) -> dict[str, str]:
     """Where the key is: ``status.endpoint.apiKeySecretRef``."""
     return {"name": api_key_secret_name(job), "key": API_KEY_SECRET_KEY}

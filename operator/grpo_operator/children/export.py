@@ -9,13 +9,14 @@ lands in the termination message, which the operator reads into status.export.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Optional
 
 from grpo_operator.children.config import cluster_target
 from grpo_operator.children.meta import EXPORT, Job, export_pod_name
 from grpo_operator.children.podspec import (
     Mount,
     beside_inference,
+    beside_pool,
     co_located,
     env_list,
     model_mounts,
@@ -51,7 +52,8 @@ def export_pod(
     """Export pod ``<job>-export-<attempt>`` for the destinations not exported yet.
 
     ``join_inference``: the serving vLLM pod holds the job's ReadWriteOnce volume, so this pod
-    must run on its node (the lifecycle knows whether it serves).
+    must run on its node (the lifecycle knows whether it serves). A job on a pool: its run is on the
+    pool's volume, which the pool's server holds (ReadWriteOnce: this pod goes to the server's node).
     """
     export = resolved_export(job, settings, destinations)
     options = export_pod_options(job.spec)
@@ -87,6 +89,14 @@ def export_pod(
         mounts=mounts,
         restart_policy="Never",  # the operator counts failures against spec.export.backoffLimit
         termination_grace_seconds=30,
-        affinity=beside_inference(job) if join_inference and co_located(job) else None,
+        affinity=_export_affinity(job, join_inference),
         pod_group=False,  # small, CPU only, after the job: not part of the pair Kueue admits
     )
+
+
+def _export_affinity(job: Job, join_inference: bool) -> Optional[dict[str, Any]]:
+    """Where the export pod must run to mount the job's volume: beside the pool's server or the job's serving
+    vLLM pod when that holds a ReadWriteOnce volume; anywhere otherwise."""
+    if job.pool is not None:
+        return beside_pool(job)
+    return beside_inference(job) if join_inference and co_located(job) else None

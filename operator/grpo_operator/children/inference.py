@@ -15,6 +15,7 @@ from grpo_operator.children.credentials import api_key_ref
 from grpo_operator.children.meta import (
     INFERENCE,
     Job,
+    Owner,
     config_map_name,
     inference_pod_name,
     object_meta,
@@ -32,10 +33,11 @@ from grpo_operator.children.podspec import (
     run_mount,
     scratch_mounts,
 )
-from grpo_operator.resolve import serving_result
+from grpo_operator.api.spec import ServerOptions
+from grpo_operator.resolve import EnvRef, PodPlan, serving_result
 from grpo_operator.settings import OperatorSettings
 from grpo_trainer.contract.progress import result_model_name
-from grpo_trainer.contract.vllm_command import GUARD_FILE, vllm_command
+from grpo_trainer.contract.vllm_command import GUARD_FILE, VLLMServerSpec, vllm_command
 
 PORT_NAME = "http"
 
@@ -48,20 +50,16 @@ def result_endpoint(job: Job, settings: OperatorSettings, *, adapter: bool) -> d
     return {"url": run.config.vllm.base_url, "model": model, "apiKeySecretRef": api_key_ref(job)}
 
 
-def inference_pod(job: Job, settings: OperatorSettings, attempt: int, *, serve_result: bool = False) -> dict[str, Any]:
-    """The vLLM pod; ``serve_result``: one that serves the finished job's result adapter from its start."""
-    options = job.spec.inference
-    run, pods = resolved_pods(job, settings)
-    plan = pods.inference
-    spec = run.vllm
-    if serve_result:
-        spec = serving_result(spec, job.name, run.config.run_dir)
+def vllm_container(
+    spec: VLLMServerSpec, plan: PodPlan, options: ServerOptions, refs: tuple[EnvRef, ...], settings: OperatorSettings
+) -> dict[str, Any]:
+    """The vLLM server's container: a job's own or a pool's."""
     server = vllm_command(spec)
     container: dict[str, Any] = {
         "name": "vllm",
         "image": options.image or settings.inference_image,
         "command": server.argv,
-        "env": env_list(plan.env, server.env, refs=run.inference_env_refs),
+        "env": env_list(plan.env, server.env, refs=refs),
         "ports": [{"name": PORT_NAME, "containerPort": settings.inference_port, "protocol": "TCP"}],
         "resources": plan.resources,
         **probes(plan.health, PORT_NAME),
@@ -71,6 +69,18 @@ def inference_pod(job: Job, settings: OperatorSettings, attempt: int, *, serve_r
     pull = options.image_pull_policy or settings.image_pull_policy
     if pull:
         container["imagePullPolicy"] = pull
+    return container
+
+
+def inference_pod(job: Job, settings: OperatorSettings, attempt: int, *, serve_result: bool = False) -> dict[str, Any]:
+    """The vLLM pod; ``serve_result``: one that serves the finished job's result adapter from its start."""
+    options = job.spec.inference
+    run, pods = resolved_pods(job, settings)
+    plan = pods.inference
+    spec = run.vllm
+    if serve_result:
+        spec = serving_result(spec, job.name, run.config.run_dir)
+    container = vllm_container(spec, plan, options, run.inference_env_refs, settings)
     mounts = [run_mount(job, run.run_sub_path), *model_mounts(job), guard_mount(job, spec.guard_dir), *scratch_mounts(plan)]
     return pod(
         job,
@@ -89,8 +99,9 @@ def inference_pod(job: Job, settings: OperatorSettings, attempt: int, *, serve_r
     )
 
 
-def guard_mount(job: Job, path: str | None) -> Mount:
-    """The key guard alone of the job's ConfigMap, where the server's PYTHONPATH points (resolve decides it)."""
+def guard_mount(job: Owner, path: str | None) -> Mount:
+    """The key guard alone of the job's (the pool's) ConfigMap, where the server's PYTHONPATH points (resolve
+    decides it)."""
     assert path is not None  # a cluster's server always has its guard
     volume = {
         "name": "guard",
@@ -99,7 +110,8 @@ def guard_mount(job: Job, path: str | None) -> Mount:
     return Mount(volume, path, read_only=True)
 
 
-def inference_service(job: Job, settings: OperatorSettings) -> dict[str, Any]:
+def inference_service(job: Owner, settings: OperatorSettings) -> dict[str, Any]:
+    """The Service in front of a job's vLLM pod, or of a pool's servers."""
     return {
         "apiVersion": "v1",
         "kind": "Service",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional, Union
 
 from grpo_operator.api.job import API_VERSION, KIND
 from grpo_operator.api.names import (
@@ -20,13 +20,19 @@ from grpo_operator.api.names import (
     NAME_LABEL,
     OPERATOR_PREFIX,
 )
+from grpo_operator.api.pool import KIND as POOL_KIND
+from grpo_operator.api.pool import GRPOInferencePoolSpec
 from grpo_operator.api.spec import GRPOJobSpec
-from grpo_operator.resolve import run_claim
+from grpo_operator.resolve import pool_claim, run_claim
 
 # The labels are reserved in the API (grpo_operator.api.names): a job's own pod labels cannot set them.
 OPERATOR_NAME = "grpo-operator"
 APP_NAME = "grpojob"
+POOL_APP_NAME = "grpoinferencepool"
 JOB_LABEL = f"{OPERATOR_PREFIX}job"
+POOL_LABEL = f"{OPERATOR_PREFIX}pool"  # a pool's own children
+# On the trainer pods of the jobs a pool serves: what the pool's NetworkPolicy admits.
+POOL_CLIENT_LABEL = f"{OPERATOR_PREFIX}inference-pool"
 ATTEMPT_LABEL = f"{OPERATOR_PREFIX}attempt"
 
 TRAINER = "trainer"
@@ -36,6 +42,18 @@ STORAGE = "storage"
 CONFIG = "config"
 CREDENTIALS = "credentials"
 NETWORK = "network"
+
+
+@dataclass(frozen=True)
+class PoolBinding:
+    """The inference pool serving a job (spec.inference.pool), as the operator found it: whose key the job's
+    trainer reads (named by the pool's uid), which claim holds the job's run directory, and whether the
+    trainer must run on the pool's node (a ReadWriteOnce claim)."""
+
+    name: str
+    uid: str
+    claim: str
+    access_mode: str
 
 
 @dataclass(frozen=True)
@@ -51,6 +69,20 @@ class Job:
     spec: GRPOJobSpec
     avoid_nodes: tuple[str, ...] = ()
     claim_root: bool = False
+    pool: Optional[PoolBinding] = None  # spec.inference.pool, once found in the job's namespace and matching
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The parsed GRPOInferencePool a builder works from."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: GRPOInferencePoolSpec
+
+
+Owner = Union[Job, Pool]
 
 
 def dns_label(base: str, suffix: str) -> str:
@@ -67,26 +99,46 @@ def dns_label(base: str, suffix: str) -> str:
     return f"j-{base[:keep].rstrip('-')}-{digest}-{suffix}"
 
 
-def pvc_name(job: Job) -> str:
-    """The claim both pods mount: the user's existing one, or the job's own."""
-    return run_claim(job.name, job.spec)
+def pvc_name(owner: Owner) -> str:
+    """The claim a job's pods mount (the user's existing one, its pool's, or the job's own); a pool's."""
+    if isinstance(owner, Pool):
+        return pool_claim(owner.name, owner.spec)
+    return owner.pool.claim if owner.pool is not None else run_claim(owner.name, owner.spec)
 
 
-def config_map_name(job: Job) -> str:
+def binding(name: str, uid: str, spec: GRPOInferencePoolSpec) -> PoolBinding:
+    """What a job on the pool ``name`` needs of it."""
+    return PoolBinding(name=name, uid=uid, claim=pool_claim(name, spec), access_mode=spec.storage.access_mode)
+
+
+def config_map_name(job: Owner) -> str:
     return f"{job.name}-config"
 
 
-def service_name(job: Job) -> str:
-    return dns_label(job.name, "vllm")
+def vllm_service_name(name: str) -> str:
+    """The vLLM Service of the job (the pool) ``name``."""
+    return dns_label(name, "vllm")
 
 
-def api_key_secret_name(job: Job) -> str:
-    """The Secret of the job's vLLM key. Named by the job's uid: a job re-applied under the name never gets an
-    earlier one's key, and a create that meets an existing Secret of this name met this job's own."""
-    return f"{job.name}-vllm-key-{job.uid[:8]}"
+def service_name(job: Owner) -> str:
+    return vllm_service_name(job.name)
 
 
-def network_policy_name(job: Job, component: str) -> str:
+def key_secret_name(name: str, uid: str) -> str:
+    """The Secret of a job's (a pool's) vLLM key. Named by the owner's uid: one re-applied under the name never
+    gets an earlier one's key, and a create that meets an existing Secret of this name met its own."""
+    return f"{name}-vllm-key-{uid[:8]}"
+
+
+def api_key_secret_name(job: Owner) -> str:
+    return key_secret_name(job.name, job.uid)
+
+
+def pool_pod_name(pool: Pool, replica: int) -> str:
+    return f"{pool.name}-vllm-{replica}"
+
+
+def network_policy_name(job: Owner, component: str) -> str:
     """The NetworkPolicy that admits traffic to one component's pods (``serve``: the vLLM pod once it serves)."""
     return f"{job.name}-{component}"
 
@@ -103,27 +155,31 @@ def export_pod_name(job: Job, attempt: int) -> str:
     return f"{job.name}-export-{attempt}"
 
 
-def selector_labels(job: Job, component: str) -> dict[str, str]:
-    """Labels that identify one component of one job (Service and affinity selectors)."""
-    return {JOB_LABEL: job.name, COMPONENT_LABEL: component}
+def _owner_label(owner: Owner) -> str:
+    return POOL_LABEL if isinstance(owner, Pool) else JOB_LABEL
 
 
-def labels(job: Job, component: str) -> dict[str, str]:
+def selector_labels(job: Owner, component: str) -> dict[str, str]:
+    """Labels that identify one component of one job or pool (Service and affinity selectors)."""
+    return {_owner_label(job): job.name, COMPONENT_LABEL: component}
+
+
+def labels(job: Owner, component: str) -> dict[str, str]:
     """The common labels of a child."""
     return {
-        NAME_LABEL: APP_NAME,
+        NAME_LABEL: POOL_APP_NAME if isinstance(job, Pool) else APP_NAME,
         INSTANCE_LABEL: job.name,
         COMPONENT_LABEL: component,
         MANAGED_BY_LABEL: OPERATOR_NAME,
-        JOB_LABEL: job.name,
+        _owner_label(job): job.name,
     }
 
 
-def owner_reference(job: Job) -> dict[str, Any]:
-    """Makes the job the controller of a child: deleting the job garbage-collects it."""
+def owner_reference(job: Owner) -> dict[str, Any]:
+    """Makes the job (the pool) the controller of a child: deleting it garbage-collects the child."""
     return {
         "apiVersion": API_VERSION,
-        "kind": KIND,
+        "kind": POOL_KIND if isinstance(job, Pool) else KIND,
         "name": job.name,
         "uid": job.uid,
         "controller": True,
@@ -131,7 +187,7 @@ def owner_reference(job: Job) -> dict[str, Any]:
     }
 
 
-def object_meta(job: Job, name: str, component: str, **extra: Any) -> dict[str, Any]:
+def object_meta(job: Owner, name: str, component: str, **extra: Any) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "name": name,
         "namespace": job.namespace,

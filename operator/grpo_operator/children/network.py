@@ -4,6 +4,9 @@
   namespaces (vLLM serves /metrics on the same port; everything else there needs the key).
 * ``<job>-trainer``: the trainer's port (/progress, /metrics) admits the operator's pods and
   the metrics namespaces.
+* ``<pool>-inference``: an inference pool's servers admit the trainer pods of the jobs it serves (which
+  the operator labels with the pool's name) and the metrics namespaces; a job on a pool has no
+  ``<job>-inference`` of its own.
 * ``<job>-serve``: created once the job serves its result (spec.serve): the vLLM pod admits every
   pod of the job's namespace, the clients the endpoint is for (they need the key as well).
 
@@ -20,8 +23,11 @@ from typing import Any, Optional
 from grpo_operator.children.meta import (
     INFERENCE,
     NETWORK,
+    POOL_CLIENT_LABEL,
     TRAINER,
     Job,
+    Owner,
+    Pool,
     network_policy_name,
     object_meta,
     selector_labels,
@@ -36,7 +42,7 @@ def _namespace(name: str) -> dict[str, Any]:
     return {"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: name}}}
 
 
-def _policy(job: Job, name: str, component: str, port: int, *sources: list[dict[str, Any]]) -> dict[str, Any]:
+def _policy(job: Owner, name: str, component: str, port: int, *sources: list[dict[str, Any]]) -> dict[str, Any]:
     """Ingress to ``component``'s pods on ``port`` from each non-empty list of peers."""
     return {
         "apiVersion": "networking.k8s.io/v1",
@@ -58,10 +64,20 @@ def network_policies(job: Job, settings: OperatorSettings) -> list[dict[str, Any
     trainer = [{"podSelector": {"matchLabels": selector_labels(job, TRAINER)}}]
     operator_pods = {"podSelector": {"matchLabels": settings.operator_pod_labels}}
     operator = [{**_namespace(settings.operator_namespace), **operator_pods}]
-    return [
-        _policy(job, network_policy_name(job, INFERENCE), INFERENCE, settings.inference_port, trainer, scrapers),
-        _policy(job, network_policy_name(job, TRAINER), TRAINER, settings.trainer_port, operator, scrapers),
+    inference = [] if job.pool is not None else [  # a job on a pool has no vLLM pod: the pool's policy admits it
+        _policy(job, network_policy_name(job, INFERENCE), INFERENCE, settings.inference_port, trainer, scrapers)
     ]
+    return [*inference, _policy(job, network_policy_name(job, TRAINER), TRAINER, settings.trainer_port, operator, scrapers)]
+
+
+def pool_network_policy(pool: Pool, settings: OperatorSettings) -> Optional[dict[str, Any]]:
+    """A pool's policy: its servers admit the trainers of the jobs it serves (labelled with its name) and the
+    metrics namespaces; None without NetworkPolicies."""
+    if not settings.network_policies:
+        return None
+    clients = [{"podSelector": {"matchLabels": {POOL_CLIENT_LABEL: pool.name}}}]
+    scrapers = [_namespace(ns) for ns in settings.metrics_namespaces]
+    return _policy(pool, network_policy_name(pool, INFERENCE), INFERENCE, settings.inference_port, clients, scrapers)
 
 
 def serve_network_policy(job: Job, settings: OperatorSettings) -> Optional[dict[str, Any]]:

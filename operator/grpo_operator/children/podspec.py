@@ -22,8 +22,10 @@ from grpo_operator.children.meta import (
     COMPONENT_LABEL,
     INFERENCE,
     JOB_LABEL,
+    POOL_LABEL,
     TRAINER,
     Job,
+    Owner,
     object_meta,
     pvc_name,
 )
@@ -100,8 +102,9 @@ def scratch_mounts(plan: PodPlan) -> list[Mount]:
     return mounts
 
 
-def run_mount(job: Job, sub_path: Optional[str]) -> Mount:
-    """The job's claim at RUN_MOUNT: its run directory's folder (ResolvedJob.run_sub_path), or its root."""
+def run_mount(job: Owner, sub_path: Optional[str]) -> Mount:
+    """The job's claim at RUN_MOUNT: its run directory's folder (ResolvedJob.run_sub_path), or its root
+    (a pool's servers: every attached job's run directory)."""
     return Mount({"name": "run", "persistentVolumeClaim": {"claimName": pvc_name(job)}}, RUN_MOUNT, sub_path=sub_path)
 
 
@@ -124,7 +127,7 @@ def user_volume_mount(source: VolumeSource, root: str) -> Mount:
     return Mount(volume, f"{root}/{source.claim_name}", read_only=True, sub_path=source.sub_path)
 
 
-def model_mounts(job: Job) -> list[Mount]:
+def model_mounts(job: Owner) -> list[Mount]:
     volume = job.spec.model.volume
     return [user_volume_mount(volume, MODEL_MOUNT)] if volume is not None else []
 
@@ -236,8 +239,21 @@ def spec_hash(pod_spec: dict[str, Any]) -> str:
 
 
 def co_located(job: Job) -> bool:
-    """Trainer and vLLM must share a node: both mount the job's ReadWriteOnce volume."""
-    return job.spec.storage.access_mode == "ReadWriteOnce"
+    """Trainer and vLLM must share a node: both mount the job's ReadWriteOnce volume. (A job on a pool has
+    no vLLM pod of its own: see co_location.)"""
+    return job.pool is None and job.spec.storage.access_mode == "ReadWriteOnce"
+
+
+def beside_pool(job: Job) -> Optional[dict[str, Any]]:
+    """Required pod affinity putting the trainer of a job on a pool on the pool's node, when the pool's
+    claim (which holds the job's run directory) is ReadWriteOnce."""
+    if job.pool is None or job.pool.access_mode != "ReadWriteOnce":
+        return None
+    term = {
+        "labelSelector": {"matchLabels": {POOL_LABEL: job.pool.name, COMPONENT_LABEL: INFERENCE}},
+        "topologyKey": HOSTNAME_TOPOLOGY,
+    }
+    return {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}
 
 
 def co_location(job: Job) -> Optional[dict[str, Any]]:
@@ -248,6 +264,8 @@ def co_location(job: Job) -> Optional[dict[str, Any]]:
     follows it. Nodes the lifecycle re-placed the pods away from are excluded by
     a required node affinity.
     """
+    if job.pool is not None:
+        return beside_pool(job)
     if not co_located(job):
         return None
     term = {
@@ -282,7 +300,7 @@ def tolerations(options: PodOptions) -> list[dict[str, Any]]:
 
 
 def pod(
-    job: Job,
+    job: Owner,
     *,
     name: str,
     component: str,
@@ -297,8 +315,9 @@ def pod(
     pod_group: bool,
     init_containers: tuple[tuple[dict[str, Any], list[Mount]], ...] = (),
 ) -> dict[str, Any]:
-    """A job pod around one container (after its init containers, each with its mounts), with everything
-    the job's pods share. ``pod_group``: one of the trainer and vLLM pair Kueue admits together."""
+    """A job's (a pool's) pod around one container (after its init containers, each with its mounts), with
+    everything the operator's pods share. ``pod_group``: one of a job's trainer and vLLM pair Kueue admits
+    together."""
     meta = object_meta(job, name, component)
     meta["labels"] = {**options.labels, **meta["labels"], ATTEMPT_LABEL: str(attempt)}
     annotations = dict(options.annotations)
@@ -328,7 +347,7 @@ def pod(
         spec["tolerations"] = tolerations(options)
     if options.priority_class_name:
         spec["priorityClassName"] = options.priority_class_name
-    if job.spec.queue_name and pod_group:
+    if pod_group and isinstance(job, Job) and job.spec.queue_name:
         meta["labels"][KUEUE_QUEUE_LABEL] = job.spec.queue_name
         meta["labels"][KUEUE_GROUP_LABEL] = job.name
         annotations[KUEUE_GROUP_COUNT_ANNOTATION] = str(POD_GROUP_SIZE)

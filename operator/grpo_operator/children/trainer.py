@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from grpo_operator.children.config import resolved_pods
-from grpo_operator.children.meta import TRAINER, Job, config_map_name, trainer_pod_name
+from grpo_operator.children.meta import POOL_CLIENT_LABEL, TRAINER, Job, config_map_name, trainer_pod_name
 from grpo_operator.children.podspec import (
     Mount,
     co_location,
@@ -38,6 +38,8 @@ PORT_NAME = "http"
 def referenced_secrets(job: Job) -> list[tuple[str, str]]:
     """(secret, key) pairs the job's pods cannot start without, each once (the operator checks they exist)."""
     trainer, inference = env_refs(job.spec)
+    if job.pool is not None:
+        inference = ()  # no vLLM pod of its own: the pool's references are the pool's
     refs = (*trainer, *inference, *code_env_refs(job.spec))
     keys = [(r.source, r.key) for r in refs if r.kind == "secret" and not r.optional]
     return list(dict.fromkeys(keys))
@@ -72,7 +74,7 @@ def trainer_pod(job: Job, settings: OperatorSettings, attempt: int) -> dict[str,
         for fetch in run.code_fetches
     )
     mounts = [run_mount(job, run.run_sub_path), config, *model_mounts(job), *data_mounts(job), *code_mounts(job), *scratch]
-    return pod(
+    manifest = pod(
         job,
         name=trainer_pod_name(job, attempt),
         component=TRAINER,
@@ -88,6 +90,9 @@ def trainer_pod(job: Job, settings: OperatorSettings, attempt: int) -> dict[str,
         pod_group=True,
         init_containers=fetchers,
     )
+    if job.pool is not None:  # what the pool's NetworkPolicy admits
+        manifest["metadata"]["labels"][POOL_CLIENT_LABEL] = job.pool.name
+    return manifest
 
 
 def code_fetcher(fetch: CodeFetch, trainer: dict[str, Any]) -> dict[str, Any]:

@@ -1,16 +1,16 @@
-"""The job's shared volume: adapters, checkpoints, logs and the model cache."""
+"""The job's shared volume (adapters, checkpoints, logs and the model cache), and a pool's (its jobs' runs)."""
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
-from grpo_operator.children.meta import STORAGE, Job, object_meta, pvc_name
+from grpo_operator.children.meta import STORAGE, Job, Owner, object_meta, pvc_name
 
 
-def persistent_volume_claim(job: Job) -> Optional[dict[str, Any]]:
-    """The PVC to create, or None when the job names an existing claim."""
+def persistent_volume_claim(job: Owner) -> Optional[dict[str, Any]]:
+    """The PVC to create, or None when the job (the pool) names an existing claim, or the job is on a pool."""
     storage = job.spec.storage
-    if storage.existing_claim:
+    if storage.existing_claim or (isinstance(job, Job) and job.pool is not None):
         return None
     spec: dict[str, Any] = {
         "accessModes": [storage.access_mode],

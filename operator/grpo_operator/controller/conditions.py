@@ -11,7 +11,7 @@ lists), and ``lastTransitionTime`` moves only when a condition's status changes.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Optional
@@ -51,6 +51,12 @@ WARNING_REASONS = frozenset(
         "Evicted",
         "Replacing",
         "ExportFailed",
+        "PoolNotFound",
+        "PoolInAnotherNamespace",
+        "PoolMismatch",
+        "PoolInvalid",
+        "PoolFull",
+        "ServerFailed",
     }
 )
 PENDING_STATE = "Pending"
@@ -222,12 +228,16 @@ class Cond:
 
 
 def conditions(
-    old: list[Mapping[str, Any]], new: Mapping[ConditionType, Cond], now: datetime, generation: Optional[int]
+    old: list[Mapping[str, Any]],
+    new: Mapping[str, Cond],
+    now: datetime,
+    generation: Optional[int],
+    order: Sequence[str] = CONDITION_ORDER,
 ) -> list[dict[str, Any]]:
-    """The full condition list in CONDITION_ORDER; types not in ``new`` keep their old value."""
+    """The full condition list in ``order`` (a job's, or a pool's); types not in ``new`` keep their old value."""
     previous = {c["type"]: c for c in old}
     out: list[dict[str, Any]] = []
-    for ctype in CONDITION_ORDER:
+    for ctype in order:
         cond = new.get(ctype)
         before = previous.get(ctype)
         if cond is None:

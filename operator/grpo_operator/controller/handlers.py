@@ -40,14 +40,17 @@ import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import kopf
 from aiohttp import web
 
 from grpo_operator.api.job import GROUP, PLURAL, VERSION
-from grpo_operator.children import JOB_LABEL, MANAGED_BY_LABEL, OPERATOR_NAME
+from grpo_operator.api.pool import PLURAL as POOL_PLURAL
+from grpo_operator.children import JOB_LABEL, MANAGED_BY_LABEL, OPERATOR_NAME, POOL_LABEL
 from grpo_operator.controller.liveness import Check, serve_health
+from grpo_operator.controller.pool_reconcile import PoolReconciler
+from grpo_operator.controller.pooling import pool_name
 from grpo_operator.controller.reconcile import Reconciler, indexed_pod
 from grpo_operator.controller.workqueue import WorkQueue
 from grpo_operator.settings import OperatorSettings
@@ -58,6 +61,8 @@ ANNOTATION_PREFIX = "grpo.dev"
 JOB_INDEX = "grpojobs"  # the Kopf index of live jobs: (namespace, name) → uid
 POD_INDEX = "grpopods"  # the Kopf index of the operator's pods: (namespace, job) → (owner uids, view)
 POD_LABELS = {MANAGED_BY_LABEL: OPERATOR_NAME, JOB_LABEL: kopf.PRESENT}  # the pods the operator made
+POOL_INDEX = "grpoinferencepools"  # the Kopf index of live pools: (namespace, name) → uid
+POOL_POD_LABELS = {MANAGED_BY_LABEL: OPERATOR_NAME, POOL_LABEL: kopf.PRESENT}  # pools' servers
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
@@ -148,13 +153,19 @@ def health_check(queue: WorkQueue[JobKey], reconciler: Reconciler, limit: float)
     return check
 
 
-def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, settings: OperatorSettings) -> None:
-    """Register every handler of the operator on ``registry``."""
+def register(
+    registry: kopf.OperatorRegistry,
+    reconciler: Reconciler,
+    settings: OperatorSettings,
+    pools: Optional[PoolReconciler] = None,
+) -> None:
+    """Register every handler of the operator on ``registry`` (``pools``: GRPOInferencePools' too)."""
 
     kopf.on.login(registry=registry)(kopf.login_via_client)
     queue, threads = reconcile_queue(reconciler, settings.reconcile_workers)
     resync = Resync(reconciler, queue, min(settings.resync_seconds, settings.progress_poll_seconds))
     health: list[web.AppRunner] = []
+    pool_queue = register_pools(registry, pools, settings, queue) if pools is not None else None
 
     @kopf.index(GROUP, VERSION, PLURAL, id=JOB_INDEX, registry=registry)
     async def index_job(namespace: str, name: str, uid: str, **_: Any) -> dict[JobKey, str]:
@@ -203,7 +214,62 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, settings: 
         queue.add((namespace, labels[JOB_LABEL]))
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    async def on_job_event(type: str, name: str, namespace: str, **_: Any) -> None:
+    async def on_job_event(type: str, name: str, namespace: str, body: kopf.Body, **_: Any) -> None:
         # every event of every job comes here; only a deletion needs a thread
         if type == "DELETED":
             await asyncio.to_thread(reconciler.forget, namespace, name)
+        ref = ((body.get("spec") or {}).get("inference") or {}).get("pool")
+        if pool_queue is not None and isinstance(ref, str):  # its pool counts its slots afresh
+            pool_ns, pool = pool_name(ref, namespace)
+            if pool_ns == namespace:
+                pool_queue.add((namespace, pool))
+
+
+def register_pools(
+    registry: kopf.OperatorRegistry, pools: PoolReconciler, settings: OperatorSettings, jobs: WorkQueue[JobKey]
+) -> WorkQueue[JobKey]:
+    """GRPOInferencePools: reconciled when they appear or their spec changes, on their servers' pod events, the
+    events of the jobs that name them, and periodically; a pool's change reconciles the jobs it lists
+    (attached or waiting)."""
+    threads = ThreadPoolExecutor(max_workers=settings.pool_workers, thread_name_prefix="grpo-pool")
+
+    async def reconcile(key: JobKey) -> None:
+        await asyncio.get_running_loop().run_in_executor(threads, pools.reconcile_named, *key)
+
+    queue: WorkQueue[JobKey] = WorkQueue(reconcile, settings.pool_workers, name="grpoinferencepools")
+    resync = Resync(pools, queue, settings.resync_seconds)  # type: ignore[arg-type]  # the same two methods
+
+    @kopf.index(GROUP, VERSION, POOL_PLURAL, id=POOL_INDEX, registry=registry)
+    async def index_pool(namespace: str, name: str, uid: str, **_: Any) -> dict[JobKey, str]:
+        return {(namespace, name): uid}
+
+    @kopf.on.startup(registry=registry)
+    async def start_pools(**kwargs: Any) -> None:
+        queue.start()
+        resync.start(kwargs[POOL_INDEX])
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_pools(**_: Any) -> None:
+        await resync.stop()
+        await queue.stop()
+        threads.shutdown(wait=False, cancel_futures=True)
+
+    @kopf.on.event("v1", "pods", labels=POOL_POD_LABELS, registry=registry)
+    async def on_pool_pod(namespace: str, labels: kopf.Labels, **_: Any) -> None:
+        queue.add((namespace, labels[POOL_LABEL]))
+
+    @kopf.on.event(GROUP, VERSION, POOL_PLURAL, registry=registry)
+    async def on_pool_event(type: str, name: str, namespace: str, body: kopf.Body, **_: Any) -> None:
+        # Events only (no create/update handlers): Kopf would keep its bookkeeping in annotations, and the
+        # operator may not patch pools. A change of the status alone is the pool's own write: not queued again.
+        status = body.get("status") or {}
+        generation = (body.get("metadata") or {}).get("generation")
+        if type != "DELETED" and (type in (None, "ADDED") or generation != status.get("observedGeneration")):
+            queue.add((namespace, name))
+        for job in [j.get("name") for j in status.get("jobs") or []] + list(status.get("waiting") or []):
+            if isinstance(job, str):
+                jobs.add((namespace, job))  # attached, waiting, or told that the pool is gone
+        if type == "DELETED":
+            await asyncio.to_thread(pools.forget, namespace, name)
+
+    return queue

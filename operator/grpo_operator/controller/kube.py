@@ -17,7 +17,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from grpo_operator.api.job import API_VERSION, GROUP, KIND, PLURAL, VERSION
-from grpo_operator.children import JOB_LABEL, MANAGED_BY_LABEL, OPERATOR_NAME
+from grpo_operator.api.pool import PLURAL as POOL_PLURAL
+from grpo_operator.children import JOB_LABEL, MANAGED_BY_LABEL, OPERATOR_NAME, POOL_LABEL
 from grpo_operator.controller.conditions import now_utc, rfc3339
 from grpo_operator.controller.lifecycle import Event
 
@@ -58,12 +59,30 @@ class Cluster:
             resp.release_conn()
 
     def get_job(self, namespace: str, name: str) -> Optional[dict[str, Any]]:
+        return self._get_custom(PLURAL, namespace, name)
+
+    def get_pool(self, namespace: str, name: str) -> Optional[dict[str, Any]]:
+        """A GRPOInferencePool, or None when there is none."""
+        return self._get_custom(POOL_PLURAL, namespace, name)
+
+    def _get_custom(self, plural: str, namespace: str, name: str) -> Optional[dict[str, Any]]:
         try:
-            return self._call(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
+            return self._call(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
+
+    def list_jobs(self, namespace: str) -> list[dict[str, Any]]:
+        """The GRPOJobs of a namespace (a pool's reconcile: the jobs that name it)."""
+        listed = self._call(self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL)
+        return list(listed.get("items") or [])
+
+    def pool_pods(self, namespace: str, pool: str, uid: str) -> list[dict[str, Any]]:
+        """The pool's server pods, only those this very pool owns."""
+        selector = f"{POOL_LABEL}={pool},{MANAGED_BY_LABEL}={OPERATOR_NAME}"
+        pods = self._call(self.core.list_namespaced_pod, namespace, label_selector=selector)["items"]
+        return [p for p in pods if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])]
 
     def read(self, kind: str, namespace: str, name: str) -> Optional[dict[str, Any]]:
         """A Pod, PersistentVolumeClaim, ConfigMap, Service or NetworkPolicy, or None when there is none.
@@ -158,7 +177,12 @@ class Cluster:
                 raise
 
     def patch_status(
-        self, namespace: str, name: str, status: Mapping[str, Any], resource_version: Optional[str]
+        self,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        resource_version: Optional[str],
+        plural: str = PLURAL,
     ) -> Optional[str]:
         """Merge-patch the job's status, only if the job is still at ``resource_version``; its new version.
 
@@ -171,7 +195,7 @@ class Cluster:
             body["metadata"] = {"resourceVersion": resource_version}
         patch = self.custom.patch_namespaced_custom_object_status
         try:
-            patched = self._call(patch, GROUP, VERSION, namespace, PLURAL, name, body)
+            patched = self._call(patch, GROUP, VERSION, namespace, plural, name, body)
         except ApiException as exc:
             if exc.status == 409:
                 raise Conflict(f"{namespace}/{name} changed since resourceVersion {resource_version}") from None
@@ -197,7 +221,7 @@ class Cluster:
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {
                 "apiVersion": API_VERSION,
-                "kind": KIND,
+                "kind": job.get("kind") or KIND,  # a GRPOJob's, or a GRPOInferencePool's
                 "name": meta["name"],
                 "namespace": meta["namespace"],
                 "uid": meta.get("uid"),

@@ -18,6 +18,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any, Optional
 
 from grpo_operator import children
@@ -35,6 +36,7 @@ from grpo_operator.controller.conditions import (
     transitions,
 )
 from grpo_operator.controller.exporting import decide_export
+from grpo_operator.controller.pooling import PoolVerdict, pool_verdict
 from grpo_operator.resolve import run_sub_path
 from grpo_operator.settings import OperatorSettings
 from grpo_trainer.contract import exit_codes
@@ -65,17 +67,31 @@ class Observed:
     # creating it, or meeting it); when it is not, it is created with ``new_api_key``.
     key_secret_exists: bool = True
     network_policies_found: frozenset[str] = frozenset()  # names of the job's own NetworkPolicies that exist
+    # spec.inference.pool: the GRPOInferencePool of that name in the job's namespace (None: none found)
+    pool: Optional[Mapping[str, Any]] = None
     secrets_unchecked: str = ""  # why the job's Secret references were not checked ('' when they were)
     now: datetime = field(default_factory=lambda: datetime.now().astimezone())
     # Random, hence an input like the clock: decide() stays a function of what it is given.
     new_api_key: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
 
+    @cached_property
+    def verdict(self) -> Optional[PoolVerdict]:
+        """Whether the job may use the pool it names (None: it names none)."""
+        return pool_verdict(self.name, self.namespace, self.spec, self.pool) if self.spec is not None else None
+
     @property
     def job(self) -> Job:
         assert self.spec is not None
         avoid = (self.status.get("placement") or {}).get("avoidNodes") or ()
+        verdict = self.verdict
         return Job(
-            self.name, self.namespace, self.uid, self.spec, avoid_nodes=tuple(avoid), claim_root=claim_root(self.status)
+            self.name,
+            self.namespace,
+            self.uid,
+            self.spec,
+            avoid_nodes=tuple(avoid),
+            claim_root=claim_root(self.status),
+            pool=verdict.binding if verdict is not None else None,
         )
 
     def pods_of(self, component: str) -> list[PodView]:
@@ -142,7 +158,7 @@ def _component(
     return current
 
 
-def _waiting_cond(pod: Optional[PodView], what: str, created_now: bool, missing: list[str]) -> Cond:
+def waiting_cond(pod: Optional[PodView], what: str, created_now: bool, missing: list[str]) -> Cond:
     """Why a component is not (yet) up, in the pod's own words when it has trouble."""
     if pod is None and missing:
         return Cond.false("MissingReference", f"the {what} pod waits for: " + "; ".join(missing))
@@ -231,7 +247,8 @@ def _changed_since(pod: PodView, render: Callable[[], dict[str, Any]], field: st
 def _ensure(obs: Observed, plan: Plan, manifests: list[dict[str, Any]]) -> None:
     """Create the job's key Secret and those of its NetworkPolicies ``manifests`` that are missing (once a plan)."""
     planned = {(m["kind"], m["metadata"]["name"]) for m in plan.create}
-    wanted = [children.api_key_secret(obs.job, obs.new_api_key)] if not obs.key_secret_exists else []
+    own_key = not obs.key_secret_exists and obs.spec is not None and obs.spec.inference.pool is None  # else the pool's
+    wanted = [children.api_key_secret(obs.job, obs.new_api_key)] if own_key else []
     wanted += [m for m in manifests if m["metadata"]["name"] not in obs.network_policies_found]
     plan.create.extend(m for m in wanted if (m["kind"], m["metadata"]["name"]) not in planned)
 
@@ -295,6 +312,48 @@ def _export(
     plan.create.extend(step.create)
     plan.events.extend(Event("Warning", "ExportFailed", message) for message in step.failures)
     return step.busy
+
+
+def _own_inference(
+    obs: Observed,
+    settings: OperatorSettings,
+    status: dict[str, Any],
+    plan: Plan,
+    new: dict[ConditionType, Cond],
+    missing: list[str],
+    may_create: bool,
+) -> Optional[PodView]:
+    """The job's own vLLM pod: created, recreated when lost, its readiness as InferenceReady; the current pod."""
+    job = obs.job
+    i_attempt = int(status["inferenceRestarts"])
+    i_name = children.inference_pod_name(job, i_attempt)
+    i_pod = _component(
+        obs, INFERENCE, i_attempt, i_name, plan, lambda j, a: children.inference_pod(j, settings, a), may_create
+    )
+    i_created = i_pod is None and may_create
+    if i_pod is not None and i_pod.finished and not i_pod.deleting:
+        # A lost vLLM pod is recreated; the trainer waits for the Service to answer again.
+        i_name = _next_inference(job, status, i_pod, plan, lambda j, a: children.inference_pod(j, settings, a))
+        new["InferenceReady"] = Cond.false("InferenceRestarting", f"{i_pod.describe_exit()}; recreated as {i_name}")
+        i_pod = None
+    elif i_pod is not None and i_pod.ready and not i_pod.deleting:
+        note = _changed_since(i_pod, lambda: children.inference_pod(job, settings, i_attempt), "spec.inference")
+        new["InferenceReady"] = Cond.true("Ready", f"vLLM pod {i_pod.name} is ready{note}")
+    else:
+        new["InferenceReady"] = waiting_cond(i_pod, "vLLM", i_created, missing)
+    status["inferencePod"] = i_name
+    return i_pod
+
+
+def _pool_ready(verdict: PoolVerdict) -> Cond:
+    """InferenceReady of a job on a pool: the pool's servers, or why it cannot use the pool."""
+    if verdict.reason:
+        return Cond.false(verdict.reason, verdict.message)
+    if verdict.ready:
+        return Cond.true("PoolReady", f"GRPOInferencePool {verdict.name} serves the job")
+    return Cond.false(
+        "PoolNotReady", f"GRPOInferencePool {verdict.name} has no ready server; the trainer waits for one"
+    )
 
 
 def _ttl(status: Mapping[str, Any], spec: Optional[GRPOJobSpec], now: datetime) -> bool:
@@ -418,6 +477,9 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
 
     spec = obs.spec
     job = obs.job
+    verdict = obs.verdict
+    if verdict is not None:
+        status["inferencePool"] = verdict.name
     status["maxSteps"] = spec.grpo.num_train_steps
     status["runPath"] = run_sub_path(job.name, children.cluster_target(job, settings)) or ROOT_RUN_PATH
     if obs.progress:
@@ -447,7 +509,12 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
             f"PersistentVolumeClaim {claim!r} is the volume an earlier job of this name kept (storage.retainOnDelete): "
             f"set storage.existingClaim: {claim} to train on it (the run resumes from its checkpoints), or delete it"
         )
-    if not missing:
+    refused = verdict is not None and bool(verdict.reason)
+    if refused:
+        assert verdict is not None
+        # another namespace's pool, a missing one, another base model: nothing is created
+        new["Created"] = Cond.false(verdict.reason, verdict.message)
+    elif not missing:
         pvc = children.persistent_volume_claim(job)
         if pvc is not None and not obs.pvc_exists:
             plan.create.append(pvc)
@@ -456,12 +523,16 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
             plan.create.append(cm)
         elif dict(obs.config_map_data) != cm["data"]:
             plan.replace.append(cm)  # untrustedModel/judge are mutable; a new trainer attempt reads it
-        if not obs.service_exists:
+        if not obs.service_exists and job.pool is None:
             plan.create.append(children.inference_service(job, settings))
         _ensure(obs, plan, children.network_policies(job, settings))  # before the pods: none runs unguarded
-        new["Created"] = Cond.true(
-            "ChildrenCreated", _noted("volume, config, key, Service and pods are created", obs)
+        created = (
+            f"config is created; GRPOInferencePool {job.pool.name} serves the job, whose run is in folder "
+            f"{status['runPath']} of the pool's volume"
+            if job.pool is not None
+            else "volume, config, key, Service and pods are created"
         )
+        new["Created"] = Cond.true("ChildrenCreated", _noted(created, obs))
     else:
         new["Created"] = Cond.false("MissingReference", _noted("; ".join(missing), obs))
 
@@ -488,34 +559,25 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
         new.update(_finished_conditions(False))
         return done()
 
-    may_create = not missing
+    may_create = not missing and not refused
 
     # ---------------------------------------------------------------- vLLM
-    i_attempt = int(status["inferenceRestarts"])
-    i_name = children.inference_pod_name(job, i_attempt)
-    i_pod = _component(
-        obs, INFERENCE, i_attempt, i_name, plan, lambda j, a: children.inference_pod(j, settings, a), may_create
-    )
-    i_created = i_pod is None and may_create
-    if i_pod is not None and i_pod.finished and not i_pod.deleting:
-        # A lost vLLM pod is recreated; the trainer waits for the Service to answer again.
-        i_name = _next_inference(job, status, i_pod, plan, lambda j, a: children.inference_pod(j, settings, a))
-        new["InferenceReady"] = Cond.false("InferenceRestarting", f"{i_pod.describe_exit()}; recreated as {i_name}")
-        i_pod, i_created = None, True
-    elif i_pod is not None and i_pod.ready and not i_pod.deleting:
-        note = _changed_since(i_pod, lambda: children.inference_pod(job, settings, i_attempt), "spec.inference")
-        new["InferenceReady"] = Cond.true("Ready", f"vLLM pod {i_pod.name} is ready{note}")
+    i_pod: Optional[PodView] = None
+    if verdict is not None:
+        # a pool's server samples for the job; the job has no vLLM pod of its own
+        new["InferenceReady"] = _pool_ready(verdict)
     else:
-        new["InferenceReady"] = _waiting_cond(i_pod, "vLLM", i_created, missing)
-    status["inferencePod"] = i_name
+        i_pod = _own_inference(obs, settings, status, plan, new, missing, may_create)
 
     # ---------------------------------------------------------------- trainer
     t_attempt = trainer_attempt(status)
     t_name = children.trainer_pod_name(job, t_attempt)
+    # on a pool, the trainer starts once the pool holds slots for it
+    t_create = may_create and (verdict is None or verdict.attached)
     t_pod = _component(
-        obs, TRAINER, t_attempt, t_name, plan, lambda j, a: children.trainer_pod(j, settings, a), may_create
+        obs, TRAINER, t_attempt, t_name, plan, lambda j, a: children.trainer_pod(j, settings, a), t_create
     )
-    t_created = t_pod is None and may_create
+    t_created = t_pod is None and t_create
     status["trainerPod"] = t_name
     if t_pod is not None and t_pod.running and not status.get("startTime"):
         # from the trainer running: time queued (Kueue, quota, a full cluster) is not run time
@@ -583,8 +645,12 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
     elif t_pod is not None and t_pod.running:
         note = _changed_since(t_pod, lambda: children.trainer_pod(job, settings, t_attempt), "spec.trainer")
         new["Training"] = Cond.true("Running", _progress_message(status) + note)
+    elif t_pod is None and refused:
+        new["Training"] = Cond.false("NotCreated", "no trainer: the job may not use its pool (see Created)")
+    elif t_pod is None and may_create and verdict is not None and not verdict.attached:
+        new["Training"] = Cond.false("PoolFull" if verdict.full else "WaitingForPool", verdict.waiting_message)
     else:
-        new["Training"] = _waiting_cond(t_pod, "trainer", t_created, missing)
+        new["Training"] = waiting_cond(t_pod, "trainer", t_created, missing)
 
     new["Succeeded"] = Cond.false("NotFinished")
     new["Failed"] = Cond.false("NotFinished")

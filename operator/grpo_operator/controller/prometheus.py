@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
@@ -98,6 +98,17 @@ class JobCollector(Collector):
         yield from numeric.values()
 
 
+# (status field, series name after grpo_pool_, help): a list field counts its entries.
+POOL_SERIES = (
+    ("readyReplicas", "ready_replicas", "vLLM servers of the pool that are ready."),
+    ("replicas", "replicas", "vLLM servers the pool has."),
+    ("slots", "adapter_slots", "Adapter slots of the pool's servers (maxCpuLoras)."),
+    ("slotsUsed", "adapter_slots_used", "Adapter slots held by the jobs attached to the pool."),
+    ("jobs", "jobs_attached", "Unfinished jobs the pool serves."),
+    ("waiting", "jobs_waiting", "Jobs that name the pool and wait for its slots."),
+)
+
+
 class OperatorMetrics:
     """The operator's registry: per-job collector plus reconcile counters and latency."""
 
@@ -122,6 +133,25 @@ class OperatorMetrics:
             registry=self.registry,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+
+        # GRPOInferencePools: one series per pool (namespace, pool), set by each of its reconciles
+        self.pool_gauges = {
+            field: Gauge(f"grpo_pool_{metric}", help_text, ("namespace", "pool"), registry=self.registry)
+            for field, metric, help_text in POOL_SERIES
+        }
+
+    def update_pool(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """The pool's series from its status."""
+        for field, gauge in self.pool_gauges.items():
+            value = status.get(field)
+            gauge.labels(namespace, name).set(len(value) if isinstance(value, list) else float(value or 0))
+
+    def forget_pool(self, namespace: str, name: str) -> None:
+        for gauge in self.pool_gauges.values():
+            try:
+                gauge.remove(namespace, name)
+            except KeyError:
+                pass
 
     def forget(self, namespace: str, name: str) -> None:
         self.cache.forget(namespace, name)

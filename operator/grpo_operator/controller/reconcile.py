@@ -26,6 +26,7 @@ from grpo_operator.controller.conditions import Cond, PodView, conditions, is_tr
 from grpo_operator.controller.kube import RETAINED_ANNOTATION, Cluster, Conflict, api_message
 from grpo_operator.controller.lifecycle import Event, Observed, Plan, decide, trainer_attempt
 from grpo_operator.controller.memo import FoundMemo
+from grpo_operator.controller.pooling import pool_name
 from grpo_operator.controller.progress_poll import progress_status, progress_url
 from grpo_operator.controller.progress_pool import ProgressPoller
 from grpo_operator.controller.prometheus import OperatorMetrics
@@ -292,15 +293,20 @@ class Reconciler:
         # A finished job needs only its pods (the vLLM pod to free or keep serving) and, to release it,
         # a kept volume: at a thousand finished jobs, re-reading the rest every resync is the load.
         finished = is_true(status, "Succeeded") or is_true(status, "Failed")
-        own_pvc = children.persistent_volume_claim(job) is not None  # else the user's claim, checked in _missing
+        # A job on a pool has no volume or Service of its own: its run is in the pool's volume (a volume an earlier
+        # job of its name kept is no concern of it), its server the pool's.
+        on_pool = spec.inference.pool is not None
+        own_pvc = not on_pool and children.persistent_volume_claim(job) is not None  # else the user's (_missing)
         read_pvc = own_pvc and (not finished or spec.storage.retain_on_delete)
         pvc = self._io.submit(self._child, "PersistentVolumeClaim", job, children.pvc_name(job)) if read_pvc else None
         config = None if finished else self._io.submit(self._child, "ConfigMap", job, children.config_map_name(job))
-        service = None if finished else self._io.submit(self._child, "Service", job, children.service_name(job))
+        own_service = not finished and not on_pool
+        service = self._io.submit(self._child, "Service", job, children.service_name(job)) if own_service else None
         references = None if finished else self._io.submit(self._missing, job)
         policies = {
             name: self._io.submit(self._child, "NetworkPolicy", job, name) for name in self._policy_names(job, status)
         }
+        pool = self._io.submit(self._pool, ns, spec) if spec.inference.pool is not None else None
         missing, unchecked = references.result() if references is not None else ([], "")
         pods = listed.result()
         trainer_pod = status.get("trainerPod") or children.trainer_pod_name(job, trainer_attempt(status))
@@ -322,8 +328,14 @@ class Reconciler:
             progress=self._poll_progress((ns, name), list(pods), trainer_pod),
             key_secret_exists=self._found.get(self._key_memo(job), lambda: None) is not None,  # never read
             network_policies_found=frozenset(name for name, found in policies.items() if found.result() is not None),
+            pool=pool.result() if pool is not None else None,
             now=now or now_utc(),
         )
+
+    def _pool(self, namespace: str, spec: Any) -> Optional[dict[str, Any]]:
+        """The pool a job names, if it is in the job's namespace (one of another is refused unread)."""
+        pool_ns, name = pool_name(spec.inference.pool, namespace)
+        return self.cluster.get_pool(namespace, name) if pool_ns == namespace else None
 
     def _policy_names(self, job: children.Job, status: Mapping[str, Any]) -> list[str]:
         """The job's NetworkPolicies to look for: a training job's, or a serving one's (none after that)."""

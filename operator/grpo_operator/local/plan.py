@@ -342,6 +342,18 @@ def local_gpus() -> int:
         return 0
 
 
+def refuse_pool(spec: GRPOJobSpec) -> None:
+    """A local run has no inference pool: refused rather than silently run with a server of its own (the
+    job would then not be what it says, and its adapters would not carry the names the pool's do)."""
+    pool = spec.inference.pool
+    if pool is not None:
+        raise InvalidInput(
+            f"spec.inference.pool: {pool!r} names a GRPOInferencePool, which serves jobs in a cluster; grpo-local "
+            "runs a job with a vLLM server of its own: remove spec.inference.pool to run it here, or submit the "
+            "job to the cluster"
+        )
+
+
 def make_plan(options: RunOptions, *, ports: bool = True) -> Plan:
     """Validate everything and decide every command; starts nothing. Raises InvalidInput.
 
@@ -354,6 +366,7 @@ def make_plan(options: RunOptions, *, ports: bool = True) -> Plan:
         source = options.job_file or "the default job"
         raise InvalidInput(f"invalid job {source}:\n  " + "\n  ".join(exc.problems)) from None
     name = job_name(job, options.job_file)
+    refuse_pool(job.spec)
     spec = localize(job.spec, options.volumes)
     check_env_refs(spec)
     if ports:

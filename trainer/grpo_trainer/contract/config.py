@@ -74,6 +74,13 @@ class VLLMEndpoint(_Contract):
     api_key_env: Optional[str] = Field(
         None, description="Environment variable holding the server's key (None: it takes none)."
     )
+    adapter_prefix: str = Field(
+        "",
+        description=(
+            "Prepended to the job's adapter names (<prefix>policy-vN): '<job>-' on an inference pool, where "
+            "many jobs' adapters share one server; only names with it are the job's to load and unload."
+        ),
+    )
 
     def api_key(self, environ: Mapping[str, str] = os.environ) -> Optional[str]:
         """The key every request to this server carries; raises when the variable named for it is unset."""

@@ -48,6 +48,7 @@ class VLLMServerSpec:
     host: str = "0.0.0.0"
     lora_rank: int = 8
     max_loras: int = 4
+    max_cpu_loras: Optional[int] = None  # adapters kept loaded (default: max_loras); a pool's slots
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     max_model_len: Optional[int] = None
     device: Literal["cpu", "gpu"] = "gpu"
@@ -99,7 +100,7 @@ def vllm_command(spec: VLLMServerSpec) -> VLLMCommand:
         "--max-loras",
         str(spec.max_loras),
         "--max-cpu-loras",
-        str(spec.max_loras),
+        str(spec.max_cpu_loras or spec.max_loras),
         # Sampled token ids and logprobs are what the trainer trains on; it asks per request.
         "--logprobs-mode",
         "raw_logprobs",

@@ -218,7 +218,7 @@ class GRPORun:
     # -- the main rank's phases ----------------------------------------------------------
 
     def _adapter_name(self, version: int) -> str:
-        return version_name(version) if version else self.cfg.vllm.served_model_name
+        return version_name(version, self.cfg.vllm.adapter_prefix) if version else self.cfg.vllm.served_model_name
 
     def _serve(self, s: Sampling, step: int, *, replaced: bool = False) -> None:
         """Make vLLM serve the adapter of ``step`` (the base model at step 0) as the current one.
@@ -317,7 +317,7 @@ class GRPORun:
         if is_best and mode != "none":  # none keeps no best adapter: the result is the last step's
             s.sync.set_best(step or None)  # vLLM keeps it loaded; the pruning spares it
             if step > 0:
-                s.board.best_adapter(version_name(step))
+                s.board.best_adapter(s.sync.version_name(step))
                 self._pending_best = (step, score)  # kept (best.json, result/) with the checkpoint of this step
             else:
                 s.board.best_adapter(None)
@@ -648,14 +648,14 @@ class GRPORun:
                 self.policy.model,
                 self.policy.device,
                 self.cfg.vllm.base_url,
-                version_name(step),
+                s.sync.version_name(step),
                 s.store.path(step),
                 probe.prompt_ids + probe.completion_ids,
                 api_key=self.cfg.vllm.api_key(),
             ).as_dict()
         except Exception as exc:  # a report, not a reason to fail a finished run
             log.warning("served adapter check failed", extra={"error": f"{type(exc).__name__}: {exc}"})
-            check = {"adapter": version_name(step), "error": f"{type(exc).__name__}: {exc}"}
+            check = {"adapter": s.sync.version_name(step), "error": f"{type(exc).__name__}: {exc}"}
         s.board.record_served_check(check)
 
     def _train_step(self, step: int, plan: StepPlan, info: dict[str, Any]) -> None:

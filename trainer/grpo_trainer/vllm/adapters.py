@@ -13,7 +13,9 @@ any way of copying the volume (object stores, ``kubectl cp``, zip files drop or
 break symlinks), and it is replaced atomically.
 
 Each step's adapter is served by vLLM under a new name ``policy-v<step>``: reusing a
-name for changed weights could reuse prefix-cache blocks of the old weights.
+name for changed weights could reuse prefix-cache blocks of the old weights. On an
+inference pool, where many jobs' adapters share one server, the names carry the job's
+prefix (``<job>-policy-v<step>``), and a job loads and unloads only names with its own.
 
 What vLLM serves is checked by name *and* path (``root`` in ``/v1/models``): an adapter
 served under one of the run's names from another path (someone loaded theirs under it, or
@@ -57,15 +59,16 @@ def step_dir_name(step: int) -> str:
     return f"step-{step}"
 
 
-def version_name(step: int) -> str:
-    """The model name vLLM serves the adapter of ``step`` under."""
-    return f"{VERSION_PREFIX}{step}"
+def version_name(step: int, prefix: str = "") -> str:
+    """The model name vLLM serves the adapter of ``step`` under (``prefix``: a job's on a shared pool)."""
+    return f"{prefix}{VERSION_PREFIX}{step}"
 
 
-def version_step(name: str) -> int | None:
-    """The step of a ``policy-v<step>`` name, None for any other model name."""
-    if name.startswith(VERSION_PREFIX) and name[len(VERSION_PREFIX) :].isdigit():
-        return int(name[len(VERSION_PREFIX) :])
+def version_step(name: str, prefix: str = "") -> int | None:
+    """The step of a ``<prefix>policy-v<step>`` name, None for any other model name (another job's too)."""
+    head = f"{prefix}{VERSION_PREFIX}"
+    if name.startswith(head) and name[len(head) :].isdigit():
+        return int(name[len(head) :])
     return None
 
 
@@ -278,6 +281,7 @@ class VLLMAdapterSync:
         verify_prompt: str = "Hello",
         max_backoff_seconds: float = 15.0,
         sleep: Callable[[float], None] = time.sleep,
+        prefix: str = "",
     ) -> None:
         if max_loras < 1:
             raise ValueError("max_loras must be >= 1")
@@ -290,6 +294,7 @@ class VLLMAdapterSync:
         self.verify_prompt = verify_prompt
         self.max_backoff_seconds = max_backoff_seconds
         self._sleep = sleep
+        self.prefix = prefix  # the job's adapter names start with it (VLLMEndpoint.adapter_prefix)
         # every request carries the server's key (vLLM refuses /v1 without it, its guard every other path)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(timeout=request_timeout_seconds, headers=headers)
@@ -309,6 +314,7 @@ class VLLMAdapterSync:
             keep_previous=keep_previous,
             wait_timeout_seconds=endpoint.wait_timeout_seconds,
             request_timeout_seconds=endpoint.request_timeout_seconds,
+            prefix=endpoint.adapter_prefix,
         )
 
     def close(self) -> None:
@@ -321,6 +327,10 @@ class VLLMAdapterSync:
         self.close()
 
     # -- public operations -------------------------------------------------
+
+    def version_name(self, step: int) -> str:
+        """The name this job serves the adapter of ``step`` under."""
+        return version_name(step, self.prefix)
 
     def lora_path(self, step: int) -> str:
         return f"{self.adapter_dir}/{step_dir_name(step)}"
@@ -376,7 +386,7 @@ class VLLMAdapterSync:
         overwritten, see ``SavedAdapter.replaced``).
         """
         self._slept = 0.0
-        result = self._retrying(lambda: self._publish_once(step, reload), f"publish {version_name(step)}")
+        result = self._retrying(lambda: self._publish_once(step, reload), f"publish {self.version_name(step)}")
         if self.current != step:
             self.previous, self.current = self.current, step
         unloaded = self._retrying(self._unload_unwanted, "unload stale adapters")
@@ -391,7 +401,7 @@ class VLLMAdapterSync:
         served = self.served()
         results: list[PublishResult] = []
         for step in self.wanted():
-            name, path = version_name(step), self.lora_path(step)
+            name, path = self.version_name(step), self.lora_path(step)
             root = served.get(name)
             if root == path:
                 continue
@@ -425,7 +435,7 @@ class VLLMAdapterSync:
         return {card["id"]: card.get("root") or "" for card in response.json().get("data", [])}
 
     def _publish_once(self, step: int, reload: bool) -> PublishResult:
-        name, path = version_name(step), self.lora_path(step)
+        name, path = self.version_name(step), self.lora_path(step)
         root = self._served().get(name)
         already = root == path and not reload
         foreign = root if root is not None and root != path else None
@@ -486,10 +496,10 @@ class VLLMAdapterSync:
             raise AdapterLoadError(f"vLLM refused to unload {name}: HTTP {response.status_code}: {response.text[:300]}")
 
     def _unload_unwanted(self) -> list[str]:
-        wanted = {version_name(step) for step in self.wanted()}
+        wanted = {self.version_name(step) for step in self.wanted()}
         unloaded: list[str] = []
         for name in self._served():
-            if version_step(name) is None or name in wanted:
+            if version_step(name, self.prefix) is None or name in wanted:  # not ours (a pool's other jobs), or kept
                 continue
             self._unload(name)
             unloaded.append(name)

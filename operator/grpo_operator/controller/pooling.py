@@ -1,0 +1,148 @@
+"""Whether a job may use the inference pool it names: a pure function of the job and the pool found.
+
+:func:`pool_verdict` says whether the pool exists in the job's namespace, serves the job's
+base model at its LoRA rank, and holds slots for it (the pool decides who holds its
+slots: controller/pool_lifecycle.py); the job's lifecycle acts on it, and creates
+nothing for a refused job. The API server cannot check another object at admission, so
+this is where a job naming another namespace's pool, a missing one or one of another
+base model is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from pydantic import BaseModel
+
+from grpo_operator import children
+from grpo_operator.api.pool import GRPOInferencePoolSpec, InvalidPool, parse_pool_spec
+from grpo_operator.api.spec import GRPOJobSpec
+from grpo_operator.children import PoolBinding
+from grpo_operator.resolve import max_loras
+
+
+def pool_name(ref: str, namespace: str) -> tuple[str, str]:
+    """(namespace, name) of a spec.inference.pool reference: NAME, or NAMESPACE/NAME."""
+    ns, _, name = ref.rpartition("/")
+    return (ns or namespace), name
+
+
+def names_pool(spec: GRPOJobSpec, namespace: str, pool: str) -> bool:
+    """Whether a job of ``namespace`` asks for the pool ``pool`` of its own namespace."""
+    ref = spec.inference.pool
+    return ref is not None and pool_name(ref, namespace) == (namespace, pool)
+
+
+def job_slots(spec: GRPOJobSpec) -> int:
+    """Adapter slots a job holds in its pool: the versions it keeps loaded."""
+    return max_loras(spec)
+
+
+def _shown(value: object) -> object:
+    """A field's value as a manifest writes it (a volume as its mapping)."""
+    return value.model_dump(by_alias=True, exclude_none=True) if isinstance(value, BaseModel) else value
+
+
+def mismatch(job: GRPOJobSpec, pool: GRPOInferencePoolSpec) -> list[str]:
+    """How a job differs from what its pool serves (empty: it may use it)."""
+    out: list[str] = []
+    mine, theirs = job.model, pool.model
+    for wire, a, b in (
+        ("name", mine.name, theirs.name),
+        ("path", mine.path, theirs.path),
+        ("volume", mine.volume, theirs.volume),
+        ("servedName", mine.served_name, theirs.served_name),
+    ):
+        if a != b:
+            out.append(f"spec.model.{wire} is {_shown(a)!r}, the pool's is {_shown(b)!r}")
+    rank = job.train_kwargs.lora_config.r
+    if rank > pool.max_lora_rank:
+        out.append(f"trainKwargs.lora_config.r is {rank}, above the pool's maxLoraRank {pool.max_lora_rank}")
+    return out
+
+
+@dataclass(frozen=True)
+class PoolVerdict:
+    """What a job on a pool may do: refused (``reason``/``message``: nothing is created), or bound to the pool
+    (``binding``), holding slots (``attached``) or waiting for them, its servers ready or not."""
+
+    name: str
+    binding: Optional[PoolBinding] = None
+    reason: str = ""
+    message: str = ""
+    attached: bool = False
+    full: bool = False  # the pool lists the job as waiting for slots
+    ready: bool = False
+    waiting_message: str = ""
+
+
+def pool_verdict(
+    job: str, namespace: str, spec: GRPOJobSpec, pool: Optional[Mapping[str, Any]]
+) -> Optional[PoolVerdict]:
+    """The job's verdict on the pool it names (None: it names none); ``pool``: the pool object found in the
+    job's namespace under that name (None: there is none)."""
+    ref = spec.inference.pool
+    if ref is None:
+        return None
+    ns, name = pool_name(ref, namespace)
+    if ns != namespace:
+        return PoolVerdict(
+            name=ref,
+            reason="PoolInAnotherNamespace",
+            message=(
+                f"spec.inference.pool {ref!r} is in namespace {ns!r}; a job uses only a pool of its own namespace "
+                f"{namespace!r} (a pool is one tenant's: its jobs share its key). Create a GRPOInferencePool in "
+                f"{namespace!r} and name it, or remove spec.inference.pool for a vLLM pod of the job's own"
+            ),
+        )
+    meta = (pool or {}).get("metadata") or {}
+    if pool is None or meta.get("deletionTimestamp"):
+        gone = "is being deleted" if pool is not None else "does not exist"
+        return PoolVerdict(
+            name=name,
+            reason="PoolNotFound",
+            message=(
+                f"GRPOInferencePool {name!r} {gone} in namespace {namespace!r}; create it (its model must be "
+                "spec.model), or remove spec.inference.pool for a vLLM pod of the job's own"
+            ),
+        )
+    try:
+        pool_spec = parse_pool_spec(dict(pool.get("spec") or {}))
+    except InvalidPool as exc:
+        return PoolVerdict(
+            name=name, reason="PoolInvalid", message=f"GRPOInferencePool {name!r} is invalid: {'; '.join(exc.problems)}"
+        )
+    differences = mismatch(spec, pool_spec)
+    if differences:
+        return PoolVerdict(
+            name=name,
+            reason="PoolMismatch",
+            message=(
+                f"GRPOInferencePool {name!r} cannot serve this job: " + "; ".join(differences) + ". Name a pool of "
+                "the job's base model and LoRA rank, or remove spec.inference.pool for a vLLM pod of the job's own"
+            ),
+        )
+    status = pool.get("status") or {}
+    attached = any(j.get("name") == job for j in status.get("jobs") or [])
+    waiting = job in (status.get("waiting") or [])
+    held = ", ".join(j.get("name", "?") for j in status.get("jobs") or []) or "none"
+    message = ""
+    if waiting:
+        message = (
+            f"GRPOInferencePool {name!r} has no free adapter slots: {status.get('slotsUsed')} of {status.get('slots')} "
+            f"are held by {held}; the trainer starts when a job finishes (or raise the pool's maxCpuLoras)"
+        )
+    elif not attached:
+        message = f"waiting for GRPOInferencePool {name!r} to attach the job"
+    return PoolVerdict(
+        name=name,
+        binding=children.binding(name, str(meta.get("uid") or ""), pool_spec),
+        attached=attached,
+        full=waiting,
+        ready=int(status.get("readyReplicas") or 0) > 0,
+        waiting_message=message,
+    )
+
+

@@ -1,0 +1,154 @@
+"""Inference pools end to end on the real control plane: the chart's operator (a local process with the chart
+ServiceAccount's token) keeps a GRPOInferencePool's server, Service, key and volume, attaches jobs to it
+(no vLLM pod of their own, their trainers pointed at the pool), counts its slots across them, and refuses the
+jobs that may not use it before creating anything. Fakes and why: the pods run on KWOK fake GPU nodes (no GPU
+here), so nothing in them runs; a real training run on a pool is tests/cluster/test_training_e2e.py's."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+from controlplane import ControlPlane, wait_until
+
+from support.cluster_jobs import (
+    apply_jobs,
+    cond,
+    events,
+    exit_running_pod,
+    get_job,
+    is_true,
+    job_manifest,
+    pods,
+    wait_job,
+)
+from support.operator import OperatorProcess
+
+pytestmark = pytest.mark.cluster
+
+MODEL = {"name": "Qwen/Qwen2.5-1.5B-Instruct"}  # the example job's
+
+
+def pool_manifest(name: str = "shared", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "grpo.dev/v1alpha1",
+        "kind": "GRPOInferencePool",
+        "metadata": {"name": name},
+        # two jobs' slots; ReadWriteMany: the trainers may spread over the fake nodes
+        "spec": {"model": MODEL, "maxLoras": 4, "maxCpuLoras": 8, "storage": {"accessMode": "ReadWriteMany"}, **spec},
+    }
+
+
+def on_pool(name: str, pool: str = "shared", **spec: Any) -> dict[str, Any]:
+    """The example job on ``pool``, with one training GPU (three jobs fit the two fake nodes)."""
+    doc = job_manifest(name, **spec)
+    doc["spec"]["inference"] = {"pool": pool}
+    doc["spec"]["trainKwargs"]["num_training_gpus"] = 1
+    return doc
+
+
+def get_pool(cp: ControlPlane, ns: str, name: str = "shared") -> dict[str, Any]:
+    return cp.get_json("grpoinferencepool", name, namespace=ns)
+
+
+def pool_cond(pool: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next((c for c in pool.get("status", {}).get("conditions", []) if c["type"] == ctype), {})
+
+
+def test_a_pool_serves_its_jobs_counts_their_slots_and_refuses_those_that_cannot_use_it(
+    control_plane: ControlPlane, job_ns: str, operator: OperatorProcess
+):
+    cp, ns = control_plane, job_ns
+    cp.apply_yaml(yaml.safe_dump(pool_manifest()), ns)
+    pool = wait_until(
+        lambda: p if (p := get_pool(cp, ns)).get("status", {}).get("readyReplicas") == 1 else None,
+        timeout=30,
+        what="the pool's server ready",
+    )
+    uid = pool["metadata"]["uid"]
+    assert pool_cond(pool, "Ready")["status"] == "True" and pool["status"]["slots"] == 8
+    server = cp.get_json("pod", "shared-vllm-0", namespace=ns)
+    argv = server["spec"]["containers"][0]["command"]
+    assert argv[argv.index("--max-cpu-loras") + 1] == "8" and argv[argv.index("--max-lora-rank") + 1] == "16"
+    assert server["metadata"]["ownerReferences"][0]["uid"] == uid
+    claim = cp.get_json("pvc", "shared-adapters", namespace=ns)
+    assert "ownerReferences" not in claim["metadata"]  # deleting the pool keeps its jobs' runs
+    (secret,) = [s for s in cp.get_json("secrets", namespace=ns)["items"] if s["metadata"]["name"].startswith("shared-")]
+    assert secret["metadata"]["name"] == f"shared-vllm-key-{uid[:8]}" and secret["immutable"] is True
+    assert pool["status"]["endpoint"]["apiKeySecretRef"] == {"name": secret["metadata"]["name"], "key": "api-key"}
+    table = cp.kubectl("get", "grpoinferencepools", "-n", ns).stdout.splitlines()
+    assert table[0].split() == ["NAME", "READY", "REPLICAS", "JOBS", "SLOTS", "USED", "AGE"]
+
+    # two jobs attach (8 slots, 4 each); a third waits with a condition and an Event naming the fix
+    apply_jobs(cp, ns, on_pool("first"), on_pool("second"))
+    first = wait_job(cp, ns, "first", is_true("Training"), "first Training=True")
+    wait_job(cp, ns, "second", is_true("Training"), "second Training=True")
+    apply_jobs(cp, ns, on_pool("third"), secret=False)
+    third = wait_job(cp, ns, "third", lambda j: cond(j, "Training").get("reason") == "PoolFull", "third PoolFull")
+    assert "held by first, second" in cond(third, "Training")["message"]
+    assert "third-trainer-0" not in pods(cp, ns)
+    pool = get_pool(cp, ns)
+    assert [j["name"] for j in pool["status"]["jobs"]] == ["first", "second"] and pool["status"]["waiting"] == ["third"]
+    assert pool_cond(pool, "SlotsAvailable")["reason"] == "PoolFull"
+
+    # an attached job: no vLLM pod, Service or key of its own; its trainer samples through the pool
+    everything = pods(cp, ns)
+    assert not [p for p in everything if p.startswith("first-inference")]
+    assert cp.kubectl("get", "service", "first-vllm", "-n", ns, check=False).returncode != 0
+    assert cond(first, "InferenceReady")["reason"] == "PoolReady" and first["status"]["inferencePool"] == "shared"
+    config = json.loads(cp.get_json("configmap", "first-config", namespace=ns)["data"]["config.json"])["vllm"]
+    assert config["base_url"] == f"http://shared-vllm.{ns}.svc.cluster.local:8000/v1"
+    assert config["adapter_prefix"] == "first-" and config["adapter_dir"] == "/mnt/grpo/runs/first/adapters"
+    trainer = everything["first-trainer-0"]
+    (run,) = [v for v in trainer["spec"]["volumes"] if v["name"] == "run"]
+    assert run["persistentVolumeClaim"]["claimName"] == "shared-adapters"
+    env = {e["name"]: e for e in trainer["spec"]["containers"][0]["env"]}
+    assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
+
+    # a finished job returns its slots: the third attaches and its trainer starts
+    exit_running_pod(cp, ns, "first-trainer-0", 0)
+    wait_job(cp, ns, "first", is_true("Succeeded"), "first Succeeded=True")
+    wait_job(cp, ns, "third", is_true("Training"), "third Training=True once first returned its slots", timeout=45)
+    assert [j["name"] for j in get_pool(cp, ns)["status"]["jobs"]] == ["second", "third"]
+    assert any(e["reason"] == "PoolFull" and e["type"] == "Warning" for e in events(cp, ns))
+
+    # refused before anything is created: another namespace's pool, a missing one, another base model
+    other_model = on_pool("othermodel")
+    other_model["spec"]["model"] = {"name": "Qwen/Qwen2.5-0.5B-Instruct"}
+    apply_jobs(cp, ns, on_pool("elsewhere", pool="team-b/shared"), on_pool("nopool", pool="nope"), other_model,
+               secret=False)  # fmt: skip
+    for name, reason, says in (
+        ("elsewhere", "PoolInAnotherNamespace", "a job uses only a pool of its own namespace"),
+        ("nopool", "PoolNotFound", "GRPOInferencePool 'nope' does not exist"),
+        ("othermodel", "PoolMismatch", "spec.model.name is 'Qwen/Qwen2.5-0.5B-Instruct'"),
+    ):
+        job = wait_job(cp, ns, name, lambda j, r=reason: cond(j, "Created").get("reason") == r, f"{name} {reason}")
+        assert says in cond(job, "Created")["message"]
+        assert not [p for p in pods(cp, ns) if p.startswith(f"{name}-")]
+        assert cp.kubectl("get", "configmap", f"{name}-config", "-n", ns, check=False).returncode != 0
+    assert [j["name"] for j in get_pool(cp, ns)["status"]["jobs"]] == ["second", "third"]  # they hold nothing
+
+    # the pool's series on the operator's /metrics
+    metrics = wait_until(
+        lambda: t if f'grpo_pool_jobs_attached{{namespace="{ns}",pool="shared"}} 2.0' in (t := operator.metrics()) else None,
+        timeout=15,
+        what="the pool's series",
+    )
+    assert f'grpo_pool_adapter_slots_used{{namespace="{ns}",pool="shared"}} 8.0' in metrics
+
+
+def test_deleting_a_pool_is_reported_on_its_running_job_and_keeps_the_volume(
+    control_plane: ControlPlane, job_ns: str, operator: OperatorProcess
+):
+    cp, ns = control_plane, job_ns
+    cp.apply_yaml(yaml.safe_dump(pool_manifest()), ns)
+    apply_jobs(cp, ns, on_pool("papillon"))
+    wait_job(cp, ns, "papillon", is_true("Training"), "Training=True")
+    cp.kubectl("delete", "grpoinferencepool", "shared", "-n", ns, "--wait=true", "--timeout=30s")
+    job = wait_job(cp, ns, "papillon", lambda j: cond(j, "InferenceReady").get("reason") == "PoolNotFound", "PoolNotFound")
+    assert "create it" in cond(job, "InferenceReady")["message"]
+    assert "papillon-trainer-0" in pods(cp, ns)  # the trainer waits for the pool; it is not failed
+    assert cp.kubectl("get", "pvc", "shared-adapters", "-n", ns, check=False).returncode == 0
+    assert get_job(cp, ns, "papillon")["status"]["inferencePool"] == "shared"

@@ -1,0 +1,260 @@
+"""Inference pools without a cluster: a pool rendered into its servers, the pool's slot accounting, and a job
+on a pool (no vLLM pod of its own, its trainer pointed at the pool, refused with the fix when it may not use
+it). The same rules against a real API server: tests/cluster/test_pool_e2e.py."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from grpo_operator import children
+from grpo_operator.api import parse_job
+from grpo_operator.api.pool import GRPOInferencePoolStatus, parse_pool
+from grpo_operator.api.status import GRPOJobStatus
+from grpo_operator.controller.conditions import now_utc
+from grpo_operator.controller.lifecycle import Plan, decide
+from grpo_operator.controller.pool_lifecycle import JobOnPool, PoolObserved, decide_pool
+from grpo_operator.local.plan import InvalidInput, RunOptions, make_plan
+from grpo_trainer.contract.vllm_command import vllm_command
+from grpo_trainer.vllm.adapters import version_name, version_step
+from support.jobdocs import load_example
+from support.jobstates import SETTINGS, a_pod, cond, created_names, observe, spec
+
+MODEL = {"name": "Qwen/Qwen2.5-1.5B-Instruct"}  # the example job's
+POOL_DOC: dict[str, Any] = {
+    "apiVersion": "grpo.dev/v1alpha1",
+    "kind": "GRPOInferencePool",
+    "metadata": {"name": "shared", "namespace": "ns", "uid": "pool-uid-0001"},
+    "spec": {"model": MODEL, "maxLoras": 4, "maxCpuLoras": 8},
+}
+
+
+def a_pool(**spec_changes: Any) -> children.Pool:
+    doc = copy.deepcopy(POOL_DOC)
+    doc["spec"].update(spec_changes)
+    return children.Pool("shared", "ns", "pool-uid-0001", parse_pool(doc).spec)
+
+
+def pool_observed(jobs: tuple[JobOnPool, ...] = (), pods: tuple = (), status: dict | None = None, **kw: Any):
+    pool = kw.pop("pool", None) or a_pool()
+    return PoolObserved(
+        name=pool.name, namespace="ns", uid=pool.uid, generation=1, spec=pool.spec, spec_error=None,
+        status=status or {}, found=kw.pop("found", frozenset()), key_secret_exists=kw.pop("key", False),
+        pods=tuple(pods), jobs=jobs, now=now_utc(), **kw,
+    )  # fmt: skip
+
+
+def on_job(name: str, second: int = 0, **kw: Any) -> JobOnPool:
+    return JobOnPool(name, f"2026-11-25T12:00:{second:02d}Z", kw.pop("slots", 4), **{"finished": False, "refused": False, **kw})
+
+
+def pool_body(plan: Plan | None = None, **spec_changes: Any) -> dict[str, Any]:
+    """The pool object a job's reconcile reads, with the status the pool's reconcile wrote."""
+    doc = copy.deepcopy(POOL_DOC)
+    doc["spec"].update(spec_changes)
+    doc["status"] = plan.status if plan is not None else {}
+    return doc
+
+
+# --------------------------------------------------------------------------------------- rendering
+
+
+def test_a_pool_renders_the_jobs_vllm_server_with_its_slots_rank_and_key():
+    pool = a_pool(maxLoraRank=32)
+    pod = children.pool_pod(pool, SETTINGS, 0)
+    (container,) = pod["spec"]["containers"]
+    argv = container["command"]
+    flag = lambda name: argv[argv.index(name) + 1]  # noqa: E731
+    assert (flag("--max-loras"), flag("--max-cpu-loras"), flag("--max-lora-rank")) == ("4", "8", "32")
+    assert flag("--served-model-name") == MODEL["name"] and "--middleware" in argv  # the key guard
+    env = {e["name"]: e for e in container["env"]}
+    assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "shared-vllm-key-pool-uid", "key": "api-key"}
+    # the same container as a job's own vLLM pod: one builder
+    job_pod = children.inference_pod(children.Job("papillon", "ns", "uid", spec()), SETTINGS, 0)
+    assert sorted(container) == sorted(job_pod["spec"]["containers"][0])
+    assert vllm_command(children.resolved(children.Job("papillon", "ns", "uid", spec()), SETTINGS).vllm).argv[:3] == argv[:3]
+    # the whole claim (every attached job's runs/<job>), owned by nobody: deleting the pool keeps the runs
+    (run,) = [m for m in container["volumeMounts"] if m["name"] == "run"]
+    assert run == {"name": "run", "mountPath": "/mnt/grpo"}
+    made = {m["kind"]: m for m in children.pool_children(pool, SETTINGS, "k")}
+    assert "ownerReferences" not in made["PersistentVolumeClaim"]["metadata"]
+    assert made["Service"]["spec"]["selector"] == {"grpo.dev/pool": "shared", "app.kubernetes.io/component": "inference"}
+    assert pod["metadata"]["ownerReferences"][0]["kind"] == "GRPOInferencePool"
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] and not pod["spec"]["automountServiceAccountToken"]
+
+
+def test_a_pools_network_policy_admits_the_trainers_of_its_jobs():
+    settings = SETTINGS.model_copy(
+        update={"network_policies": True, "operator_namespace": "grpo-system", "operator_pod_labels": {"a": "b"}}
+    )
+    made = {m["kind"]: m for m in children.pool_children(a_pool(), settings, None)}
+    assert "Secret" not in made  # exists: not made again
+    ingress = made["NetworkPolicy"]["spec"]["ingress"]
+    assert ingress[0]["from"] == [{"podSelector": {"matchLabels": {"grpo.dev/inference-pool": "shared"}}}]
+
+
+# --------------------------------------------------------------------------------------- the pool's reconcile
+
+
+def test_a_new_pool_creates_its_children_then_its_server():
+    plan = decide_pool(pool_observed(), SETTINGS)
+    assert created_names(plan) == [
+        "PersistentVolumeClaim/shared-adapters",
+        "ConfigMap/shared-config",
+        "Secret/shared-vllm-key-pool-uid",
+        "Service/shared-vllm",
+        "Pod/shared-vllm-0",
+    ]
+    assert cond(plan, "Ready")["status"] == "False" and plan.status["readyReplicas"] == 0
+    assert plan.status["endpoint"]["url"] == "http://shared-vllm.ns.svc.cluster.local:8000/v1"
+    GRPOInferencePoolStatus.model_validate(plan.status)  # everything written is declared in the CRD
+
+
+def test_slots_go_to_the_oldest_jobs_and_the_rest_wait_with_a_condition_naming_the_fix():
+    jobs = (on_job("c", 3), on_job("a", 1), on_job("b", 2))
+    plan = decide_pool(pool_observed(jobs, pods=(a_pod("shared-vllm-0", "inference"),)), SETTINGS)
+    assert plan.status["jobs"] == [{"name": "a", "slots": 4}, {"name": "b", "slots": 4}]
+    assert plan.status["waiting"] == ["c"] and plan.status["slotsUsed"] == 8
+    full = cond(plan, "SlotsAvailable")
+    assert (full["status"], full["reason"]) == ("False", "PoolFull") and "raise maxCpuLoras" in full["message"]
+    assert any(t.reason == "PoolFull" and t.warning for t in plan.transitions)  # a Warning Event on the pool
+    assert cond(plan, "Ready")["status"] == "True" and plan.status["readyReplicas"] == 1
+
+
+def test_an_attached_job_keeps_its_slots_and_a_finished_one_returns_them():
+    before = {"jobs": [{"name": "late", "slots": 4}]}
+    early = on_job("early", 0)
+    plan = decide_pool(pool_observed((early, on_job("late", 9), on_job("x", 5)), status=before), SETTINGS)
+    assert [j["name"] for j in plan.status["jobs"]] == ["late", "early"] and plan.status["waiting"] == ["x"]
+    done = decide_pool(pool_observed((early, on_job("late", 9, finished=True), on_job("x", 5)), status=plan.status), SETTINGS)
+    assert [j["name"] for j in done.status["jobs"]] == ["early", "x"] and done.status["waiting"] == []
+    mismatched = decide_pool(pool_observed((on_job("other", 1, refused=True),)), SETTINGS)
+    assert mismatched.status["jobs"] == [] and mismatched.status["slotsUsed"] == 0
+
+
+def test_a_lost_server_is_deleted_and_made_again_without_touching_the_jobs():
+    lost = a_pod("shared-vllm-0", "inference", "Failed", ready=False, reason="Evicted", message="node low on memory")
+    plan = decide_pool(pool_observed((on_job("a"),), pods=(lost,), found=frozenset()), SETTINGS)
+    assert plan.delete_pods == ["shared-vllm-0"]
+    assert any(e.reason == "ServerFailed" for e in plan.events)
+    assert plan.status["jobs"] == [{"name": "a", "slots": 4}]  # the job keeps its slots; it waits and re-serves
+
+
+# --------------------------------------------------------------------------------------- a job on a pool
+
+
+def pool_spec_job(**inference: Any):
+    return spec(inference={"pool": "shared", **inference})
+
+
+def attached(*names: str) -> Plan:
+    return decide_pool(pool_observed(tuple(on_job(n, i) for i, n in enumerate(names)), pods=(a_pod("shared-vllm-0", "inference"),)), SETTINGS)
+
+
+def test_a_job_on_a_pool_has_no_vllm_pod_and_its_trainer_uses_the_pools_service_key_and_volume():
+    plan = decide(observe(job_spec=pool_spec_job(), pool=pool_body(attached("papillon")), config_map_data=None,
+                          pvc_exists=False, service_exists=False, key_secret_exists=False), SETTINGS)  # fmt: skip
+    assert created_names(plan) == ["ConfigMap/papillon-config", "Pod/papillon-trainer-0"]  # no volume, Service, key, vLLM
+    assert cond(plan, "InferenceReady")["reason"] == "PoolReady" and plan.status["inferencePool"] == "shared"
+    assert "inferencePod" not in plan.status
+    run_config = json.loads(plan.create[0]["data"]["config.json"])
+    config = run_config["vllm"]
+    # job.json's owner check on the pool's volume: a refusal names the folder and a way out a pool job has
+    owner = run_config["owner"]
+    assert owner["where"] == "folder runs/papillon of claim 'shared-adapters'"
+    assert owner["fix"].startswith("Rename the job") and "existingClaim" not in owner["fix"]
+    assert config["base_url"] == "http://shared-vllm.ns.svc.cluster.local:8000/v1"
+    assert config["adapter_prefix"] == "papillon-"  # papillon-policy-vN: unique among the pool's jobs
+    assert config["adapter_dir"] == "/mnt/grpo/runs/papillon/adapters"  # where the pool's servers see it
+    trainer = plan.create[1]
+    assert trainer["metadata"]["labels"]["grpo.dev/inference-pool"] == "shared"  # what the pool's policy admits
+    (run,) = [v for v in trainer["spec"]["volumes"] if v["name"] == "run"]
+    assert run["persistentVolumeClaim"]["claimName"] == "shared-adapters"
+    env = {e["name"]: e for e in trainer["spec"]["containers"][0]["env"]}
+    assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "shared-vllm-key-pool-uid"
+    # ReadWriteOnce: the trainer goes to the pool's node
+    term = trainer["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert term["labelSelector"]["matchLabels"] == {"grpo.dev/pool": "shared", "app.kubernetes.io/component": "inference"}
+    GRPOJobStatus.model_validate(plan.status)
+
+
+def test_a_job_waits_for_slots_without_a_trainer_and_says_so():
+    plan = decide(observe(job_spec=pool_spec_job(), pool=pool_body(attached("a", "b", "papillon"))), SETTINGS)
+    assert not [m for m in plan.create if m["kind"] == "Pod"]
+    training = cond(plan, "Training")
+    assert training["reason"] == "PoolFull" and "held by a, b" in training["message"]
+    assert any(t.reason == "PoolFull" and t.warning for t in plan.transitions)  # a Warning Event on the job
+
+
+def refusal(plan: Plan) -> dict:
+    assert plan.create == [], created_names(plan)  # nothing half-created
+    return cond(plan, "Created")
+
+
+def test_a_pool_of_another_namespace_is_refused_naming_the_fix():
+    created = refusal(decide(observe(job_spec=pool_spec_job(pool="team-b/shared"), config_map_data=None), SETTINGS))
+    assert created["reason"] == "PoolInAnotherNamespace" and "a job uses only a pool of its own namespace" in created["message"]
+
+
+def test_a_missing_pool_is_refused_naming_the_fix():
+    created = refusal(decide(observe(job_spec=pool_spec_job(), config_map_data=None), SETTINGS))
+    assert created["reason"] == "PoolNotFound" and "create it" in created["message"]
+
+
+def test_a_pool_of_another_base_model_or_a_smaller_rank_is_refused():
+    other = decide(observe(job_spec=pool_spec_job(), pool=pool_body(model={"name": "other/model"}), config_map_data=None), SETTINGS)
+    created = refusal(other)
+    assert created["reason"] == "PoolMismatch" and "spec.model.name is 'Qwen/Qwen2.5-1.5B-Instruct'" in created["message"]
+    doc = load_example()
+    doc["spec"]["inference"] = {"pool": "shared"}
+    doc["spec"]["trainKwargs"]["lora_config"]["r"] = 32
+    ranked = parse_job(doc).spec
+    created = refusal(decide(observe(job_spec=ranked, pool=pool_body(maxLoraRank=16), config_map_data=None), SETTINGS))
+    assert "above the pool's maxLoraRank 16" in created["message"]
+
+
+def test_the_export_pod_of_a_job_on_a_pool_reads_its_folder_of_the_pools_volume_on_the_servers_node():
+    """The pool's server holds the pool's ReadWriteOnce claim for as long as the pool lives: the export pod of a
+    finished job on it must go to the server's node (it would not mount the claim elsewhere)."""
+    doc = load_example()
+    doc["spec"]["inference"] = {"pool": "shared"}
+    doc["spec"]["export"] = {"destinations": [{"claim": {"claimName": "models"}}]}
+    job_spec = parse_job(doc).spec
+    for mode, joins in (("ReadWriteOnce", True), ("ReadWriteMany", False)):
+        pool = a_pool(storage={"accessMode": mode})
+        job = children.Job("papillon", "ns", "uid-1", job_spec, pool=children.binding("shared", pool.uid, pool.spec))
+        pod = children.export_pod(job, SETTINGS, 0, [0], join_inference=False)
+        (run,) = [v for v in pod["spec"]["volumes"] if v["name"] == "run"]
+        assert run["persistentVolumeClaim"]["claimName"] == "shared-adapters"
+        (mount,) = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == "run"]
+        assert mount["subPath"] == "runs/papillon" and mount["readOnly"] is True
+        if joins:
+            (term,) = pod["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            assert term["labelSelector"]["matchLabels"] == {"grpo.dev/pool": "shared", "app.kubernetes.io/component": "inference"}
+        else:
+            assert "affinity" not in pod["spec"]
+
+
+def test_a_deleted_pool_is_reported_on_its_running_job_which_keeps_its_trainer():
+    running = (a_pod("papillon-trainer-0", "trainer"),)
+    plan = decide(observe(job_spec=pool_spec_job(), pods=running), SETTINGS)
+    assert plan.delete_pods == [] and cond(plan, "InferenceReady")["reason"] == "PoolNotFound"
+
+
+def test_adapter_names_carry_the_jobs_prefix_and_other_jobs_names_are_not_its_own():
+    assert version_name(3, "a-") == "a-policy-v3" and version_step("a-policy-v3", "a-") == 3
+    assert version_step("b-policy-v3", "a-") is None and version_step("a-policy-v3-policy-v1", "a-") is None
+    assert version_step("policy-v3") == 3 and version_step("a-policy-v3") is None
+
+
+def test_grpo_local_refuses_a_job_on_a_pool_with_the_way_out(tmp_path):
+    doc = load_example()
+    doc["spec"]["inference"] = {"pool": "shared"}
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(doc))
+    with pytest.raises(InvalidInput, match=r"spec\.inference\.pool: 'shared' names a GRPOInferencePool.*remove spec\.inference\.pool"):
+        make_plan(RunOptions(job_file=job, run_dir=tmp_path / "run"), ports=False)
