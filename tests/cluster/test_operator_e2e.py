@@ -105,7 +105,7 @@ def test_papillon_job_runs_reports_progress_and_succeeds(
     for follow in (False, True):
         with pytest.raises(GRPOError) as refused:
             list(jobs.logs("papillon", follow=follow))
-        assert "the log of pod papillon-trainer-0: its node does not serve it (" in str(refused.value)
+        assert "the log of pod papillon-trainer-0 is not available: " in str(refused.value)
         assert "no logs found for container" in str(refused.value) and "papillon-trainer-0" in str(refused.value)
     # the job's own vLLM key: generated, in an immutable Secret the job owns, read by both pods (and only there)
     secrets = cp.get_json("secrets", "-l", JOB_LABEL, namespace=ns)["items"]

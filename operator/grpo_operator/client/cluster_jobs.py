@@ -293,7 +293,7 @@ class ClusterJobs:
                 message, causes = _answer(exc)
                 words = "; ".join(causes) or message  # the node's own, as the API server relays them
                 if time.monotonic() >= deadline or not self._pod_exists(pod):
-                    raise GRPOError(f"the log of pod {pod}: its node does not serve it ({words})") from None
+                    raise GRPOError(f"the log of pod {pod} is not available: {words}") from None
                 log.info("pod %s: waiting for its node to serve the log (%s)", pod, words)
             time.sleep(LOG_RETRY_SECONDS)
 
