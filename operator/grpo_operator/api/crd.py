@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
-
-from dataclasses import dataclass
-
 from pydantic import BaseModel
 
 from grpo_operator.api import pool

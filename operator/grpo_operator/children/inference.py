@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from grpo_operator.api.spec import ServerOptions
 from grpo_operator.children.config import resolved, resolved_pods
 from grpo_operator.children.credentials import api_key_ref
 from grpo_operator.children.meta import (
@@ -33,7 +34,6 @@ from grpo_operator.children.podspec import (
     run_mount,
     scratch_mounts,
 )
-from grpo_operator.api.spec import ServerOptions
 from grpo_operator.resolve import EnvRef, PodPlan, serving_result
 from grpo_operator.settings import OperatorSettings
 from grpo_trainer.contract.progress import result_model_name

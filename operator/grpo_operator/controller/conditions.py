@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from grpo_operator.api.status import CONDITION_ORDER, ConditionType
+from grpo_operator.api.status import CONDITION_ORDER
 from grpo_operator.children.podspec import SPEC_HASH_ANNOTATION
 
 # Container waiting reasons that mean the pod will not start on its own.

@@ -25,6 +25,7 @@ from grpo_operator.controller.conditions import Cond, PodView, conditions, trans
 from grpo_operator.controller.lifecycle import Event, Plan, waiting_cond
 from grpo_operator.settings import OperatorSettings
 
+
 @dataclass(frozen=True)
 class JobOnPool:
     """A job of the pool's namespace that names the pool."""
