@@ -40,6 +40,7 @@ from support.cluster_jobs import (
     pods,
     team_member,
     trainer_of_ip,
+    wait_event,
     wait_job,
 )
 from support.fake_trainer import FakeTrainers
@@ -168,8 +169,8 @@ def test_papillon_job_runs_reports_progress_and_succeeds(
     assert job["status"]["completionTime"]
     assert cp.kubectl("get", "grpojobs", "-n", ns).stdout.splitlines()[1].split()[1] == "Succeeded"
     wait_until(lambda: "papillon-inference-0" not in pods(cp, ns), timeout=20, what="vLLM pod freed")
-    reasons = {e["reason"] for e in events(cp, ns) if e["involvedObject"].get("kind") == "GRPOJob"}
-    assert {"Created", "ChildrenCreated", "Running", "TrainerSucceeded"} <= reasons
+    for reason in ("Created", "ChildrenCreated", "Running", "TrainerSucceeded"):
+        wait_event(cp, ns, reason, kind="GRPOJob")
     cp.kubectl("wait", "--for=condition=Succeeded", "grpojob/papillon", "-n", ns, "--timeout=10s")
 
 
@@ -195,8 +196,8 @@ def test_trainer_failure_is_retried_then_fails_at_backoff_limit(
     assert "exit code 137" in cond(job, "Failed")["message"]
     assert job["status"]["restarts"] == 1 and job["status"]["completionTime"]
     assert cp.kubectl("get", "grpojobs", "-n", ns).stdout.splitlines()[1].split()[1] == "Failed"
-    warnings = {e["reason"] for e in events(cp, ns) if e["type"] == "Warning"}
-    assert {"TrainerFailed", "BackoffLimitExceeded"} <= warnings
+    for reason in ("TrainerFailed", "BackoffLimitExceeded"):
+        wait_event(cp, ns, reason, type="Warning")
 
 
 def test_operator_killed_mid_creation_makes_exactly_one_set_of_children(
@@ -341,7 +342,7 @@ def test_unschedulable_job_says_why_within_a_minute(
     assert time.monotonic() - started < 60
     message = cond(job, "Training")["message"]
     assert "papillon-trainer-0" in message and "nvidia.com/gpu" in message
-    assert any(e["reason"] == "Unschedulable" and e["type"] == "Warning" for e in events(cp, ns))
+    wait_event(cp, ns, "Unschedulable", type="Warning")
 
 
 def test_rwo_pods_that_cannot_share_a_node_are_moved_together_to_one_that_fits(
@@ -384,8 +385,8 @@ def test_rwo_pods_that_cannot_share_a_node_are_moved_together_to_one_that_fits(
         job = wait_job(cp, ns, "papillon", is_true("Training"), "Training=True")
         assert job["status"]["placement"]["replacements"] >= 1
         assert job["status"]["restarts"] == 0 and job["status"]["interruptions"] == 0  # no attempt was spent
-        replacing = [e for e in events(cp, ns) if e["reason"] == "Replacing"]
-        assert replacing and all(e["type"] == "Warning" for e in replacing)
+        replacing = wait_event(cp, ns, "Replacing")
+        assert all(e["type"] == "Warning" for e in replacing)
         assert any(f"on node {small}" in e["message"] and "recreating both off that node" in e["message"]
                    for e in replacing), [e["message"] for e in replacing]
     finally:

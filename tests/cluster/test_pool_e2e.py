@@ -16,12 +16,12 @@ from controlplane import ControlPlane, wait_until
 from support.cluster_jobs import (
     apply_jobs,
     cond,
-    events,
     exit_running_pod,
     get_job,
     is_true,
     job_manifest,
     pods,
+    wait_event,
     wait_job,
 )
 from support.operator import OperatorProcess
@@ -112,7 +112,7 @@ def test_a_pool_serves_its_jobs_counts_their_slots_and_refuses_those_that_cannot
     wait_job(cp, ns, "first", is_true("Succeeded"), "first Succeeded=True")
     wait_job(cp, ns, "third", is_true("Training"), "third Training=True once first returned its slots", timeout=45)
     assert [j["name"] for j in get_pool(cp, ns)["status"]["jobs"]] == ["second", "third"]
-    assert any(e["reason"] == "PoolFull" and e["type"] == "Warning" for e in events(cp, ns))
+    wait_event(cp, ns, "PoolFull", type="Warning")
 
     # refused before anything is created: another namespace's pool, a missing one, another base model
     other_model = on_pool("othermodel")

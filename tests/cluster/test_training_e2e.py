@@ -69,6 +69,7 @@ from support.cluster_jobs import (
     is_true,
     job_exists,
     team_member,
+    wait_event,
     wait_job,
 )
 from support.operator import OperatorProcess, free_port
@@ -272,7 +273,7 @@ def test_job_trains_survives_killed_and_stopped_trainer_and_killed_vllm_and_ends
     os.kill(ranks[1], signal.SIGKILL)
     job = wait_job(cp, ns, JOB, lambda j: j["status"].get("restarts") == 1, "a trainer restart", timeout=120)
     assert job["status"]["trainerPod"] == f"{JOB}-trainer-1"
-    (failed,) = [e for e in cp.get_json("events", namespace=ns)["items"] if e["reason"] == "TrainerFailed"]
+    (failed,) = wait_event(cp, ns, "TrainerFailed")
     # the launcher's verdict (1: a rank died), not the dead rank's own 137
     assert re.search(rf"pod {trainer0} failed, exit code 1\b", failed["message"]), failed["message"]
     assert all(not alive(pid) for pid in ranks.values()), "ranks outlived their attempt"
@@ -287,7 +288,7 @@ def test_job_trains_survives_killed_and_stopped_trainer_and_killed_vllm_and_ends
     job = wait_job(cp, ns, JOB, lambda j: j["status"].get("interruptions") == 1, "an interruption", timeout=300)
     assert job["status"]["restarts"] == 1 and job["status"]["trainerPod"] == f"{JOB}-trainer-2"
     assert not is_true("Succeeded")(job) and not is_true("Failed")(job)
-    (interrupted,) = [e for e in cp.get_json("events", namespace=ns)["items"] if e["reason"] == "TrainerInterrupted"]
+    (interrupted,) = wait_event(cp, ns, "TrainerInterrupted")
     assert f"pod {JOB}-trainer-1 failed, exit code 75" in interrupted["message"], interrupted["message"]
 
     wait_job(cp, ns, JOB, lambda j: j["status"].get("step", 0) >= KILL_VLLM_AT, "step 4 after the resume", timeout=900)
@@ -490,9 +491,7 @@ def test_a_users_own_program_from_every_kind_of_code_source_trains_and_a_misspel
         assert failed["reason"] == "InvalidProgram", failed
         assert "program.importPath 'topics.programs:Topic'" in failed["message"], failed["message"]
         assert typo["status"]["restarts"] == 0 and typo["status"]["trainerPod"] == "topics-typo-trainer-0"
-        events = cp.get_json("events", namespace=ns)["items"]
-        events = [e for e in events if e["involvedObject"]["name"] == "topics-typo"]
-        assert any(e["reason"] == "InvalidProgram" and e["type"] == "Warning" for e in events), events
+        wait_event(cp, ns, "InvalidProgram", type="Warning", name="topics-typo")
         pods = [p["metadata"]["name"] for p in cp.get_json("pods", namespace=ns)["items"]]
         assert "topics-typo-trainer-1" not in pods
         assert cond(typo, "Exported")["reason"] == "NotExported" and "topics-typo-export-0" not in pods

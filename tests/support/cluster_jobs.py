@@ -151,6 +151,35 @@ def events(cp: ControlPlane, ns: str) -> list[dict[str, Any]]:
     return cp.get_json("events", namespace=ns)["items"]
 
 
+def wait_event(
+    cp: ControlPlane,
+    ns: str,
+    reason: str,
+    *,
+    type: Optional[str] = None,
+    name: Optional[str] = None,
+    kind: Optional[str] = None,
+    timeout: float = 20,
+) -> list[dict[str, Any]]:
+    """The events of ``reason`` in ``ns`` (of that type, about that object), waited for until there is one.
+
+    The operator posts a transition's events after the status patch that records it, so a test that has
+    just seen the status may read the events a moment before they are there.
+    """
+
+    def matching() -> list[dict[str, Any]]:
+        return [
+            e
+            for e in events(cp, ns)
+            if e["reason"] == reason
+            and type in (None, e["type"])
+            and name in (None, e["involvedObject"].get("name"))
+            and kind in (None, e["involvedObject"].get("kind"))
+        ]
+
+    return wait_until(matching, timeout=timeout, what=f"event {reason} in {ns}")
+
+
 def trainer_of_ip(cp: ControlPlane, ns: str) -> Callable[[str], Optional[str]]:
     """ip -> the job whose trainer pod in ``ns`` has that IP (None: no such pod), for support.fake_trainer."""
 
