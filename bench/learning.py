@@ -116,7 +116,7 @@ def main() -> None:
         noise = validation_noise(seeds, work)
         runs = [(overlap, seed, learning_run(steps, overlap, seed, work)) for overlap, seed in configs]
 
-    figure = LearningFigure.measured(noise, [s["final_val_score"] - s["baseline_val_score"] for *_, s in runs])
+    figure = LearningFigure.measured(steps, noise, [s["final_val_score"] - s["baseline_val_score"] for *_, s in runs])
     lines = [
         f"Validation score of the base model over {seeds} sampling seeds: mean {statistics.fmean(noise):.4f}, "
         f"standard deviation {figure.sampling_sd:.4f} (min {min(noise):.4f}, max {max(noise):.4f}). What final − "

@@ -8,11 +8,11 @@ gpt-4.1-mini, the bundled PII-delegation data for PUPA, and ``papillon_offline``
 shape, no judge calls) for ``compute_overall_score``. The lines marked ``tutorial:`` are the
 tutorial's own, for the real run on a cluster.
 
-    python examples/papillon_compile.py [WORKDIR]
+    python examples/papillon_compile.py [WORKDIR] [--steps N]
 """
 
+import argparse
 import json
-import sys
 
 import dspy
 
@@ -25,6 +25,11 @@ from grpo_trainer.embedded.bundled import PII_DELEGATION
 # tutorial: openai_lm = dspy.LM(model="openai/gpt-4.1-mini", max_tokens=4000)
 local_lm = dspy.LM(f"openai/{default_model_dir()}", temperature=1.0)
 openai_lm = local_lm  # the base model stands in for the untrusted model: no API key needed
+
+cli = argparse.ArgumentParser(description="PAPILLON optimized with GRPO.compile() on the embedded local default")
+cli.add_argument("workdir", nargs="?", default="runs", help="where grpo-local keeps its runs")
+cli.add_argument("--steps", type=int, default=10, help="training steps (tutorial: 500)")
+args = cli.parse_args()
 
 
 class CraftRedactedRequest(dspy.Signature):
@@ -106,15 +111,15 @@ compiler = GRPO(
     num_dspy_examples_per_grpo_step=4,
     num_samples_per_input=8,
     exclude_demos=True,
-    num_train_steps=10,  # tutorial: 500
+    num_train_steps=args.steps,  # tutorial: 500
     num_threads=8,  # tutorial: 24
     use_train_as_val=False,
-    num_steps_for_val=10,
+    num_steps_for_val=args.steps,  # a validation at the start and at the end
     train_kwargs=train_kwargs,
     report_train_scores=False,
     constrain_output_format=True,  # the tiny model does not always write DSPy's field markers by itself
     overlap_rollouts=True,  # the next step's rollouts run while this one trains, as on GPUs
-    backend=LocalBackend(workdir=sys.argv[1] if len(sys.argv) > 1 else "runs"),
+    backend=LocalBackend(workdir=args.workdir),
     # tutorial on a cluster: backend=ClusterBackend(namespace="team-a"), model="Qwen/Qwen2.5-1.5B-Instruct"
 )
 

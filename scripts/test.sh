@@ -58,10 +58,48 @@ if [[ "${GRPO_SKIP_MODEL_BUILD:-0}" != 1 ]]; then
   phase_done model
 fi
 
+# The whole suite (no test path, -m or -k given; GRPO_TEST_LANES=1: one pytest) runs in two lanes at
+# once: the tests that need only the API server and KWOK nodes, which mostly wait (on the operator, the
+# API server, resyncs), in a second pytest beside the main lane, which runs the unit tests first (one
+# core of plain Python) and then everything else. Every test is in exactly one lane (by its markers).
+whole_suite() {
+  local arg
+  for arg in "$@"; do
+    case $arg in
+      -m | -m* | -k | -k* | --deselect* | --lf | --last-failed | --sw | --stepwise) return 1 ;;
+      -*) ;;
+      *) return 1 ;; # a test path (or an option's separate value: one lane, to be safe)
+    esac
+  done
+}
+
+api_lane() { # the API-server lane: its output is printed after the main lane's
+  local log=$1
+  shift
+  GRPO_CLUSTER_LOGS=${GRPO_CLUSTER_LOGS:+$GRPO_CLUSTER_LOGS/api-lane} \
+    pytest -m "cluster and not processnode" -p no:cacheprovider "$@" tests >"$log" 2>&1
+}
+
 cd "$root"
 set +e
-pytest "$@"
-rc=$?
+if [[ "${GRPO_SKIP_CLUSTER:-0}" != 1 && "${GRPO_TEST_LANES:-2}" != 1 ]] && whole_suite "$@"; then
+  api_log=$(mktemp)
+  api_lane "$api_log" "$@" &
+  api_pid=$!
+  rest=()
+  for dir in tests/*/; do [[ $dir == tests/unit/ ]] || rest+=("${dir%/}"); done
+  pytest -m "not cluster or processnode" "$@" tests/unit "${rest[@]}" # (pytest merges overlapping paths)
+  rc=$?
+  wait "$api_pid"
+  api_rc=$?
+  echo "=== the API-server lane (tests that need only the API server and KWOK nodes), run beside the above"
+  cat "$api_log"
+  rm -f "$api_log"
+  [[ $rc == 0 ]] && rc=$api_rc
+else
+  pytest "$@"
+  rc=$?
+fi
 set -e
 phase_done tests
 if [[ $rc == 5 ]]; then

@@ -28,7 +28,7 @@ import yaml
 from controlplane import ControlPlane, wait_until
 from processnode import TOLERATION, ProcessNode, process_node
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.processnode]
 
 
 @pytest.fixture(scope="module")

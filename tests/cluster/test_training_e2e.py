@@ -77,7 +77,7 @@ from support.ranks import alive, rank_pids
 from support.served_result import assert_serves_result
 from support.trainer_log import steps_done
 
-pytestmark = [pytest.mark.cluster, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.cluster, pytest.mark.processnode, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 JOB = "papillon-tiny"
 STEPS = 5

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from grpo_operator.local.default import NUM_TRAIN_STEPS
 from support.checkout import ROOT
-from support.learning import assert_learned_and_served
+from support.learning import assert_learned_and_served, proof_steps
 from support.served_result import assert_serves_result
 
 from .conftest import cli_env
@@ -38,7 +37,7 @@ def test_the_tutorials_notebook_compiles_learns_and_answers_through_the_served_b
 ) -> None:
     workdir = tmp_path / "runs"
     out = subprocess.run(
-        [sys.executable, str(EXAMPLE), str(workdir)],
+        [sys.executable, str(EXAMPLE), str(workdir), "--steps", str(proof_steps())],
         cwd=tmp_path,
         env=cli_env(marker),
         capture_output=True,
@@ -53,7 +52,7 @@ def test_the_tutorials_notebook_compiles_learns_and_answers_through_the_served_b
     assert 0.0 <= float(lines["score"]) <= 1.0
     assert survivors() == []  # the server on the result stopped with the notebook's process
     run_dir = workdir / job.group(1)
-    assert_learned_and_served(run_dir, NUM_TRAIN_STEPS)
+    assert_learned_and_served(run_dir)
     # the job carries its program: the notebook's classes as source, the student's state, no key
     shipped = (workdir / f"{job.group(1)}.yaml").read_text()
     assert "importPath: grpo_student:student" in shipped and "papillon_offline" in shipped

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from grpo_operator.local.default import NUM_TRAIN_STEPS
 from grpo_trainer.contract.progress import Progress
-from support.learning import assert_learned_and_served
+from support.learning import assert_learned_and_served, proof_steps
 from support.trainer_log import steps_done
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -84,9 +83,9 @@ def test_the_default_survives_a_killed_vllm_and_ctrl_c_resumes_to_a_finished_rep
     command, the trainer waits for it), then Ctrl-C (stops after a checkpoint), then the same
     command again (resumes from that step and finishes with the summary, the report and the
     adapter on disk, served by vLLM) -- and the validation score rose beyond noise."""
-    steps = NUM_TRAIN_STEPS
+    steps = proof_steps()  # the learning figure's shape (the default's 10 steps cost CI minutes)
     run_dir = tmp_path / "run"
-    args = ["--run-dir", str(run_dir), "--port", str(ports[0]), "--trainer-port", str(ports[1])]
+    args = ["--run-dir", str(run_dir), "--steps", str(steps), "--port", str(ports[0]), "--trainer-port", str(ports[1])]
     first = tmp_path / "first.out"
     runner = start_cli(*args, out=first)
     try:
@@ -149,7 +148,7 @@ def test_the_default_survives_a_killed_vllm_and_ctrl_c_resumes_to_a_finished_rep
     assert (run_dir / "adapters" / f"step-{steps}" / "adapter_config.json").is_file()
     assert (run_dir / "checkpoints" / f"step-{steps}" / "COMPLETE").is_file()
     assert survivors() == []
-    assert_learned_and_served(run_dir, steps)
+    assert_learned_and_served(run_dir)
 
     # the result a user takes away: the best adapter by validation (it learned, so not the base), described
     assert final.result is not None and final.result.finished and final.best_step

@@ -25,16 +25,17 @@ MARGIN_SDS = 4.0  # the gain must clear this many null standard deviations (one-
 class LearningFigure:
     """What bench/learning.py measured: the noise the tests' margin is made of, and the gains it saw."""
 
+    steps: int  # the training steps the gains were measured at: a run held to the margin trains as many
     sampling_sd: float  # the base model's validation score across sampling seeds
     null_gain_sd: float  # final - baseline of a run that learns nothing: two such evaluations
     margin: float  # MARGIN_SDS * null_gain_sd
     gains: tuple[float, ...]  # final - baseline of each training run (seeds, modes)
 
     @classmethod
-    def measured(cls, scores: list[float], gains: list[float]) -> "LearningFigure":
+    def measured(cls, steps: int, scores: list[float], gains: list[float]) -> "LearningFigure":
         sampling = statistics.stdev(scores)
         null = math.sqrt(2) * sampling
-        return cls(sampling, null, MARGIN_SDS * null, tuple(gains))
+        return cls(steps, sampling, null, MARGIN_SDS * null, tuple(gains))
 
     @property
     def clearance(self) -> float:
@@ -48,15 +49,21 @@ class LearningFigure:
     @classmethod
     def read(cls, path: Path = FIGURE_FILE) -> "LearningFigure":
         doc = json.loads(path.read_text())
-        return cls(doc["sampling_sd"], doc["null_gain_sd"], doc["margin"], tuple(doc["gains"]))
+        return cls(doc["steps"], doc["sampling_sd"], doc["null_gain_sd"], doc["margin"], tuple(doc["gains"]))
 
 
-def assert_learned_and_served(run_dir: Path, steps: int) -> None:
+def proof_steps() -> int:
+    """How many steps a run held to the margin trains: as many as the recorded gains were measured at."""
+    return LearningFigure.read().steps
+
+
+def assert_learned_and_served(run_dir: Path) -> None:
     """The finished run's validation gain clears the recorded margin, and vLLM served, at the end,
     exactly the adapter the trainer left on the volume."""
     figure = LearningFigure.read()
+    steps = figure.steps
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["steps"] == steps
+    assert summary["steps"] == steps, f"the margin was measured at {steps} steps, the run trained {summary['steps']}"
     baseline, final = summary["baseline_val_score"], summary["final_val_score"]
     assert final - baseline >= figure.margin, (
         f"validation {baseline:.4f} -> {final:.4f} over {steps} steps: gain below {figure.margin:.3f} "
