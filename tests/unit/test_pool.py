@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from grpo_operator import children
 from grpo_operator.api import parse_job
 from grpo_operator.api.pool import GRPOInferencePoolStatus, parse_pool
 from grpo_operator.api.status import GRPOJobStatus
-from grpo_operator.controller.conditions import now_utc
+from grpo_operator.controller.conditions import now_utc, pod_view
 from grpo_operator.controller.lifecycle import Plan, decide
 from grpo_operator.controller.pool_lifecycle import JobOnPool, PoolObserved, decide_pool
 from grpo_operator.local.plan import InvalidInput, RunOptions, make_plan
@@ -258,3 +259,66 @@ def test_grpo_local_refuses_a_job_on_a_pool_with_the_way_out(tmp_path):
     job.write_text(yaml.safe_dump(doc))
     with pytest.raises(InvalidInput, match=r"spec\.inference\.pool: 'shared' names a GRPOInferencePool.*remove spec\.inference\.pool"):
         make_plan(RunOptions(job_file=job, run_dir=tmp_path / "run"), ports=False)
+
+
+def trainer_made_for(pool_uid: str, attempt: int = 0, phase: str = "Running", **status: Any):
+    """The job's trainer pod as rendered for the pool ``shared`` of uid ``pool_uid``, as the API server reports it."""
+    pool = a_pool()
+    job = children.Job("papillon", "ns", "uid", pool_spec_job(), pool=children.binding("shared", pool_uid, pool.spec))
+    manifest = children.trainer_pod(job, SETTINGS, attempt)
+    manifest["status"] = {"phase": phase, **status}
+    return pod_view(manifest)
+
+
+def test_a_trainer_made_for_an_earlier_pool_of_the_name_is_replaced_as_an_interruption():
+    """The pool was deleted and created again under its name: a new uid, a new key. The running trainer holds the
+    old one (every request refused): it is stopped and resumes from its checkpoint, backoffLimit not spent; the next
+    attempt starts only once the old one has stopped (never two trainers on one run directory)."""
+    pool = pool_body(attached("papillon"))
+    old = trainer_made_for("old-pool-uid")
+    assert old.pool_uid == "old-pool-uid"  # the renderer records it; pod_view reads it back
+    plan = decide(observe(status={"restarts": 0, "interruptions": 0}, job_spec=pool_spec_job(), pool=pool, pods=(old,)), SETTINGS)
+    assert plan.delete_pods == ["papillon-trainer-0"] and not [m for m in plan.create if m["kind"] == "Pod"]
+    assert (plan.status["interruptions"], plan.status["restarts"], plan.status["trainerPod"]) == (1, 0, "papillon-trainer-1")
+    training = cond(plan, "Training")
+    assert training["reason"] == "PoolRecreated" and "GRPOInferencePool shared was deleted and created again" in training["message"]
+    (event,) = [e for e in plan.events if e.reason == "PoolRecreated"]
+    assert event.type == "Warning" and "not counted against backoffLimit" in event.message
+
+    # while it stops, no second trainer
+    stopping = replace(old, deleting=True)
+    waiting = decide(observe(status=plan.status, job_spec=pool_spec_job(), pool=pool, pods=(stopping,)), SETTINGS)
+    assert not [m for m in waiting.create if m["kind"] == "Pod"] and waiting.delete_pods == []
+    assert cond(waiting, "Training")["reason"] == "Terminating" and waiting.status["interruptions"] == 1
+
+    # once it has gone, the next attempt, made for the pool found now (its key)
+    resumed = decide(observe(status=plan.status, job_spec=pool_spec_job(), pool=pool), SETTINGS)
+    (trainer,) = [m for m in resumed.create if m["kind"] == "Pod"]
+    assert trainer["metadata"]["name"] == "papillon-trainer-1"
+    assert trainer["metadata"]["annotations"]["grpo.dev/inference-pool-uid"] == "pool-uid-0001"
+    env = {e["name"]: e for e in trainer["spec"]["containers"][0]["env"]}
+    assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "shared-vllm-key-pool-uid"
+
+    # a trainer made for the pool found now is left alone
+    current = decide(observe(job_spec=pool_spec_job(), pool=pool, pods=(trainer_made_for("pool-uid-0001"),)), SETTINGS)
+    assert current.delete_pods == [] and cond(current, "Training")["reason"] == "Running"
+
+
+def test_a_trainer_the_new_pool_refused_resumes_without_spending_a_restart():
+    """The old trainer met the new pool first: HTTP 401, it failed. Not a failure of the job's."""
+    refused = trainer_made_for("old-pool-uid", phase="Failed")
+    plan = decide(observe(status={"restarts": 0, "interruptions": 0}, job_spec=pool_spec_job(),
+                          pool=pool_body(attached("papillon")), pods=(refused,)), SETTINGS)  # fmt: skip
+    assert created_names(plan) == ["Pod/papillon-trainer-1"] and plan.delete_pods == ["papillon-trainer-0"]
+    assert (plan.status["interruptions"], plan.status["restarts"]) == (1, 0)
+    assert cond(plan, "Training")["reason"] == "PoolRecreated"
+
+
+def test_a_trainer_that_stopped_while_its_pool_was_missing_waits_for_the_pool():
+    """No next attempt without the pool: it would be rendered without the pool's key and volume."""
+    failed = trainer_made_for("old-pool-uid", phase="Failed")
+    plan = decide(observe(status={"restarts": 0, "interruptions": 0}, job_spec=pool_spec_job(), pods=(failed,)), SETTINGS)
+    assert plan.create == [] and plan.delete_pods == [] and plan.status["restarts"] == 0
+    training = cond(plan, "Training")
+    assert training["reason"] == "PoolNotFound" and "the next attempt starts once the job may use its pool" in training["message"]
+    assert cond(plan, "InferenceReady")["reason"] == "PoolNotFound"
