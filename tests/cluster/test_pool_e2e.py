@@ -139,16 +139,37 @@ def test_a_pool_serves_its_jobs_counts_their_slots_and_refuses_those_that_cannot
     assert f'grpo_pool_adapter_slots_used{{namespace="{ns}",pool="shared"}} 8.0' in metrics
 
 
-def test_deleting_a_pool_is_reported_on_its_running_job_and_keeps_the_volume(
+def test_deleting_a_pool_is_reported_on_its_running_job_and_keeps_the_volume_and_a_new_pool_resumes_it(
     control_plane: ControlPlane, job_ns: str, operator: OperatorProcess
 ):
     cp, ns = control_plane, job_ns
     cp.apply_yaml(yaml.safe_dump(pool_manifest()), ns)
     apply_jobs(cp, ns, on_pool("papillon"))
     wait_job(cp, ns, "papillon", is_true("Training"), "Training=True")
+    old_uid = get_pool(cp, ns)["metadata"]["uid"]
+    assert pods(cp, ns)["papillon-trainer-0"]["metadata"]["annotations"]["grpo.dev/inference-pool-uid"] == old_uid
     cp.kubectl("delete", "grpoinferencepool", "shared", "-n", ns, "--wait=true", "--timeout=30s")
     job = wait_job(cp, ns, "papillon", lambda j: cond(j, "InferenceReady").get("reason") == "PoolNotFound", "PoolNotFound")
     assert "create it" in cond(job, "InferenceReady")["message"]
     assert "papillon-trainer-0" in pods(cp, ns)  # the trainer waits for the pool; it is not failed
     assert cp.kubectl("get", "pvc", "shared-adapters", "-n", ns, check=False).returncode == 0
     assert get_job(cp, ns, "papillon")["status"]["inferencePool"] == "shared"
+
+    # created again under the name: a new uid, a new key. The trainer holds the old one (refused by the new
+    # server): it is replaced as an interruption, and its next attempt reads the new pool's key.
+    cp.apply_yaml(yaml.safe_dump(pool_manifest()), ns)
+    uid = get_pool(cp, ns)["metadata"]["uid"]
+    job = wait_job(
+        cp, ns, "papillon",
+        lambda j: j["status"].get("trainerPod") == "papillon-trainer-1" and is_true("Training")(j),
+        "the trainer resumed as papillon-trainer-1 on the new pool",
+    )  # fmt: skip
+    assert (job["status"]["interruptions"], job["status"]["restarts"]) == (1, 0)  # backoffLimit not spent
+    everything = pods(cp, ns)
+    assert "papillon-trainer-0" not in everything
+    trainer = everything["papillon-trainer-1"]
+    assert trainer["metadata"]["annotations"]["grpo.dev/inference-pool-uid"] == uid != old_uid
+    env = {e["name"]: e for e in trainer["spec"]["containers"][0]["env"]}
+    assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == f"shared-vllm-key-{uid[:8]}"
+    recreated = [e for e in events(cp, ns) if e["reason"] == "PoolRecreated"]
+    assert recreated and all(e["type"] == "Warning" and "GRPOInferencePool shared was deleted" in e["message"] for e in recreated)
