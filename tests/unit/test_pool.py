@@ -19,6 +19,7 @@ from grpo_operator.api.status import GRPOJobStatus
 from grpo_operator.controller.conditions import now_utc, pod_view
 from grpo_operator.controller.lifecycle import Plan, decide
 from grpo_operator.controller.pool_lifecycle import JobOnPool, PoolObserved, decide_pool
+from grpo_operator.controller.prometheus import OperatorMetrics
 from grpo_operator.local.plan import InvalidInput, RunOptions, make_plan
 from grpo_trainer.contract.vllm_command import vllm_command
 from grpo_trainer.vllm.adapters import version_name, version_step
@@ -118,7 +119,7 @@ def test_a_new_pool_creates_its_children_then_its_server():
 def test_slots_go_to_the_oldest_jobs_and_the_rest_wait_with_a_condition_naming_the_fix():
     jobs = (on_job("c", 3), on_job("a", 1), on_job("b", 2))
     plan = decide_pool(pool_observed(jobs, pods=(a_pod("shared-vllm-0", "inference"),)), SETTINGS)
-    assert plan.status["jobs"] == [{"name": "a", "slots": 4}, {"name": "b", "slots": 4}]
+    assert plan.status["jobs"] == [{"name": "a", "slots": 4, "adapters": 0}, {"name": "b", "slots": 4, "adapters": 0}]
     assert plan.status["waiting"] == ["c"] and plan.status["slotsUsed"] == 8
     full = cond(plan, "SlotsAvailable")
     assert (full["status"], full["reason"]) == ("False", "PoolFull") and "raise maxCpuLoras" in full["message"]
@@ -137,12 +138,26 @@ def test_an_attached_job_keeps_its_slots_and_a_finished_one_returns_them():
     assert mismatched.status["jobs"] == [] and mismatched.status["slotsUsed"] == 0
 
 
+def test_the_pool_counts_the_adapters_its_attached_jobs_trainers_see_it_serve():
+    """adaptersLoaded: what each attached job's trainer last saw the server list under its names (its
+    status.loadedAdapters); a job waiting for slots has nothing loaded to count, a finished one is not attached."""
+    jobs = (on_job("a", 1, adapters=2), on_job("b", 2, adapters=3), on_job("c", 3, adapters=1),
+            on_job("done", 0, adapters=3, finished=True))  # fmt: skip
+    plan = decide_pool(pool_observed(jobs, pods=(a_pod("shared-vllm-0", "inference"),)), SETTINGS)
+    assert plan.status["waiting"] == ["c"] and plan.status["adaptersLoaded"] == 5
+    assert [(j["name"], j["adapters"]) for j in plan.status["jobs"]] == [("a", 2), ("b", 3)]
+    GRPOInferencePoolStatus.model_validate(plan.status)
+    metrics = OperatorMetrics()
+    metrics.update_pool("ns", "shared", plan.status)
+    assert metrics.registry.get_sample_value("grpo_pool_adapters_loaded", {"namespace": "ns", "pool": "shared"}) == 5
+
+
 def test_a_lost_server_is_deleted_and_made_again_without_touching_the_jobs():
     lost = a_pod("shared-vllm-0", "inference", "Failed", ready=False, reason="Evicted", message="node low on memory")
     plan = decide_pool(pool_observed((on_job("a"),), pods=(lost,), found=frozenset()), SETTINGS)
     assert plan.delete_pods == ["shared-vllm-0"]
     assert any(e.reason == "ServerFailed" for e in plan.events)
-    assert plan.status["jobs"] == [{"name": "a", "slots": 4}]  # the job keeps its slots; it waits and re-serves
+    assert [j["name"] for j in plan.status["jobs"]] == ["a"]  # the job keeps its slots; it waits and re-serves
 
 
 # --------------------------------------------------------------------------------------- a job on a pool
