@@ -196,5 +196,5 @@ def test_deleting_a_pool_is_reported_on_its_running_job_and_keeps_the_volume_and
     assert trainer["metadata"]["annotations"]["grpo.dev/inference-pool-uid"] == uid != old_uid
     env = {e["name"]: e for e in trainer["spec"]["containers"][0]["env"]}
     assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == f"shared-vllm-key-{uid[:8]}"
-    recreated = [e for e in events(cp, ns) if e["reason"] == "PoolRecreated"]
-    assert recreated and all(e["type"] == "Warning" and "GRPOInferencePool shared was deleted" in e["message"] for e in recreated)
+    (recreated,) = [e for e in events(cp, ns) if e["reason"] == "PoolRecreated"]
+    assert recreated["type"] == "Warning" and "GRPOInferencePool shared was deleted and created" in recreated["message"]

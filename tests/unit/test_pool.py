@@ -296,9 +296,10 @@ def test_a_trainer_made_for_an_earlier_pool_of_the_name_is_replaced_as_an_interr
     assert plan.delete_pods == ["papillon-trainer-0"] and not [m for m in plan.create if m["kind"] == "Pod"]
     assert (plan.status["interruptions"], plan.status["restarts"], plan.status["trainerPod"]) == (1, 0, "papillon-trainer-1")
     training = cond(plan, "Training")
-    assert training["reason"] == "PoolRecreated" and "GRPOInferencePool shared was deleted and created again" in training["message"]
+    assert training["reason"] == "TrainerRestarting" and "GRPOInferencePool shared was deleted and created again" in training["message"]
     (event,) = [e for e in plan.events if e.reason == "PoolRecreated"]
     assert event.type == "Warning" and "not counted against backoffLimit" in event.message
+    assert not [t for t in plan.transitions if t.reason == "PoolRecreated"]  # one Event of that reason
 
     # while it stops, no second trainer
     stopping = replace(old, deleting=True)
@@ -326,7 +327,7 @@ def test_a_trainer_the_new_pool_refused_resumes_without_spending_a_restart():
                           pool=pool_body(attached("papillon")), pods=(refused,)), SETTINGS)  # fmt: skip
     assert created_names(plan) == ["Pod/papillon-trainer-1"] and plan.delete_pods == ["papillon-trainer-0"]
     assert (plan.status["interruptions"], plan.status["restarts"]) == (1, 0)
-    assert cond(plan, "Training")["reason"] == "PoolRecreated"
+    assert any(e.reason == "PoolRecreated" for e in plan.events) and cond(plan, "Training")["reason"] == "TrainerRestarting"
 
 
 def test_a_trainer_that_stopped_while_its_pool_was_missing_waits_for_the_pool():

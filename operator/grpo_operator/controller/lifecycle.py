@@ -639,7 +639,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
             f"refuses: {doing}, from the last checkpoint (not counted against backoffLimit)"
         )
         plan.events.append(Event("Warning", "PoolRecreated", message))
-        new["Training"] = Cond.false("PoolRecreated", message)
+        new["Training"] = Cond.false("TrainerRestarting", message)  # its own reason: one PoolRecreated Event
     elif t_pod is not None and t_pod.finished and not t_pod.deleting and refused:
         # The next attempt needs the pool (its key, its volume): it starts once the job may use one again.
         assert verdict is not None
