@@ -2,7 +2,8 @@
 ServiceAccount's token) keeps a GRPOInferencePool's server, Service, key and volume, attaches jobs to it
 (no vLLM pod of their own, their trainers pointed at the pool), counts its slots across them, and refuses the
 jobs that may not use it before creating anything. Fakes and why: the pods run on KWOK fake GPU nodes (no GPU
-here), so nothing in them runs; a real training run on a pool is tests/cluster/test_training_e2e.py's."""
+here), so nothing in them runs, and their trainers' /progress is support/fake_trainer.py's; a real training run
+on a pool is tests/cluster/test_training_e2e.py's."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 import yaml
 from controlplane import ControlPlane, wait_until
 
+from grpo_trainer.contract.progress import Progress
 from support.cluster_jobs import (
     apply_jobs,
     cond,
@@ -21,9 +23,11 @@ from support.cluster_jobs import (
     is_true,
     job_manifest,
     pods,
+    trainer_of_ip,
     wait_event,
     wait_job,
 )
+from support.fake_trainer import FakeTrainers
 from support.operator import OperatorProcess
 
 pytestmark = pytest.mark.cluster
@@ -79,7 +83,7 @@ def test_a_pool_serves_its_jobs_counts_their_slots_and_refuses_those_that_cannot
     assert secret["metadata"]["name"] == f"shared-vllm-key-{uid[:8]}" and secret["immutable"] is True
     assert pool["status"]["endpoint"]["apiKeySecretRef"] == {"name": secret["metadata"]["name"], "key": "api-key"}
     table = cp.kubectl("get", "grpoinferencepools", "-n", ns).stdout.splitlines()
-    assert table[0].split() == ["NAME", "READY", "REPLICAS", "JOBS", "SLOTS", "USED", "AGE"]
+    assert table[0].split() == ["NAME", "READY", "REPLICAS", "JOBS", "SLOTS", "USED", "LOADED", "AGE"]
 
     # two jobs attach (8 slots, 4 each); a third waits with a condition and an Event naming the fix
     apply_jobs(cp, ns, on_pool("first"), on_pool("second"))
@@ -106,6 +110,26 @@ def test_a_pool_serves_its_jobs_counts_their_slots_and_refuses_those_that_cannot
     assert run["persistentVolumeClaim"]["claimName"] == "shared-adapters"
     env = {e["name"]: e for e in trainer["spec"]["containers"][0]["env"]}
     assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
+
+    # the adapters each attached job's trainer sees the server list under its names (its /progress: a fake one,
+    # no trainer runs on a KWOK node) reach the job's status and, summed, the pool's
+    trainers = FakeTrainers(int(operator.env["GRPO_TRAINER_PORT"]), trainer_of_ip(cp, ns))
+    try:
+        for job, versions in (("first", [1, 2]), ("second", [1])):
+            loaded = [f"{job}-policy-v{v}" for v in versions]
+            doc = Progress(job=job, step=max(versions), max_steps=500, loaded_adapters=loaded)
+            trainers.set(job, **doc.model_dump(mode="json"))
+        pool = wait_until(
+            lambda: p if (p := get_pool(cp, ns))["status"].get("adaptersLoaded") == 3 else None,
+            timeout=30,
+            what="the pool's adaptersLoaded from its jobs' trainers",
+        )
+    finally:
+        trainers.close()
+    assert [(j["name"], j["adapters"]) for j in pool["status"]["jobs"]] == [("first", 2), ("second", 1)]
+    assert get_job(cp, ns, "first")["status"]["loadedAdapters"] == ["first-policy-v1", "first-policy-v2"]
+    row = cp.kubectl("get", "grpoinferencepools", "-n", ns).stdout.splitlines()[1].split()
+    assert row[5:7] == ["8", "3"]  # USED, LOADED
 
     # a finished job returns its slots: the third attaches and its trainer starts
     exit_running_pod(cp, ns, "first-trainer-0", 0)
@@ -137,18 +161,40 @@ def test_a_pool_serves_its_jobs_counts_their_slots_and_refuses_those_that_cannot
         what="the pool's series",
     )
     assert f'grpo_pool_adapter_slots_used{{namespace="{ns}",pool="shared"}} 8.0' in metrics
+    assert f'grpo_pool_adapters_loaded{{namespace="{ns}",pool="shared"}} 1.0' in metrics  # second's; third's none
 
 
-def test_deleting_a_pool_is_reported_on_its_running_job_and_keeps_the_volume(
+def test_deleting_a_pool_is_reported_on_its_running_job_and_keeps_the_volume_and_a_new_pool_resumes_it(
     control_plane: ControlPlane, job_ns: str, operator: OperatorProcess
 ):
     cp, ns = control_plane, job_ns
     cp.apply_yaml(yaml.safe_dump(pool_manifest()), ns)
     apply_jobs(cp, ns, on_pool("papillon"))
     wait_job(cp, ns, "papillon", is_true("Training"), "Training=True")
+    old_uid = get_pool(cp, ns)["metadata"]["uid"]
+    assert pods(cp, ns)["papillon-trainer-0"]["metadata"]["annotations"]["grpo.dev/inference-pool-uid"] == old_uid
     cp.kubectl("delete", "grpoinferencepool", "shared", "-n", ns, "--wait=true", "--timeout=30s")
     job = wait_job(cp, ns, "papillon", lambda j: cond(j, "InferenceReady").get("reason") == "PoolNotFound", "PoolNotFound")
     assert "create it" in cond(job, "InferenceReady")["message"]
     assert "papillon-trainer-0" in pods(cp, ns)  # the trainer waits for the pool; it is not failed
     assert cp.kubectl("get", "pvc", "shared-adapters", "-n", ns, check=False).returncode == 0
     assert get_job(cp, ns, "papillon")["status"]["inferencePool"] == "shared"
+
+    # created again under the name: a new uid, a new key. The trainer holds the old one (refused by the new
+    # server): it is replaced as an interruption, and its next attempt reads the new pool's key.
+    cp.apply_yaml(yaml.safe_dump(pool_manifest()), ns)
+    uid = get_pool(cp, ns)["metadata"]["uid"]
+    job = wait_job(
+        cp, ns, "papillon",
+        lambda j: j["status"].get("trainerPod") == "papillon-trainer-1" and is_true("Training")(j),
+        "the trainer resumed as papillon-trainer-1 on the new pool",
+    )  # fmt: skip
+    assert (job["status"]["interruptions"], job["status"]["restarts"]) == (1, 0)  # backoffLimit not spent
+    everything = pods(cp, ns)
+    assert "papillon-trainer-0" not in everything
+    trainer = everything["papillon-trainer-1"]
+    assert trainer["metadata"]["annotations"]["grpo.dev/inference-pool-uid"] == uid != old_uid
+    env = {e["name"]: e for e in trainer["spec"]["containers"][0]["env"]}
+    assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == f"shared-vllm-key-{uid[:8]}"
+    (recreated,) = wait_event(cp, ns, "PoolRecreated")
+    assert recreated["type"] == "Warning" and "GRPOInferencePool shared was deleted and created" in recreated["message"]

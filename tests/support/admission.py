@@ -1,5 +1,5 @@
 """The generated admission corpus against a real API server: what it refuses, and whether what it
-accepts becomes a job the operator can run.
+accepts becomes a job (a pool) the operator can run.
 
 Each mutation (tests/support/mutations.py) is created with ``dryRun=All``: nothing is stored, so
 thousands go through one namespace in seconds. A refusal must name the mutated field. An accepted
@@ -24,12 +24,19 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
 from grpo_operator.api import GROUP, PLURAL, VERSION, InvalidJob, parse_job
+from grpo_operator.api.pool import KIND as POOL_KIND
+from grpo_operator.api.pool import PLURAL as POOL_PLURAL
+from grpo_operator.api.pool import parse_pool
 from grpo_operator.children import (
     Job,
+    Pool,
+    binding,
     config_map,
     inference_pod,
     inference_service,
     persistent_volume_claim,
+    pool_children,
+    pool_pod,
     referenced_secrets,
     result_endpoint,
     trainer_pod,
@@ -37,6 +44,7 @@ from grpo_operator.children import (
     user_config_maps,
 )
 from grpo_operator.settings import OperatorSettings
+from support.jobdocs import load_example
 from support.mutations import Generated, Mutation, valid
 
 VERDICTS = ("rejected-naming-the-field", "accepted-and-survived", "accepted-then-failing", "rejected-not-naming-it")
@@ -89,7 +97,8 @@ class Judge:
 
     def judge(self, mutation: Mutation) -> Outcome:
         validation = "Strict" if mutation.strict else "Ignore"
-        path = f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{PLURAL}?dryRun=All&fieldValidation={validation}"
+        plural = POOL_PLURAL if mutation.doc.get("kind") == POOL_KIND else PLURAL
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{plural}?dryRun=All&fieldValidation={validation}"
         status, body = self.session.request("POST", path, mutation.doc)
         if status >= 500 or status in (401, 403, 404, 409, 429):
             raise RuntimeError(f"{mutation.label}: the API server answered {status}: {body}")
@@ -104,30 +113,42 @@ class Judge:
         return Outcome(mutation, VERDICTS[2] if failure else VERDICTS[1], failure or "")
 
     def survive(self, stored: dict[str, Any]) -> Optional[str]:
-        """Why the job the API server accepted cannot run (None: it can)."""
+        """Why the job (the pool) the API server accepted cannot run (None: it can)."""
         try:
-            spec = parse_job(stored).spec
-        except InvalidJob as exc:
+            objects = self._pool_children(stored) if stored.get("kind") == POOL_KIND else self._job_children(stored)
+        except InvalidJob as exc:  # InvalidPool is one
             return f"pydantic: {exc}"
-        job = Job(stored["metadata"]["name"], self.namespace, UID, spec)
-        try:
-            objects = [
-                config_map(job, self.settings),
-                inference_service(job, self.settings),
-                trainer_pod(job, self.settings, 0),
-                inference_pod(job, self.settings, 0),
-                inference_pod(job, self.settings, 0, serve_result=True),
-            ]
-            pvc = persistent_volume_claim(job)
-            objects += [pvc] if pvc is not None else []
-            for reader in (referenced_secrets, user_claims, user_config_maps):
-                reader(job)
-            result_endpoint(job, self.settings, adapter=True)
         except Exception as exc:  # noqa: BLE001 -- any builder error is the finding
             return f"builders: {type(exc).__name__}: {exc}"
         futures = [self._child(obj) for obj in objects]
         errors = [e for e in (f.result() for f in futures) if e]
         return "; ".join(errors) or None
+
+    def _job_children(self, stored: dict[str, Any]) -> list[dict[str, Any]]:
+        job = Job(stored["metadata"]["name"], self.namespace, UID, parse_job(stored).spec)
+        objects = [
+            config_map(job, self.settings),
+            inference_service(job, self.settings),
+            trainer_pod(job, self.settings, 0),
+            inference_pod(job, self.settings, 0),
+            inference_pod(job, self.settings, 0, serve_result=True),
+        ]
+        pvc = persistent_volume_claim(job)
+        objects += [pvc] if pvc is not None else []
+        for reader in (referenced_secrets, user_claims, user_config_maps):
+            reader(job)
+        result_endpoint(job, self.settings, adapter=True)
+        return objects
+
+    def _pool_children(self, stored: dict[str, Any]) -> list[dict[str, Any]]:
+        """The pool's children the API server can dry-run here (volume, ConfigMap, Service, server: its key
+        Secret is of a fixed shape, its NetworkPolicy off by default), and the trainer of the example job on it."""
+        pool = Pool(stored["metadata"]["name"], self.namespace, UID, parse_pool(stored).spec)
+        objects = [m for m in pool_children(pool, self.settings, None) if m["kind"] in PLURALS]
+        doc = load_example()
+        doc["spec"]["inference"] = {"pool": pool.name}
+        job = Job("papillon", self.namespace, UID, parse_job(doc).spec, pool=binding(pool.name, UID, pool.spec))
+        return [*objects, pool_pod(pool, self.settings, 0), trainer_pod(job, self.settings, 0)]
 
     def _child(self, obj: dict[str, Any]) -> Future[Optional[str]]:
         key = json.dumps(obj, sort_keys=True)

@@ -1,4 +1,5 @@
-"""Mutations of a GRPOJob generated from the CRD's own schema: every field, every way of getting it wrong.
+"""Mutations of a GRPOJob (a GRPOInferencePool) generated from the CRD's own schema: every field, every way of
+getting it wrong.
 
 For each node of ``spec`` (and the job's ``metadata.name``) the generator finds a *carrier*: the
 seed job with that field present and a value pydantic accepts, repaired by the fewest edits of
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 from grpo_operator.api import InvalidJob, parse_job
+from grpo_operator.api.pool import KIND as POOL_KIND
+from grpo_operator.api.pool import parse_pool
 from support.jobdocs import load_example
 
 # A list item (the first) and a map entry in a path; every other step is a property name.
@@ -176,11 +179,16 @@ def minimal(schema: dict[str, Any]) -> Any:
 # --------------------------------------------------------------------------- carriers
 
 
+def parse(doc: dict[str, Any]) -> Any:
+    """pydantic's reading of the document, by its kind: a GRPOJob or a GRPOInferencePool (raises InvalidJob)."""
+    return parse_pool(doc) if doc.get("kind") == POOL_KIND else parse_job(doc)
+
+
 def valid(doc: dict[str, Any]) -> bool:
-    """pydantic accepts the job (the layer every reader of a manifest goes through)."""
+    """pydantic accepts the job (the pool): the layer every reader of a manifest goes through."""
     try:
-        parse_job(doc)
-    except InvalidJob:
+        parse(doc)
+    except InvalidJob:  # InvalidPool is one
         return False
     return True
 
@@ -404,6 +412,16 @@ def seed_job() -> dict[str, Any]:
     seed = load_example()
     seed["spec"]["export"] = {"destinations": [{"claim": {"claimName": "models"}}]}
     return seed
+
+
+def seed_pool() -> dict[str, Any]:
+    """The seed of the pool's corpus: a pool of the example job's base model, its slots for two jobs."""
+    return {
+        "apiVersion": "grpo.dev/v1alpha1",
+        "kind": POOL_KIND,
+        "metadata": {"name": "shared"},
+        "spec": {"model": copy.deepcopy(load_example()["spec"]["model"]), "maxLoras": 4, "maxCpuLoras": 8},
+    }
 
 
 def generate(seed: dict[str, Any], spec_schema: dict[str, Any]) -> Generated:

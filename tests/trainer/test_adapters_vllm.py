@@ -374,6 +374,8 @@ def test_jobs_sharing_a_pools_server_publish_under_their_own_names_and_unload_on
         stores["a"].save(model, step)
         last = syncs["a"].publish(step)
     assert last.name == "a-policy-v3" and last.unloaded == ["a-policy-v1"]
+    # what each reports in /progress (loaded_adapters): its own versions the server lists, never the other's
+    assert syncs["a"].loaded == ["a-policy-v2", "a-policy-v3"] and syncs["b"].loaded == ["b-policy-v1"]
     roots = vllm.roots()
     assert roots["b-policy-v1"] == str(stores["b"].path(1))  # the other job's version stays
     assert roots["a-policy-v3"] == str(stores["a"].path(3)) and "a-policy-v1" not in roots

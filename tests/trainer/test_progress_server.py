@@ -142,12 +142,15 @@ def test_resumed_board_keeps_history_and_totals(tmp_path: Path) -> None:
     board = ProgressBoard(tmp_path, job="demo", max_steps=4)
     board.validation(0, 0.3, baseline=True)
     run_one_step(board, 1)
+    board.loaded_adapters(["policy-v1"])
     board.fail("killed")
 
     previous = Progress.read(tmp_path)
     assert previous is not None and previous.phase == "failed" and previous.error == "killed"
+    assert previous.loaded_adapters == ["policy-v1"]
     resumed = ProgressBoard(tmp_path, job="demo", max_steps=4, initial=previous)
-    assert resumed.snapshot().phase == "starting"
+    # what vLLM served for the earlier attempt is not this one's to report (a restarted server lost it)
+    assert resumed.snapshot().phase == "starting" and resumed.snapshot().loaded_adapters == []
     with ProgressServer(resumed, port=0, host="127.0.0.1") as server:
         run_one_step(resumed, 2)
         doc = json.loads(get(server.port, "/progress")[2])

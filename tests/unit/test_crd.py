@@ -97,7 +97,7 @@ def test_printer_columns_read_declared_status_fields(resource: Resource):
         if m:
             declared = status if m.group(1) == "status" else spec
             assert m.group(2) in declared, f"printer column {col['name']} reads undeclared {m.group(1)}.{m.group(2)}"
-    shown = {JOB.kind: ["State", "Step", "Max", "Reward", "Val", "Age"], POOL.kind: ["Ready", "Replicas", "Jobs", "Slots", "Used", "Age"]}
+    shown = {JOB.kind: ["State", "Step", "Max", "Reward", "Val", "Age"], POOL.kind: ["Ready", "Replicas", "Jobs", "Slots", "Used", "Loaded", "Age"]}
     assert [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")] == shown[resource.kind]
 
 

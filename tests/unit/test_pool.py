@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -15,9 +16,10 @@ from grpo_operator import children
 from grpo_operator.api import parse_job
 from grpo_operator.api.pool import GRPOInferencePoolStatus, parse_pool
 from grpo_operator.api.status import GRPOJobStatus
-from grpo_operator.controller.conditions import now_utc
+from grpo_operator.controller.conditions import now_utc, pod_view
 from grpo_operator.controller.lifecycle import Plan, decide
 from grpo_operator.controller.pool_lifecycle import JobOnPool, PoolObserved, decide_pool
+from grpo_operator.controller.prometheus import OperatorMetrics
 from grpo_operator.local.plan import InvalidInput, RunOptions, make_plan
 from grpo_trainer.contract.vllm_command import vllm_command
 from grpo_trainer.vllm.adapters import version_name, version_step
@@ -117,7 +119,7 @@ def test_a_new_pool_creates_its_children_then_its_server():
 def test_slots_go_to_the_oldest_jobs_and_the_rest_wait_with_a_condition_naming_the_fix():
     jobs = (on_job("c", 3), on_job("a", 1), on_job("b", 2))
     plan = decide_pool(pool_observed(jobs, pods=(a_pod("shared-vllm-0", "inference"),)), SETTINGS)
-    assert plan.status["jobs"] == [{"name": "a", "slots": 4}, {"name": "b", "slots": 4}]
+    assert plan.status["jobs"] == [{"name": "a", "slots": 4, "adapters": 0}, {"name": "b", "slots": 4, "adapters": 0}]
     assert plan.status["waiting"] == ["c"] and plan.status["slotsUsed"] == 8
     full = cond(plan, "SlotsAvailable")
     assert (full["status"], full["reason"]) == ("False", "PoolFull") and "raise maxCpuLoras" in full["message"]
@@ -136,12 +138,26 @@ def test_an_attached_job_keeps_its_slots_and_a_finished_one_returns_them():
     assert mismatched.status["jobs"] == [] and mismatched.status["slotsUsed"] == 0
 
 
+def test_the_pool_counts_the_adapters_its_attached_jobs_trainers_see_it_serve():
+    """adaptersLoaded: what each attached job's trainer last saw the server list under its names (its
+    status.loadedAdapters); a job waiting for slots has nothing loaded to count, a finished one is not attached."""
+    jobs = (on_job("a", 1, adapters=2), on_job("b", 2, adapters=3), on_job("c", 3, adapters=1),
+            on_job("done", 0, adapters=3, finished=True))  # fmt: skip
+    plan = decide_pool(pool_observed(jobs, pods=(a_pod("shared-vllm-0", "inference"),)), SETTINGS)
+    assert plan.status["waiting"] == ["c"] and plan.status["adaptersLoaded"] == 5
+    assert [(j["name"], j["adapters"]) for j in plan.status["jobs"]] == [("a", 2), ("b", 3)]
+    GRPOInferencePoolStatus.model_validate(plan.status)
+    metrics = OperatorMetrics()
+    metrics.update_pool("ns", "shared", plan.status)
+    assert metrics.registry.get_sample_value("grpo_pool_adapters_loaded", {"namespace": "ns", "pool": "shared"}) == 5
+
+
 def test_a_lost_server_is_deleted_and_made_again_without_touching_the_jobs():
     lost = a_pod("shared-vllm-0", "inference", "Failed", ready=False, reason="Evicted", message="node low on memory")
     plan = decide_pool(pool_observed((on_job("a"),), pods=(lost,), found=frozenset()), SETTINGS)
     assert plan.delete_pods == ["shared-vllm-0"]
     assert any(e.reason == "ServerFailed" for e in plan.events)
-    assert plan.status["jobs"] == [{"name": "a", "slots": 4}]  # the job keeps its slots; it waits and re-serves
+    assert [j["name"] for j in plan.status["jobs"]] == ["a"]  # the job keeps its slots; it waits and re-serves
 
 
 # --------------------------------------------------------------------------------------- a job on a pool
@@ -258,3 +274,67 @@ def test_grpo_local_refuses_a_job_on_a_pool_with_the_way_out(tmp_path):
     job.write_text(yaml.safe_dump(doc))
     with pytest.raises(InvalidInput, match=r"spec\.inference\.pool: 'shared' names a GRPOInferencePool.*remove spec\.inference\.pool"):
         make_plan(RunOptions(job_file=job, run_dir=tmp_path / "run"), ports=False)
+
+
+def trainer_made_for(pool_uid: str, attempt: int = 0, phase: str = "Running", **status: Any):
+    """The job's trainer pod as rendered for the pool ``shared`` of uid ``pool_uid``, as the API server reports it."""
+    pool = a_pool()
+    job = children.Job("papillon", "ns", "uid", pool_spec_job(), pool=children.binding("shared", pool_uid, pool.spec))
+    manifest = children.trainer_pod(job, SETTINGS, attempt)
+    manifest["status"] = {"phase": phase, **status}
+    return pod_view(manifest)
+
+
+def test_a_trainer_made_for_an_earlier_pool_of_the_name_is_replaced_as_an_interruption():
+    """The pool was deleted and created again under its name: a new uid, a new key. The running trainer holds the
+    old one (every request refused): it is stopped and resumes from its checkpoint, backoffLimit not spent; the next
+    attempt starts only once the old one has stopped (never two trainers on one run directory)."""
+    pool = pool_body(attached("papillon"))
+    old = trainer_made_for("old-pool-uid")
+    assert old.pool_uid == "old-pool-uid"  # the renderer records it; pod_view reads it back
+    plan = decide(observe(status={"restarts": 0, "interruptions": 0}, job_spec=pool_spec_job(), pool=pool, pods=(old,)), SETTINGS)
+    assert plan.delete_pods == ["papillon-trainer-0"] and not [m for m in plan.create if m["kind"] == "Pod"]
+    assert (plan.status["interruptions"], plan.status["restarts"], plan.status["trainerPod"]) == (1, 0, "papillon-trainer-1")
+    training = cond(plan, "Training")
+    assert training["reason"] == "TrainerRestarting" and "GRPOInferencePool shared was deleted and created again" in training["message"]
+    (event,) = [e for e in plan.events if e.reason == "PoolRecreated"]
+    assert event.type == "Warning" and "not counted against backoffLimit" in event.message
+    assert not [t for t in plan.transitions if t.reason == "PoolRecreated"]  # one Event of that reason
+
+    # while it stops, no second trainer
+    stopping = replace(old, deleting=True)
+    waiting = decide(observe(status=plan.status, job_spec=pool_spec_job(), pool=pool, pods=(stopping,)), SETTINGS)
+    assert not [m for m in waiting.create if m["kind"] == "Pod"] and waiting.delete_pods == []
+    assert cond(waiting, "Training")["reason"] == "Terminating" and waiting.status["interruptions"] == 1
+
+    # once it has gone, the next attempt, made for the pool found now (its key)
+    resumed = decide(observe(status=plan.status, job_spec=pool_spec_job(), pool=pool), SETTINGS)
+    (trainer,) = [m for m in resumed.create if m["kind"] == "Pod"]
+    assert trainer["metadata"]["name"] == "papillon-trainer-1"
+    assert trainer["metadata"]["annotations"]["grpo.dev/inference-pool-uid"] == "pool-uid-0001"
+    env = {e["name"]: e for e in trainer["spec"]["containers"][0]["env"]}
+    assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "shared-vllm-key-pool-uid"
+
+    # a trainer made for the pool found now is left alone
+    current = decide(observe(job_spec=pool_spec_job(), pool=pool, pods=(trainer_made_for("pool-uid-0001"),)), SETTINGS)
+    assert current.delete_pods == [] and cond(current, "Training")["reason"] == "Running"
+
+
+def test_a_trainer_the_new_pool_refused_resumes_without_spending_a_restart():
+    """The old trainer met the new pool first: HTTP 401, it failed. Not a failure of the job's."""
+    refused = trainer_made_for("old-pool-uid", phase="Failed")
+    plan = decide(observe(status={"restarts": 0, "interruptions": 0}, job_spec=pool_spec_job(),
+                          pool=pool_body(attached("papillon")), pods=(refused,)), SETTINGS)  # fmt: skip
+    assert created_names(plan) == ["Pod/papillon-trainer-1"] and plan.delete_pods == ["papillon-trainer-0"]
+    assert (plan.status["interruptions"], plan.status["restarts"]) == (1, 0)
+    assert any(e.reason == "PoolRecreated" for e in plan.events) and cond(plan, "Training")["reason"] == "TrainerRestarting"
+
+
+def test_a_trainer_that_stopped_while_its_pool_was_missing_waits_for_the_pool():
+    """No next attempt without the pool: it would be rendered without the pool's key and volume."""
+    failed = trainer_made_for("old-pool-uid", phase="Failed")
+    plan = decide(observe(status={"restarts": 0, "interruptions": 0}, job_spec=pool_spec_job(), pods=(failed,)), SETTINGS)
+    assert plan.create == [] and plan.delete_pods == [] and plan.status["restarts"] == 0
+    training = cond(plan, "Training")
+    assert training["reason"] == "PoolNotFound" and "the next attempt starts once the job may use its pool" in training["message"]
+    assert cond(plan, "InferenceReady")["reason"] == "PoolNotFound"

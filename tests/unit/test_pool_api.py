@@ -1,5 +1,5 @@
 """The GRPOInferencePool API: defaults, and bad pools refused naming the field and the fix (pydantic here;
-the same rules as CEL in the API server: tests/cluster/test_pool_e2e.py)."""
+the same rules as CEL in the API server: tests/cluster/test_admission_corpus.py)."""
 
 from __future__ import annotations
 

@@ -58,6 +58,7 @@ POOL_PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Jobs", "type": "string", "jsonPath": ".status.jobs[*].name"},
     {"name": "Slots", "type": "integer", "jsonPath": ".status.slots"},
     {"name": "Used", "type": "integer", "jsonPath": ".status.slotsUsed"},
+    {"name": "Loaded", "type": "integer", "jsonPath": ".status.adaptersLoaded"},
     {"name": "Waiting", "type": "string", "jsonPath": ".status.waiting", "priority": 1},
     {"name": "Model", "type": "string", "jsonPath": ".spec.model.name", "priority": 1},
     {

@@ -104,6 +104,9 @@ class AttachedJob(ApiModel):
 
     name: str = Field(..., max_length=JOB_NAME_MAX, description="The GRPOJob, in the pool's namespace.")
     slots: int = Field(..., ge=0, description="Adapter slots it holds.")
+    adapters: Optional[int] = Field(
+        None, ge=0, description="Its adapter versions the server lists, as its trainer last saw (its loadedAdapters)."
+    )
 
 
 class PoolCondition(Condition):
@@ -129,6 +132,14 @@ class GRPOInferencePoolStatus(ApiModel):
     ready_replicas: Optional[int] = Field(None, ge=0, description="Servers that answer their readiness probe.")
     slots: Optional[int] = Field(None, ge=0, description="Adapter slots of each server (maxCpuLoras).")
     slots_used: Optional[int] = Field(None, ge=0, description="Slots held by the attached jobs.")
+    adapters_loaded: Optional[int] = Field(
+        None,
+        ge=0,
+        description=(
+            "Adapters the server lists for the attached jobs, as their trainers last saw it (GET /v1/models; each "
+            "job's status.loadedAdapters): at most slotsUsed while each job keeps its versions in flight."
+        ),
+    )
     jobs: Optional[list[AttachedJob]] = Field(
         None, max_length=1024, description="The unfinished jobs it serves, in the order they were attached."
     )

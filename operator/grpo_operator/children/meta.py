@@ -33,6 +33,9 @@ JOB_LABEL = f"{OPERATOR_PREFIX}job"
 POOL_LABEL = f"{OPERATOR_PREFIX}pool"  # a pool's own children
 # On the trainer pods of the jobs a pool serves: what the pool's NetworkPolicy admits.
 POOL_CLIENT_LABEL = f"{OPERATOR_PREFIX}inference-pool"
+# ... and the uid of the pool it was rendered for: its key's Secret is named by it, so a trainer made for an
+# earlier pool of the name (deleted and created again) holds a key the new pool refuses.
+POOL_UID_ANNOTATION = f"{OPERATOR_PREFIX}inference-pool-uid"
 ATTEMPT_LABEL = f"{OPERATOR_PREFIX}attempt"
 
 TRAINER = "trainer"

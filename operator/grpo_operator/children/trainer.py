@@ -7,7 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 from grpo_operator.children.config import resolved_pods
-from grpo_operator.children.meta import POOL_CLIENT_LABEL, TRAINER, Job, config_map_name, trainer_pod_name
+from grpo_operator.children.meta import (
+    POOL_CLIENT_LABEL,
+    POOL_UID_ANNOTATION,
+    TRAINER,
+    Job,
+    config_map_name,
+    trainer_pod_name,
+)
 from grpo_operator.children.podspec import (
     Mount,
     co_location,
@@ -90,8 +97,9 @@ def trainer_pod(job: Job, settings: OperatorSettings, attempt: int) -> dict[str,
         pod_group=True,
         init_containers=fetchers,
     )
-    if job.pool is not None:  # what the pool's NetworkPolicy admits
+    if job.pool is not None:  # what the pool's NetworkPolicy admits, and which pool's key the pod holds
         manifest["metadata"]["labels"][POOL_CLIENT_LABEL] = job.pool.name
+        manifest["metadata"]["annotations"][POOL_UID_ANNOTATION] = job.pool.uid
     return manifest
 
 

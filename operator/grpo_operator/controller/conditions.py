@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Any, Optional
 
 from grpo_operator.api.status import CONDITION_ORDER
+from grpo_operator.children.meta import POOL_UID_ANNOTATION
 from grpo_operator.children.podspec import SPEC_HASH_ANNOTATION
 
 # Container waiting reasons that mean the pod will not start on its own.
@@ -96,6 +97,7 @@ class PodView:
     problem_message: str = ""
     unschedulable_since: Optional[str] = None  # PodScheduled=False's lastTransitionTime
     spec_hash: Optional[str] = None  # the operator's hash of the spec it rendered (children.SPEC_HASH_ANNOTATION)
+    pool_uid: Optional[str] = None  # a trainer's: the uid of the pool it was rendered for (POOL_UID_ANNOTATION)
     exit_code: Optional[int] = None
     exit_reason: Optional[str] = None
     exit_message: str = ""  # the container's termination message (the trainer's final progress, or a log tail)
@@ -197,6 +199,7 @@ def pod_view(pod: Mapping[str, Any], component_label: str = "app.kubernetes.io/c
         problem_message=message,
         unschedulable_since=unscheduled.get("lastTransitionTime"),
         spec_hash=(meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION),
+        pool_uid=(meta.get("annotations") or {}).get(POOL_UID_ANNOTATION),
         exit_code=code,
         exit_reason=exit_reason,
         exit_message=exit_message,

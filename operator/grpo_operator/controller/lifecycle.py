@@ -395,6 +395,22 @@ def _next_trainer(job: Job, settings: OperatorSettings, status: dict[str, Any], 
     return name
 
 
+def made_for_another_pool(pod: PodView, verdict: Optional[PoolVerdict]) -> bool:
+    """The trainer pod was rendered for an earlier pool of the name (deleted and created again under it): it
+    holds that pool's key, which the pool found now refuses. A pod from before the pool's uid was recorded on
+    it is left alone (no way to tell)."""
+    binding = verdict.binding if verdict is not None else None
+    return binding is not None and pod.pool_uid is not None and pod.pool_uid != binding.uid
+
+
+def _stopping_trainer(obs: Observed, current: str) -> Optional[PodView]:
+    """An earlier attempt's trainer pod still running while it is deleted: the next attempt waits for it, so two
+    trainers never write the run directory at once."""
+    return next(
+        (p for p in obs.pods_of(TRAINER) if p.name != current and p.deleting and not p.finished), None
+    )
+
+
 MAX_AVOID_NODES = 16  # the status schema's bound; the oldest are forgotten first
 
 
@@ -572,8 +588,9 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
     # ---------------------------------------------------------------- trainer
     t_attempt = trainer_attempt(status)
     t_name = children.trainer_pod_name(job, t_attempt)
+    stopping = _stopping_trainer(obs, t_name)
     # on a pool, the trainer starts once the pool holds slots for it
-    t_create = may_create and (verdict is None or verdict.attached)
+    t_create = may_create and (verdict is None or verdict.attached) and stopping is None
     t_pod = _component(
         obs, TRAINER, t_attempt, t_name, plan, lambda j, a: children.trainer_pod(j, settings, a), t_create
     )
@@ -603,7 +620,34 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
         _export(obs, settings, status, plan, new, succeeded=True, failed=False)
         return done()
 
-    if t_pod is not None and interrupted(t_pod) and not t_pod.deleting:
+    if t_pod is not None and not t_pod.deleting and made_for_another_pool(t_pod, verdict):
+        # Its pool was deleted and created again: the new pool has a new key. An interruption, not a failure:
+        # the trainer stops (deleted) or has stopped (refused by the pool), and resumes from its checkpoint.
+        assert verdict is not None and verdict.binding is not None
+        status["interruptions"] = int(status["interruptions"]) + 1
+        if t_pod.finished:
+            t_name = _next_trainer(job, settings, status, t_pod, plan)
+            doing = f"{t_pod.describe_exit()}; resuming as {t_name}"
+        else:  # the next attempt starts once this one has stopped (_stopping_trainer)
+            t_name = children.trainer_pod_name(job, trainer_attempt(status))
+            status["trainerPod"] = t_name
+            plan.delete_pods.append(t_pod.name)
+            doing = f"stopping trainer pod {t_pod.name}; resuming as {t_name} once it has stopped"
+        message = (
+            f"GRPOInferencePool {verdict.name} was deleted and created again (uid {verdict.binding.uid}); trainer "
+            f"pod {t_pod.name} was made for the earlier one (uid {t_pod.pool_uid}), whose key the new pool "
+            f"refuses: {doing}, from the last checkpoint (not counted against backoffLimit)"
+        )
+        plan.events.append(Event("Warning", "PoolRecreated", message))
+        new["Training"] = Cond.false("TrainerRestarting", message)  # its own reason: one PoolRecreated Event
+    elif t_pod is not None and t_pod.finished and not t_pod.deleting and refused:
+        # The next attempt needs the pool (its key, its volume): it starts once the job may use one again.
+        assert verdict is not None
+        new["Training"] = Cond.false(
+            verdict.reason, f"{t_pod.describe_exit()}; the next attempt starts once the job may use its pool: "
+            f"{verdict.message}"
+        )
+    elif t_pod is not None and interrupted(t_pod) and not t_pod.deleting:
         # Stopped by a signal after a checkpoint (the container, not the pod, was stopped):
         # not a failure, so not counted against backoffLimit.
         status["interruptions"] = int(status["interruptions"]) + 1
@@ -645,6 +689,10 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
     elif t_pod is not None and t_pod.running:
         note = _changed_since(t_pod, lambda: children.trainer_pod(job, settings, t_attempt), "spec.trainer")
         new["Training"] = Cond.true("Running", _progress_message(status) + note)
+    elif t_pod is None and stopping is not None:
+        new["Training"] = Cond.false(
+            "Terminating", f"trainer pod {stopping.name} is stopping; {t_name} starts once it has"
+        )
     elif t_pod is None and refused:
         new["Training"] = Cond.false("NotCreated", "no trainer: the job may not use its pool (see Created)")
     elif t_pod is None and may_create and verdict is not None and not verdict.attached:

@@ -35,6 +35,7 @@ class JobOnPool:
     slots: int
     finished: bool
     refused: bool  # its model or rank does not match: it is refused, and holds nothing
+    adapters: int = 0  # its versions the server lists, as its trainer last reported (status.loadedAdapters)
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,12 @@ def decide_pool(obs: PoolObserved, settings: OperatorSettings) -> Plan:
     previous = [j.get("name", "") for j in obs.status.get("jobs") or []]
     attached, waiting = attach(previous, obs.jobs, spec.slots)
     used = sum(j.slots for j in attached)
-    status.update(slots=spec.slots, slotsUsed=used, jobs=[{"name": j.name, "slots": j.slots} for j in attached])
+    status.update(
+        slots=spec.slots,
+        slotsUsed=used,
+        adaptersLoaded=sum(j.adapters for j in attached),
+        jobs=[{"name": j.name, "slots": j.slots, "adapters": j.adapters} for j in attached],
+    )
     status["waiting"] = waiting
     holders = ", ".join(j.name for j in attached) or "no job"
     if waiting:

@@ -109,6 +109,7 @@ class PoolReconciler:
                     slots=job_slots(job_spec),
                     finished=is_true(status, "Succeeded") or is_true(status, "Failed"),
                     refused=spec is None or bool(mismatch(job_spec, spec)),
+                    adapters=len(status.get("loadedAdapters") or []),
                 )
             )
         return tuple(out)

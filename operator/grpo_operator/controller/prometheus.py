@@ -104,6 +104,7 @@ POOL_SERIES = (
     ("replicas", "replicas", "vLLM servers the pool has."),
     ("slots", "adapter_slots", "Adapter slots of the pool's servers (maxCpuLoras)."),
     ("slotsUsed", "adapter_slots_used", "Adapter slots held by the jobs attached to the pool."),
+    ("adaptersLoaded", "adapters_loaded", "Adapters the pool's server lists for its jobs, as their trainers last saw."),
     ("jobs", "jobs_attached", "Unfinished jobs the pool serves."),
     ("waiting", "jobs_waiting", "Jobs that name the pool and wait for its slots."),
 )

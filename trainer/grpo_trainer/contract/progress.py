@@ -179,6 +179,14 @@ class Progress(_Doc):
     checkpoint_error: Optional[str] = Field(
         None, description="Why the last checkpoint could not be written ('step N: ...'); cleared by the next one."
     )
+    loaded_adapters: list[str] = Field(
+        default_factory=list,
+        max_length=NAME_LIST_ITEMS,
+        description=(
+            "The run's adapter versions vLLM lists (GET /v1/models), oldest first, as of the trainer's last look "
+            "or its own load and unload since: what the run holds of the server's adapter slots."
+        ),
+    )
     served_check: Optional[dict[str, Any]] = Field(
         None,
         description="End-of-run proof that vLLM serves the adapter on the volume (trainer/grpo_trainer/vllm/served_check.py).",
@@ -225,6 +233,12 @@ STATUS_FIELDS: dict[str, StatusField] = {
     ),
     "result": StatusField(
         "result", RunResult, "The best result so far on the job's volume (result/): adapter, step, score, base model."
+    ),
+    "loaded_adapters": StatusField(
+        "loaded_adapters",
+        list,
+        "The job's adapter versions its vLLM server (its pool's) lists, as the trainer last saw: what it holds of "
+        "the server's adapter slots.",
     ),
     "trained_predictors": StatusField(
         "trained_predictors",

@@ -233,6 +233,7 @@ class GRPORun:
                 return
             result = s.sync.publish(step, reload=replaced)
             self._warn_foreign(s, [result])
+            s.board.loaded_adapters(s.sync.loaded)
         s.current = result.name
         s.board.record_timings(load=result.load_seconds, first_request=result.first_request_seconds)
         s.board.adapter(step, result.name)
@@ -270,7 +271,9 @@ class GRPORun:
     def _ensure_served(self, s: Sampling) -> set[str]:
         """vLLM serves every wanted version again, each from the run's own path (call under ``sync_lock``).
         Returns the names it served from another path."""
-        return self._warn_foreign(s, s.sync.ensure_current())
+        replaced = self._warn_foreign(s, s.sync.ensure_current())
+        s.board.loaded_adapters(s.sync.loaded)
+        return replaced
 
     @staticmethod
     def _warn_foreign(s: Sampling, results: list[PublishResult]) -> set[str]:

@@ -73,6 +73,7 @@ class ProgressBoard:
             self._doc.max_steps = max_steps
             self._doc.phase, self._doc.finished, self._doc.error = "starting", False, None
             self._doc.error_reason = None
+            self._doc.loaded_adapters = []  # the earlier attempt's: this one has not looked yet
         else:
             self._doc = Progress(job=job, max_steps=max_steps)
         self._observers: list[ProgressObserver] = []
@@ -211,6 +212,13 @@ class ProgressBoard:
         with self._lock:
             self._doc.trained_predictors = list(names)
             self._publish()
+
+    def loaded_adapters(self, names: list[str]) -> None:
+        """The run's versions vLLM serves now (VLLMAdapterSync.loaded); published only when they change."""
+        with self._lock:
+            if self._doc.loaded_adapters != names:
+                self._doc.loaded_adapters = list(names)
+                self._publish()
 
     def record_result(self, result: RunResult) -> None:
         with self._lock:

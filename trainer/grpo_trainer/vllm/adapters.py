@@ -302,6 +302,7 @@ class VLLMAdapterSync:
         self.previous: int | None = None
         self.best: int | None = None
         self._slept = 0.0  # seconds spent waiting for vLLM during the current operation
+        self._loaded: set[int] = set()  # steps of the run's versions vLLM lists (its last listing, our changes since)
 
     @classmethod
     def from_endpoint(cls, endpoint: VLLMEndpoint, *, keep_previous: bool = True) -> VLLMAdapterSync:
@@ -354,6 +355,12 @@ class VLLMAdapterSync:
 
         self._retrying(once, f"serve {name}", timeout)
         log.info("serving %s from %s", name, path)
+
+    @property
+    def loaded(self) -> list[str]:
+        """The run's versions vLLM serves, oldest first, as of its last listing and this sync's loads and unloads
+        since (another job's names, on a pool, are not the run's)."""
+        return [self.version_name(step) for step in sorted(self._loaded)]
 
     def set_best(self, step: int | None) -> None:
         """The best version stays loaded (within ``max_loras``) until another becomes best."""
@@ -432,7 +439,10 @@ class VLLMAdapterSync:
         response = self._request("GET", "/v1/models")
         if response.status_code != 200:
             raise _Transient(f"GET /v1/models: HTTP {response.status_code}: {response.text[:300]}")
-        return {card["id"]: card.get("root") or "" for card in response.json().get("data", [])}
+        served = {card["id"]: card.get("root") or "" for card in response.json().get("data", [])}
+        steps = (version_step(name, self.prefix) for name in served)
+        self._loaded = {step for step in steps if step is not None}
+        return served
 
     def _publish_once(self, step: int, reload: bool) -> PublishResult:
         name, path = self.version_name(step), self.lora_path(step)
@@ -468,11 +478,11 @@ class VLLMAdapterSync:
     def _load(self, name: str, path: str, inplace: bool) -> None:
         body = {"lora_name": name, "lora_path": path, "load_inplace": inplace}
         response = self._request("POST", "/v1/load_lora_adapter", json=body)
-        if response.status_code == 200:
-            return
         text = response.text
-        if response.status_code == 400 and "already been loaded" in text:
-            return  # a concurrent or earlier attempt won; the registry has it
+        if response.status_code == 200 or (response.status_code == 400 and "already been loaded" in text):
+            # 400: a concurrent or earlier attempt won; the registry has it
+            self._note_loaded(name, True)
+            return
         if response.status_code == 404 and "lora" not in text.lower():
             raise AdapterLoadError(
                 "vLLM has no runtime LoRA API (POST /v1/load_lora_adapter: 404); start it with "
@@ -494,6 +504,14 @@ class VLLMAdapterSync:
         response = self._request("POST", "/v1/unload_lora_adapter", json={"lora_name": name})
         if response.status_code not in (200, 404):  # 404: gone already
             raise AdapterLoadError(f"vLLM refused to unload {name}: HTTP {response.status_code}: {response.text[:300]}")
+        self._note_loaded(name, False)
+
+    def _note_loaded(self, name: str, loaded: bool) -> None:
+        step = version_step(name, self.prefix)
+        if step is not None and loaded:
+            self._loaded.add(step)
+        elif step is not None:
+            self._loaded.discard(step)
 
     def _unload_unwanted(self) -> list[str]:
         wanted = {self.version_name(step) for step in self.wanted()}
