@@ -25,6 +25,9 @@ TRAINER_CONTAINER = "trainer"
 POLL_SECONDS = 2.0
 LOG_OPEN_PATIENCE_SECONDS = 60.0  # how long a follower waits for the node to serve a started pod's log
 LOG_RETRY_SECONDS = 1.0
+# A started pod's log the API server could not get yet: its node does not serve it yet (400 "waiting to
+# start", 404), or the API server could not reach the node ("500 Get https://<node>/containerLogs/...: EOF").
+LOG_NOT_YET = frozenset({400, 404, 500, 502, 503})
 IN_CLUSTER_ENV = "KUBERNETES_SERVICE_HOST"
 
 log = logging.getLogger(__name__)
@@ -279,8 +282,9 @@ class ClusterJobs:
 
     def _open_log(self, pod: str, kwargs: dict[str, Any], patience: float) -> Any:
         """The log stream of ``pod``. The API server reports the pod Running a moment before its node may
-        serve the container's log (404 or 400 "waiting to start" from the kubelet): a follower waiting for
-        that pod retries for ``patience`` seconds, as long as the pod itself still exists."""
+        serve the container's log (404 or 400 "waiting to start" from the kubelet), and relays a failed
+        connection to the node as a 5xx: a follower waiting for that pod retries for ``patience`` seconds,
+        as long as the pod itself still exists."""
         from kubernetes.client.exceptions import ApiException
 
         deadline = time.monotonic() + patience
@@ -288,7 +292,7 @@ class ClusterJobs:
             try:
                 return self.core.read_namespaced_pod_log(pod, self.namespace, **kwargs)
             except ApiException as exc:
-                if exc.status not in (400, 404):
+                if exc.status not in LOG_NOT_YET:
                     raise _refusal(exc, f"the log of pod {pod}") from None
                 message, causes = _answer(exc)
                 words = "; ".join(causes) or message  # the node's own, as the API server relays them
