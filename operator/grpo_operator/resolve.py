@@ -616,10 +616,17 @@ def vllm_server(spec: GRPOJobSpec, target: Target, inference_gpus: int) -> VLLMS
     )
 
 
+def serving_results(server: VLLMServerSpec, runs: Sequence[tuple[str, str]]) -> VLLMServerSpec:
+    """A vLLM server with the result adapters of finished jobs served from its start, each under its job's
+    name: ``runs`` are (job, its run directory as the server sees it)."""
+    modules = tuple((result_model_name(job), f"{run_dir}/{RESULT_ADAPTER_DIR}") for job, run_dir in runs)
+    return replace(server, lora_modules=modules)
+
+
 def serving_result(server: VLLMServerSpec, job: str, run_dir: str) -> VLLMServerSpec:
     """The job's vLLM server with its result adapter served from the start, under the job's name
     (spec.serve's pod; the server a local compile() starts on a finished run)."""
-    return replace(server, lora_modules=((result_model_name(job), f"{run_dir}/{RESULT_ADAPTER_DIR}"),))
+    return serving_results(server, ((job, run_dir),))
 
 
 def literal_env(env: list[EnvVar]) -> dict[str, str]:
@@ -1087,8 +1094,15 @@ class ResolvedPool:
     env_refs: tuple[EnvRef, ...]  # the pool's key, the model's hub token, the user's valueFrom entries
 
 
-def resolve_pool(name: str, spec: GRPOInferencePoolSpec, target: ClusterTarget) -> ResolvedPool:
-    """The pool's servers: the job's vLLM server, rendered from the pool's fields (its slots, its rank)."""
+def resolve_pool(
+    name: str, spec: GRPOInferencePoolSpec, target: ClusterTarget, served: Sequence[str] = ()
+) -> ResolvedPool:
+    """The pool's servers: the job's vLLM server, rendered from the pool's fields (its slots, its rank).
+
+    ``served``: the succeeded jobs whose results the pool serves (spec.serve). A server starts with them on
+    its command line, so one made again after a loss serves them from its start, as a job's own serving pod
+    does; one running already got each from its job's trainer, which loads the result as its last act.
+    """
     gpus = spec.gpus_per_replica
     server = _server(
         spec,
@@ -1100,6 +1114,8 @@ def resolve_pool(name: str, spec: GRPOInferencePoolSpec, target: ClusterTarget) 
         max_cpu_loras=spec.slots,
         seed=spec.seed,
     )
+    if served:
+        server = serving_results(server, [(job, pool_run_dir(job)) for job in sorted(served)])
     key = EnvRef(VLLM_API_KEY_ENV, "secret", target.api_key_secret, API_KEY_SECRET_KEY, False, "the pool's vLLM key")
     token = model_token_ref(spec.model)
     refs = (*([token] if token is not None else []), *_user_refs(spec.server.env, "spec.server"), key)

@@ -7,6 +7,7 @@ holds vLLM's key guard (grpo_trainer.contract.vllm_guard), which the vLLM pod im
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from grpo_operator.children.meta import (
@@ -71,8 +72,9 @@ def pool_target(pool: Pool, settings: OperatorSettings) -> ClusterTarget:
     )
 
 
-def resolved_pool(pool: Pool, settings: OperatorSettings) -> ResolvedPool:
-    return resolve_pool(pool.name, pool.spec, pool_target(pool, settings))
+def resolved_pool(pool: Pool, settings: OperatorSettings, served: Sequence[str] = ()) -> ResolvedPool:
+    """The pool's servers; ``served``: the finished jobs whose results they serve."""
+    return resolve_pool(pool.name, pool.spec, pool_target(pool, settings), served)
 
 
 def resolved(job: Job, settings: OperatorSettings) -> ResolvedJob:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from grpo_operator.api.spec import ServerOptions
-from grpo_operator.children.config import resolved, resolved_pods
-from grpo_operator.children.credentials import api_key_ref
+from grpo_operator.children.config import cluster_target, resolved, resolved_pods
+from grpo_operator.children.credentials import key_ref
 from grpo_operator.children.meta import (
     INFERENCE,
     Job,
@@ -43,11 +43,12 @@ PORT_NAME = "http"
 
 
 def result_endpoint(job: Job, settings: OperatorSettings, *, adapter: bool) -> dict[str, str]:
-    """status.endpoint of a job serving its result: the Service's OpenAI URL, the model to ask for, and
-    where its key is."""
+    """status.endpoint of a job serving its result: the Service's OpenAI URL (its own vLLM's, or its pool's),
+    the model to ask for, and where the key of that server is."""
     run = resolved(job, settings)
     model = result_model_name(job.name) if adapter else run.vllm.served_model_name
-    return {"url": run.config.vllm.base_url, "model": model, "apiKeySecretRef": api_key_ref(job)}
+    key = key_ref(cluster_target(job, settings).api_key_secret)
+    return {"url": run.config.vllm.base_url, "model": model, "apiKeySecretRef": key}
 
 
 def vllm_container(

@@ -20,7 +20,7 @@ from grpo_operator.controller.kube import Cluster, Conflict, api_message
 from grpo_operator.controller.lifecycle import Event, Plan
 from grpo_operator.controller.memo import FoundMemo
 from grpo_operator.controller.pool_lifecycle import JobOnPool, PoolObserved, decide_pool
-from grpo_operator.controller.pooling import job_slots, mismatch, names_pool
+from grpo_operator.controller.pooling import job_slots, mismatch, names_pool, serves_result
 from grpo_operator.controller.prometheus import OperatorMetrics
 from grpo_operator.controller.reconcile import CONFLICT_ATTEMPTS, FOUND_MEMO_SECONDS
 from grpo_operator.settings import OperatorSettings
@@ -110,6 +110,7 @@ class PoolReconciler:
                     finished=is_true(status, "Succeeded") or is_true(status, "Failed"),
                     refused=spec is None or bool(mismatch(job_spec, spec)),
                     adapters=len(status.get("loadedAdapters") or []),
+                    serving=serves_result(job_spec, status),
                 )
             )
         return tuple(out)
@@ -124,9 +125,11 @@ class PoolReconciler:
             spec, error = None, "; ".join(exc.problems)
         found: set[tuple[str, str]] = set()
         key_exists = False
+        jobs = self._jobs(ns, name, spec)
         if spec is not None:
             pool = children.Pool(name, ns, uid, spec)
-            for manifest in children.pool_children(pool, self.settings, "unread"):
+            serving = any(j.serving for j in jobs)  # its serve policy is looked for once it may be wanted
+            for manifest in children.pool_children(pool, self.settings, "unread", serving=serving):
                 kind, child = manifest["kind"], manifest["metadata"]["name"]
                 if kind == "Secret":  # never read: known once created (or met) by this operator
                     key_exists = self._found.get(("Secret", ns, child, uid), lambda: None) is not None
@@ -143,7 +146,7 @@ class PoolReconciler:
             found=frozenset(found),
             key_secret_exists=key_exists,
             pods=tuple(pod_view(p) for p in self.cluster.pool_pods(ns, name, uid)),
-            jobs=self._jobs(ns, name, spec),
+            jobs=jobs,
             now=now_utc(),
         )
 
