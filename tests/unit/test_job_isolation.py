@@ -272,3 +272,23 @@ def test_a_local_run_makes_its_own_key_for_both_processes_and_writes_it_nowhere(
     assert all(key.encode() not in data for data in first.job_files.values())
     guard = tmp_path / "run" / "vllm-guard" / GUARD_FILE
     assert first.job_files[guard] == guard_source().encode() and first.vllm.guard_dir == str(guard.parent)
+
+
+def test_a_pools_server_resolves_only_the_results_its_list_names_with_their_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the guard's resolver gives vLLM for a model name it does not know (a pool's served results); the
+    resolver in a real vLLM: tests/trainer/test_adapters_vllm.py."""
+    listing = tmp_path / "served-results.json"
+    assert vllm_guard.served_result(str(listing), "done") is None  # no list (yet): nothing
+    adapter = tmp_path / "runs" / "done" / "result" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    listing.write_text(json.dumps({"done": str(adapter), "gone": str(tmp_path / "runs" / "gone")}))
+    assert vllm_guard.served_result(str(listing), "done") == str(adapter)
+    assert vllm_guard.served_result(str(listing), "gone") is None  # listed, its folder missing: not found
+    assert vllm_guard.served_result(str(listing), "other") is None
+    listing.write_text("{not json")
+    assert vllm_guard.served_result(str(listing), "done") is None
+    monkeypatch.delenv("GRPO_SERVED_RESULTS", raising=False)
+    assert vllm_guard.register_served_results() is False  # a job's own server (no list): vLLM is not touched

@@ -46,6 +46,7 @@ def pool_observed(jobs: tuple[JobOnPool, ...] = (), pods: tuple = (), status: di
     return PoolObserved(
         name=pool.name, namespace="ns", uid=pool.uid, generation=1, spec=pool.spec, spec_error=None,
         status=status or {}, found=kw.pop("found", frozenset()), key_secret_exists=kw.pop("key", False),
+        config_map_data=kw.pop("config_map_data", None),
         pods=tuple(pods), jobs=jobs, now=now_utc(), **kw,
     )  # fmt: skip
 
@@ -350,10 +351,14 @@ SUCCEEDED = [
 RESULT = {"path": "result", "adapter": "result/adapter", "step": 7, "valScore": 0.5}
 
 
-def test_a_succeeded_job_that_serves_its_result_keeps_one_slot_and_new_servers_start_with_it():
-    """Serving a result costs one slot (its job trained with four), counted and listed as serving; a server made
-    after the job finished (the first, or one made again after a loss) serves the result from its start, under
-    the job's name, from the job's folder of the pool's volume."""
+def served_list(config_map: dict[str, Any]) -> dict[str, str]:
+    return json.loads(config_map["data"]["served-results.json"])
+
+
+def test_a_succeeded_job_that_serves_its_result_keeps_one_slot_and_the_pools_servers_list_it():
+    """Serving a result costs one slot (its job trained with four), counted and listed as serving; the pool's
+    ConfigMap lists it for its servers (under the job's name, from the job's folder of the pool's volume), which
+    load it on its first request whenever they (re)start: their pods do not change with it."""
     before = {"jobs": [{"name": "done", "slots": 4}, {"name": "a", "slots": 4}]}
     jobs = (on_job("done", 0, finished=True, serving=True, adapters=3), on_job("a", 1, adapters=2), on_job("b", 2),
             on_job("c", 3))  # fmt: skip
@@ -365,13 +370,26 @@ def test_a_succeeded_job_that_serves_its_result_keeps_one_slot_and_new_servers_s
     assert plan.status["slotsUsed"] == 5 and plan.status["waiting"] == ["b", "c"]  # 3 free: not enough for b
     assert plan.status["adaptersLoaded"] == 2  # what training jobs' trainers see; the result is a slot
     GRPOInferencePoolStatus.model_validate(plan.status)
+    (config,) = [m for m in plan.create if m["kind"] == "ConfigMap"]
+    assert served_list(config) == {"done": "/mnt/grpo/runs/done/result/adapter"}
     (server,) = [m for m in plan.create if m["kind"] == "Pod"]
-    argv = server["spec"]["containers"][0]["command"]
-    assert argv[argv.index("--lora-modules") + 1] == "done=/mnt/grpo/runs/done/result/adapter"
-    # the result's slot goes when serve is turned off (or the job is deleted): b attaches
-    off = decide_pool(pool_observed((on_job("done", 0, finished=True), *jobs[1:]), status=plan.status), SETTINGS)
+    assert server == children.pool_pod(a_pool(), SETTINGS, 0)  # the same pod with or without results
+    (container,) = server["spec"]["containers"]
+    assert "--lora-modules" not in container["command"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["GRPO_SERVED_RESULTS"] == "/etc/grpo-vllm/served-results.json"  # beside the guard, which reads it
+    (guard,) = [v for v in server["spec"]["volumes"] if v["name"] == "guard"]
+    assert [i["key"] for i in guard["configMap"]["items"]] == ["grpo_vllm_guard.py", "served-results.json"]
+    assert [m for m in container["volumeMounts"] if m["name"] == "guard"][0].get("subPath") is None  # kept current
+    # the result's slot goes when serve is turned off (or the job is deleted): b attaches, the list is emptied
+    off = decide_pool(pool_observed((on_job("done", 0, finished=True), *jobs[1:]), status=plan.status,
+                                    config_map_data=config["data"], found=frozenset({("ConfigMap", "shared-config")})),
+                      SETTINGS)  # fmt: skip
     assert [j["name"] for j in off.status["jobs"]] == ["a", "b"] and off.status["waiting"] == ["c"]
-    assert "--lora-modules" not in children.pool_pod(a_pool(), SETTINGS, 0, [])["spec"]["containers"][0]["command"]
+    (replaced,) = off.replace
+    assert served_list(replaced) == {} and not [m for m in off.create if m["kind"] == "ConfigMap"]
+    same = decide_pool(pool_observed(jobs, status=plan.status, config_map_data=config["data"]), SETTINGS)
+    assert same.replace == []  # unchanged: not written again
 
 
 def test_a_result_waits_for_a_slot_when_the_pool_is_full_and_says_so():
@@ -379,7 +397,8 @@ def test_a_result_waits_for_a_slot_when_the_pool_is_full_and_says_so():
     jobs = (on_job("a", 1), on_job("b", 2), on_job("late", 0, finished=True, serving=True))
     plan = decide_pool(pool_observed(jobs, status={"jobs": [{"name": "a"}, {"name": "b"}]}), SETTINGS)
     assert plan.status["waiting"] == ["late"] and cond(plan, "SlotsAvailable")["reason"] == "PoolFull"
-    assert "--lora-modules" not in plan.create[-1]["spec"]["containers"][0]["command"]
+    (config,) = [m for m in plan.create if m["kind"] == "ConfigMap"]
+    assert served_list(config) == {}  # not served while it waits
 
 
 def test_a_pool_serving_a_result_admits_the_pods_of_its_namespace():

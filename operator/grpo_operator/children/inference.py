@@ -100,14 +100,13 @@ def inference_pod(job: Job, settings: OperatorSettings, attempt: int, *, serve_r
     )
 
 
-def guard_mount(job: Owner, path: str | None) -> Mount:
+def guard_mount(job: Owner, path: str | None, files: tuple[str, ...] = (GUARD_FILE,)) -> Mount:
     """The key guard alone of the job's (the pool's) ConfigMap, where the server's PYTHONPATH points (resolve
-    decides it)."""
+    decides it); ``files``: the keys of the ConfigMap mounted there (a pool's also lists the results it
+    serves). A whole volume, not a subPath: the kubelet keeps its files current."""
     assert path is not None  # a cluster's server always has its guard
-    volume = {
-        "name": "guard",
-        "configMap": {"name": config_map_name(job), "items": [{"key": GUARD_FILE, "path": GUARD_FILE}]},
-    }
+    items = [{"key": f, "path": f} for f in files]
+    volume = {"name": "guard", "configMap": {"name": config_map_name(job), "items": items}}
     return Mount(volume, path, read_only=True)
 
 

@@ -58,6 +58,7 @@ class PoolObserved:
     spec_error: Optional[str]
     status: Mapping[str, Any]
     found: frozenset[tuple[str, str]]  # (kind, name) of the pool's children that exist
+    config_map_data: Optional[Mapping[str, str]]  # its ConfigMap's (None: not found)
     key_secret_exists: bool
     pods: tuple[PodView, ...]
     jobs: tuple[JobOnPool, ...]
@@ -128,8 +129,11 @@ def decide_pool(obs: PoolObserved, settings: OperatorSettings) -> Plan:
 
     # ---------------------------------------------------------------- children before the pods
     key = None if obs.key_secret_exists else obs.new_api_key
-    wanted = children.pool_children(pool, settings, key, serving=bool(served))
+    wanted = children.pool_children(pool, settings, key, served)
     plan.create.extend(m for m in wanted if m["kind"] == "Secret" or (m["kind"], m["metadata"]["name"]) not in obs.found)
+    (config,) = [m for m in wanted if m["kind"] == "ConfigMap"]
+    if obs.config_map_data is not None and dict(obs.config_map_data) != config["data"]:
+        plan.replace.append(config)  # the results it serves changed (or the guard, with the operator)
     new["Created"] = Cond.true("ChildrenCreated", "volume, ConfigMap, key, Service and servers are created")
 
     # ---------------------------------------------------------------- servers
@@ -149,7 +153,7 @@ def decide_pool(obs: PoolObserved, settings: OperatorSettings) -> Plan:
     for i, name in enumerate(names):
         pod = present.get(name)
         if pod is None and not any(p.name == name for p in obs.pods):
-            plan.create.append(children.pool_pod(pool, settings, i, served))
+            plan.create.append(children.pool_pod(pool, settings, i))
         if pod is not None and pod.ready and not pod.deleting:
             ready += 1
         elif trouble is None:

@@ -11,17 +11,32 @@ key (``Authorization: Bearer <key>``) on every request except GET and HEAD of /h
 vLLM imports it as a file of its own (``grpo_vllm_guard.py`` on its PYTHONPATH: from the
 job's ConfigMap in a pod, from the run directory locally), so it uses the standard
 library only: it runs in vLLM's image, where this package is not installed.
+
+An inference pool's server also answers for the finished jobs' results the pool serves
+(spec.serve), listed by the operator in a file of the pool's ConfigMap
+(``$GRPO_SERVED_RESULTS``: ``{"<job>": "<its result adapter>"}``, which the kubelet keeps
+current in the mounted volume). Imported with the middleware, before vLLM builds its model
+registry, this module registers a LoRA resolver (vLLM's plugin interface, consulted for a
+model name the server does not know while runtime LoRA updating is on) that loads a listed
+result on its first request: a server restarted or made again serves every listed result
+without anyone loading it, and a listed folder that is missing fails only requests for that
+name. A result taken off the list is no longer resolved; one already loaded stays until the
+server restarts.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 KEY_ENV = "VLLM_API_KEY"  # vLLM's own key variable: one key for its /v1 check and this one
+SERVED_RESULTS_ENV = "GRPO_SERVED_RESULTS"  # a pool's server: the file listing the results it serves
+SERVED_RESULTS_FILE = "served-results.json"  # that file's name in the pool's ConfigMap (beside this one)
+ADAPTER_CONFIG = "adapter_config.json"  # what makes a folder a PEFT adapter
 OPEN_PATHS = frozenset({"/health", "/metrics", "/metrics/"})
 OPEN_METHODS = frozenset({"GET", "HEAD"})
 
@@ -68,3 +83,38 @@ class RequireKey:
         ]
         await send({"type": "http.response.start", "status": 401, "headers": headers})
         await send({"type": "http.response.body", "body": _UNAUTHORIZED})
+
+
+def served_result(listing: str, name: str) -> str | None:
+    """The adapter folder the list file ``listing`` gives for ``name``, if it lists it and the folder holds an
+    adapter (None: the name is not a served result, or the list cannot be read)."""
+    try:
+        with open(listing, encoding="utf-8") as fh:
+            served = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    path = served.get(name) if isinstance(served, dict) else None
+    if not isinstance(path, str) or not os.path.isfile(os.path.join(path, ADAPTER_CONFIG)):
+        return None
+    return path
+
+
+def register_served_results() -> bool:
+    """Register the resolver of ``$GRPO_SERVED_RESULTS`` with vLLM (a pool's server; False elsewhere)."""
+    listing = os.environ.get(SERVED_RESULTS_ENV)
+    if not listing:
+        return False
+    from vllm.lora.request import LoRARequest
+    from vllm.lora.resolver import LoRAResolver, LoRAResolverRegistry
+
+    class ServedResults(LoRAResolver):  # type: ignore[misc]
+        async def resolve_lora(self, base_model_name: str, lora_name: str) -> Any:
+            path = served_result(listing, lora_name)
+            # vLLM gives the request its own adapter id before loading it
+            return None if path is None else LoRARequest(lora_name=lora_name, lora_int_id=1, lora_path=path)
+
+    LoRAResolverRegistry.register_resolver("grpo-served-results", ServedResults())
+    return True
+
+
+register_served_results()
