@@ -20,8 +20,9 @@ registry, this module registers a LoRA resolver (vLLM's plugin interface, consul
 model name the server does not know while runtime LoRA updating is on) that loads a listed
 result on its first request: a server restarted or made again serves every listed result
 without anyone loading it, and a listed folder that is missing fails only requests for that
-name. A result taken off the list is no longer resolved; one already loaded stays until the
-server restarts.
+name. A result taken off the list (serve turned off, the job deleted) is no longer resolved,
+and the guard unloads it at the next request the server gets (it sees the list's file
+change; the operator holds no key to unload it itself).
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class RequireKey:
             raise RuntimeError(f"grpo_vllm_guard: ${KEY_ENV} is unset, so the server would answer anyone")
         self.app = app
         self._digest = hashlib.sha256(key.encode()).digest()
+        listing = os.environ.get(SERVED_RESULTS_ENV)
+        self._served = served_results(listing) if listing else None  # a pool's server: what it serves
 
     def authorized(self, scope: Scope) -> bool:
         for name, value in scope.get("headers") or ():
@@ -72,6 +75,8 @@ class RequireKey:
             return await self.app(scope, receive, send)
         probe = kind == "http" and scope.get("path") in OPEN_PATHS and scope.get("method") in OPEN_METHODS
         if probe or self.authorized(scope):
+            if self._served is not None:
+                await self._served.unload_withdrawn(scope.get("app"))
             return await self.app(scope, receive, send)
         if kind == "websocket":
             await send({"type": "websocket.close", "code": 1008})  # policy violation
@@ -85,18 +90,63 @@ class RequireKey:
         await send({"type": "http.response.body", "body": _UNAUTHORIZED})
 
 
-def served_result(listing: str, name: str) -> str | None:
-    """The adapter folder the list file ``listing`` gives for ``name``, if it lists it and the folder holds an
-    adapter (None: the name is not a served result, or the list cannot be read)."""
-    try:
-        with open(listing, encoding="utf-8") as fh:
-            served = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    path = served.get(name) if isinstance(served, dict) else None
-    if not isinstance(path, str) or not os.path.isfile(os.path.join(path, ADAPTER_CONFIG)):
-        return None
-    return path
+
+class ServedResults:
+    """A pool's list of served results (``$GRPO_SERVED_RESULTS``: name -> adapter folder), read again when its
+    file changes (the kubelet swaps a ConfigMap's files for new ones), and the names it has dropped."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._listed: dict[str, str] = {}
+        self._withdrawn: set[str] = set()  # dropped from the list, not unloaded yet
+
+    def listed(self) -> dict[str, str]:
+        """The list as it is now (as last read, while the file cannot be read)."""
+        try:
+            stat = os.stat(self.path)
+            if (stat.st_mtime_ns, stat.st_ino) == self._stamp:
+                return self._listed
+            with open(self.path, encoding="utf-8") as fh:
+                doc = json.load(fh)
+        except (OSError, ValueError):
+            return self._listed
+        listed = {k: v for k, v in doc.items() if isinstance(v, str)} if isinstance(doc, dict) else {}
+        self._withdrawn = (self._withdrawn | set(self._listed) - set(listed)) - set(listed)
+        self._stamp, self._listed = (stat.st_mtime_ns, stat.st_ino), listed
+        return listed
+
+    def adapter(self, name: str) -> str | None:
+        """The adapter folder listed for ``name`` (None: not listed, or its folder holds no adapter)."""
+        path = self.listed().get(name)
+        return path if path is not None and os.path.isfile(os.path.join(path, ADAPTER_CONFIG)) else None
+
+    def take_withdrawn(self) -> list[str]:
+        """The names dropped from the list since the last call (and not listed again)."""
+        self.listed()
+        names, self._withdrawn = sorted(self._withdrawn), set()
+        return names
+
+    async def unload_withdrawn(self, app: Any) -> list[str]:
+        """Unload from vLLM (``app``: its API server) the results dropped from the list; the names unloaded."""
+        models = getattr(getattr(app, "state", None), "openai_serving_models", None)
+        names = self.take_withdrawn() if models is not None else []
+        unloaded = [n for n in names if n in models.lora_requests] if models is not None else []
+        if not unloaded:
+            return []
+        from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
+
+        for name in unloaded:
+            await models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))
+        return unloaded
+
+
+_served: dict[str, ServedResults] = {}  # by list file: the resolver's and the guard's are one
+
+
+def served_results(path: str) -> ServedResults:
+    """The one reader of the list file ``path`` in this process."""
+    return _served.setdefault(path, ServedResults(path))
 
 
 def register_served_results() -> bool:
@@ -107,13 +157,15 @@ def register_served_results() -> bool:
     from vllm.lora.request import LoRARequest
     from vllm.lora.resolver import LoRAResolver, LoRAResolverRegistry
 
-    class ServedResults(LoRAResolver):  # type: ignore[misc]
+    served = served_results(listing)
+
+    class ServedResultsResolver(LoRAResolver):  # type: ignore[misc]
         async def resolve_lora(self, base_model_name: str, lora_name: str) -> Any:
-            path = served_result(listing, lora_name)
+            path = served.adapter(lora_name)
             # vLLM gives the request its own adapter id before loading it
             return None if path is None else LoRARequest(lora_name=lora_name, lora_int_id=1, lora_path=path)
 
-    LoRAResolverRegistry.register_resolver("grpo-served-results", ServedResults())
+    LoRAResolverRegistry.register_resolver("grpo-served-results", ServedResultsResolver())
     return True
 
 
