@@ -75,7 +75,7 @@ class RequireKey:
             return await self.app(scope, receive, send)
         probe = kind == "http" and scope.get("path") in OPEN_PATHS and scope.get("method") in OPEN_METHODS
         if probe or self.authorized(scope):
-            if self._served is not None:
+            if self._served is not None:  # the probes too: a pool with no client still unloads what it drops
                 await self._served.unload_withdrawn(scope.get("app"))
             return await self.app(scope, receive, send)
         if kind == "websocket":
@@ -88,7 +88,6 @@ class RequireKey:
         ]
         await send({"type": "http.response.start", "status": 401, "headers": headers})
         await send({"type": "http.response.body", "body": _UNAUTHORIZED})
-
 
 
 class ServedResults:
