@@ -241,6 +241,7 @@ def test_a_pool_serves_a_succeeded_jobs_result_in_one_slot_until_serve_is_turned
         timeout=30, what="the result's one slot",
     )  # fmt: skip
     assert pool["status"]["jobs"] == [{"name": "papillon", "slots": 1, "serving": True}]
+    assert pool["status"]["resultsServed"] == 1
     # the namespace's pods, the result's clients, are admitted (with the pool's key)
     serve = cp.get_json("networkpolicy", "shared-serve", namespace=ns)
     assert serve["spec"]["ingress"][0]["from"] == [{"podSelector": {}}]

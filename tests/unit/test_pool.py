@@ -370,6 +370,9 @@ def test_a_succeeded_job_that_serves_its_result_keeps_one_slot_and_the_pools_ser
     assert plan.status["slotsUsed"] == 5 and plan.status["waiting"] == ["b", "c"]  # 3 free: not enough for b
     assert plan.status["adaptersLoaded"] == 2  # what training jobs' trainers see; the result is a slot
     GRPOInferencePoolStatus.model_validate(plan.status)
+    metrics = OperatorMetrics()
+    metrics.update_pool("ns", "shared", plan.status)
+    assert metrics.registry.get_sample_value("grpo_pool_results_served", {"namespace": "ns", "pool": "shared"}) == 1
     (config,) = [m for m in plan.create if m["kind"] == "ConfigMap"]
     assert served_list(config) == {"done": "/mnt/grpo/runs/done/result/adapter"}
     (server,) = [m for m in plan.create if m["kind"] == "Pod"]

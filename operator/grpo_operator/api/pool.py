@@ -158,6 +158,9 @@ class GRPOInferencePoolStatus(ApiModel):
             "it serves (serving: true)."
         ),
     )
+    results_served: Optional[int] = Field(
+        None, ge=0, description="Succeeded jobs' results it serves (spec.serve.enabled), one slot each."
+    )
     waiting: Optional[list[Annotated[str, Field(max_length=JOB_NAME_MAX)]]] = Field(
         None, max_length=1024, description="Jobs that name the pool but wait for slots (names), oldest first."
     )

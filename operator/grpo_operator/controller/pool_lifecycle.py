@@ -123,6 +123,7 @@ def decide_pool(obs: PoolObserved, settings: OperatorSettings) -> Plan:
         slots=spec.slots,
         slotsUsed=used,
         adaptersLoaded=sum(j.adapters for j in attached if not j.serving),
+        resultsServed=len(served),
         jobs=[_attached(j) for j in attached],
     )
     status["waiting"] = waiting
