@@ -59,6 +59,7 @@ from grpo_trainer.contract.export import EXPORT_MODULE, ClaimTarget, ExportPlan,
 from grpo_trainer.contract.identity import RUN_DEFINING_FIELDS, JobIdentity, RunOwner, field_hash
 from grpo_trainer.contract.progress import RESULT_ADAPTER_DIR, RESULT_DIR, result_model_name
 from grpo_trainer.contract.vllm_command import VLLMServerSpec
+from grpo_trainer.contract.vllm_guard import SERVED_RESULTS_ENV, SERVED_RESULTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -1087,9 +1088,23 @@ class ResolvedPool:
     env_refs: tuple[EnvRef, ...]  # the pool's key, the model's hub token, the user's valueFrom entries
 
 
+def served_results(served: Sequence[str]) -> dict[str, str]:
+    """What a pool's servers answer for besides its jobs' versions: each succeeded job's result (spec.serve),
+    under the job's name, from its folder of the pool's volume (the list in the pool's ConfigMap that
+    vllm_guard's resolver reads)."""
+    return {result_model_name(job): f"{pool_run_dir(job)}/{RESULT_ADAPTER_DIR}" for job in sorted(served)}
+
+
 def resolve_pool(name: str, spec: GRPOInferencePoolSpec, target: ClusterTarget) -> ResolvedPool:
-    """The pool's servers: the job's vLLM server, rendered from the pool's fields (its slots, its rank)."""
+    """The pool's servers: the job's vLLM server, rendered from the pool's fields (its slots, its rank).
+
+    A server answers for the results the pool serves from the list in its guard's folder (vllm_guard's
+    resolver loads one on its first request), so its command line does not change with them: one restarted
+    in place or made again serves the results listed then. A running one got each result from its job's
+    trainer already, which loads the result as its last act.
+    """
     gpus = spec.gpus_per_replica
+    assert target.guard_dir is not None  # a pool's server always has its guard
     server = _server(
         spec,
         spec.server,
@@ -1100,6 +1115,8 @@ def resolve_pool(name: str, spec: GRPOInferencePoolSpec, target: ClusterTarget) 
         max_cpu_loras=spec.slots,
         seed=spec.seed,
     )
+    listing = {SERVED_RESULTS_ENV: f"{target.guard_dir}/{SERVED_RESULTS_FILE}"}  # the operator's, over spec.server.env
+    server = replace(server, extra_env={**server.extra_env, **listing})
     key = EnvRef(VLLM_API_KEY_ENV, "secret", target.api_key_secret, API_KEY_SECRET_KEY, False, "the pool's vLLM key")
     token = model_token_ref(spec.model)
     refs = (*([token] if token is not None else []), *_user_refs(spec.server.env, "spec.server"), key)

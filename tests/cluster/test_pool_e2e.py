@@ -14,7 +14,7 @@ import pytest
 import yaml
 from controlplane import ControlPlane, wait_until
 
-from grpo_trainer.contract.progress import Progress
+from grpo_trainer.contract.progress import Progress, RunResult
 from support.cluster_jobs import (
     apply_jobs,
     cond,
@@ -55,6 +55,11 @@ def on_pool(name: str, pool: str = "shared", **spec: Any) -> dict[str, Any]:
 
 def get_pool(cp: ControlPlane, ns: str, name: str = "shared") -> dict[str, Any]:
     return cp.get_json("grpoinferencepool", name, namespace=ns)
+
+
+def served_list(cp: ControlPlane, ns: str, name: str = "shared") -> dict[str, str]:
+    """The results the pool's servers answer for, as its ConfigMap lists them."""
+    return json.loads(cp.get_json("configmap", f"{name}-config", namespace=ns)["data"]["served-results.json"])
 
 
 def pool_cond(pool: dict[str, Any], ctype: str) -> dict[str, Any]:
@@ -198,3 +203,58 @@ def test_deleting_a_pool_is_reported_on_its_running_job_and_keeps_the_volume_and
     assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == f"shared-vllm-key-{uid[:8]}"
     (recreated,) = wait_event(cp, ns, "PoolRecreated")
     assert recreated["type"] == "Warning" and "GRPOInferencePool shared was deleted and created" in recreated["message"]
+
+
+def test_a_pool_serves_a_succeeded_jobs_result_in_one_slot_until_serve_is_turned_off(
+    control_plane: ControlPlane, job_ns: str, operator: OperatorProcess
+):
+    """spec.serve on a job that trained on a pool: once it succeeds the pool serves its result under the job's
+    name (one slot; listed in the pool's ConfigMap for its servers), the job's endpoint is the pool's Service and
+    key; serve turned off returns the slot and takes the result off the list. Fakes: KWOK pods (nothing runs in
+    them) and a fake trainer's /progress reporting the result; a server answering for a listed result is
+    tests/trainer/test_adapters_vllm.py's."""
+    cp, ns = control_plane, job_ns
+    cp.apply_yaml(yaml.safe_dump(pool_manifest()), ns)
+    apply_jobs(cp, ns, on_pool("papillon", serve={"enabled": True}))
+    wait_job(cp, ns, "papillon", is_true("Training"), "Training=True")
+    trainers = FakeTrainers(int(operator.env["GRPO_TRAINER_PORT"]), trainer_of_ip(cp, ns))
+    try:
+        result = RunResult(path="result", adapter="result/adapter", step=3, val_score=0.7, base_model=MODEL["name"])
+        trainers.set("papillon", **Progress(job="papillon", step=3, max_steps=500, result=result).model_dump(mode="json"))
+        wait_job(cp, ns, "papillon", lambda j: (j["status"].get("result") or {}).get("adapter"), "the result reported")
+    finally:
+        trainers.close()
+    exit_running_pod(cp, ns, "papillon-trainer-0", 0)
+    job = wait_job(
+        cp, ns, "papillon", lambda j: is_true("Succeeded")(j) and is_true("InferenceReady")(j), "Succeeded, served"
+    )
+    pool = get_pool(cp, ns)
+    assert cond(job, "InferenceReady")["reason"] == "Serving"
+    assert job["status"]["endpoint"] == {
+        "url": f"http://shared-vllm.{ns}.svc.cluster.local:8000/v1", "model": "papillon",
+        "apiKeySecretRef": pool["status"]["endpoint"]["apiKeySecretRef"],
+    }  # fmt: skip
+    assert job["status"]["inferencePod"] == "shared-vllm-0"  # where load() and grpo port-forward to
+    assert not [p for p in pods(cp, ns) if p.startswith("papillon-inference")]
+    pool = wait_until(
+        lambda: p if (p := get_pool(cp, ns))["status"].get("slotsUsed") == 1 else None,
+        timeout=30, what="the result's one slot",
+    )  # fmt: skip
+    assert pool["status"]["jobs"] == [{"name": "papillon", "slots": 1, "serving": True}]
+    assert pool["status"]["resultsServed"] == 1
+    # the namespace's pods, the result's clients, are admitted (with the pool's key)
+    serve = cp.get_json("networkpolicy", "shared-serve", namespace=ns)
+    assert serve["spec"]["ingress"][0]["from"] == [{"podSelector": {}}]
+    assert serve["metadata"]["ownerReferences"][0]["uid"] == pool["metadata"]["uid"]
+
+    # the list the servers resolve results from (whenever they start): in the folder of their guard
+    assert served_list(cp, ns) == {"papillon": "/mnt/grpo/runs/papillon/result/adapter"}
+    env = {e["name"]: e.get("value") for e in pods(cp, ns)["shared-vllm-0"]["spec"]["containers"][0]["env"]}
+    assert env["GRPO_SERVED_RESULTS"] == "/etc/grpo-vllm/served-results.json"
+
+    cp.kubectl("patch", "grpojob", "papillon", "-n", ns, "--type=merge", "-p", '{"spec":{"serve":{"enabled":false}}}')
+    wait_job(cp, ns, "papillon", lambda j: "endpoint" not in j["status"], "no endpoint")
+    pool = wait_until(
+        lambda: p if (p := get_pool(cp, ns))["status"].get("jobs") == [] else None, timeout=30, what="the slot returned"
+    )
+    assert pool["status"]["slotsUsed"] == 0 and served_list(cp, ns) == {}

@@ -23,6 +23,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from grpo_trainer.contract.config import VLLMEndpoint
+from grpo_trainer.contract.progress import RESULT_ADAPTER_DIR
+from grpo_trainer.contract.vllm_guard import SERVED_RESULTS_ENV
 from grpo_trainer.contract.vllm_command import VLLMServerSpec
 from grpo_trainer.embedded.tinymodel import ensure_tiny_model
 from grpo_trainer.vllm import adapters
@@ -168,12 +170,13 @@ class Server:
         )
         self.log_dir = log_dir
         self.starts = 0
+        self.env = {"VLLM_API_KEY": KEY}
         self.process = self._new_process()
 
     def _new_process(self) -> VLLMProcess:
         self.starts += 1
         log = self.log_dir / f"vllm-{self.starts}.log"
-        return VLLMProcess(self.spec, log, start_timeout=300, env={"VLLM_API_KEY": KEY})
+        return VLLMProcess(self.spec, log, start_timeout=300, env=self.env)
 
     def sync(self, store: AdapterStore, **options: Any) -> VLLMAdapterSync:
         """The trainer's adapter sync for this server (with its key)."""
@@ -190,7 +193,9 @@ class Server:
         proc.wait(30)
         self.process.proc = None
 
-    def start_later(self, delay: float) -> threading.Thread:
+    def start_later(self, delay: float, **env: str) -> threading.Thread:
+        """A new server after ``delay`` s, with ``env`` added to its environment."""
+        self.env = {**self.env, **env}
         self.process = self._new_process()
         thread = threading.Thread(target=lambda: (time.sleep(delay), self.process.start()), daemon=True)
         thread.start()
@@ -292,16 +297,26 @@ def test_the_result_is_served_under_the_jobs_name_replaced_in_place_and_kept_by_
 
 @pytest.mark.vllm
 def test_killed_vllm_gets_the_current_adapter_back_after_restart(vllm: Server, model_dir: Path, tmp_path: Path) -> None:
-    store = AdapterStore(tmp_path, base_model_name=str(model_dir))
+    """The trainer loads its version again into a new server. That server is also an inference pool's, restarted
+    while the pool serves a finished job's result (the pool's ConfigMap lists it in $GRPO_SERVED_RESULTS, read by
+    the guard's resolver): it answers for the job's name with the result adapter's outputs, nobody loading it; a
+    result listed without its folder is not found, and one taken off the list is unloaded."""
+    store = AdapterStore(tmp_path / "run", base_model_name=str(model_dir))
     model = peft_model(model_dir)
     randomize_lora_b(model, seed=7)
     sync = vllm.sync(store, wait_timeout_seconds=300)
     store.save(model, 7)
     sync.publish(7)
     before = vllm.complete(version_name(7))
+    finished = tmp_path / "runs" / "done"  # a finished job's run directory on the pool's volume
+    shutil.copytree(store.path(7), finished / RESULT_ADAPTER_DIR)
+    listing = tmp_path / "served-results.json"
+    result = str(finished / RESULT_ADAPTER_DIR)
+    served = {"done": result, "later": result, "missing": str(tmp_path / "runs" / "gone" / RESULT_ADAPTER_DIR)}
+    listing.write_text(json.dumps(served))
 
     vllm.kill9()
-    starter = vllm.start_later(delay=2.0)
+    starter = vllm.start_later(delay=2.0, **{SERVED_RESULTS_ENV: str(listing)})
     results = sync.ensure_current()  # waits for the new server, then loads policy-v7 again
     starter.join(timeout=300)
     assert [r.name for r in results] == ["policy-v7"]
@@ -309,6 +324,22 @@ def test_killed_vllm_gets_the_current_adapter_back_after_restart(vllm: Server, m
     assert "policy-v7" in vllm.served()
     assert vllm.complete("policy-v7") == before
     assert sync.ensure_current() == []  # nothing missing any more
+    assert "done" not in vllm.served()  # loaded on its first request
+    assert vllm.complete("done") == before and vllm.roots()["done"] == served["done"]
+    assert vllm.complete("later") == before
+
+    def ask(name: str) -> int:
+        body = {"model": name, "prompt": PROMPT, "max_tokens": 2}
+        return httpx.post(f"{vllm.base_url}/completions", json=body, headers=AUTH, timeout=60).status_code
+
+    assert ask("missing") == 404 and ask("unlisted") == 404
+    # the operator takes "later" off the list (serve turned off): the kubelet swaps the file, the next request
+    # (any) unloads it
+    fresh = tmp_path / "next.json"
+    fresh.write_text(json.dumps({"done": result}))
+    fresh.replace(listing)
+    assert "later" not in vllm.served() and ask("later") == 404
+    assert vllm.complete("done") == before
 
 
 @pytest.mark.vllm

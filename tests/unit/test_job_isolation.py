@@ -272,3 +272,37 @@ def test_a_local_run_makes_its_own_key_for_both_processes_and_writes_it_nowhere(
     assert all(key.encode() not in data for data in first.job_files.values())
     guard = tmp_path / "run" / "vllm-guard" / GUARD_FILE
     assert first.job_files[guard] == guard_source().encode() and first.vllm.guard_dir == str(guard.parent)
+
+
+def test_a_pools_server_resolves_only_the_results_its_list_names_and_unloads_those_it_drops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the guard's resolver gives vLLM for a model name it does not know (a pool's served results), and what
+    it unloads once the operator takes a result off the list; both in a real vLLM:
+    tests/trainer/test_adapters_vllm.py."""
+    listing = tmp_path / "served-results.json"
+    served = vllm_guard.ServedResults(str(listing))
+    assert served.adapter("done") is None and served.take_withdrawn() == []  # no list (yet): nothing
+    adapter = tmp_path / "runs" / "done" / "result" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+
+    def publish(doc: object, text: str | None = None) -> None:
+        """As the kubelet updates a ConfigMap's file: a new file swapped in."""
+        fresh = tmp_path / "next.json"
+        fresh.write_text(text if text is not None else json.dumps(doc))
+        fresh.replace(listing)
+
+    publish({"done": str(adapter), "gone": str(tmp_path / "runs" / "gone"), "later": str(adapter)})
+    assert served.adapter("done") == str(adapter)
+    assert served.adapter("gone") is None  # listed, its folder missing: not found
+    assert served.adapter("other") is None
+    publish({"done": str(adapter), "gone": str(tmp_path / "runs" / "gone")})
+    assert served.adapter("later") is None  # taken off the list: no longer resolved, and unloaded
+    publish({"done": str(adapter)})
+    assert served.take_withdrawn() == ["gone", "later"] and served.take_withdrawn() == []
+    publish(None, "{not json")  # a list it cannot read: the last one holds
+    assert served.adapter("done") == str(adapter) and served.take_withdrawn() == []
+    assert vllm_guard.served_results(str(listing)) is vllm_guard.served_results(str(listing))  # one per process
+    monkeypatch.delenv("GRPO_SERVED_RESULTS", raising=False)
+    assert vllm_guard.register_served_results() is False  # a job's own server (no list): vLLM is not touched

@@ -46,6 +46,7 @@ def pool_observed(jobs: tuple[JobOnPool, ...] = (), pods: tuple = (), status: di
     return PoolObserved(
         name=pool.name, namespace="ns", uid=pool.uid, generation=1, spec=pool.spec, spec_error=None,
         status=status or {}, found=kw.pop("found", frozenset()), key_secret_exists=kw.pop("key", False),
+        config_map_data=kw.pop("config_map_data", None),
         pods=tuple(pods), jobs=jobs, now=now_utc(), **kw,
     )  # fmt: skip
 
@@ -338,3 +339,121 @@ def test_a_trainer_that_stopped_while_its_pool_was_missing_waits_for_the_pool():
     training = cond(plan, "Training")
     assert training["reason"] == "PoolNotFound" and "the next attempt starts once the job may use its pool" in training["message"]
     assert cond(plan, "InferenceReady")["reason"] == "PoolNotFound"
+
+
+# --------------------------------------------------------------------------------------- results served by a pool
+
+
+SUCCEEDED_AT = "2026-11-25T12:00:00Z"
+SUCCEEDED = [
+    {"type": "Succeeded", "status": "True", "reason": "TrainerSucceeded", "message": "", "lastTransitionTime": SUCCEEDED_AT}
+]
+RESULT = {"path": "result", "adapter": "result/adapter", "step": 7, "valScore": 0.5}
+
+
+def served_list(config_map: dict[str, Any]) -> dict[str, str]:
+    return json.loads(config_map["data"]["served-results.json"])
+
+
+def test_a_succeeded_job_that_serves_its_result_keeps_one_slot_and_the_pools_servers_list_it():
+    """Serving a result costs one slot (its job trained with four), counted and listed as serving; the pool's
+    ConfigMap lists it for its servers (under the job's name, from the job's folder of the pool's volume), which
+    load it on its first request whenever they (re)start: their pods do not change with it."""
+    before = {"jobs": [{"name": "done", "slots": 4}, {"name": "a", "slots": 4}]}
+    jobs = (on_job("done", 0, finished=True, serving=True, adapters=3), on_job("a", 1, adapters=2), on_job("b", 2),
+            on_job("c", 3))  # fmt: skip
+    plan = decide_pool(pool_observed(jobs, status=before), SETTINGS)
+    assert plan.status["jobs"] == [
+        {"name": "done", "slots": 1, "serving": True},
+        {"name": "a", "slots": 4, "adapters": 2},
+    ]
+    assert plan.status["slotsUsed"] == 5 and plan.status["waiting"] == ["b", "c"]  # 3 free: not enough for b
+    assert plan.status["adaptersLoaded"] == 2  # what training jobs' trainers see; the result is a slot
+    GRPOInferencePoolStatus.model_validate(plan.status)
+    metrics = OperatorMetrics()
+    metrics.update_pool("ns", "shared", plan.status)
+    assert metrics.registry.get_sample_value("grpo_pool_results_served", {"namespace": "ns", "pool": "shared"}) == 1
+    (config,) = [m for m in plan.create if m["kind"] == "ConfigMap"]
+    assert served_list(config) == {"done": "/mnt/grpo/runs/done/result/adapter"}
+    (server,) = [m for m in plan.create if m["kind"] == "Pod"]
+    assert server == children.pool_pod(a_pool(), SETTINGS, 0)  # the same pod with or without results
+    (container,) = server["spec"]["containers"]
+    assert "--lora-modules" not in container["command"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["GRPO_SERVED_RESULTS"] == "/etc/grpo-vllm/served-results.json"  # beside the guard, which reads it
+    (guard,) = [v for v in server["spec"]["volumes"] if v["name"] == "guard"]
+    assert [i["key"] for i in guard["configMap"]["items"]] == ["grpo_vllm_guard.py", "served-results.json"]
+    assert [m for m in container["volumeMounts"] if m["name"] == "guard"][0].get("subPath") is None  # kept current
+    # the result's slot goes when serve is turned off (or the job is deleted): b attaches, the list is emptied
+    off = decide_pool(pool_observed((on_job("done", 0, finished=True), *jobs[1:]), status=plan.status,
+                                    config_map_data=config["data"], found=frozenset({("ConfigMap", "shared-config")})),
+                      SETTINGS)  # fmt: skip
+    assert [j["name"] for j in off.status["jobs"]] == ["a", "b"] and off.status["waiting"] == ["c"]
+    (replaced,) = off.replace
+    assert served_list(replaced) == {} and not [m for m in off.create if m["kind"] == "ConfigMap"]
+    same = decide_pool(pool_observed(jobs, status=plan.status, config_map_data=config["data"]), SETTINGS)
+    assert same.replace == []  # unchanged: not written again
+
+
+def test_a_result_waits_for_a_slot_when_the_pool_is_full_and_says_so():
+    """serve.enabled turned on after the job finished, on a pool whose slots the training jobs hold."""
+    jobs = (on_job("a", 1), on_job("b", 2), on_job("late", 0, finished=True, serving=True))
+    plan = decide_pool(pool_observed(jobs, status={"jobs": [{"name": "a"}, {"name": "b"}]}), SETTINGS)
+    assert plan.status["waiting"] == ["late"] and cond(plan, "SlotsAvailable")["reason"] == "PoolFull"
+    (config,) = [m for m in plan.create if m["kind"] == "ConfigMap"]
+    assert served_list(config) == {}  # not served while it waits
+
+
+def test_a_pool_serving_a_result_admits_the_pods_of_its_namespace():
+    settings = SETTINGS.model_copy(update={"network_policies": True})
+    serving = (on_job("done", 0, finished=True, serving=True),)
+    made = [m for m in decide_pool(pool_observed(serving), settings).create if m["kind"] == "NetworkPolicy"]
+    assert [m["metadata"]["name"] for m in made] == ["shared-inference", "shared-serve"]
+    assert made[1]["spec"]["ingress"][0]["from"] == [{"podSelector": {}}]  # the namespace's pods (with the key)
+    assert made[1]["spec"]["podSelector"]["matchLabels"]["grpo.dev/pool"] == "shared"
+    training = [m for m in decide_pool(pool_observed((on_job("a"),)), settings).create if m["kind"] == "NetworkPolicy"]
+    assert [m["metadata"]["name"] for m in training] == ["shared-inference"]  # only its trainers
+
+
+def serving_job(pool: Plan | None, result: dict | None = None):
+    """A succeeded job on the pool with serve.enabled, as its next reconcile sees it."""
+    status = {"conditions": SUCCEEDED, "result": RESULT if result is None else result, "restarts": 0}
+    job_spec = spec(inference={"pool": "shared"}, serve={"enabled": True})
+    return observe(status=status, job_spec=job_spec, pool=pool_body(pool) if pool is not None else None,
+                   pods=(a_pod("papillon-trainer-0", "trainer", "Succeeded", ready=False),))  # fmt: skip
+
+
+def test_a_succeeded_job_on_a_pool_is_served_by_the_pool_under_its_name_with_the_pools_key():
+    """No vLLM pod of its own: status.endpoint is the pool's Service, the job's name, the pool's key; the
+    pool's server is the pod a port-forward (load(), grpo) reaches."""
+    pool = decide_pool(pool_observed((on_job("papillon", 0, finished=True, serving=True),),
+                                     pods=(a_pod("shared-vllm-0", "inference"),)), SETTINGS)  # fmt: skip
+    plan = decide(serving_job(pool), SETTINGS)
+    assert plan.create == [] and plan.delete_pods == []
+    assert plan.status["endpoint"] == {
+        "url": "http://shared-vllm.ns.svc.cluster.local:8000/v1",
+        "model": "papillon",
+        "apiKeySecretRef": {"name": "shared-vllm-key-pool-uid", "key": "api-key"},
+    }
+    ready = cond(plan, "InferenceReady")
+    assert (ready["status"], ready["reason"]) == ("True", "Serving")
+    assert "GRPOInferencePool shared serves papillon" in ready["message"]
+    assert plan.status["inferencePod"] == "shared-vllm-0"
+    GRPOJobStatus.model_validate(plan.status)
+    # the base model scored best: the pool's base model, no slot
+    base = decide(serving_job(pool, result={"path": "result", "step": 0}), SETTINGS)
+    assert base.status["endpoint"]["model"] == MODEL["name"] and cond(base, "InferenceReady")["reason"] == "Serving"
+
+
+def test_a_result_the_pool_cannot_serve_is_reported_on_the_job():
+    jobs = (on_job("a", 1), on_job("b", 2), on_job("papillon", 0, finished=True, serving=True))
+    full = decide_pool(pool_observed(jobs, status={"jobs": [{"name": "a"}, {"name": "b"}]}), SETTINGS)
+    plan = decide(serving_job(full), SETTINGS)
+    waiting = cond(plan, "InferenceReady")
+    assert (waiting["status"], waiting["reason"]) == ("False", "PoolFull")
+    assert "raise the pool's maxCpuLoras" in waiting["message"]
+    gone = decide(serving_job(None), SETTINGS)  # the pool was deleted: nothing serves the result
+    assert cond(gone, "InferenceReady")["reason"] == "PoolNotFound" and "endpoint" not in gone.status
+    was = serving_job(None)
+    gone = decide(replace(was, status={**was.status, "endpoint": {"url": "u"}}), SETTINGS)
+    assert gone.status["endpoint"] is None  # a merge patch's null removes the old one

@@ -59,6 +59,7 @@ POOL_PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Slots", "type": "integer", "jsonPath": ".status.slots"},
     {"name": "Used", "type": "integer", "jsonPath": ".status.slotsUsed"},
     {"name": "Loaded", "type": "integer", "jsonPath": ".status.adaptersLoaded"},
+    {"name": "Results", "type": "integer", "jsonPath": ".status.resultsServed", "priority": 1},
     {"name": "Waiting", "type": "string", "jsonPath": ".status.waiting", "priority": 1},
     {"name": "Model", "type": "string", "jsonPath": ".spec.model.name", "priority": 1},
     {

@@ -32,6 +32,8 @@ MAX_REPLICAS = 1
 # Versions a job keeps loaded: current, previous (rollouts overlap training) and best (VLLMAdapterSync.wanted),
 # and its result once it has finished. What one attached job takes of the pool's slots.
 SLOTS_PER_JOB = 4
+# A succeeded job with spec.serve.enabled keeps one slot: its result, served under the job's name.
+SLOTS_PER_RESULT = 1
 
 POOL_IMMUTABLE = "is immutable once the pool exists; create a new GRPOInferencePool instead"
 PoolConditionType = Literal["Ready", "Created", "SlotsAvailable"]
@@ -69,7 +71,8 @@ class GRPOInferencePoolSpec(ApiModel):
         le=1024,
         description=(
             f"vLLM --max-cpu-loras: adapters the server keeps loaded, the pool's slots (default: maxLoras). Each "
-            f"attached job takes {SLOTS_PER_JOB} (its current, previous and best versions, and its result); a job "
+            f"attached job takes {SLOTS_PER_JOB} while it trains (its current, previous and best versions, and its "
+            f"result), and {SLOTS_PER_RESULT} once it has succeeded and serves its result (spec.serve.enabled); a job "
             "that would not fit waits, with a condition saying so."
         ),
     )
@@ -107,6 +110,13 @@ class AttachedJob(ApiModel):
     adapters: Optional[int] = Field(
         None, ge=0, description="Its adapter versions the server lists, as its trainer last saw (its loadedAdapters)."
     )
+    serving: Optional[bool] = Field(
+        None,
+        description=(
+            "It has succeeded and the pool serves its result (result/adapter) under the job's name "
+            f"(spec.serve.enabled): {SLOTS_PER_RESULT} slot."
+        ),
+    )
 
 
 class PoolCondition(Condition):
@@ -141,7 +151,15 @@ class GRPOInferencePoolStatus(ApiModel):
         ),
     )
     jobs: Optional[list[AttachedJob]] = Field(
-        None, max_length=1024, description="The unfinished jobs it serves, in the order they were attached."
+        None,
+        max_length=1024,
+        description=(
+            "The jobs it serves, in the order they were attached: those that train, and succeeded ones whose result "
+            "it serves (serving: true)."
+        ),
+    )
+    results_served: Optional[int] = Field(
+        None, ge=0, description="Succeeded jobs' results it serves (spec.serve.enabled), one slot each."
     )
     waiting: Optional[list[Annotated[str, Field(max_length=JOB_NAME_MAX)]]] = Field(
         None, max_length=1024, description="Jobs that name the pool but wait for slots (names), oldest first."

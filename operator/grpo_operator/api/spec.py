@@ -891,7 +891,9 @@ class Serve(ApiModel):
         False,
         description=(
             "Keep the vLLM pod after Succeeded, serving the best adapter (result/adapter) as the model named "
-            "like the job, at status.endpoint; recreated if lost. false, or deleting the job, stops it."
+            "like the job, at status.endpoint; recreated if lost. A job on an inference pool is served by the pool "
+            "instead (one of its adapter slots, at the pool's Service, with the pool's key). false, or deleting the "
+            "job, stops it."
         ),
     )
 
@@ -1215,15 +1217,6 @@ class GRPOJobSpec(ApiModel):
             ),
             check=lambda s: s.inference.pool is None or not s.storage.existing_claim,
             field="storage.existingClaim",
-        ),
-        Rule(
-            cel="!has(self.inference.pool) || !self.serve.enabled",
-            message=(
-                "serve.enabled keeps the job's own vLLM pod serving its result, and a job on an inference pool has "
-                "none (serving results from a pool is not built yet); remove serve.enabled or inference.pool"
-            ),
-            check=lambda s: s.inference.pool is None or not s.serve.enabled,
-            field="serve.enabled",
         ),
         Rule(
             cel=(

@@ -102,13 +102,18 @@ class KeySecretRef(ApiModel):
 class Endpoint(ApiModel):
     """Where a succeeded job with serve.enabled serves its result (an OpenAI-compatible API)."""
 
-    url: str = Field(description="The vLLM Service's OpenAI base URL in the cluster, e.g. for dspy.LM(api_base=...).")
+    url: str = Field(
+        description=(
+            "The vLLM Service's OpenAI base URL in the cluster (the job's own, or its inference pool's), e.g. for "
+            "dspy.LM(api_base=...)."
+        )
+    )
     model: str = Field(description="The model name to ask for: the job's name (its best adapter), else the base model.")
     api_key_secret_ref: Optional[KeySecretRef] = Field(
         None,
         description=(
             "The server's key (every request needs it: Authorization: Bearer <key>, dspy.LM(api_key=...)): "
-            "generated for the job, in a Secret it owns."
+            "generated for the job, in a Secret it owns; on an inference pool, the pool's."
         ),
     )
 
@@ -203,7 +208,9 @@ class GRPOJobStatus(ProgressStatus):
         ),
     )
     trainer_pod: Optional[str] = Field(None, description="Name of the current trainer pod.")
-    inference_pod: Optional[str] = Field(None, description="Name of the current vLLM pod.")
+    inference_pod: Optional[str] = Field(
+        None, description="Name of the current vLLM pod (serving from an inference pool: the pool's server)."
+    )
     inference_pool: Optional[str] = Field(
         None, description="spec.inference.pool: the GRPOInferencePool that serves the job (it has no vLLM pod)."
     )

@@ -7,6 +7,8 @@ holds vLLM's key guard (grpo_trainer.contract.vllm_guard), which the vLLM pod im
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from typing import Any
 
 from grpo_operator.children.meta import (
@@ -30,9 +32,11 @@ from grpo_operator.resolve import (
     resolve,
     resolve_pods,
     resolve_pool,
+    served_results,
 )
 from grpo_operator.settings import OperatorSettings
 from grpo_trainer.contract.vllm_command import GUARD_FILE, guard_source
+from grpo_trainer.contract.vllm_guard import SERVED_RESULTS_FILE
 
 
 def service_host(name: str, namespace: str, settings: OperatorSettings) -> str:
@@ -86,13 +90,17 @@ def resolved_pods(job: Job, settings: OperatorSettings) -> tuple[ResolvedJob, Re
     return run, resolve_pods(job.spec, run, cluster_target(job, settings))
 
 
-def pool_config_map(pool: Pool) -> dict[str, Any]:
-    """A pool's ConfigMap: vLLM's key guard alone, which its servers import."""
+def pool_config_map(pool: Pool, served: Sequence[str] = ()) -> dict[str, Any]:
+    """A pool's ConfigMap: vLLM's key guard, which its servers import, and the results they serve (``served``:
+    the succeeded jobs'), which the guard's resolver reads as the kubelet updates them."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": object_meta(pool, config_map_name(pool), CONFIG),
-        "data": {GUARD_FILE: guard_source()},
+        "data": {
+            GUARD_FILE: guard_source(),
+            SERVED_RESULTS_FILE: json.dumps(served_results(served), indent=1, sort_keys=True),
+        },
     }
 
 

@@ -27,4 +27,9 @@ def api_key_secret(job: Owner, key: str) -> dict[str, Any]:
 
 def api_key_ref(job: Owner) -> dict[str, str]:
     """Where the key is: ``status.endpoint.apiKeySecretRef``."""
-    return {"name": api_key_secret_name(job), "key": API_KEY_SECRET_KEY}
+    return key_ref(api_key_secret_name(job))
+
+
+def key_ref(secret: str) -> dict[str, str]:
+    """The key in the Secret ``secret`` (a job's own, or its pool's), as a status names it."""
+    return {"name": secret, "key": API_KEY_SECRET_KEY}

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from grpo_operator.api.spec import ServerOptions
-from grpo_operator.children.config import resolved, resolved_pods
-from grpo_operator.children.credentials import api_key_ref
+from grpo_operator.children.config import cluster_target, resolved, resolved_pods
+from grpo_operator.children.credentials import key_ref
 from grpo_operator.children.meta import (
     INFERENCE,
     Job,
@@ -43,11 +43,12 @@ PORT_NAME = "http"
 
 
 def result_endpoint(job: Job, settings: OperatorSettings, *, adapter: bool) -> dict[str, str]:
-    """status.endpoint of a job serving its result: the Service's OpenAI URL, the model to ask for, and
-    where its key is."""
+    """status.endpoint of a job serving its result: the Service's OpenAI URL (its own vLLM's, or its pool's),
+    the model to ask for, and where the key of that server is."""
     run = resolved(job, settings)
     model = result_model_name(job.name) if adapter else run.vllm.served_model_name
-    return {"url": run.config.vllm.base_url, "model": model, "apiKeySecretRef": api_key_ref(job)}
+    key = key_ref(cluster_target(job, settings).api_key_secret)
+    return {"url": run.config.vllm.base_url, "model": model, "apiKeySecretRef": key}
 
 
 def vllm_container(
@@ -99,14 +100,13 @@ def inference_pod(job: Job, settings: OperatorSettings, attempt: int, *, serve_r
     )
 
 
-def guard_mount(job: Owner, path: str | None) -> Mount:
+def guard_mount(job: Owner, path: str | None, files: tuple[str, ...] = (GUARD_FILE,)) -> Mount:
     """The key guard alone of the job's (the pool's) ConfigMap, where the server's PYTHONPATH points (resolve
-    decides it)."""
+    decides it); ``files``: the keys of the ConfigMap mounted there (a pool's also lists the results it
+    serves). A whole volume, not a subPath: the kubelet keeps its files current."""
     assert path is not None  # a cluster's server always has its guard
-    volume = {
-        "name": "guard",
-        "configMap": {"name": config_map_name(job), "items": [{"key": GUARD_FILE, "path": GUARD_FILE}]},
-    }
+    items = [{"key": f, "path": f} for f in files]
+    volume = {"name": "guard", "configMap": {"name": config_map_name(job), "items": items}}
     return Mount(volume, path, read_only=True)
 
 

@@ -137,8 +137,13 @@ def api_key_secret_name(job: Owner) -> str:
     return key_secret_name(job.name, job.uid)
 
 
+def pool_server_name(pool: str, replica: int) -> str:
+    """The vLLM pod of one replica of the pool named ``pool``."""
+    return f"{pool}-vllm-{replica}"
+
+
 def pool_pod_name(pool: Pool, replica: int) -> str:
-    return f"{pool.name}-vllm-{replica}"
+    return pool_server_name(pool.name, replica)
 
 
 def network_policy_name(job: Owner, component: str) -> str:

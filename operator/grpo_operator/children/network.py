@@ -9,6 +9,8 @@
   ``<job>-inference`` of its own.
 * ``<job>-serve``: created once the job serves its result (spec.serve): the vLLM pod admits every
   pod of the job's namespace, the clients the endpoint is for (they need the key as well).
+* ``<pool>-serve``: the same for a pool, once it serves a finished job's result. Kept while the pool lives
+  (the operator only creates policies): a pool that has served a result admits its namespace from then on.
 
 Ingress only: the trainer reaches hubs, data URLs and external LLMs, so egress stays open.
 Policies add up, so a cluster admin widens what a job's pods admit with a policy of their own.
@@ -80,8 +82,9 @@ def pool_network_policy(pool: Pool, settings: OperatorSettings) -> Optional[dict
     return _policy(pool, network_policy_name(pool, INFERENCE), INFERENCE, settings.inference_port, clients, scrapers)
 
 
-def serve_network_policy(job: Job, settings: OperatorSettings) -> Optional[dict[str, Any]]:
-    """The policy that opens a serving job's vLLM to its namespace; None without NetworkPolicies."""
+def serve_network_policy(job: Owner, settings: OperatorSettings) -> Optional[dict[str, Any]]:
+    """The policy that opens a serving job's vLLM (a pool serving a finished job's result) to its namespace;
+    None without NetworkPolicies."""
     if not settings.network_policies:
         return None
     namespace = [{"podSelector": {}}]  # a peer without namespaceSelector: the policy's own namespace

@@ -289,6 +289,49 @@ def _serve_result(
         new["InferenceReady"] = Cond.false("Serving", f"starting vLLM pod {name} to serve {endpoint['model']}")
 
 
+def _serve_from_pool(
+    obs: Observed, settings: OperatorSettings, status: dict[str, Any], new: dict[ConditionType, Cond]
+) -> None:
+    """A succeeded job on a pool: the pool serves its result under the job's name (one of its slots, which the
+    pool gives: controller/pool_lifecycle.py), at the pool's Service, with the pool's key; the base model's
+    name when the base model scored best (no slot)."""
+    verdict = obs.verdict
+    assert verdict is not None
+    if verdict.reason:  # the pool is gone, or no longer serves the job's model: nothing serves the result
+        new["InferenceReady"] = Cond.false(verdict.reason, verdict.message)
+        if status.get("endpoint") is not None:
+            status["endpoint"] = None
+        return
+    adapter = bool((status.get("result") or {}).get("adapter"))
+    endpoint = children.result_endpoint(obs.job, settings, adapter=adapter)
+    status["endpoint"] = endpoint
+    status["inferencePod"] = children.pool_server_name(verdict.name, 0)  # what a port-forward reaches
+    pool, model = f"GRPOInferencePool {verdict.name}", endpoint["model"]
+    if adapter and verdict.full:
+        new["InferenceReady"] = Cond.false(
+            "PoolFull",
+            f"{pool} has no free adapter slot for the result: its slots are held by the jobs it serves; {model} is "
+            "served once one is returned (a job finishes, or stops serving its result), or raise the pool's "
+            "maxCpuLoras",
+        )
+    elif adapter and not verdict.attached:
+        new["InferenceReady"] = Cond.false("WaitingForPool", f"waiting for {pool} to take the result {model}")
+    elif not verdict.ready:
+        new["InferenceReady"] = Cond.false("PoolNotReady", f"{pool} has no ready server; it serves {model} once one is")
+    else:
+        new["InferenceReady"] = Cond.true("Serving", f"{pool} serves {model} at {endpoint['url']}")
+
+
+def _serve(
+    obs: Observed, settings: OperatorSettings, status: dict[str, Any], plan: Plan, new: dict[ConditionType, Cond]
+) -> None:
+    """A succeeded job's result served (spec.serve): by its own vLLM pod, or by its pool."""
+    if obs.verdict is not None:
+        _serve_from_pool(obs, settings, status, new)
+    else:
+        _serve_result(obs, settings, status, plan, new)
+
+
 def _export(
     obs: Observed, settings: OperatorSettings, status: dict[str, Any], plan: Plan, new: dict[ConditionType, Cond],
     *, succeeded: bool, failed: bool,
@@ -509,7 +552,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
         _finish(status, obs, plan, keep_trainer=True, keep_inference=_serving(obs, succeeded))
         new.update(_finished_conditions(succeeded))
         if _serving(obs, succeeded):
-            _serve_result(obs, settings, status, plan, new)
+            _serve(obs, settings, status, plan, new)
         elif status.get("endpoint") is not None:
             status["endpoint"] = None  # a merge patch's null removes it
         exporting = _export(obs, settings, status, plan, new, succeeded=succeeded, failed=not succeeded)
@@ -616,7 +659,7 @@ def decide(obs: Observed, settings: OperatorSettings) -> Plan:
         _finish(status, obs, plan, keep_trainer=True, keep_inference=_serving(obs, True))
         new.update(_finished_conditions(True))
         if _serving(obs, True):
-            _serve_result(obs, settings, status, plan, new)
+            _serve(obs, settings, status, plan, new)
         _export(obs, settings, status, plan, new, succeeded=True, failed=False)
         return done()
 

@@ -5,7 +5,9 @@ namespace that name it, and returns a :class:`~grpo_operator.controller.lifecycl
 (status, objects to create, pods to delete, Events). The pool is the one writer of who
 holds its slots (``status.jobs``, oldest first; a job attached is never detached while
 it runs): a job's own reconcile only reads that, so two jobs arriving together cannot
-both take the last slots.
+both take the last slots. A job that has succeeded with spec.serve.enabled keeps one slot,
+its result's, which the pool serves under the job's name until serve is turned off or the
+job is deleted.
 
 The job's side (whether it may use the pool it names) is controller/pooling.py.
 """
@@ -19,7 +21,7 @@ from datetime import datetime
 from typing import Any, Optional
 
 from grpo_operator import children
-from grpo_operator.api.pool import POOL_CONDITION_ORDER, GRPOInferencePoolSpec
+from grpo_operator.api.pool import POOL_CONDITION_ORDER, SLOTS_PER_RESULT, GRPOInferencePoolSpec
 from grpo_operator.children import Pool
 from grpo_operator.controller.conditions import Cond, PodView, conditions, transitions
 from grpo_operator.controller.lifecycle import Event, Plan, waiting_cond
@@ -32,10 +34,16 @@ class JobOnPool:
 
     name: str
     created: str  # metadata.creationTimestamp: who came first
-    slots: int
-    finished: bool
+    slots: int  # what it holds while it trains
+    finished: bool  # and serves nothing: it holds no slot
     refused: bool  # its model or rank does not match: it is refused, and holds nothing
     adapters: int = 0  # its versions the server lists, as its trainer last reported (status.loadedAdapters)
+    serving: bool = False  # succeeded with spec.serve.enabled and a result adapter: the pool serves it
+
+    @property
+    def held(self) -> int:
+        """The slots it takes: its versions in flight while it trains, its result's once it serves."""
+        return SLOTS_PER_RESULT if self.serving else self.slots
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ class PoolObserved:
     spec_error: Optional[str]
     status: Mapping[str, Any]
     found: frozenset[tuple[str, str]]  # (kind, name) of the pool's children that exist
+    config_map_data: Optional[Mapping[str, str]]  # its ConfigMap's (None: not found)
     key_secret_exists: bool
     pods: tuple[PodView, ...]
     jobs: tuple[JobOnPool, ...]
@@ -63,19 +72,27 @@ class PoolObserved:
 
 
 def attach(previous: list[str], jobs: tuple[JobOnPool, ...], slots: int) -> tuple[list[JobOnPool], list[str]]:
-    """(attached, waiting): the jobs attached before keep their slots; the others, oldest first, take the free
-    ones while they last. Finished and refused jobs hold none."""
-    live = [j for j in jobs if not j.finished and not j.refused]
+    """(attached, waiting): the jobs attached before keep their slots (a job that finishes serving its result
+    keeps one of them); the others, oldest first, take the free ones while they last. Finished jobs that serve
+    nothing, and refused ones, hold none."""
+    live = [j for j in jobs if (j.serving or not j.finished) and not j.refused]
     kept = sorted((j for j in live if j.name in previous), key=lambda j: previous.index(j.name))
-    used = sum(j.slots for j in kept)
+    used = sum(j.held for j in kept)
     attached, waiting = list(kept), []
     for job in sorted((j for j in live if j.name not in previous), key=lambda j: (j.created, j.name)):
-        if used + job.slots <= slots:
+        if used + job.held <= slots:
             attached.append(job)
-            used += job.slots
+            used += job.held
         else:
             waiting.append(job.name)
     return attached, waiting
+
+
+def _attached(job: JobOnPool) -> dict[str, Any]:
+    """The job's entry in status.jobs."""
+    if job.serving:
+        return {"name": job.name, "slots": job.held, "serving": True}
+    return {"name": job.name, "slots": job.held, "adapters": job.adapters}
 
 
 def decide_pool(obs: PoolObserved, settings: OperatorSettings) -> Plan:
@@ -97,9 +114,27 @@ def decide_pool(obs: PoolObserved, settings: OperatorSettings) -> Plan:
         return done()
     pool, spec = obs.pool, obs.spec
 
+    # ---------------------------------------------------------------- slots
+    previous = [j.get("name", "") for j in obs.status.get("jobs") or []]
+    attached, waiting = attach(previous, obs.jobs, spec.slots)
+    used = sum(j.held for j in attached)
+    served = [j.name for j in attached if j.serving]
+    status.update(
+        slots=spec.slots,
+        slotsUsed=used,
+        adaptersLoaded=sum(j.adapters for j in attached if not j.serving),
+        resultsServed=len(served),
+        jobs=[_attached(j) for j in attached],
+    )
+    status["waiting"] = waiting
+
     # ---------------------------------------------------------------- children before the pods
-    wanted = children.pool_children(pool, settings, None if obs.key_secret_exists else obs.new_api_key)
+    key = None if obs.key_secret_exists else obs.new_api_key
+    wanted = children.pool_children(pool, settings, key, served)
     plan.create.extend(m for m in wanted if m["kind"] == "Secret" or (m["kind"], m["metadata"]["name"]) not in obs.found)
+    (config,) = [m for m in wanted if m["kind"] == "ConfigMap"]
+    if obs.config_map_data is not None and dict(obs.config_map_data) != config["data"]:
+        plan.replace.append(config)  # the results it serves changed (or the guard, with the operator)
     new["Created"] = Cond.true("ChildrenCreated", "volume, ConfigMap, key, Service and servers are created")
 
     # ---------------------------------------------------------------- servers
@@ -128,17 +163,6 @@ def decide_pool(obs: PoolObserved, settings: OperatorSettings) -> Plan:
     status["readyReplicas"] = ready
     status["endpoint"] = children.pool_endpoint(pool, settings)
 
-    # ---------------------------------------------------------------- slots
-    previous = [j.get("name", "") for j in obs.status.get("jobs") or []]
-    attached, waiting = attach(previous, obs.jobs, spec.slots)
-    used = sum(j.slots for j in attached)
-    status.update(
-        slots=spec.slots,
-        slotsUsed=used,
-        adaptersLoaded=sum(j.adapters for j in attached),
-        jobs=[{"name": j.name, "slots": j.slots, "adapters": j.adapters} for j in attached],
-    )
-    status["waiting"] = waiting
     holders = ", ".join(j.name for j in attached) or "no job"
     if waiting:
         new["SlotsAvailable"] = Cond.false(
@@ -152,7 +176,8 @@ def decide_pool(obs: PoolObserved, settings: OperatorSettings) -> Plan:
     if spec.replicas == 0:
         new["Ready"] = Cond.false("ScaledToZero", "replicas is 0: no server runs; attached jobs wait")
     elif ready > 0:
-        new["Ready"] = Cond.true("Ready", f"{ready} of {spec.replicas} servers ready, serving {holders}")
+        results = f" (the results of {', '.join(served)})" if served else ""
+        new["Ready"] = Cond.true("Ready", f"{ready} of {spec.replicas} servers ready, serving {holders}{results}")
     else:
         assert trouble is not None
         new["Ready"] = trouble

@@ -20,7 +20,7 @@ from grpo_operator.controller.kube import Cluster, Conflict, api_message
 from grpo_operator.controller.lifecycle import Event, Plan
 from grpo_operator.controller.memo import FoundMemo
 from grpo_operator.controller.pool_lifecycle import JobOnPool, PoolObserved, decide_pool
-from grpo_operator.controller.pooling import job_slots, mismatch, names_pool
+from grpo_operator.controller.pooling import job_slots, mismatch, names_pool, serves_result
 from grpo_operator.controller.prometheus import OperatorMetrics
 from grpo_operator.controller.reconcile import CONFLICT_ATTEMPTS, FOUND_MEMO_SECONDS
 from grpo_operator.settings import OperatorSettings
@@ -79,14 +79,18 @@ class PoolReconciler:
 
     # ------------------------------------------------------------------ observe
 
+    def _child(self, kind: str, pool: children.Pool, name: str, *, owned: bool = True) -> Optional[dict[str, Any]]:
+        """The pool's child ``name`` (None: there is none, or it is being deleted, or, ``owned``, not the pool's)."""
+        obj = self.cluster.read(kind, pool.namespace, name)
+        meta = (obj or {}).get("metadata") or {}
+        owners = {o.get("uid") for o in meta.get("ownerReferences") or []}
+        if obj is None or meta.get("deletionTimestamp") or (owned and pool.uid not in owners):
+            return None
+        return obj
+
     def _exists(self, kind: str, pool: children.Pool, name: str, *, owned: bool = True) -> bool:
         def read() -> Optional[bool]:
-            obj = self.cluster.read(kind, pool.namespace, name)
-            meta = (obj or {}).get("metadata") or {}
-            owners = {o.get("uid") for o in meta.get("ownerReferences") or []}
-            if obj is None or meta.get("deletionTimestamp") or (owned and pool.uid not in owners):
-                return None
-            return True
+            return True if self._child(kind, pool, name, owned=owned) is not None else None
 
         return self._found.get((kind, pool.namespace, name, pool.uid), read) is not None
 
@@ -110,6 +114,7 @@ class PoolReconciler:
                     finished=is_true(status, "Succeeded") or is_true(status, "Failed"),
                     refused=spec is None or bool(mismatch(job_spec, spec)),
                     adapters=len(status.get("loadedAdapters") or []),
+                    serving=serves_result(job_spec, status),
                 )
             )
         return tuple(out)
@@ -124,12 +129,20 @@ class PoolReconciler:
             spec, error = None, "; ".join(exc.problems)
         found: set[tuple[str, str]] = set()
         key_exists = False
+        config_data: Optional[dict[str, str]] = None
+        jobs = self._jobs(ns, name, spec)
         if spec is not None:
             pool = children.Pool(name, ns, uid, spec)
-            for manifest in children.pool_children(pool, self.settings, "unread"):
+            served = [j.name for j in jobs if j.serving]  # its serve policy is looked for once it may be wanted
+            for manifest in children.pool_children(pool, self.settings, "unread", served):
                 kind, child = manifest["kind"], manifest["metadata"]["name"]
                 if kind == "Secret":  # never read: known once created (or met) by this operator
                     key_exists = self._found.get(("Secret", ns, child, uid), lambda: None) is not None
+                elif kind == "ConfigMap":  # read each time: it lists the results the servers answer for
+                    config = self._child(kind, pool, child)
+                    if config is not None:
+                        config_data = dict(config.get("data") or {})
+                        found.add((kind, child))
                 elif self._exists(kind, pool, child, owned=kind != "PersistentVolumeClaim"):
                     found.add((kind, child))
         return PoolObserved(
@@ -141,9 +154,10 @@ class PoolReconciler:
             spec_error=error,
             status=dict(body.get("status") or {}),
             found=frozenset(found),
+            config_map_data=config_data,
             key_secret_exists=key_exists,
             pods=tuple(pod_view(p) for p in self.cluster.pool_pods(ns, name, uid)),
-            jobs=self._jobs(ns, name, spec),
+            jobs=jobs,
             now=now_utc(),
         )
 
@@ -158,6 +172,8 @@ class PoolReconciler:
             self.cluster.patch_status(ns, name, plan.status, meta.get("resourceVersion"), plural=POOL_PLURAL)
         for pod in plan.delete_pods:
             self.cluster.delete_pod(ns, pod)
+        for manifest in plan.replace:
+            self.cluster.replace_config_map(manifest)
         created: list[str] = []
         for manifest in plan.create:
             what = f"{manifest['kind']} {manifest['metadata']['name']}"

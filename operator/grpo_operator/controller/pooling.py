@@ -20,6 +20,7 @@ from grpo_operator import children
 from grpo_operator.api.pool import GRPOInferencePoolSpec, InvalidPool, parse_pool_spec
 from grpo_operator.api.spec import GRPOJobSpec
 from grpo_operator.children import PoolBinding
+from grpo_operator.controller.conditions import is_true
 from grpo_operator.resolve import max_loras
 
 
@@ -33,6 +34,12 @@ def names_pool(spec: GRPOJobSpec, namespace: str, pool: str) -> bool:
     """Whether a job of ``namespace`` asks for the pool ``pool`` of its own namespace."""
     ref = spec.inference.pool
     return ref is not None and pool_name(ref, namespace) == (namespace, pool)
+
+
+def serves_result(spec: GRPOJobSpec, status: Mapping[str, Any]) -> bool:
+    """Whether the pool serves a job's result: it has succeeded with spec.serve.enabled and has a result
+    adapter (a job whose base model scored best is served by the pool's base model, with no slot)."""
+    return is_true(status, "Succeeded") and spec.serve.enabled and bool((status.get("result") or {}).get("adapter"))
 
 
 def job_slots(spec: GRPOJobSpec) -> int:

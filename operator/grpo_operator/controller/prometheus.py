@@ -105,7 +105,8 @@ POOL_SERIES = (
     ("slots", "adapter_slots", "Adapter slots of the pool's servers (maxCpuLoras)."),
     ("slotsUsed", "adapter_slots_used", "Adapter slots held by the jobs attached to the pool."),
     ("adaptersLoaded", "adapters_loaded", "Adapters the pool's server lists for its jobs, as their trainers last saw."),
-    ("jobs", "jobs_attached", "Unfinished jobs the pool serves."),
+    ("jobs", "jobs_attached", "Jobs the pool serves: those that train, and succeeded ones whose result it serves."),
+    ("resultsServed", "results_served", "Succeeded jobs' results the pool serves (spec.serve), one slot each."),
     ("waiting", "jobs_waiting", "Jobs that name the pool and wait for its slots."),
 )
 

@@ -341,6 +341,8 @@ class Reconciler:
         """The job's NetworkPolicies to look for: a training job's, or a serving one's (none after that)."""
         if is_true(status, "Failed") or (is_true(status, "Succeeded") and not job.spec.serve.enabled):
             return []
+        if is_true(status, "Succeeded") and job.spec.inference.pool is not None:
+            return []  # its pool serves the result, and admits the namespace (the pool's own policy)
         if is_true(status, "Succeeded"):
             policy = children.serve_network_policy(job, self.settings)
             return [policy["metadata"]["name"]] if policy is not None else []
