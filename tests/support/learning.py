@@ -57,9 +57,10 @@ def proof_steps() -> int:
     return LearningFigure.read().steps
 
 
-def assert_learned_and_served(run_dir: Path) -> None:
+def assert_learned_and_served(run_dir: Path, adapter_prefix: str = "") -> None:
     """The finished run's validation gain clears the recorded margin, and vLLM served, at the end,
-    exactly the adapter the trainer left on the volume."""
+    exactly the adapter the trainer left on the volume (named ``<adapter_prefix>policy-vN``: a job on an
+    inference pool prefixes its versions with its name)."""
     figure = LearningFigure.read()
     steps = figure.steps
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -73,7 +74,7 @@ def assert_learned_and_served(run_dir: Path) -> None:
     progress = Progress.read(run_dir)
     assert progress is not None and progress.served_check is not None, "the run recorded no served-adapter check"
     check = progress.served_check
-    assert check["adapter"] == f"policy-v{steps}"
+    assert check["adapter"] == f"{adapter_prefix}policy-v{steps}", check
     assert Path(check["path"]) == run_dir / "adapters" / f"step-{steps}"
     assert check["served_vs_disk"] <= 1e-3, check
     assert check["base_vs_disk"] >= 50 * max(check["served_vs_disk"], 1e-4), "the check cannot tell adapters apart"

@@ -186,7 +186,7 @@ class GRPORun:
         board = ProgressBoard(self.run_dir, cfg.job_name, self.max_steps, initial=initial)
         server = None
         if cfg.port:
-            server = ProgressServer(board, cfg.port, metrics=TrainerMetrics()).start()
+            server = ProgressServer(board, cfg.port, cfg.listen_host, metrics=TrainerMetrics()).start()
         program, train = task.program, task.train
         write_text_atomic(self.run_dir / CODE_IDENTITY_FILE, identity_json(task.code))  # which code trained it
         board.code(code_summary(task.code, CODE_SUMMARY_CHARS))
