@@ -110,7 +110,10 @@ def job_document(model_dir: Path, name: str, seed: int) -> dict[str, Any]:
         for split, file in (("train", "train"), ("validation", "val"))
     }
     spec["inference"] = {"pool": POOL}
-    spec["trainer"] = {**PLACEMENT, "resources": SMALL}
+    # Three trainers and a server on two cores (a cluster would give each pod cores of its own): OpenMP threads
+    # that sleep when idle, as grpo-local gives CPU processes that compute side by side (resolve._cpu_sharing_env).
+    env = [{"name": "OMP_WAIT_POLICY", "value": "PASSIVE"}]
+    spec["trainer"] = {**PLACEMENT, "resources": SMALL, "env": env}
     spec["runPolicy"] = {"backoffLimit": 1}
     return doc
 
