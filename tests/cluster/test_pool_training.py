@@ -5,7 +5,8 @@ Issue #20's proof: the embedded default three times (training seeds 0, 1, 2), ea
 samples for three trainers that run side by side. Each job must end Succeeded with a validation gain beyond
 the noise that ``bench/run.sh learning`` measured for the default (tests/support/learning.py: the same
 margin, at the same step count, as the local learning proofs), and with the trainer's served-adapter check
-passing for its own last version, served under its own name (``<job>-policy-vN``) by the shared server.
+passing for its own last version, served under its own name (``<job>-policy-vN``) by the shared server;
+then it unloads its versions, giving the pool's slots back.
 
 On demand only (marker ``ondemand``): three learning runs on two cores take about ten minutes, which CI's
 budget (issue #15) has no room for. Run it with ``bash scripts/test.sh tests/cluster/test_pool_training.py``.
@@ -16,6 +17,7 @@ vLLM is its CPU build; the images' contents are this machine's Python environmen
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,3 +152,10 @@ def test_three_default_jobs_on_one_pool_train_side_by_side_and_each_learns_and_i
         print(f"{name}: validation {status['baselineValScore']:.4f} -> best {status['bestValScore']:.4f}")
         assert status["runPath"] == f"runs/{name}" and status["restarts"] == 0, status
         assert_learned_and_served(volume / status["runPath"], adapter_prefix=f"{name}-")
+        # then it gave the pool's slots back: every version it had loaded unloaded, the last one included
+        records = [json.loads(line) for line in node.logs(ns, status["trainerPod"]).splitlines() if line[:1] == "{"]
+        (released,) = [r for r in records if r.get("msg") == "unloaded the run's versions from the shared server"]
+        assert f"{name}-policy-v{proof_steps()}" in released["adapters"], released
+        assert all(a.startswith(f"{name}-policy-v") for a in released["adapters"]), released
+    pool = cp.get_json("grpoinferencepool", POOL, namespace=ns)
+    assert not pool["status"].get("jobs") and not pool["status"].get("adaptersLoaded"), pool["status"]
