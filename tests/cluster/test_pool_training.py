@@ -8,7 +8,7 @@ margin, at the same step count, as the local learning proofs), and with the trai
 passing for its own last version, served under its own name (``<job>-policy-vN``) by the shared server;
 then it unloads its versions, giving the pool's slots back.
 
-On demand only (marker ``ondemand``): three learning runs on two cores take about ten minutes, which CI's
+On demand only (marker ``ondemand``): three learning runs on two cores take about 23 minutes, which CI's
 budget (issue #15) has no room for. Run it with ``bash scripts/test.sh tests/cluster/test_pool_training.py``.
 
 Fakes, and why: as in test_training_e2e.py, the pool's GPU is advertised by the process node, not real, and
@@ -151,7 +151,10 @@ def test_three_default_jobs_on_one_pool_train_side_by_side_and_each_learns_and_i
         status = job["status"]
         print(f"{name}: validation {status['baselineValScore']:.4f} -> best {status['bestValScore']:.4f}")
         assert status["runPath"] == f"runs/{name}" and status["restarts"] == 0, status
-        assert_learned_and_served(volume / status["runPath"], adapter_prefix=f"{name}-")
+        config = json.loads(cp.get_json("configmap", f"{name}-config", namespace=ns)["data"]["config.json"])
+        assert_learned_and_served(
+            volume / status["runPath"], adapter_prefix=f"{name}-", trainers_run_dir=Path(config["run_dir"])
+        )
         # then it gave the pool's slots back: every version it had loaded unloaded, the last one included
         records = [json.loads(line) for line in node.logs(ns, status["trainerPod"]).splitlines() if line[:1] == "{"]
         (released,) = [r for r in records if r.get("msg") == "unloaded the run's versions from the shared server"]
