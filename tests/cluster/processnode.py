@@ -28,7 +28,9 @@ apply`` to a trained adapter through the very pod specs a cluster would get:
   (``127.103.0.0/16``) as ``status.podIP``; its processes listen on all addresses.
   The container's ``/etc/hosts`` maps every Service of its namespace to 127.0.0.1 --
   what cluster DNS plus kube-proxy amount to with one pod behind each Service, and
-  the ports the pods listen on must not collide (tests pick free ones).
+  the ports the pods listen on must not collide (tests pick free ones). A trainer is
+  told its pod's address (``$GRPO_TRAINER_LISTEN_HOST``) and listens there only, so the
+  trainers of several jobs share the port the operator polls.
 * **Status** is reported as a kubelet does: phase, podIP, conditions,
   containerStatuses (running, ready from the readinessProbe, terminated with the
   exit code and the termination message -- the file at ``terminationMessagePath``,
@@ -75,7 +77,7 @@ from typing import Any
 from controlplane import KUBELET_CLIENT_USER, ControlPlane, wait_until
 from kubeletapi import KubeletError, KubeletServer
 
-from grpo_trainer.contract.config import DEVICE_ENV
+from grpo_trainer.contract.config import DEVICE_ENV, LISTEN_HOST_ENV
 
 GPU_RESOURCE = "nvidia.com/gpu"
 # What a container that asked for GPUs gets here instead (see "GPUs" above): the trainer is
@@ -837,6 +839,7 @@ class ProcessNode:
 
     def _env(self, pod: Pod, obj: dict[str, Any], spec: dict[str, Any]) -> dict[str, str]:
         env = {"PATH": f"{self.bin_dir}:{SYSTEM_PATH}", **self.image_env, "HOSTNAME": pod.name}
+        env[LISTEN_HOST_ENV] = pod.ip  # trainers' /progress on the pod's own address: one port, many trainers
         if GPU_RESOURCE in (spec.get("resources") or {}).get("limits", {}):
             env.update(FAKE_GPU_ENV)
         for source in spec.get("envFrom", []):

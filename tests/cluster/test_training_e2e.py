@@ -58,8 +58,9 @@ from processnode import NODE_LABEL, TOLERATION, ProcessNode, process_node
 from grpo_operator.local.default import default_job, default_model_dir
 from grpo_trainer.contract.progress import Progress
 from grpo_trainer.embedded.bundled import PII_DELEGATION
-from support.chart import helm_install, start_operator_like_deployment
+from support.chart import chart_operator
 from support.checkout import SOURCE_DIRS, checkout_env
+from support.claims import claim_dir, read_only_claim
 from support.cluster_jobs import (
     RESTRICTED,
     cond,
@@ -115,55 +116,13 @@ def operator(
     control_plane: ControlPlane, job_ns: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     """The chart installed for the job's namespace; the operator as its Deployment would run."""
-    cp, release_ns = control_plane, f"grpo-system-{uuid.uuid4().hex[:5]}"
-    cp.create_namespace(release_ns, labels=RESTRICTED)
-    helm_install(cp, "grpo-train", release_ns, "--set", f"watchNamespaces={{{job_ns}}}")
     log = tmp_path_factory.mktemp("training-operator") / "operator.log"
     # The pods share the host's network here: both servers get ports nobody else holds.
-    settings = {"GRPO_INFERENCE_PORT": str(free_port())}
-    proc = start_operator_like_deployment(cp, release_ns, "grpo-train-grpo-operator", log, settings)
-    try:
+    with chart_operator(control_plane, "grpo-train", job_ns, log, {"GRPO_INFERENCE_PORT": str(free_port())}) as proc:
         yield proc
-    finally:
-        proc.stop_and_check_log()
-        cp.helm("uninstall", "grpo-train", "--namespace", release_ns, check=False)
-        cp.delete_namespace(release_ns)
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def read_only_claim(cp: ControlPlane, ns: str, claim: str, host_dir: Path, mode: str = "ReadOnlyMany") -> None:
-    """A claim bound to a pre-made volume holding ``host_dir`` (a models or data share; ``mode``
-    ReadWriteMany: a share written to, such as an export's destination)."""
-    pv = f"{ns}-{claim}"
-    docs = [
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": pv},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": [mode],
-                "persistentVolumeReclaimPolicy": "Retain",  # never let a reclaimer touch the source
-                "storageClassName": "",
-                "hostPath": {"path": str(host_dir), "type": "Directory"},
-                "claimRef": {"namespace": ns, "name": claim},
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": claim, "namespace": ns},
-            "spec": {
-                "accessModes": [mode],
-                "storageClassName": "",
-                "volumeName": pv,
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
-        },
-    ]
-    cp.apply_yaml(yaml.safe_dump_all(docs))
 
 
 def job_document(model_dir: Path) -> dict[str, Any]:
@@ -201,11 +160,6 @@ def job_document(model_dir: Path) -> dict[str, Any]:
     spec["storage"] = {"size": "1Gi"}
     spec["runPolicy"] = {"backoffLimit": 2}
     return doc
-
-
-def claim_dir(cp: ControlPlane, ns: str, claim: str) -> Path:
-    pvc = cp.get_json("pvc", claim, namespace=ns)
-    return Path(cp.get_json("pv", pvc["spec"]["volumeName"])["spec"]["hostPath"]["path"])
 
 
 def checkpoints(run_dir: Path) -> list[int]:

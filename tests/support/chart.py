@@ -7,13 +7,15 @@ Deployment: the chart's RBAC and settings are what is exercised.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from controlplane import ControlPlane
 
-from support.cluster_jobs import CHART
+from support.cluster_jobs import CHART, RESTRICTED
 from support.operator import OperatorProcess, free_port, operator_env
 
 CRD = "crd/grpojobs.grpo.dev"
@@ -51,3 +53,21 @@ def start_operator_like_deployment(
     namespaces = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--namespace=")]
     kubeconfig = cp.kubeconfig_for_serviceaccount(release_ns, service_account, create=False)
     return OperatorProcess(operator_env(cp.env(kubeconfig=kubeconfig)), namespaces, log, env).start()
+
+
+@contextlib.contextmanager
+def chart_operator(
+    cp: ControlPlane, release: str, watch_ns: str, log: Path, settings: Mapping[str, str] | None = None
+) -> Iterator[OperatorProcess]:
+    """The chart installed (release ``release``, its own namespace) to watch ``watch_ns``, and the operator run
+    as its Deployment would; on exit, the operator's log is checked for errors and the release removed."""
+    release_ns = f"grpo-system-{uuid.uuid4().hex[:5]}"
+    cp.create_namespace(release_ns, labels=RESTRICTED)
+    helm_install(cp, release, release_ns, "--set", f"watchNamespaces={{{watch_ns}}}")
+    proc = start_operator_like_deployment(cp, release_ns, f"{release}-grpo-operator", log, settings)
+    try:
+        yield proc
+    finally:
+        proc.stop_and_check_log()
+        cp.helm("uninstall", release, "--namespace", release_ns, check=False)
+        cp.delete_namespace(release_ns)

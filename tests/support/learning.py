@@ -57,23 +57,27 @@ def proof_steps() -> int:
     return LearningFigure.read().steps
 
 
-def assert_learned_and_served(run_dir: Path) -> None:
+def assert_learned_and_served(run_dir: Path, adapter_prefix: str = "", trainers_run_dir: Path | None = None) -> None:
     """The finished run's validation gain clears the recorded margin, and vLLM served, at the end,
-    exactly the adapter the trainer left on the volume."""
+    exactly the adapter the trainer left on the volume (named ``<adapter_prefix>policy-vN``: a job on an
+    inference pool prefixes its versions with its name). Read from the run's progress document, which a
+    local run and a cluster job both leave in their run directory; ``trainers_run_dir``: that directory
+    where the trainer saw it (a pod's mount), when not ``run_dir``."""
     figure = LearningFigure.read()
     steps = figure.steps
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["steps"] == steps, f"the margin was measured at {steps} steps, the run trained {summary['steps']}"
-    baseline, final = summary["baseline_val_score"], summary["final_val_score"]
+    progress = Progress.read(run_dir)
+    assert progress is not None, f"no progress document in {run_dir}"
+    assert progress.step == steps, f"the margin was measured at {steps} steps, the run trained {progress.step}"
+    baseline, final = progress.baseline_val_score, progress.val_score
+    assert baseline is not None and final is not None, f"validation scores missing: {baseline}, {final}"
     assert final - baseline >= figure.margin, (
         f"validation {baseline:.4f} -> {final:.4f} over {steps} steps: gain below {figure.margin:.3f} "
         f"({MARGIN_SDS:g} x the null noise {figure.null_gain_sd:.4f}, {FIGURE_FILE.name}); "
-        f"scores {summary['val_scores']}, rewards {summary['reward_means']}"
+        f"scores {progress.val_scores}, rewards {progress.reward_means}"
     )
-    progress = Progress.read(run_dir)
-    assert progress is not None and progress.served_check is not None, "the run recorded no served-adapter check"
     check = progress.served_check
-    assert check["adapter"] == f"policy-v{steps}"
-    assert Path(check["path"]) == run_dir / "adapters" / f"step-{steps}"
+    assert check is not None, "the run recorded no served-adapter check"
+    assert check["adapter"] == f"{adapter_prefix}policy-v{steps}", check
+    assert Path(check["path"]) == (trainers_run_dir or run_dir) / "adapters" / f"step-{steps}", check
     assert check["served_vs_disk"] <= 1e-3, check
     assert check["base_vs_disk"] >= 50 * max(check["served_vs_disk"], 1e-4), "the check cannot tell adapters apart"

@@ -393,7 +393,8 @@ def test_jobs_sharing_a_pools_server_publish_under_their_own_names_and_unload_on
     vllm: Server, model_dir: Path, tmp_path: Path
 ) -> None:
     """Two jobs on one GRPOInferencePool's server (one key): each publishes <job>-policy-vN from its own run
-    directory, and its unloading of stale versions leaves the other job's alone."""
+    directory, and its unloading of stale versions leaves the other job's alone; a finished job releases all
+    its versions (the pool's slots), still only its own."""
     model = peft_model(model_dir)
     stores = {job: AdapterStore(tmp_path / job, base_model_name=str(model_dir)) for job in ("a", "b")}
     syncs = {job: vllm.sync(store, wait_timeout_seconds=60, prefix=f"{job}-") for job, store in stores.items()}
@@ -411,5 +412,9 @@ def test_jobs_sharing_a_pools_server_publish_under_their_own_names_and_unload_on
     assert roots["b-policy-v1"] == str(stores["b"].path(1))  # the other job's version stays
     assert roots["a-policy-v3"] == str(stores["a"].path(3)) and "a-policy-v1" not in roots
     assert vllm.complete("b-policy-v1") != vllm.complete("a-policy-v3")
+    syncs["a"].set_best(2)
+    assert syncs["a"].release() == ["a-policy-v2", "a-policy-v3"] and syncs["a"].loaded == []
+    roots = vllm.roots()
+    assert not [n for n in roots if n.startswith("a-")] and roots["b-policy-v1"] == str(stores["b"].path(1))
     for name in [n for n in vllm.served() if n.startswith(("a-", "b-"))]:  # the module's server as it was
         httpx.post(f"{vllm.base_url}/unload_lora_adapter", json={"lora_name": name}, headers=AUTH, timeout=30)

@@ -185,3 +185,27 @@ def test_the_pods_render_the_resolution() -> None:
     assert all(env[k] == v for k, v in run.trainer_env.items())
     assert TrainerConfig.model_validate_json(next(iter(config_map(job, SETTINGS)["data"].values()))) == run.config
     assert sys.executable not in trainer["command"]  # an image's interpreter, not this machine's
+
+
+def test_a_node_can_move_the_trainers_device_and_listening_address_but_the_operator_never_sets_them(
+    tmp_path: Path,
+) -> None:
+    """A node whose pods share one network (the test cluster's process node) gives each trainer its pod's
+    address to listen on; without it a trainer listens on all of them, as in a pod of its own."""
+    from grpo_trainer.contract.config import DEVICE_ENV, LISTEN_HOST_ENV
+    from grpo_trainer.run.progress_board import ProgressBoard
+    from grpo_trainer.run.progress_server import ProgressServer
+
+    job = Job("papillon", "team-a", "uid-1", seed_spec())
+    path = tmp_path / "config.json"
+    path.write_text(next(iter(config_map(job, SETTINGS)["data"].values())))
+    env = {e["name"] for e in trainer_pod(job, SETTINGS, 0)["spec"]["containers"][0]["env"]}
+    assert not env & {DEVICE_ENV, LISTEN_HOST_ENV}
+    assert TrainerConfig.load(path, environ={}).listen_host == "0.0.0.0"
+    cfg = TrainerConfig.load(path, environ={DEVICE_ENV: "cpu", LISTEN_HOST_ENV: "127.103.0.9"})
+    assert (cfg.device, cfg.listen_host) == ("cpu", "127.103.0.9")
+    server = ProgressServer(ProgressBoard(tmp_path, "papillon", 1), 0, cfg.listen_host).start()
+    try:
+        assert server.host == "127.103.0.9"
+    finally:
+        server.stop()

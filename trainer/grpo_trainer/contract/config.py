@@ -37,6 +37,10 @@ DEFAULT_PORT = 9400
 # Overrides the config's device ("cpu"): set by a node that runs GPU pods on its CPUs (a
 # test cluster's process node, which advertises GPUs it does not have), never by the operator.
 DEVICE_ENV = "GRPO_TRAINER_DEVICE"
+# Overrides the address /progress listens on (all of the pod's): set by a node whose pods share one
+# network and each have an address of their own there (a test cluster's process node), never by the
+# operator, so that several trainers' servers can use the one port the operator polls.
+LISTEN_HOST_ENV = "GRPO_TRAINER_LISTEN_HOST"
 
 
 # What the job's code fetch (grpo_trainer.usercode.fetch, an init container) reads its credentials from.
@@ -149,6 +153,7 @@ class TrainerConfig(_Contract):
     grpo: GRPOArgs = Field(default_factory=GRPOArgs)
     train: TrainKwargs = Field(default_factory=TrainKwargs)
     port: int = Field(DEFAULT_PORT, description="HTTP port for /progress, /metrics and /healthz (0: off).")
+    listen_host: str = Field("0.0.0.0", description="Address that port is bound to (default: every address).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @property
@@ -160,8 +165,10 @@ class TrainerConfig(_Contract):
 
     @classmethod
     def load(cls, path: str | Path, environ: Mapping[str, str] = os.environ) -> "TrainerConfig":
-        """The config file, with ``$GRPO_TRAINER_DEVICE`` (when set) as its device."""
+        """The config file, with ``$GRPO_TRAINER_DEVICE`` and ``$GRPO_TRAINER_LISTEN_HOST`` (when set) as its
+        device and listening address."""
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
-        if environ.get(DEVICE_ENV):
-            doc["device"] = environ[DEVICE_ENV]
+        for env, key in ((DEVICE_ENV, "device"), (LISTEN_HOST_ENV, "listen_host")):
+            if environ.get(env):
+                doc[key] = environ[env]
         return cls.model_validate(doc)

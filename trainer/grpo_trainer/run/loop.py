@@ -186,7 +186,7 @@ class GRPORun:
         board = ProgressBoard(self.run_dir, cfg.job_name, self.max_steps, initial=initial)
         server = None
         if cfg.port:
-            server = ProgressServer(board, cfg.port, metrics=TrainerMetrics()).start()
+            server = ProgressServer(board, cfg.port, cfg.listen_host, metrics=TrainerMetrics()).start()
         program, train = task.program, task.train
         write_text_atomic(self.run_dir / CODE_IDENTITY_FILE, identity_json(task.code))  # which code trained it
         board.code(code_summary(task.code, CODE_SUMMARY_CHARS))
@@ -600,6 +600,8 @@ class GRPORun:
                 if self._pending_best is not None:  # its checkpoint failed, but no step will be retrained now
                     keep_best(s.store, self.cfg.grpo.checkpoint, *self._pending_best)
                 self._serve_result(s, self._write_result(s, finished=True))
+                if self.cfg.vllm.adapter_prefix:
+                    self._release_versions(s)
                 s.board.finish()
             else:
                 s.board.set_phase("stopped")
@@ -640,6 +642,18 @@ class GRPORun:
             s.sync.serve_named(result_model_name(self.cfg.job_name), result.adapter)
         except Exception as exc:
             log.warning("could not serve the result", extra={"error": f"{type(exc).__name__}: {exc}"})
+
+    def _release_versions(self, s: Sampling) -> None:
+        """A finished job on an inference pool unloads its versions, so that the pool's other jobs get the
+        slots and its status stops counting them (its result, served under its name, is not a version).
+        A report if it fails, not a failed run: a restarted server drops them anyway."""
+        try:
+            unloaded = s.sync.release()
+        except Exception as exc:
+            log.warning("could not unload the run's versions", extra={"error": f"{type(exc).__name__}: {exc}"})
+            return
+        s.board.loaded_adapters(s.sync.loaded)
+        log.info("unloaded the run's versions from the shared server", extra={"adapters": unloaded})
 
     def _check_served_adapter(self, s: Sampling, step: int) -> None:
         """Record whether vLLM serves exactly the final adapter on the volume (scored on the last trained sample)."""

@@ -160,6 +160,10 @@ class ProgressServer:
     def port(self) -> int:
         return int(self._httpd.server_address[1])
 
+    @property
+    def host(self) -> str:
+        return str(self._httpd.server_address[0])
+
     def start(self) -> ProgressServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="progress-server", daemon=True)
         self._thread.start()

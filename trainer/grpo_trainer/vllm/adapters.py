@@ -375,6 +375,14 @@ class VLLMAdapterSync:
                 order.append(step)
         return order[: self.max_loras]
 
+    def release(self, timeout: float = 120.0) -> list[str]:
+        """Unload every version of the run that vLLM serves (best included), returning their names: a finished
+        job gives a shared server's slots back. Other jobs' adapters and names that are not versions (the
+        result, served under the job's name) stay. Waits at most ``timeout`` for an unavailable vLLM."""
+        self.current = self.previous = self.best = None
+        unloaded = self._retrying(self._unload_unwanted, "unload the run's versions", timeout)
+        return sorted(unloaded, key=lambda name: version_step(name, self.prefix) or 0)
+
     def wait_ready(self) -> float:
         """Block until ``GET /v1/models`` answers; returns the seconds waited."""
         start = time.monotonic()
