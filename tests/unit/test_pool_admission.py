@@ -31,8 +31,8 @@ POOL = {"model": {"name": "Qwen/Qwen2.5-1.5B-Instruct"}, "storage": {}}  # the e
 
 def test_committed_policies_match_the_generator():
     assert POLICIES_FILE.read_text() == render_admission_policies(), (
-        "charts/grpo-operator/files/admission-policies.yaml is stale: run `python -m "
-        "grpo_operator.api.pool_admission -o charts/grpo-operator/files/admission-policies.yaml`"
+        "charts/grpo-operator/files/admission-policies.yaml is stale: run "
+        "`grpo-operator-crd --admission-policies -o charts/grpo-operator/files/admission-policies.yaml`"
     )
     assert yaml.safe_load(POLICIES_FILE.read_text()) == admission_policies()  # no YAML anchors for helm to resolve
     assert "&id" not in POLICIES_FILE.read_text()
