@@ -6,9 +6,9 @@ ValidatingAdmissionPolicies judge the same at create, so the API server refuses 
 it exists; CRD rules cannot, as they see neither another object nor the job's namespace. Both
 read this module: the Python checks (:func:`another_namespace`, :func:`mismatch`) and the
 policies' CEL (:func:`admission_policies`) are built from the same fields, defaults and message
-templates, so the two cannot drift (``charts/grpo-operator/files/admission-policies.yaml`` is
-this module's output, written by ``grpo-operator-crd --admission-policies``, and a test fails when it is stale; another runs both on the same cases
-on the real API server).
+templates, so the two cannot drift: ``charts/grpo-operator/files/admission-policies.yaml`` is
+this module's output (``grpo-operator-crd --admission-policies``), a test fails when it is
+stale, and another runs both on the same cases on the real API server.
 
 What admission cannot judge stays the operator's: a job created before its pool (admitted; it
 waits, PoolNotFound), and a pool created, changed (its ``maxLoraRank``) or deleted after its jobs.
@@ -54,6 +54,7 @@ UNSET = "unset"
 
 
 def _wire(model: type[BaseModel], attribute: str) -> str:
+    """A field's name in a manifest."""
     info = model.model_fields[attribute]
     return info.alias or attribute
 
@@ -98,6 +99,7 @@ def mismatch(job: GRPOJobSpec, pool: GRPOInferencePoolSpec) -> list[str]:
 
 
 def cannot_serve(name: str, differences: list[str]) -> str:
+    """Why a job may not use the pool ``name`` of its namespace, from :func:`mismatch`'s lines."""
     return CANNOT_SERVE.format(name=name, differences="; ".join(differences))
 
 
@@ -132,7 +134,7 @@ def cel_template(template: str, known: Optional[dict[str, str]] = None, **fields
 
 
 def _cel_value(value: str, annotation: Any) -> str:
-    """:func:`shown` in CEL, of ``value`` (a CEL expression, set) of type ``annotation``."""
+    """:func:`shown` in CEL, of ``value`` (a CEL expression, never unset) of type ``annotation``."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
     (kind,) = args
     if kind is str:
