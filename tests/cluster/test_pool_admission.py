@@ -10,7 +10,6 @@ admitted. Both are built from grpo_operator/api/pool_admission.py; this is the c
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Iterator
 from typing import Any, Optional
 
@@ -18,7 +17,8 @@ import pytest
 import yaml
 from controlplane import ControlPlane, wait_until
 
-from grpo_operator.api import parse_job
+from grpo_operator.api import GROUP, VERSION, parse_job
+from grpo_operator.api.pool import PLURAL as POOL_PLURAL
 from grpo_operator.controller.pooling import pool_verdict
 from support.cluster_jobs import CHART, create_job, get_job, on_pool, pool_manifest, wait_refused
 
@@ -85,12 +85,12 @@ def test_admission_refuses_what_the_operator_refuses_with_its_message_and_leaves
         wait_refused(cp, ns, by_name["elsewhere"])  # each policy active (the second with the pools in its cache)
         wait_refused(cp, ns, by_name["othermodel"])
 
+        pools = f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{POOL_PLURAL}"
         verdicts: dict[str, str] = {}
         for doc in cases:
             name, ref = doc["metadata"]["name"], doc["spec"]["inference"]["pool"]
-            pool_name = ref.rpartition("/")[2]
-            found = cp.kubectl("get", "grpoinferencepool", pool_name, "-n", ns, "-o", "json", check=False)
-            pool = json.loads(found.stdout) if found.returncode == 0 else None
+            found, body = cp.request("GET", f"{pools}/{ref.rpartition('/')[2]}")  # what the operator reads
+            pool = body if found == 200 else None
             verdict = pool_verdict(name, ns, parse_job(doc).spec, pool)
             assert verdict is not None
             status, body = create_job(cp, ns, doc, dry_run=True)
