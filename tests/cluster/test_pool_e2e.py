@@ -16,6 +16,7 @@ from controlplane import ControlPlane, wait_until
 
 from grpo_trainer.contract.progress import Progress, RunResult
 from support.cluster_jobs import (
+    POOL_MODEL,
     apply_jobs,
     cond,
     create_job,
@@ -212,7 +213,7 @@ def test_a_pool_serves_a_succeeded_jobs_result_in_one_slot_until_serve_is_turned
     wait_job(cp, ns, "papillon", is_true("Training"), "Training=True")
     trainers = FakeTrainers(int(operator.env["GRPO_TRAINER_PORT"]), trainer_of_ip(cp, ns))
     try:
-        result = RunResult(path="result", adapter="result/adapter", step=3, val_score=0.7, base_model=MODEL["name"])
+        result = RunResult(path="result", adapter="result/adapter", step=3, val_score=0.7, base_model=POOL_MODEL["name"])
         trainers.set("papillon", **Progress(job="papillon", step=3, max_steps=500, result=result).model_dump(mode="json"))
         wait_job(cp, ns, "papillon", lambda j: (j["status"].get("result") or {}).get("adapter"), "the result reported")
     finally:
