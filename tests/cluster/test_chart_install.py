@@ -117,6 +117,7 @@ def test_namespace_mode_install_runs_a_job_with_roles_only(
         "watchNamespaces": [job_ns, other_ns],
         "serviceAccount": {"name": "grpo-scoped"},
         "rbac": {"secretNamespaces": [job_ns], "aggregateToDefaultRoles": False},  # nothing cluster-scoped
+        "admissionPolicy": {"enabled": False},  # nor here
         "image": {"pullPolicy": "Always"},
         "jobDefaults": {"inferenceImage": "registry.example.com/ml/vllm:0.32.0"},
         "metrics": {"service": {"enabled": False}},
@@ -138,7 +139,8 @@ def test_namespace_mode_install_runs_a_job_with_roles_only(
         assert can_i(cp, who, "create", "secrets", "-n", job_ns)  # each job's vLLM key, never read back
         assert can_i(cp, who, "create", "networkpolicies.networking.k8s.io", "-n", job_ns)
         assert not can_i(cp, who, "patch", "networkpolicies.networking.k8s.io", "-n", job_ns)
-        assert cp.get_json("clusterroles", "-l", f"app.kubernetes.io/instance={release}")["items"] == []
+        for kind in ("clusterroles", "validatingadmissionpolicies", "validatingadmissionpolicybindings"):
+            assert cp.get_json(kind, "-l", f"app.kubernetes.io/instance={release}")["items"] == [], kind
 
         proc = start_operator_like_deployment(cp, release_ns, "grpo-scoped", tmp_path / "operator.log")
         assert proc.namespaces == [job_ns, other_ns]

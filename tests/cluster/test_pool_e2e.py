@@ -1,9 +1,9 @@
 """Inference pools end to end on the real control plane: the chart's operator (a local process with the chart
 ServiceAccount's token) keeps a GRPOInferencePool's server, Service, key and volume, attaches jobs to it
 (no vLLM pod of their own, their trainers pointed at the pool), counts its slots across them, and refuses the
-jobs that may not use it before creating anything. Fakes and why: the pods run on KWOK fake GPU nodes (no GPU
-here), so nothing in them runs, and their trainers' /progress is support/fake_trainer.py's; a real training run
-on a pool is tests/cluster/test_training_e2e.py's."""
+jobs that may not use it: at create (the chart's admission policies), or before creating anything. Fakes and
+why: the pods run on KWOK fake GPU nodes (no GPU here), so nothing in them runs, and their trainers' /progress
+is support/fake_trainer.py's; a real training run on a pool is tests/cluster/test_training_e2e.py's."""
 
 from __future__ import annotations
 
@@ -16,41 +16,25 @@ from controlplane import ControlPlane, wait_until
 
 from grpo_trainer.contract.progress import Progress, RunResult
 from support.cluster_jobs import (
+    POOL_MODEL,
     apply_jobs,
     cond,
+    create_job,
     exit_running_pod,
     get_job,
     is_true,
-    job_manifest,
+    on_pool,
     pods,
+    pool_manifest,
     trainer_of_ip,
     wait_event,
     wait_job,
+    wait_refused,
 )
 from support.fake_trainer import FakeTrainers
 from support.operator import OperatorProcess
 
 pytestmark = pytest.mark.cluster
-
-MODEL = {"name": "Qwen/Qwen2.5-1.5B-Instruct"}  # the example job's
-
-
-def pool_manifest(name: str = "shared", **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "grpo.dev/v1alpha1",
-        "kind": "GRPOInferencePool",
-        "metadata": {"name": name},
-        # two jobs' slots; ReadWriteMany: the trainers may spread over the fake nodes
-        "spec": {"model": MODEL, "maxLoras": 4, "maxCpuLoras": 8, "storage": {"accessMode": "ReadWriteMany"}, **spec},
-    }
-
-
-def on_pool(name: str, pool: str = "shared", **spec: Any) -> dict[str, Any]:
-    """The example job on ``pool``, with one training GPU (three jobs fit the two fake nodes)."""
-    doc = job_manifest(name, **spec)
-    doc["spec"]["inference"] = {"pool": pool}
-    doc["spec"]["trainKwargs"]["num_training_gpus"] = 1
-    return doc
 
 
 def get_pool(cp: ControlPlane, ns: str, name: str = "shared") -> dict[str, Any]:
@@ -143,20 +127,30 @@ def test_a_pool_serves_its_jobs_counts_their_slots_and_refuses_those_that_cannot
     assert [j["name"] for j in get_pool(cp, ns)["status"]["jobs"]] == ["second", "third"]
     wait_event(cp, ns, "PoolFull", type="Warning")
 
-    # refused before anything is created: another namespace's pool, a missing one, another base model
+    # refused at create by the chart's admission policies (tests/cluster/test_pool_admission.py has every case):
+    # another namespace's pool, another base model; nothing is stored
     other_model = on_pool("othermodel")
     other_model["spec"]["model"] = {"name": "Qwen/Qwen2.5-0.5B-Instruct"}
-    apply_jobs(cp, ns, on_pool("elsewhere", pool="team-b/shared"), on_pool("nopool", pool="nope"), other_model,
-               secret=False)  # fmt: skip
-    for name, reason, says in (
-        ("elsewhere", "PoolInAnotherNamespace", "a job uses only a pool of its own namespace"),
-        ("nopool", "PoolNotFound", "GRPOInferencePool 'nope' does not exist"),
-        ("othermodel", "PoolMismatch", "spec.model.name is 'Qwen/Qwen2.5-0.5B-Instruct'"),
+    for doc, says in (
+        (on_pool("elsewhere", pool="team-b/shared"), "a job uses only a pool of its own namespace"),
+        (other_model, "spec.model.name is 'Qwen/Qwen2.5-0.5B-Instruct'"),
     ):
-        job = wait_job(cp, ns, name, lambda j, r=reason: cond(j, "Created").get("reason") == r, f"{name} {reason}")
+        assert says in wait_refused(cp, ns, doc)["message"]  # the policies are active
+        status, body = create_job(cp, ns, doc)
+        assert status == 422 and says in body["message"], body
+    # left to the operator, which refuses before anything is created: a job naming a pool that does not exist
+    # yet, then a pool of another base model created under that name after the job
+    apply_jobs(cp, ns, on_pool("nopool", pool="nope"), secret=False)
+    for reason, says in (
+        ("PoolNotFound", "GRPOInferencePool 'nope' does not exist"),
+        ("PoolMismatch", "spec.model.name is 'Qwen/Qwen2.5-1.5B-Instruct', the pool's is 'Qwen/Qwen2.5-0.5B-Instruct'"),
+    ):
+        if reason == "PoolMismatch":
+            cp.apply_yaml(yaml.safe_dump(pool_manifest("nope", model=other_model["spec"]["model"], replicas=0)), ns)
+        job = wait_job(cp, ns, "nopool", lambda j, r=reason: cond(j, "Created").get("reason") == r, f"nopool {reason}")
         assert says in cond(job, "Created")["message"]
-        assert not [p for p in pods(cp, ns) if p.startswith(f"{name}-")]
-        assert cp.kubectl("get", "configmap", f"{name}-config", "-n", ns, check=False).returncode != 0
+        assert not [p for p in pods(cp, ns) if p.startswith("nopool-")]
+        assert cp.kubectl("get", "configmap", "nopool-config", "-n", ns, check=False).returncode != 0
     assert [j["name"] for j in get_pool(cp, ns)["status"]["jobs"]] == ["second", "third"]  # they hold nothing
 
     # the pool's series on the operator's /metrics
@@ -219,7 +213,7 @@ def test_a_pool_serves_a_succeeded_jobs_result_in_one_slot_until_serve_is_turned
     wait_job(cp, ns, "papillon", is_true("Training"), "Training=True")
     trainers = FakeTrainers(int(operator.env["GRPO_TRAINER_PORT"]), trainer_of_ip(cp, ns))
     try:
-        result = RunResult(path="result", adapter="result/adapter", step=3, val_score=0.7, base_model=MODEL["name"])
+        result = RunResult(path="result", adapter="result/adapter", step=3, val_score=0.7, base_model=POOL_MODEL["name"])
         trainers.set("papillon", **Progress(job="papillon", step=3, max_steps=500, result=result).model_dump(mode="json"))
         wait_job(cp, ns, "papillon", lambda j: (j["status"].get("result") or {}).get("adapter"), "the result reported")
     finally:

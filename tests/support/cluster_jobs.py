@@ -16,6 +16,7 @@ from typing import Any, Optional
 import yaml
 from controlplane import EXIT_ANNOTATION, ControlPlane, wait_until
 
+from grpo_operator.api import GROUP, PLURAL, VERSION
 from grpo_operator.children import JOB_LABEL, TRAINER
 from support.checkout import checkout_env
 from support.jobdocs import ROOT, load_example
@@ -45,6 +46,46 @@ def job_manifest(name: str = "papillon", **spec_changes: Any) -> Job:
         else:
             doc["spec"][key] = value
     return doc
+
+
+POOL_MODEL = {"name": "Qwen/Qwen2.5-1.5B-Instruct"}  # the example job's
+
+
+def pool_manifest(name: str = "shared", **spec: Any) -> dict[str, Any]:
+    """A GRPOInferencePool of the example job's model (``spec`` replaces its fields)."""
+    return {
+        "apiVersion": "grpo.dev/v1alpha1",
+        "kind": "GRPOInferencePool",
+        "metadata": {"name": name},
+        # two jobs' slots; ReadWriteMany: the trainers may spread over the fake nodes
+        "spec": {"model": POOL_MODEL, "maxLoras": 4, "maxCpuLoras": 8, "storage": {"accessMode": "ReadWriteMany"}, **spec},
+    }
+
+
+def on_pool(name: str, pool: str = "shared", **spec: Any) -> dict[str, Any]:
+    """The example job on ``pool``, with one training GPU (three jobs fit the two fake nodes)."""
+    doc = job_manifest(name, **spec)
+    doc["spec"]["inference"] = {"pool": pool}
+    doc["spec"]["trainKwargs"]["num_training_gpus"] = 1
+    return doc
+
+
+def create_job(cp: ControlPlane, ns: str, doc: Job, dry_run: bool = False) -> tuple[int, Any]:
+    """POST a job as the admin (``dry_run``: through admission, storing nothing): (HTTP status, body)."""
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}" + ("?dryRun=All" if dry_run else "")
+    return cp.request("POST", path, doc)
+
+
+def wait_refused(cp: ControlPlane, ns: str, doc: Job, timeout: float = 15) -> dict[str, Any]:
+    """The Status of a dry-run create of ``doc``, once the API server refuses it. The API server loads an admission
+    policy (and the params it reads) through informers, a moment after it is created: a job it must refuse is
+    tried, storing nothing, until it is."""
+
+    def refused() -> Optional[dict[str, Any]]:
+        status, body = create_job(cp, ns, doc, dry_run=True)
+        return body if status != 201 else None
+
+    return wait_until(refused, timeout=timeout, what=f"the API server to refuse job {doc['metadata']['name']!r}")
 
 
 def install_crd(cp: ControlPlane) -> str:

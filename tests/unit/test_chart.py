@@ -45,6 +45,7 @@ NON_DEFAULT = {
     "serviceAccount": {"name": "grpo-operator", "annotations": {"example.com/owner": "ml-platform"}},
     "rbac": {"checkSecrets": False},
     "networkPolicy": {"enabled": False, "metricsNamespaces": ["prometheus"]},
+    "admissionPolicy": {"enabled": False},
     "jobDefaults": {
         "trainerImage": "registry.example.com/ml/grpo-trainer:0.1.0",
         "inferenceImage": "registry.example.com/ml/vllm:0.32.0",
@@ -142,6 +143,7 @@ def test_default_install_is_cluster_wide_with_the_crd_and_nothing_optional(helm_
         ["ServiceAccount", "ClusterRoleBinding", "Service", "Deployment"]
         + ["CustomResourceDefinition"] * 2  # GRPOJob, GRPOInferencePool
         + ["ClusterRole"] * 3  # the operator's, and GRPOJob rights aggregated into edit and view
+        + ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 2  # a job's pool, at create
     )
     for crd_file in ("crd.yaml", "crd-pool.yaml"):
         committed = yaml.safe_load((CHART / "files" / crd_file).read_text())
@@ -161,9 +163,14 @@ def test_namespace_mode_uses_roles_in_each_watched_namespace_only(helm_bin: Path
     # the only cluster-scoped RBAC left is for users (aggregation), never bound to the operator
     assert sorted(r["metadata"]["name"] for r in kinds["ClusterRole"]) == [f"{FULLNAME}-edit", f"{FULLNAME}-view"]
     tenant = by_kind(
-        render(helm_bin, "--set", "watchNamespaces={team-a}", "--set", "rbac.aggregateToDefaultRoles=false")
+        render(
+            helm_bin,
+            *("--set", "watchNamespaces={team-a}", "--set", "crds.install=false"),
+            *("--set", "rbac.aggregateToDefaultRoles=false", "--set", "admissionPolicy.enabled=false"),
+        )
     )
-    assert "ClusterRole" not in tenant
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "ValidatingAdmissionPolicy"}
+    assert not cluster_scoped & {k.removesuffix("Binding") for k in tenant}  # the README's tenant install
     assert sorted(r["metadata"]["namespace"] for r in kinds["Role"]) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in kinds["RoleBinding"]) == ["team-a", "team-b"]
     for role in kinds["Role"]:
@@ -172,6 +179,28 @@ def test_namespace_mode_uses_roles_in_each_watched_namespace_only(helm_bin: Path
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": FULLNAME}
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": "grpo-system"}]
     assert operator_settings(docs, monkeypatch).namespaces == ("team-a", "team-b")
+
+
+def test_admission_policies_are_the_generated_ones_bound_where_the_operator_watches(helm_bin: Path):
+    """files/admission-policies.yaml (generated from the operator's checks) as they are, one binding each: every
+    namespace by default, the watched ones in namespace mode; none with admissionPolicy.enabled=false."""
+    generated = yaml.safe_load((CHART / "files" / "admission-policies.yaml").read_text())
+    names = {suffix: f"{FULLNAME}-{suffix}" for suffix in generated}
+    kinds = by_kind(render(helm_bin))
+    policies = {p["metadata"]["name"]: p["spec"] for p in kinds["ValidatingAdmissionPolicy"]}
+    assert policies == {names[s]: g["policy"] for s, g in generated.items()}
+    bindings = {b["metadata"]["name"]: b["spec"] for b in kinds["ValidatingAdmissionPolicyBinding"]}
+    assert bindings == {names[s]: {"policyName": names[s], **g["binding"]} for s, g in generated.items()}
+    assert bindings[names["pool-model"]]["paramRef"] == {"selector": {}, "parameterNotFoundAction": "Allow"}
+
+    scoped = by_kind(render(helm_bin, "--set", "watchNamespaces={team-a,team-b}"))
+    selector = {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}
+    watched = {"matchExpressions": [selector]}
+    assert [b["spec"]["matchResources"] for b in scoped["ValidatingAdmissionPolicyBinding"]] == [
+        {"namespaceSelector": watched}
+    ] * 2
+    off = by_kind(render(helm_bin, "--set", "admissionPolicy.enabled=false"))
+    assert not {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} & off.keys()
 
 
 def test_monitoring_on_renders_monitors_rule_and_dashboard(helm_bin: Path):

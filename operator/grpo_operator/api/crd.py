@@ -3,7 +3,9 @@
 The models are the single source of truth; the CRDs committed in the chart are this
 module's output (``grpo-operator-crd -o charts/grpo-operator/files/crd.yaml`` and
 ``grpo-operator-crd --kind GRPOInferencePool -o charts/grpo-operator/files/crd-pool.yaml``),
-and a test fails when they drift apart.
+and a test fails when they drift apart. So are the chart's admission policies of inference pools
+(``grpo-operator-crd --admission-policies -o charts/grpo-operator/files/admission-policies.yaml``,
+from api/pool_admission.py).
 
 Pydantic emits JSON Schema 2020-12; Kubernetes wants a *structural* OpenAPI v3
 schema, so the conversion inlines references, turns ``X | None`` into
@@ -25,6 +27,7 @@ from pydantic import BaseModel
 
 from grpo_operator.api import pool
 from grpo_operator.api.job import API_VERSION, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION, GRPOJob
+from grpo_operator.api.pool_admission import render_admission_policies
 from grpo_operator.api.spec import GRPOJobSpec
 from grpo_operator.api.status import GRPOJobStatus
 from grpo_trainer.contract.rules import RuledModel
@@ -246,10 +249,16 @@ def render_crd(resource: Resource = JOB) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=f"Print a CRD of {API_VERSION} generated from the models.")
-    parser.add_argument("--kind", choices=sorted(RESOURCES), default=KIND, help=f"which resource (default: {KIND})")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--kind", choices=sorted(RESOURCES), default=KIND, help=f"which resource (default: {KIND})")
+    what.add_argument(
+        "--admission-policies",
+        action="store_true",
+        help="the chart's ValidatingAdmissionPolicies of inference pools instead (api/pool_admission.py)",
+    )
     parser.add_argument("-o", "--output", help="write to this file instead of stdout")
     args = parser.parse_args(argv)
-    text = render_crd(RESOURCES[args.kind])
+    text = render_admission_policies() if args.admission_policies else render_crd(RESOURCES[args.kind])
     if args.output:
         with open(args.output, "w", encoding="utf-8") as fh:
             fh.write(text)

@@ -825,8 +825,9 @@ class InferenceOptions(ServerOptions):
             "Sample through this GRPOInferencePool of the job's namespace instead of a vLLM pod of the job's own: "
             "the trainer uses the pool's Service and key, publishes its adapters as <job>-policy-vN, and keeps its "
             "run directory in a folder of the pool's volume (runs/<job>). The pool's model must be spec.model and "
-            "its maxLoraRank at least trainKwargs.lora_config.r; the operator checks both, and that the pool is in "
-            "the job's namespace, before it creates anything. The other inference fields do not apply."
+            "its maxLoraRank at least trainKwargs.lora_config.r, and it must be of the job's namespace: the chart's "
+            "admission policies refuse a job that is not at create, and the operator checks again before it "
+            "creates anything (alone for a job created before its pool). The other inference fields do not apply."
         ),
     )
 

@@ -3,9 +3,10 @@
 :func:`pool_verdict` says whether the pool exists in the job's namespace, serves the job's
 base model at its LoRA rank, and holds slots for it (the pool decides who holds its
 slots: controller/pool_lifecycle.py); the job's lifecycle acts on it, and creates
-nothing for a refused job. The API server cannot check another object at admission, so
-this is where a job naming another namespace's pool, a missing one or one of another
-base model is refused.
+nothing for a refused job. The chart's admission policies refuse at create what they can
+judge of the same (api/pool_admission.py holds the checks and messages both use); this is
+where the rest is refused: a job created before its pool, a pool changed or re-created after
+its jobs, and every job where the policies are not installed.
 """
 
 from __future__ import annotations
@@ -14,20 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from pydantic import BaseModel
-
 from grpo_operator import children
-from grpo_operator.api.pool import GRPOInferencePoolSpec, InvalidPool, parse_pool_spec
+from grpo_operator.api.pool import InvalidPool, parse_pool_spec
+from grpo_operator.api.pool_admission import another_namespace, cannot_serve, mismatch, pool_name
 from grpo_operator.api.spec import GRPOJobSpec
 from grpo_operator.children import PoolBinding
 from grpo_operator.controller.conditions import is_true
 from grpo_operator.resolve import max_loras
-
-
-def pool_name(ref: str, namespace: str) -> tuple[str, str]:
-    """(namespace, name) of a spec.inference.pool reference: NAME, or NAMESPACE/NAME."""
-    ns, _, name = ref.rpartition("/")
-    return (ns or namespace), name
 
 
 def names_pool(spec: GRPOJobSpec, namespace: str, pool: str) -> bool:
@@ -45,29 +39,6 @@ def serves_result(spec: GRPOJobSpec, status: Mapping[str, Any]) -> bool:
 def job_slots(spec: GRPOJobSpec) -> int:
     """Adapter slots a job holds in its pool: the versions it keeps loaded."""
     return max_loras(spec)
-
-
-def _shown(value: object) -> object:
-    """A field's value as a manifest writes it (a volume as its mapping)."""
-    return value.model_dump(by_alias=True, exclude_none=True) if isinstance(value, BaseModel) else value
-
-
-def mismatch(job: GRPOJobSpec, pool: GRPOInferencePoolSpec) -> list[str]:
-    """How a job differs from what its pool serves (empty: it may use it)."""
-    out: list[str] = []
-    mine, theirs = job.model, pool.model
-    for wire, a, b in (
-        ("name", mine.name, theirs.name),
-        ("path", mine.path, theirs.path),
-        ("volume", mine.volume, theirs.volume),
-        ("servedName", mine.served_name, theirs.served_name),
-    ):
-        if a != b:
-            out.append(f"spec.model.{wire} is {_shown(a)!r}, the pool's is {_shown(b)!r}")
-    rank = job.train_kwargs.lora_config.r
-    if rank > pool.max_lora_rank:
-        out.append(f"trainKwargs.lora_config.r is {rank}, above the pool's maxLoraRank {pool.max_lora_rank}")
-    return out
 
 
 @dataclass(frozen=True)
@@ -93,17 +64,10 @@ def pool_verdict(
     ref = spec.inference.pool
     if ref is None:
         return None
-    ns, name = pool_name(ref, namespace)
-    if ns != namespace:
-        return PoolVerdict(
-            name=ref,
-            reason="PoolInAnotherNamespace",
-            message=(
-                f"spec.inference.pool {ref!r} is in namespace {ns!r}; a job uses only a pool of its own namespace "
-                f"{namespace!r} (a pool is one tenant's: its jobs share its key). Create a GRPOInferencePool in "
-                f"{namespace!r} and name it, or remove spec.inference.pool for a vLLM pod of the job's own"
-            ),
-        )
+    elsewhere = another_namespace(ref, namespace)
+    if elsewhere:
+        return PoolVerdict(name=ref, reason="PoolInAnotherNamespace", message=elsewhere)
+    _, name = pool_name(ref, namespace)
     meta = (pool or {}).get("metadata") or {}
     if pool is None or meta.get("deletionTimestamp"):
         gone = "is being deleted" if pool is not None else "does not exist"
@@ -123,14 +87,7 @@ def pool_verdict(
         )
     differences = mismatch(spec, pool_spec)
     if differences:
-        return PoolVerdict(
-            name=name,
-            reason="PoolMismatch",
-            message=(
-                f"GRPOInferencePool {name!r} cannot serve this job: " + "; ".join(differences) + ". Name a pool of "
-                "the job's base model and LoRA rank, or remove spec.inference.pool for a vLLM pod of the job's own"
-            ),
-        )
+        return PoolVerdict(name=name, reason="PoolMismatch", message=cannot_serve(name, differences))
     status = pool.get("status") or {}
     attached = any(j.get("name") == job for j in status.get("jobs") or [])
     waiting = job in (status.get("waiting") or [])
