@@ -20,16 +20,17 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grpo_trainer.contract.config import VLLMEndpoint
 from grpo_trainer.contract.progress import RESULT_ADAPTER_DIR
-from grpo_trainer.contract.vllm_guard import SERVED_RESULTS_ENV
 from grpo_trainer.contract.vllm_command import VLLMServerSpec
+from grpo_trainer.contract.vllm_guard import SERVED_RESULTS_ENV
 from grpo_trainer.embedded.tinymodel import ensure_tiny_model
 from grpo_trainer.vllm import adapters
 from grpo_trainer.vllm.adapters import AdapterStore, VLLMAdapterSync, VLLMUnavailableError, version_name
 from grpo_trainer.vllm.process import VLLMProcess
+from grpo_trainer.vllm.served_check import check_served_adapter
 from support.vllm import write_guard
 
 PROMPT = "please write an email to maria garcia about the"
@@ -412,6 +413,30 @@ def test_jobs_sharing_a_pools_server_publish_under_their_own_names_and_unload_on
     assert roots["b-policy-v1"] == str(stores["b"].path(1))  # the other job's version stays
     assert roots["a-policy-v3"] == str(stores["a"].path(3)) and "a-policy-v1" not in roots
     assert vllm.complete("b-policy-v1") != vllm.complete("a-policy-v3")
+    # job a's end-of-run served check while job b samples on the same server: scored right, and the server
+    # lives (prompt logprobs beside another request killed the CPU build's engine: served_check's docstring)
+    stop = threading.Event()
+
+    def rollouts() -> None:
+        while not stop.is_set():
+            body = {"model": "b-policy-v1", "prompt": PROMPT * 8, "max_tokens": 24, "temperature": 1.0}
+            httpx.post(f"{vllm.base_url}/completions", json=body, headers=AUTH, timeout=60)
+
+    neighbour = threading.Thread(target=rollouts, daemon=True)
+    neighbour.start()
+    try:
+        token_ids = AutoTokenizer.from_pretrained(model_dir)(PROMPT * 6)["input_ids"]
+        checks = [
+            check_served_adapter(
+                model, torch.device("cpu"), vllm.base_url, "a-policy-v3", stores["a"].path(3), token_ids, api_key=KEY
+            )
+            for _ in range(3)
+        ]
+    finally:
+        stop.set()
+        neighbour.join(timeout=60)
+    assert all(c.served_vs_disk <= 1e-3 and c.base_vs_disk >= 50 * max(c.served_vs_disk, 1e-4) for c in checks), checks
+    assert vllm.complete("b-policy-v1") and vllm.roots()["b-policy-v1"] == str(stores["b"].path(1))
     syncs["a"].set_best(2)
     assert syncs["a"].release() == ["a-policy-v2", "a-policy-v3"] and syncs["a"].loaded == []
     roots = vllm.roots()

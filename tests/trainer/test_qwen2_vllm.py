@@ -20,7 +20,7 @@ from transformers import AutoTokenizer
 from grpo_trainer.contract.hparams import TrainKwargs
 from grpo_trainer.grpo.policy import load_policy
 from grpo_trainer.vllm.adapters import AdapterStore, VLLMAdapterSync, version_name
-from grpo_trainer.vllm.served_check import check_served_adapter, served_logprobs
+from grpo_trainer.vllm.served_check import Continuation, check_served_adapter, served_continuation
 from support.vllm import VLLMServer
 
 pytestmark = [pytest.mark.vllm]
@@ -54,7 +54,7 @@ def test_qwen2_adapters_on_all_projections_hot_swap_and_serve_as_on_disk(
     token_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     assert len(token_ids) > 10
 
-    served: dict[int, list[float]] = {}
+    served: dict[int, Continuation] = {}
     for step, seed in ((1, 1), (2, 2)):
         _randomize_lora_b(policy.model, seed)
         store.save(policy.model, step)
@@ -65,8 +65,10 @@ def test_qwen2_adapters_on_all_projections_hot_swap_and_serve_as_on_disk(
         )
         assert check.served_vs_disk <= 1e-3, check
         assert check.base_vs_disk >= 50 * max(check.served_vs_disk, 1e-4), f"the check cannot tell them apart: {check}"
-        served[step] = served_logprobs(server.openai_url, version_name(step), token_ids)
+        served[step] = served_continuation(server.openai_url, version_name(step), token_ids)
     # the previous version stays loaded beside the new one, with its own weights
-    again = served_logprobs(server.openai_url, version_name(1), token_ids)
-    assert max(abs(a - b) for a, b in zip(again, served[1])) <= 1e-4
-    assert max(abs(a - b) for a, b in zip(served[1], served[2])) > 1e-2
+    again = served_continuation(server.openai_url, version_name(1), token_ids)
+    assert again.token_ids == served[1].token_ids
+    assert max(abs(a - b) for a, b in zip(again.logprobs, served[1].logprobs)) <= 1e-4
+    first, second = served[1], served[2]
+    assert first.token_ids != second.token_ids or max(abs(a - b) for a, b in zip(first.logprobs, second.logprobs)) > 1e-2
