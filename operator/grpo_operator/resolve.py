@@ -1087,10 +1087,10 @@ class ResolvedPool:
     env_refs: tuple[EnvRef, ...]  # the pool's key, the model's hub token, the user's valueFrom entries
 
 
-def resolve_pool(name: str, spec: GRPOInferencePoolSpec, target: ClusterTarget) -> ResolvedPool:
-    """The pool's servers: the job's vLLM server, rendered from the pool's fields (its slots, its rank)."""
-    gpus = spec.gpus_per_replica
-    server = _server(
+def pool_server(spec: GRPOInferencePoolSpec, target: Target, gpus: int) -> VLLMServerSpec:
+    """A pool's server: the job's vLLM server, rendered from the pool's fields (its slots, its rank); a pod's,
+    or the one process of a local pool run (grpo_operator.local.plan)."""
+    return _server(
         spec,
         spec.server,
         target,
@@ -1100,6 +1100,12 @@ def resolve_pool(name: str, spec: GRPOInferencePoolSpec, target: ClusterTarget) 
         max_cpu_loras=spec.slots,
         seed=spec.seed,
     )
+
+
+def resolve_pool(name: str, spec: GRPOInferencePoolSpec, target: ClusterTarget) -> ResolvedPool:
+    """The pool's servers, each in a pod of this plan."""
+    gpus = spec.gpus_per_replica
+    server = pool_server(spec, target, gpus)
     key = EnvRef(VLLM_API_KEY_ENV, "secret", target.api_key_secret, API_KEY_SECRET_KEY, False, "the pool's vLLM key")
     token = model_token_ref(spec.model)
     refs = (*([token] if token is not None else []), *_user_refs(spec.server.env, "spec.server"), key)

@@ -57,6 +57,18 @@ def proof_steps() -> int:
     return LearningFigure.read().steps
 
 
+def assert_served(run_dir: Path, steps: int, prefix: str = "") -> None:
+    """vLLM served, at the end of the run, exactly the adapter the trainer left in ``run_dir`` after ``steps``
+    steps, under the run's name for it (``prefix``: a job on a pool's, ``<job>-``)."""
+    progress = Progress.read(run_dir)
+    assert progress is not None and progress.served_check is not None, "the run recorded no served-adapter check"
+    check = progress.served_check
+    assert check["adapter"] == f"{prefix}policy-v{steps}", check
+    assert Path(check["path"]) == run_dir / "adapters" / f"step-{steps}", check
+    assert check["served_vs_disk"] <= 1e-3, check
+    assert check["base_vs_disk"] >= 50 * max(check["served_vs_disk"], 1e-4), "the check cannot tell adapters apart"
+
+
 def assert_learned_and_served(run_dir: Path) -> None:
     """The finished run's validation gain clears the recorded margin, and vLLM served, at the end,
     exactly the adapter the trainer left on the volume."""
@@ -70,10 +82,4 @@ def assert_learned_and_served(run_dir: Path) -> None:
         f"({MARGIN_SDS:g} x the null noise {figure.null_gain_sd:.4f}, {FIGURE_FILE.name}); "
         f"scores {summary['val_scores']}, rewards {summary['reward_means']}"
     )
-    progress = Progress.read(run_dir)
-    assert progress is not None and progress.served_check is not None, "the run recorded no served-adapter check"
-    check = progress.served_check
-    assert check["adapter"] == f"policy-v{steps}"
-    assert Path(check["path"]) == run_dir / "adapters" / f"step-{steps}"
-    assert check["served_vs_disk"] <= 1e-3, check
-    assert check["base_vs_disk"] >= 50 * max(check["served_vs_disk"], 1e-4), "the check cannot tell adapters apart"
+    assert_served(run_dir, steps)
