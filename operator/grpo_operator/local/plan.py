@@ -35,7 +35,7 @@ from grpo_operator.api.pool import GRPOInferencePoolSpec, InvalidPool, parse_poo
 from grpo_operator.api.spec import DatasetSource, LocalModel
 from grpo_operator.code_pack import PackError, archive_of
 from grpo_operator.controller.pool_lifecycle import JobOnPool, attach
-from grpo_operator.controller.pooling import job_slots, pool_verdict
+from grpo_operator.controller.pooling import job_slots, pool_name, pool_verdict
 from grpo_operator.resolve import (
     DATA_SPLITS,
     LOCAL_HOST,
@@ -118,6 +118,16 @@ class Documents:
     config_maps: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+def read_documents(path: Path, what: str) -> list[Any]:
+    """The YAML documents of a file (``what``: "job", "pool"), empty ones left out; raises InvalidInput."""
+    try:
+        return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{path} is not valid YAML: {exc}") from None
+
+
 def load_document(job_file: Optional[Path]) -> Documents:
     """The job manifest (and any code ConfigMaps beside it) from a YAML file, or the embedded default."""
     if job_file is None:
@@ -125,12 +135,7 @@ def load_document(job_file: Optional[Path]) -> Documents:
 
         log.info("running the embedded default job (grpo-local --print-default shows it)")
         return Documents(default_job())
-    try:
-        docs = [d for d in yaml.safe_load_all(job_file.read_text(encoding="utf-8")) if d is not None]
-    except OSError as exc:
-        raise InvalidInput(f"cannot read job file {job_file}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise InvalidInput(f"{job_file} is not valid YAML: {exc}") from None
+    docs = read_documents(job_file, "job")
     if not all(isinstance(d, dict) for d in docs):
         raise InvalidInput(f"{job_file}: every document must be a YAML mapping")
     config_maps = {str((d.get("metadata") or {}).get("name")): d for d in docs if d.get("kind") == "ConfigMap"}
@@ -408,7 +413,7 @@ def check_pool(name: str, job: GRPOJob, pool: LocalPool) -> None:
             f"job {name!r}: spec.inference.pool is not set; set it to {pool.name!r} to run the job on the pool "
             f"{pool.name!r}, or run the job alone (without --pool)"
         )
-    found = pool.doc if (pool.namespace, pool.name) == (namespace, ref.rpartition("/")[2]) else None
+    found = pool.doc if (pool.namespace, pool.name) == pool_name(ref, namespace) else None
     verdict = pool_verdict(name, namespace, job.spec, found)
     if verdict is not None and verdict.reason:
         given = f"the pool file is GRPOInferencePool {pool.namespace}/{pool.name}"
@@ -418,12 +423,7 @@ def check_pool(name: str, job: GRPOJob, pool: LocalPool) -> None:
 def load_pool(pool_file: Path, volumes: Mapping[str, Path], port: int) -> LocalPool:
     """A GRPOInferencePool file as a local pool: validated, its volume a ``--volume`` directory (or the working
     directory, as a lone job's runs/<job> is), its server resolved as the operator resolves a pool's pod."""
-    try:
-        docs = [d for d in yaml.safe_load_all(pool_file.read_text(encoding="utf-8")) if d is not None]
-    except OSError as exc:
-        raise InvalidInput(f"cannot read pool file {pool_file}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise InvalidInput(f"{pool_file} is not valid YAML: {exc}") from None
+    docs = read_documents(pool_file, "pool")
     if len(docs) != 1 or not isinstance(docs[0], dict) or docs[0].get("kind") != POOL_KIND:
         raise InvalidInput(f"{pool_file} must hold exactly one {POOL_KIND} document")
     try:
