@@ -225,13 +225,16 @@ def run_case(
         started = time.monotonic()
         runners = [_cli(argv, where, logs / f"{label}.log")]
     else:
+        ports: set[int] = set()
+        while len(ports) < k:  # a free port each, never the same twice
+            ports.add(free_port())
         runners = []
         started = time.monotonic()
-        for doc in docs:
+        for doc, port in zip(docs, sorted(ports)):
             f = where / f"{doc['metadata']['name']}.yaml"
             f.write_text(yaml.safe_dump(doc, sort_keys=False))
             run_dir = where / "runs" / doc["metadata"]["name"]
-            argv = [str(f), "--run-dir", str(run_dir), "--port", str(free_port()), *common]
+            argv = [str(f), "--run-dir", str(run_dir), "--port", str(port), *common]
             runners.append(_cli(argv, where, logs / f"{label}-{doc['metadata']['name']}.log"))
     run_dirs = {name: where / "runs" / name for name in names}
     print(f"[{label}] started {len(runners)} runner(s)", flush=True)
