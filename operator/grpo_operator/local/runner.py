@@ -222,7 +222,7 @@ class Supervisor:
 
     def _on_signal(self, signum: int, frame: Optional[FrameType]) -> None:
         if self.stop_requested:
-            self.display.message("second interrupt: killing the trainers and vLLM")
+            self.display.message(f"second interrupt: killing the {self._trainers} and vLLM")
             for trainer in self.trainers:
                 trainer.signal(signal.SIGKILL)
             self._killed = True
@@ -232,9 +232,12 @@ class Supervisor:
             raise _Interrupted()
         for trainer in self.trainers:
             trainer.signal(signal.SIGTERM)
-        self.display.message(
-            "stopping: each trainer finishes its step and writes a checkpoint; rerun to resume (Ctrl-C again to kill)"
-        )
+        each = "each trainer finishes its step" if len(self.trainers) > 1 else "the trainer finishes its step"
+        self.display.message(f"stopping: {each} and writes a checkpoint; rerun to resume (Ctrl-C again to kill)")
+
+    @property
+    def _trainers(self) -> str:
+        return "trainers" if len(self.trainers) > 1 else "trainer"
 
     # -- children ----------------------------------------------------------------------
 
