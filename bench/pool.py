@@ -462,7 +462,7 @@ def report(cases: list[Case], figure: LearningFigure, steps: int, tiny: bool, el
         f"of each K one after the other in the same run ({elapsed / 60:.0f} min in all). Gains are final − "
         f"baseline validation score; the margin is bench/learning.json's {figure.margin:.4f} (4 × the null "
         f"noise {figure.null_gain_sd:.4f}). Median step: the trainer's `timings.step` per step, the first "
-        "left out. CPU-s per job: its trainer's process tree plus its own vLLM's, or 1/K of the pool's "
+        "left out when there are more. CPU-s per job: its trainer's process tree plus its own vLLM's, or 1/K of the pool's "
         "(sampled every second from /proc; the runners' own polling is not counted)."
     )
     return (
