@@ -93,8 +93,8 @@ class Usage:
 class Census:
     """Samples, every second, the process trees under the runners: CPU per owner (the runner's direct child --
     vLLM or a trainer -- and everything under it, owned by the job whose run directory it works in, or by the
-    pool), and each job's step times from its progress.json. CPU of a process that exits between two samples
-    is counted up to its last sample (under 1 s each)."""
+    pool), and each job's step times from its progress.json. Each process's own CPU (user + system), up to its
+    last sample: a process that exits loses under 1 s, one that lives under 1 s is not seen."""
 
     def __init__(self, runners: list[subprocess.Popen[bytes]], run_dirs: dict[str, Path]) -> None:
         self.runners = runners
@@ -146,7 +146,8 @@ class Census:
                 try:
                     with proc.oneshot():
                         t = proc.cpu_times()
-                        usage.cpu[(proc.pid, proc.create_time())] = t.user + t.system + t.children_user + t.children_system
+                        # its own time only: a reaped child's is in its parent's children_* and was sampled itself
+                        usage.cpu[(proc.pid, proc.create_time())] = t.user + t.system
                         rss += proc.memory_info().rss
                         live += 1
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
