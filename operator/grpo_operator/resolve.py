@@ -1095,17 +1095,10 @@ def served_results(served: Sequence[str]) -> dict[str, str]:
     return {result_model_name(job): f"{pool_run_dir(job)}/{RESULT_ADAPTER_DIR}" for job in sorted(served)}
 
 
-def resolve_pool(name: str, spec: GRPOInferencePoolSpec, target: ClusterTarget) -> ResolvedPool:
-    """The pool's servers: the job's vLLM server, rendered from the pool's fields (its slots, its rank).
-
-    A server answers for the results the pool serves from the list in its guard's folder (vllm_guard's
-    resolver loads one on its first request), so its command line does not change with them: one restarted
-    in place or made again serves the results listed then. A running one got each result from its job's
-    trainer already, which loads the result as its last act.
-    """
-    gpus = spec.gpus_per_replica
-    assert target.guard_dir is not None  # a pool's server always has its guard
-    server = _server(
+def pool_server(spec: GRPOInferencePoolSpec, target: Target, gpus: int) -> VLLMServerSpec:
+    """A pool's server: the job's vLLM server, rendered from the pool's fields (its slots, its rank); a pod's,
+    or the one process of a local pool run (grpo_operator.local.plan)."""
+    return _server(
         spec,
         spec.server,
         target,
@@ -1115,6 +1108,19 @@ def resolve_pool(name: str, spec: GRPOInferencePoolSpec, target: ClusterTarget) 
         max_cpu_loras=spec.slots,
         seed=spec.seed,
     )
+
+
+def resolve_pool(name: str, spec: GRPOInferencePoolSpec, target: ClusterTarget) -> ResolvedPool:
+    """The pool's servers, each in a pod of this plan.
+
+    A server answers for the results the pool serves from the list in its guard's folder (vllm_guard's
+    resolver loads one on its first request), so its command line does not change with them: one restarted
+    in place or made again serves the results listed then. A running one got each result from its job's
+    trainer already, which loads the result as its last act.
+    """
+    gpus = spec.gpus_per_replica
+    assert target.guard_dir is not None  # a pool's server always has its guard
+    server = pool_server(spec, target, gpus)
     listing = {SERVED_RESULTS_ENV: f"{target.guard_dir}/{SERVED_RESULTS_FILE}"}  # the operator's, over spec.server.env
     server = replace(server, extra_env={**server.extra_env, **listing})
     key = EnvRef(VLLM_API_KEY_ENV, "secret", target.api_key_secret, API_KEY_SECRET_KEY, False, "the pool's vLLM key")

@@ -57,6 +57,19 @@ def proof_steps() -> int:
     return LearningFigure.read().steps
 
 
+def assert_served(run_dir: Path, steps: int, prefix: str = "", trainers_run_dir: Path | None = None) -> None:
+    """vLLM served, at the end of the run, exactly the adapter the trainer left in ``run_dir`` after ``steps``
+    steps, under the run's name for it (``prefix``: a job on a pool's, ``<job>-``); ``trainers_run_dir``: that
+    directory where the trainer saw it (a pod's mount), when not ``run_dir``."""
+    progress = Progress.read(run_dir)
+    assert progress is not None and progress.served_check is not None, "the run recorded no served-adapter check"
+    check = progress.served_check
+    assert check["adapter"] == f"{prefix}policy-v{steps}", check
+    assert Path(check["path"]) == (trainers_run_dir or run_dir) / "adapters" / f"step-{steps}", check
+    assert check["served_vs_disk"] <= 1e-3, check
+    assert check["base_vs_disk"] >= 50 * max(check["served_vs_disk"], 1e-4), "the check cannot tell adapters apart"
+
+
 def assert_learned_and_served(run_dir: Path, adapter_prefix: str = "", trainers_run_dir: Path | None = None) -> None:
     """The finished run's validation gain clears the recorded margin, and vLLM served, at the end,
     exactly the adapter the trainer left on the volume (named ``<adapter_prefix>policy-vN``: a job on an
@@ -75,9 +88,4 @@ def assert_learned_and_served(run_dir: Path, adapter_prefix: str = "", trainers_
         f"({MARGIN_SDS:g} x the null noise {figure.null_gain_sd:.4f}, {FIGURE_FILE.name}); "
         f"scores {progress.val_scores}, rewards {progress.reward_means}"
     )
-    check = progress.served_check
-    assert check is not None, "the run recorded no served-adapter check"
-    assert check["adapter"] == f"{adapter_prefix}policy-v{steps}", check
-    assert Path(check["path"]) == (trainers_run_dir or run_dir) / "adapters" / f"step-{steps}", check
-    assert check["served_vs_disk"] <= 1e-3, check
-    assert check["base_vs_disk"] >= 50 * max(check["served_vs_disk"], 1e-4), "the check cannot tell adapters apart"
+    assert_served(run_dir, steps, adapter_prefix, trainers_run_dir)

@@ -20,11 +20,14 @@ from grpo_operator.controller.conditions import now_utc, pod_view
 from grpo_operator.controller.lifecycle import Plan, decide
 from grpo_operator.controller.pool_lifecycle import JobOnPool, PoolObserved, decide_pool
 from grpo_operator.controller.prometheus import OperatorMetrics
-from grpo_operator.local.plan import InvalidInput, RunOptions, make_plan
+from grpo_operator.local.default import default_job
+from grpo_operator.local.plan import InvalidInput, RunOptions, make_plan, make_pool_plan
 from grpo_trainer.contract.vllm_command import vllm_command
 from grpo_trainer.vllm.adapters import version_name, version_step
 from support.jobdocs import load_example
 from support.jobstates import SETTINGS, a_pod, cond, created_names, observe, spec
+from support.local_pool import on_pool, pool_manifest
+from support.vllm import free_port
 
 MODEL = {"name": "Qwen/Qwen2.5-1.5B-Instruct"}  # the example job's
 POOL_DOC: dict[str, Any] = {
@@ -273,8 +276,80 @@ def test_grpo_local_refuses_a_job_on_a_pool_with_the_way_out(tmp_path):
     doc["spec"]["inference"] = {"pool": "shared"}
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(doc))
-    with pytest.raises(InvalidInput, match=r"spec\.inference\.pool: 'shared' names a GRPOInferencePool.*remove spec\.inference\.pool"):
+    with pytest.raises(
+        InvalidInput, match=r"spec\.inference\.pool: 'shared' names a GRPOInferencePool.*--pool POOL\.yaml.*remove spec\.inference\.pool"
+    ):
         make_plan(RunOptions(job_file=job, run_dir=tmp_path / "run"), ports=False)
+
+
+def local_pool_files(tmp_path, *names: str, jobs: int = 2, **pool_spec: Any):
+    """A pool file of the embedded default's model (a stand-in folder) and a job file per name that names it."""
+    model = tmp_path / "model"
+    model.mkdir(exist_ok=True)
+    job = default_job(model)
+    pool = pool_manifest("tiny", job, jobs)
+    pool["spec"].update(pool_spec)
+    pool_file = tmp_path / "pool.yaml"
+    pool_file.write_text(yaml.safe_dump(pool))
+    files = []
+    for i, name in enumerate(names):
+        f = tmp_path / f"{name}-{i}.yaml"
+        f.write_text(yaml.safe_dump(on_pool(job, name, "tiny")))
+        files.append(f)
+    return pool_file, files
+
+
+def test_grpo_local_pool_renders_each_job_as_the_operator_renders_a_job_on_that_pool(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    pool_file, files = local_pool_files(tmp_path, "job-a", "job-b")
+    port = free_port()
+    plan = make_pool_plan(pool_file, tuple(RunOptions(job_file=f, trainer_port=0) for f in files), port=port)
+    argv = vllm_command(plan.pool.server).argv
+    assert argv[argv.index("--max-cpu-loras") + 1] == "8" and argv[argv.index("--max-lora-rank") + 1] == "8"
+    assert argv[argv.index("--port") + 1] == str(port) and argv[argv.index("--host") + 1] == "127.0.0.1"
+    key = plan.pool.secret_env
+    for name, job_plan in zip(("job-a", "job-b"), plan.jobs):
+        assert job_plan.run_dir == tmp_path / "runs" / name
+        assert job_plan.vllm == plan.pool.server and job_plan.secret_env == key
+        # what the operator renders into the trainer pod of the same job on the same pool
+        doc = yaml.safe_load(files[0 if name == "job-a" else 1].read_text())
+        job = children.Job(name, "ns", "uid", parse_job(doc).spec, pool=children.binding("tiny", "u", a_pool().spec))
+        cluster = children.resolved(job, SETTINGS).config.vllm
+        local = job_plan.config.vllm
+        assert local.adapter_prefix == cluster.adapter_prefix == f"{name}-"
+        assert local.max_loras == cluster.max_loras and local.served_model_name == cluster.served_model_name
+        assert local.base_url == f"http://127.0.0.1:{port}/v1"
+        assert local.adapter_dir == f"{tmp_path}/runs/{name}/adapters"
+    again = make_pool_plan(pool_file, tuple(RunOptions(job_file=f, trainer_port=0) for f in files), port=port)
+    assert again.pool.secret_env != key  # a key per run
+
+
+@pytest.mark.parametrize(
+    ("names", "pool_spec", "edit", "message"),
+    [
+        (("job-a",), {"maxLoraRank": 8}, {"r": 16}, r"job 'job-a': PoolMismatch: .*lora_config\.r is 16, above the pool's maxLoraRank 8"),
+        (("job-a",), {}, {"pool": "other/tiny"}, r"PoolInAnotherNamespace: .*namespace 'other'"),
+        (("job-a",), {}, {"pool": "elsewhere"}, r"PoolNotFound: GRPOInferencePool 'elsewhere' does not exist.*pool file is GRPOInferencePool default/tiny"),
+        (("job-a",), {}, {"pool": None}, r"job 'job-a': spec\.inference\.pool is not set; set it to 'tiny'"),
+        (("job-a", "job-b", "job-c"), {}, {}, r"8 adapter slots \(maxCpuLoras\) and its jobs take 12: job-c would wait.*raise spec\.maxCpuLoras to 12"),
+        (("job-a", "job-a"), {}, {}, r"jobs job-a are given twice"),
+        (("job-a",), {"replicas": 0}, {}, r"spec\.replicas is 0"),
+    ],
+)
+def test_grpo_local_pool_refuses_what_the_operator_refuses_before_anything_starts(
+    tmp_path, monkeypatch, names, pool_spec, edit, message
+):
+    monkeypatch.chdir(tmp_path)
+    pool_file, files = local_pool_files(tmp_path, *names, **pool_spec)
+    doc = yaml.safe_load(files[0].read_text())
+    if "r" in edit:
+        doc["spec"]["trainKwargs"]["lora_config"]["r"] = edit["r"]
+    if "pool" in edit:
+        doc["spec"]["inference"]["pool"] = edit["pool"]
+    files[0].write_text(yaml.safe_dump(doc))
+    with pytest.raises(InvalidInput, match=message):
+        make_pool_plan(pool_file, tuple(RunOptions(job_file=f, trainer_port=0) for f in files), port=free_port())
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "pools").exists()
 
 
 def trainer_made_for(pool_uid: str, attempt: int = 0, phase: str = "Running", **status: Any):

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from grpo_operator.local.display import DisplayLogHandler, make_display
+from grpo_operator.local.display import Display, DisplayLogHandler, JobLinesDisplay, make_display
 from grpo_operator.local.plan import DEFAULT_VLLM_PORT, InvalidInput, RunOptions
-from grpo_operator.local.runner import EXIT_INVALID, EXIT_KILLED, EXIT_OK, check, run
+from grpo_operator.local.runner import EXIT_FAILED, EXIT_INVALID, EXIT_KILLED, EXIT_OK, RunResult, check, run, run_pool
 from grpo_trainer.contract.config import DEFAULT_PORT
 
 
@@ -47,18 +47,36 @@ def parser() -> argparse.ArgumentParser:
             "a run directory as the shared volume. With no JOB, runs the embedded default "
             "(PAPILLON on a tiny generated model, CPU). Ctrl-C stops after a checkpoint; rerunning resumes."
         ),
-        epilog="Exit codes: 0 finished or stopped, 1 the run failed, 2 invalid input, 130 killed by a second Ctrl-C.",
+        epilog="Exit codes: 0 finished or stopped, 1 the run failed, 2 invalid input, 130 killed by a second Ctrl-C "
+        "(with --pool: the worst of its jobs').",
     )
-    p.add_argument("job", nargs="?", type=Path, help="GRPOJob YAML file (default: the embedded default job)")
+    p.add_argument(
+        "jobs",
+        nargs="*",
+        type=Path,
+        metavar="JOB",
+        help="GRPOJob YAML file (default: the embedded default job); with --pool, the jobs to run on the pool",
+    )
+    p.add_argument(
+        "--pool",
+        type=Path,
+        metavar="POOL",
+        help="a GRPOInferencePool YAML file: run its vLLM server once and every JOB (each naming it in "
+        "spec.inference.pool) on it, their runs in runs/<job> of the pool's volume (--volume CLAIM=DIR, "
+        "default: the working directory)",
+    )
     p.add_argument(
         "--run-dir", type=Path, help="run directory: adapters, checkpoints, logs (default: ./runs/<job name>)"
     )
-    p.add_argument("--port", type=_port, default=DEFAULT_VLLM_PORT, help="vLLM server port (default %(default)s)")
+    p.add_argument(
+        "--port", type=_port, default=DEFAULT_VLLM_PORT, help="vLLM server (the pool's) port (default %(default)s)"
+    )
     p.add_argument(
         "--trainer-port",
         type=_port_or_off,
         default=DEFAULT_PORT,
-        help="trainer /progress and /metrics port, 0: off (default %(default)s)",
+        help="trainer /progress and /metrics port, 0: off; with --pool the first job's, the next ones count up "
+        "(default %(default)s)",
     )
     p.add_argument("--steps", type=_positive, help="override grpo.num_train_steps (for quick tries)")
     p.add_argument(
@@ -106,19 +124,60 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for noisy in ("httpx", "httpcore", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    options = RunOptions(
-        job_file=args.job,
-        run_dir=args.run_dir,
-        port=args.port,
-        trainer_port=args.trainer_port,
-        steps=args.steps,
-        volumes=dict(args.volume),
-        fresh=args.fresh,
-        plot=not args.no_plot,
-        code_dirs=tuple(args.code),
-    )
+    def options(job: Optional[Path], trainer_port: int) -> RunOptions:
+        return RunOptions(
+            job_file=job,
+            run_dir=args.run_dir,
+            port=args.port,
+            trainer_port=trainer_port,
+            steps=args.steps,
+            volumes=dict(args.volume),
+            fresh=args.fresh,
+            plot=not args.no_plot,
+            code_dirs=tuple(args.code),
+        )
+
+    if args.pool is not None:
+        refusal = None
+        if not args.jobs:
+            refusal = "--pool: give the job files to run on the pool"
+        elif args.run_dir is not None:
+            refusal = "--run-dir: a job on a pool runs in runs/<job> of the pool's volume (--volume CLAIM=DIR)"
+        elif args.check:
+            refusal = "--check checks one job: run grpo-local --check JOB.yaml on each job file"
+        if refusal is not None:
+            sys.stderr.write(f"grpo-local: {refusal}\n")
+            return EXIT_INVALID
+        jobs = tuple(options(job, args.trainer_port + i if args.trainer_port else 0) for i, job in enumerate(args.jobs))
+        return _run_pool(args.pool, jobs, args.port, display)
+    if len(args.jobs) > 1:
+        sys.stderr.write("grpo-local: give one job file, or several with --pool POOL.yaml (jobs on one pool)\n")
+        return EXIT_INVALID
+    return _run_one(options(args.jobs[0] if args.jobs else None, args.trainer_port), args.check, display)
+
+
+def _run_pool(pool: Path, jobs: tuple[RunOptions, ...], port: int, display: Display) -> int:
+    """A pool run: each job's report (named), and the worst exit code of its jobs."""
     try:
-        if args.check:
+        results = run_pool(pool, jobs, JobLinesDisplay(display), port=port)
+    except InvalidInput as exc:
+        display.close()
+        sys.stderr.write(f"grpo-local: {exc}\n")
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        display.close()
+        sys.stderr.write("grpo-local: interrupted\n")
+        return EXIT_KILLED
+    for options, result in zip(jobs, results):
+        sys.stdout.write(f"\n== {result.summary.job if result.summary is not None else options.job_file} ==\n")
+        _report(result)
+    codes = {r.exit_code for r in results}
+    return next(code for code in (EXIT_KILLED, EXIT_INVALID, EXIT_FAILED, EXIT_OK) if code in codes)
+
+
+def _run_one(options: RunOptions, check_only: bool, display: Display) -> int:
+    try:
+        if check_only:
             checked = check(options)
             display.close()
             if checked.exit_code == EXIT_OK:
@@ -135,6 +194,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         display.close()
         sys.stderr.write("grpo-local: interrupted\n")
         return EXIT_KILLED
+    return _report(result)
+
+
+def _report(result: RunResult) -> int:
+    """Print a run's report, its export and its error; its exit code."""
     if result.table:
         sys.stdout.write(result.table + "\n")
     for exported in result.export.destinations if result.export else ():

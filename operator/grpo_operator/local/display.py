@@ -114,6 +114,27 @@ class LineDisplay:
         pass
 
 
+class JobLinesDisplay:
+    """For several jobs at once (a pool run): a line per change of a job's step, phase or score, named."""
+
+    def __init__(self, display: Display) -> None:
+        self.display = display
+        self._last: dict[str, tuple[object, ...]] = {}
+
+    def update(self, progress: Progress) -> None:
+        key = (progress.step, progress.phase, progress.val_score, progress.reward_mean, progress.error)
+        if self._last.get(progress.job) == key:
+            return
+        self._last[progress.job] = key
+        self.display.message(f"{progress.job}: {status_fields(progress)}")
+
+    def message(self, text: str) -> None:
+        self.display.message(text)
+
+    def close(self) -> None:
+        self.display.close()
+
+
 def in_notebook() -> bool:
     """Running inside a Jupyter kernel (IPython's ZMQ shell), where tqdm draws a widget."""
     ipython = sys.modules.get("IPython")

@@ -3,6 +3,7 @@
 Everything is checked (:mod:`.plan`) before any process starts. Then vLLM, then the
 trainer; the runner follows ``progress.json``, restarts a vLLM that died, and turns
 Ctrl-C into a stop after the trainer's next checkpoint (a second Ctrl-C kills).
+A pool run (:func:`run_pool`) is the same with the pool's one server and a trainer per job.
 
 Exit codes: 0 finished or stopped (rerun to resume), 1 the run failed, 2 invalid
 input (the job file, or its program, metric or data as the trainer checks them
@@ -16,13 +17,15 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Optional
 
 from grpo_operator.local.display import Display
-from grpo_operator.local.plan import CONFIG_FILE, Plan, RunOptions, make_plan
+from grpo_operator.local.plan import CONFIG_FILE, Plan, RunOptions, make_plan, make_pool_plan
 from grpo_operator.local.processes import LocalVLLM, become_subreaper, kill_group, signal_group, spawn, stop_group
 from grpo_operator.local.report import (
     Outcome,
@@ -45,6 +48,7 @@ from grpo_operator.resolve import TRAINER_MODULE
 from grpo_trainer.contract import exit_codes
 from grpo_trainer.contract.export import ExportReport
 from grpo_trainer.contract.progress import PROGRESS_FILE, Progress
+from grpo_trainer.contract.vllm_command import VLLMServerSpec
 from grpo_trainer.vllm.process import VLLMStartError
 
 log = logging.getLogger(__name__)
@@ -82,55 +86,160 @@ class _Killed(Exception):
     """A second Ctrl-C: children killed at once."""
 
 
-class Supervisor:
-    """Starts vLLM then the trainer, follows progress, restarts a dead vLLM, turns Ctrl-C into a checkpointed stop."""
+class Trainer:
+    """One job's trainer process: started, followed through its progress.json, and its result."""
 
-    def __init__(self, plan: Plan, display: Display, *, plot: bool = True) -> None:
+    def __init__(self, plan: Plan, display: Display) -> None:
         self.plan = plan
         self.display = display
-        self.plot = plot
-        logs = plan.run_dir / LOGS_DIR
-        self.trainer_log = logs / TRAINER_LOG
-        self.vllm = LocalVLLM(
-            plan.vllm, logs / VLLM_LOG, start_timeout=VLLM_START_TIMEOUT, cwd=logs, env=plan.secret_env
+        self.log = plan.run_dir / LOGS_DIR / TRAINER_LOG
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.code: Optional[int] = None  # its exit code, once it has exited
+        self._progress_stamp: Optional[int] = None
+        self._log_offset = 0
+        self._started_wall = time.time()
+
+    def start(self) -> None:
+        self._log_offset = self.log.stat().st_size if self.log.exists() else 0
+        log.info("starting the trainer of %s (log %s)", self.plan.name, self.log)
+        self.proc = spawn(
+            self.plan.trainer_argv,
+            env={**os.environ, **self.plan.trainer_env, **self.plan.secret_env},
+            log_path=self.log,
+            cwd=self.plan.run_dir,
+            death_signal=signal.SIGKILL,  # vLLM dies with us too: a trainer that finished its step would wait for it
         )
-        self.trainer: Optional[subprocess.Popen[bytes]] = None
+
+    def read_progress(self) -> None:
+        path = self.plan.run_dir / PROGRESS_FILE
+        try:
+            stamp = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return
+        if stamp == self._progress_stamp:
+            return
+        progress = read_progress(self.plan.run_dir)
+        if progress is None:
+            return
+        self._progress_stamp = stamp
+        self.display.update(progress)
+
+    def poll(self) -> Optional[int]:
+        """Its exit code once it has exited (progress read one last time then), else None."""
+        if self.code is None and self.proc is not None:
+            self.read_progress()
+            self.code = self.proc.poll()
+            if self.code is not None:
+                self.read_progress()
+        return self.code
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.code is None:
+            signal_group(self.proc.pid, sig)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc, grace_seconds=TRAINER_STOP_GRACE)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            kill_group(self.proc)
+
+    def _fresh(self, progress: Optional[Progress]) -> Optional[Progress]:
+        """The progress document, if this run's trainer wrote it (not a previous run's)."""
+        if progress is None or progress.updated_at.timestamp() < self._started_wall - 1.0:
+            return None
+        return progress
+
+    def result(
+        self, wall_seconds: float, *, stop_requested: bool, killed: bool = False, plot: bool = True
+    ) -> RunResult:
+        if self.proc is None:  # stopped before it started
+            return RunResult(EXIT_OK, "stopped", error="stopped before training started")
+        code = self.code
+        progress = self._fresh(read_progress(self.plan.run_dir))
+        error: Optional[str] = None
+        if killed:
+            outcome: Outcome = "stopped"
+            exit_code = EXIT_KILLED
+            error = "killed by a second interrupt; a rerun resumes from the last complete checkpoint"
+        elif code == exit_codes.DONE:
+            outcome = "finished" if progress is not None and progress.finished and progress.error is None else "stopped"
+            exit_code = EXIT_OK
+        elif code == exit_codes.INTERRUPTED:  # stopped by our signal after a checkpoint
+            outcome = "stopped"
+            exit_code = EXIT_OK
+        elif code == -signal.SIGTERM and stop_requested:
+            # stopped before its handler was installed (still importing): nothing after the last checkpoint is lost
+            # but the step in progress
+            outcome = "stopped"
+            exit_code = EXIT_OK
+        elif code == exit_codes.INVALID_JOB:  # found before any model loaded; no point in a rerun as is
+            outcome = "failed"
+            exit_code = EXIT_INVALID
+            reason = progress.error_reason if progress is not None and progress.error_reason else "InvalidJob"
+            what = progress.error if progress is not None and progress.error else log_tail(self.log)
+            error = f"{reason}: {what}"
+        else:
+            outcome = "failed"
+            exit_code = EXIT_FAILED
+            reason = (
+                progress.error if progress is not None and progress.error else f"the trainer exited with code {code}"
+            )
+            error = f"{reason}\n{self.log} (last lines):\n{log_tail(self.log, self._log_offset)}"
+        if progress is None:
+            return RunResult(exit_code, outcome, error=error)
+        summary = summarize(progress, self.plan.run_dir, outcome=outcome, wall_seconds=wall_seconds)
+        write_summary(summary, self.plan.run_dir)
+        plot_path: Optional[Path] = None
+        if plot:
+            try:
+                plot_path = write_plot(summary, self.plan.run_dir / PLOT_FILE)
+            except Exception as exc:  # a broken plot must not hide the result of a long run
+                log.warning("could not write the plot: %s", exc)
+        return RunResult(exit_code, outcome, summary=summary, table=summary_table(summary, plot_path), error=error)
+
+
+class Supervisor:
+    """Starts vLLM then the trainers (one job's, or a pool's jobs'), follows their progress, restarts a dead
+    vLLM, turns Ctrl-C into a checkpointed stop of every trainer."""
+
+    def __init__(
+        self, server: VLLMServerSpec, log_dir: Path, plans: Sequence[Plan], display: Display, *, plot: bool = True
+    ) -> None:
+        self.display = display
+        self.plot = plot
+        self.vllm = LocalVLLM(
+            server, log_dir / VLLM_LOG, start_timeout=VLLM_START_TIMEOUT, cwd=log_dir, env=plans[0].secret_env
+        )
+        self.trainers = [Trainer(plan, display) for plan in plans]
+        self.started = False  # the trainers were started
         self.stop_requested = False
         self.vllm_restarts = 0
-        self._progress_stamp: Optional[int] = None
-        self._trainer_log_offset = 0
-        self._started_wall = time.time()
         self._killed = False
 
     # -- signals ---------------------------------------------------------------------
 
     def _on_signal(self, signum: int, frame: Optional[FrameType]) -> None:
         if self.stop_requested:
-            self.display.message("second interrupt: killing the trainer and vLLM")
-            if self.trainer is not None:
-                signal_group(self.trainer.pid, signal.SIGKILL)
+            self.display.message(f"second interrupt: killing the {self._trainers} and vLLM")
+            for trainer in self.trainers:
+                trainer.signal(signal.SIGKILL)
             self._killed = True
             raise _Killed()
         self.stop_requested = True
-        if self.trainer is None:
+        if not self.started:
             raise _Interrupted()
-        signal_group(self.trainer.pid, signal.SIGTERM)
-        self.display.message(
-            "stopping: the trainer finishes its step and writes a checkpoint; rerun to resume (Ctrl-C again to kill)"
-        )
+        for trainer in self.trainers:
+            trainer.signal(signal.SIGTERM)
+        each = "each trainer finishes its step" if len(self.trainers) > 1 else "the trainer finishes its step"
+        self.display.message(f"stopping: {each} and writes a checkpoint; rerun to resume (Ctrl-C again to kill)")
+
+    @property
+    def _trainers(self) -> str:
+        return "trainers" if len(self.trainers) > 1 else "trainer"
 
     # -- children ----------------------------------------------------------------------
-
-    def _start_trainer(self) -> None:
-        self._trainer_log_offset = self.trainer_log.stat().st_size if self.trainer_log.exists() else 0
-        log.info("starting the trainer (log %s)", self.trainer_log)
-        self.trainer = spawn(
-            self.plan.trainer_argv,
-            env={**os.environ, **self.plan.trainer_env, **self.plan.secret_env},
-            log_path=self.trainer_log,
-            cwd=self.plan.run_dir,
-            death_signal=signal.SIGKILL,  # vLLM dies with us too: a trainer that finished its step would wait for it
-        )
 
     def _restart_vllm(self, code: int) -> None:
         self.vllm_restarts += 1
@@ -154,39 +263,21 @@ class Supervisor:
         log.info("vLLM is serving again")
 
     def _shutdown(self) -> None:
-        if self.trainer is not None:
-            stop_group(self.trainer, grace_seconds=TRAINER_STOP_GRACE)
+        for trainer in self.trainers:
+            trainer.stop()
         self.vllm.stop()
 
     def _kill_all(self) -> None:
-        if self.trainer is not None:
-            kill_group(self.trainer)
+        for trainer in self.trainers:
+            trainer.kill()
         self.vllm.kill()
 
-    # -- progress ----------------------------------------------------------------------
-
-    def _read_progress(self) -> None:
-        path = self.plan.run_dir / PROGRESS_FILE
-        try:
-            stamp = path.stat().st_mtime_ns
-        except FileNotFoundError:
-            return
-        if stamp == self._progress_stamp:
-            return
-        progress = read_progress(self.plan.run_dir)
-        if progress is None:
-            return
-        self._progress_stamp = stamp
-        self.display.update(progress)
-
-    def _supervise(self) -> int:
-        assert self.trainer is not None
+    def _supervise(self) -> None:
+        """Until every trainer has exited (one that fails leaves the others running, as on a pool)."""
         while True:
-            self._read_progress()
-            code = self.trainer.poll()
-            if code is not None:
-                self._read_progress()
-                return code
+            live = [t for t in self.trainers if t.proc is not None and t.poll() is None]
+            if not live:
+                return
             vllm_code = self.vllm.exited()
             if vllm_code is not None:
                 self._restart_vllm(vllm_code)
@@ -194,107 +285,90 @@ class Supervisor:
 
     # -- the run -------------------------------------------------------------------------
 
-    def run(self) -> RunResult:
+    def run(self) -> list[RunResult]:
+        """Each trainer's result, in the order of the plans."""
         t0 = time.monotonic()
         become_subreaper()
         handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        code: Optional[int] = None
         try:
             try:
-                checkpoint = latest_checkpoint(self.plan.run_dir)
-                if checkpoint is not None:
-                    self.display.message(f"resuming {self.plan.run_dir} from the checkpoint of step {checkpoint}")
+                for trainer in self.trainers:
+                    checkpoint = latest_checkpoint(trainer.plan.run_dir)
+                    if checkpoint is not None:
+                        self.display.message(f"resuming {trainer.plan.run_dir} from the checkpoint of step {checkpoint}")
                 self.vllm.start()
-                self._start_trainer()
-                code = self._supervise()
+                self.started = True
+                for trainer in self.trainers:
+                    if not self.stop_requested:
+                        trainer.start()
+                self._supervise()
             finally:
                 self._kill_all() if self._killed else self._shutdown()
         except _Interrupted:
             self._kill_all()
-            return RunResult(EXIT_OK, "stopped", error="stopped before training started")
+            return [RunResult(EXIT_OK, "stopped", error="stopped before training started") for _ in self.trainers]
         except _Killed:
             self._kill_all()
-            return self._result(None, time.monotonic() - t0, killed=True)
+            return self._results(time.monotonic() - t0, killed=True)
         except VLLMStartError as exc:
-            return RunResult(EXIT_FAILED, "failed", error=f"vLLM failed to start: {exc}")
+            return [RunResult(EXIT_FAILED, "failed", error=f"vLLM failed to start: {exc}") for _ in self.trainers]
         except RunFailed as exc:
-            return RunResult(EXIT_FAILED, "failed", error=str(exc))
+            return [RunResult(EXIT_FAILED, "failed", error=str(exc)) for _ in self.trainers]
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
             self.display.close()
-        return self._result(code, time.monotonic() - t0)
+        return self._results(time.monotonic() - t0)
 
-    def _fresh(self, progress: Optional[Progress]) -> Optional[Progress]:
-        """The progress document, if this run's trainer wrote it (not a previous run's)."""
-        if progress is None or progress.updated_at.timestamp() < self._started_wall - 1.0:
-            return None
-        return progress
-
-    def _result(self, code: Optional[int], wall_seconds: float, *, killed: bool = False) -> RunResult:
-        progress = self._fresh(read_progress(self.plan.run_dir))
-        error: Optional[str] = None
-        if killed:
-            outcome: Outcome = "stopped"
-            exit_code = EXIT_KILLED
-            error = "killed by a second interrupt; a rerun resumes from the last complete checkpoint"
-        elif code == exit_codes.DONE:
-            outcome = "finished" if progress is not None and progress.finished and progress.error is None else "stopped"
-            exit_code = EXIT_OK
-        elif code == exit_codes.INTERRUPTED:  # stopped by our signal after a checkpoint
-            outcome = "stopped"
-            exit_code = EXIT_OK
-        elif code == -signal.SIGTERM and self.stop_requested:
-            # stopped before its handler was installed (still importing): nothing after the last checkpoint is lost
-            # but the step in progress
-            outcome = "stopped"
-            exit_code = EXIT_OK
-        elif code == exit_codes.INVALID_JOB:  # found before any model loaded; no point in a rerun as is
-            outcome = "failed"
-            exit_code = EXIT_INVALID
-            reason = progress.error_reason if progress is not None and progress.error_reason else "InvalidJob"
-            what = progress.error if progress is not None and progress.error else log_tail(self.trainer_log)
-            error = f"{reason}: {what}"
-        else:
-            outcome = "failed"
-            exit_code = EXIT_FAILED
-            reason = (
-                progress.error if progress is not None and progress.error else f"the trainer exited with code {code}"
-            )
-            error = (
-                f"{reason}\n{self.trainer_log} (last lines):\n{log_tail(self.trainer_log, self._trainer_log_offset)}"
-            )
-        if progress is None:
-            return RunResult(exit_code, outcome, error=error)
-        summary = summarize(progress, self.plan.run_dir, outcome=outcome, wall_seconds=wall_seconds)
-        write_summary(summary, self.plan.run_dir)
-        plot_path: Optional[Path] = None
-        if self.plot:
-            try:
-                plot_path = write_plot(summary, self.plan.run_dir / PLOT_FILE)
-            except Exception as exc:  # a broken plot must not hide the result of a long run
-                log.warning("could not write the plot: %s", exc)
-        return RunResult(exit_code, outcome, summary=summary, table=summary_table(summary, plot_path), error=error)
+    def _results(self, wall_seconds: float, *, killed: bool = False) -> list[RunResult]:
+        return [
+            t.result(wall_seconds, stop_requested=self.stop_requested, killed=killed, plot=self.plot)
+            for t in self.trainers
+        ]
 
 
 def run(options: RunOptions, display: Display) -> RunResult:
     """Validate, then run the job to its end (or a stop); raises InvalidInput before anything starts."""
     plan = make_plan(options)
-    lock = lock_run_dir(plan.run_dir, options.fresh)
-    try:
-        check_run_dir_owner(plan)
-        write_config(plan)
-        log.info("run directory %s", plan.run_dir)
-        failed = fetch_code(plan)
-        if failed is not None:
-            return RunResult(EXIT_INVALID, "failed", error=failed)
-        result = Supervisor(plan, display, plot=options.plot).run()
-        if plan.export is not None and result.outcome == "finished":
-            report, why = export_result(plan)
-            result = replace(result, export=report, export_error=why)
-        return result
-    finally:
-        lock.close()
+    (result,) = _run_plans(plan.vllm, plan.run_dir / LOGS_DIR, (plan,), display, fresh=options.fresh, plot=options.plot)
+    return result
+
+
+def run_pool(pool_file: Path, jobs: tuple[RunOptions, ...], display: Display, *, port: int) -> list[RunResult]:
+    """A GRPOInferencePool's server and the jobs on it, each to its end (or a stop): each job's result, in the
+    order given. Raises InvalidInput before anything starts (:func:`grpo_operator.local.plan.make_pool_plan`)."""
+    plan = make_pool_plan(pool_file, jobs, port=port)
+    pool = plan.pool
+    log.info("pool %s: %d jobs on one vLLM server (log %s)", pool.name, len(plan.jobs), pool.home / LOGS_DIR / VLLM_LOG)
+    fresh = any(options.fresh for options in jobs)
+    plot = all(options.plot for options in jobs)
+    return _run_plans(pool.server, pool.home / LOGS_DIR, plan.jobs, display, fresh=fresh, plot=plot)
+
+
+def _run_plans(
+    server: VLLMServerSpec, log_dir: Path, plans: Sequence[Plan], display: Display, *, fresh: bool, plot: bool
+) -> list[RunResult]:
+    """Lock and prepare each run directory as a pod's init would, then run ``server`` and the trainers; export
+    each finished job's result."""
+    with ExitStack() as held:
+        for plan in plans:
+            held.callback(lock_run_dir(plan.run_dir, fresh).close)
+        for plan in plans:
+            check_run_dir_owner(plan)
+        for plan in plans:
+            write_config(plan)
+            log.info("run directory %s", plan.run_dir)
+        for plan in plans:
+            failed = fetch_code(plan)
+            if failed is not None:
+                why = f"{plan.name}: {failed}" if len(plans) > 1 else failed
+                return [RunResult(EXIT_INVALID, "failed", error=why) for _ in plans]
+        results = Supervisor(server, log_dir, plans, display, plot=plot).run()
+        for i, plan in enumerate(plans):
+            if plan.export is not None and results[i].outcome == "finished":
+                report, why = export_result(plan)
+                results[i] = replace(results[i], export=report, export_error=why)
+        return results
 
 
 EXPORT_TIMEOUT = 3600.0  # a merge of a large model, an upload over a slow link
