@@ -36,17 +36,6 @@ fi
 source "$root/.ci/python-env.sh"
 phase_done venv
 
-if [[ "${GRPO_SKIP_CLUSTER:-0}" != 1 ]]; then
-  cluster_rc=0
-  wait "$cluster_pid" || cluster_rc=$?
-  cat "$cluster_out" >&2
-  [[ $cluster_rc == 0 ]] || { rm -f "$cluster_out"; exit "$cluster_rc"; }
-  GRPO_K8S_BIN=$(tail -n 1 "$cluster_out")
-  rm -f "$cluster_out"
-  export GRPO_K8S_BIN
-  phase_done control-plane  # the time it took beyond the venv's
-fi
-
 # litellm fetches a model price map at import unless told not to (no network here).
 export LITELLM_LOCAL_MODEL_COST_MAP=True HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
@@ -58,10 +47,16 @@ if [[ "${GRPO_SKIP_MODEL_BUILD:-0}" != 1 ]]; then
   phase_done model
 fi
 
-# The whole suite (no test path, -m or -k given; GRPO_TEST_LANES=1: one pytest) runs in two lanes at
-# once: the tests that need only the API server and KWOK nodes, which mostly wait (on the operator, the
-# API server, resyncs), in a second pytest beside the main lane, which runs the unit tests first (one
-# core of plain Python) and then everything else. Every test is in exactly one lane (by its markers).
+wait_control_plane() { # the Go builds started above: their output, and GRPO_K8S_BIN for the tests
+  local cluster_rc=0
+  wait "$cluster_pid" || cluster_rc=$?
+  cat "$cluster_out" >&2
+  [[ $cluster_rc == 0 ]] || { rm -f "$cluster_out"; exit "$cluster_rc"; }
+  GRPO_K8S_BIN=$(tail -n 1 "$cluster_out")
+  rm -f "$cluster_out"
+  export GRPO_K8S_BIN
+}
+
 whole_suite() {
   local arg
   for arg in "$@"; do
@@ -73,6 +68,10 @@ whole_suite() {
   done
 }
 
+# The whole suite (no test path, -m or -k given; GRPO_TEST_LANES=1: one pytest): the unit tests first,
+# beside the Go builds, then two lanes at once: the tests that need only the API server and KWOK nodes,
+# which mostly wait (on the operator, the API server, resyncs), in a second pytest beside the main lane,
+# which runs everything else. Every test runs exactly once (by its folder and markers).
 api_lane() { # the API-server lane: its output is printed after the main lane's
   local log=$1
   shift
@@ -83,20 +82,32 @@ api_lane() { # the API-server lane: its output is printed after the main lane's
 cd "$root"
 set +e
 if [[ "${GRPO_SKIP_CLUSTER:-0}" != 1 && "${GRPO_TEST_LANES:-2}" != 1 ]] && whole_suite "$@"; then
+  # The unit tests (one core of plain Python, no control plane) run while the Go builds finish: on a
+  # cold machine the builds outlast the venv by minutes, and half the cores would wait on them.
+  pytest -m "not cluster or processnode" "$@" tests/unit
+  rc=$?
+  phase_done "unit tests"  # beside the Go builds
+  wait_control_plane
+  phase_done control-plane  # the time it took beyond the venv's and the unit tests'
   api_log=$(mktemp)
   api_lane "$api_log" "$@" &
   api_pid=$!
   rest=()
   for dir in tests/*/; do [[ $dir == tests/unit/ ]] || rest+=("${dir%/}"); done
-  pytest -m "not cluster or processnode" "$@" tests/unit "${rest[@]}" # (pytest merges overlapping paths)
-  rc=$?
+  pytest -m "not cluster or processnode" "$@" "${rest[@]}"
+  main_rc=$?
   wait "$api_pid"
   api_rc=$?
   echo "=== the API-server lane (tests that need only the API server and KWOK nodes), run beside the above"
   cat "$api_log"
   rm -f "$api_log"
+  [[ $rc == 0 ]] && rc=$main_rc
   [[ $rc == 0 ]] && rc=$api_rc
 else
+  if [[ "${GRPO_SKIP_CLUSTER:-0}" != 1 ]]; then
+    wait_control_plane
+    phase_done control-plane  # the time it took beyond the venv's
+  fi
   pytest "$@"
   rc=$?
 fi
