@@ -64,6 +64,22 @@ def job_doc(base: dict[str, Any], seed: int, *, noisy: bool = False) -> dict[str
     return doc
 
 
+PASSIVE = {"name": "OMP_WAIT_POLICY", "value": "PASSIVE"}
+
+
+def cores_shared(doc: dict[str, Any], *parts: str) -> dict[str, Any]:
+    """``doc`` with OpenMP threads that sleep when idle in its ``parts`` (spec.trainer, spec.inference, a pool's
+    spec.server): what the local runner sets for a run whose processes compute side by side on the same cores
+    (resolve._cpu_sharing_env), set here for every case with K > 1, shared and dedicated alike. Left spinning,
+    each dedicated server's idle threads take the cores the other jobs compute on (a first run's dedicated K = 2
+    steps took 97-292 s against the pool's 50 s), and the figure would measure OpenMP, not pooling."""
+    for part in parts:
+        env = doc["spec"].setdefault(part, {}).setdefault("env", [])
+        if PASSIVE not in env:
+            env.append(dict(PASSIVE))
+    return doc
+
+
 def tiny_shape(doc: dict[str, Any], work: Path) -> dict[str, Any]:
     """The default at a shape that proves the bench in minutes: 2 examples x 4 samples, 8 validation rows."""
     val = work / "val-8.jsonl"
@@ -216,11 +232,13 @@ def run_case(
     common = ["--steps", str(steps), "--trainer-port", "0", "--fresh", "--no-plot"]
     if mode == "shared":
         pool = where / "pool.yaml"
-        pool.write_text(yaml.safe_dump(pool_manifest(POOL, docs[0], k), sort_keys=False))
+        pool_doc = pool_manifest(POOL, docs[0], k)
+        pool.write_text(yaml.safe_dump(cores_shared(pool_doc, "server") if k > 1 else pool_doc, sort_keys=False))
         files = []
         for doc in docs:
             f = where / f"{doc['metadata']['name']}.yaml"
-            f.write_text(yaml.safe_dump(on_pool(doc, doc["metadata"]["name"], POOL), sort_keys=False))
+            job = on_pool(doc, doc["metadata"]["name"], POOL)
+            f.write_text(yaml.safe_dump(cores_shared(job, "trainer") if k > 1 else job, sort_keys=False))
             files.append(str(f))
         argv = ["--pool", str(pool), *files, "--port", str(free_port()), *common]
         started = time.monotonic()
@@ -233,7 +251,8 @@ def run_case(
         started = time.monotonic()
         for doc, port in zip(docs, sorted(ports)):
             f = where / f"{doc['metadata']['name']}.yaml"
-            f.write_text(yaml.safe_dump(doc, sort_keys=False))
+            job = cores_shared(copy.deepcopy(doc), "trainer", "inference") if k > 1 else doc
+            f.write_text(yaml.safe_dump(job, sort_keys=False))
             run_dir = where / "runs" / doc["metadata"]["name"]
             argv = [str(f), "--run-dir", str(run_dir), "--port", str(port), *common]
             runners.append(_cli(argv, where, logs / f"{label}-{doc['metadata']['name']}.log"))
@@ -459,7 +478,9 @@ def report(cases: list[Case], figure: LearningFigure, steps: int, tiny: bool, el
     intro = (
         f"K jobs of {shape}, {steps} steps each, training seeds 0..K−1: on one GRPOInferencePool "
         "(`grpo-local --pool`, one vLLM server; maxLoras 4, maxCpuLoras 4 K) or each with its own vLLM "
-        "(`grpo-local` × K side by side), all started at once on this machine's 2 cores; shared and dedicated "
+        "(`grpo-local` × K side by side), all started at once on this machine's 2 cores (for K > 1, every "
+        "process's OpenMP threads sleep when idle, `OMP_WAIT_POLICY=PASSIVE`, in both cases: side by side on "
+        "2 cores, spinning threads would measure OpenMP, not pooling); shared and dedicated "
         f"of each K one after the other in the same run ({elapsed / 60:.0f} min in all). Gains are final − "
         f"baseline validation score; the margin is bench/learning.json's {figure.margin:.4f} (4 × the null "
         f"noise {figure.null_gain_sd:.4f}). Median step: the trainer's `timings.step` per step, the first "
