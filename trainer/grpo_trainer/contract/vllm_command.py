@@ -116,6 +116,9 @@ def vllm_command(spec: VLLMServerSpec) -> VLLMCommand:
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
+        # vLLM logs to stdout, which is block-buffered into a log file: a local run's server, stopped at the
+        # end, lost every line of its own (adapter loads included); a pod's env has it from its cache paths too.
+        "PYTHONUNBUFFERED": "1",
     }
     if spec.guard_dir is not None:
         argv += ["--middleware", GUARD_MIDDLEWARE]
