@@ -349,12 +349,17 @@ def port_in_use(port: int, host: str) -> bool:
     return False
 
 
+def check_vllm_port(port: int) -> None:
+    if port_in_use(port, VLLM_HOST):
+        raise InvalidInput(f"port {port} is in use; pass --port")
+
+
 def check_ports(options: RunOptions, *, vllm: bool = True) -> None:
     """The servers' ports are free (``vllm``: also the vLLM port; a pool run checks its server's once)."""
     if options.port == options.trainer_port:
         raise InvalidInput(f"--port and --trainer-port are both {options.port}; pick two ports")
-    if vllm and port_in_use(options.port, VLLM_HOST):
-        raise InvalidInput(f"port {options.port} is in use; pass --port")
+    if vllm:
+        check_vllm_port(options.port)
     if options.trainer_port and port_in_use(options.trainer_port, TRAINER_HOST):
         raise InvalidInput(
             f"port {options.trainer_port} is in use; pass --trainer-port (0 turns the trainer's HTTP server off)"
@@ -476,8 +481,7 @@ def make_pool_plan(pool_file: Path, jobs: tuple[RunOptions, ...], *, port: int) 
     the operator checks them, and every job's slots held at once; starts nothing. Raises InvalidInput."""
     if not jobs:
         raise InvalidInput("--pool: give the job files to run on the pool")
-    if port_in_use(port, VLLM_HOST):
-        raise InvalidInput(f"port {port} is in use; pass --port")
+    check_vllm_port(port)
     pool = load_pool(pool_file, jobs[0].volumes, port)
     plans = tuple(make_plan(options, pool=pool) for options in jobs)
     names = [p.name for p in plans]
