@@ -53,6 +53,10 @@ def test_two_jobs_on_one_pool_server_each_train_and_are_served_under_their_own_n
         assert_served(run_dir, 1, prefix=f"{name}-")
         assert not (run_dir / "logs" / "vllm.log").exists(), "the job started a vLLM server of its own"
     log = (tmp_path / "pools" / "tiny-pool" / "logs" / "vllm.log").read_text()
+    said = [line for line in log.splitlines() if "LoRA" in line or "Uvicorn" in line or "Error" in line]
     for name in ("job-a", "job-b"):
-        assert f"name '{name}-policy-v1', path '{runs / name / 'adapters' / 'step-1'}'" in log
+        assert f"name '{name}-policy-v1', path '{runs / name / 'adapters' / 'step-1'}'" in log, (
+            f"the pool's server log ({len(log.splitlines())} lines) never loaded {name}'s version; its lines on "
+            f"LoRA, Uvicorn and errors:\n" + "\n".join(said[-40:]) + "\nthe runner's output:\n" + done.stdout[-2000:]
+        )
     assert survivors() == []
