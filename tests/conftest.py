@@ -14,6 +14,16 @@ from support.vllm import mark_vllm_tests, qwen2_vllm_server, tiny_model_dir, vll
 # checkout, also when pytest is run without scripts/test.sh.
 os.environ["PYTHONPATH"] = pythonpath(os.environ.get("PYTHONPATH"))
 
+# Importing trl sets VLLM_LOGGING_LEVEL=ERROR where unset; the trainer undoes it (grpo_trainer.grpo.policy), and
+# so does every test here for the tests that import trl themselves: the vLLM servers a test starts log at vLLM's
+# own level (the pool test reads their adapter loads from vllm.log).
+VLLM_LOG_LEVEL_GIVEN = os.environ.get("VLLM_LOGGING_LEVEL")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if VLLM_LOG_LEVEL_GIVEN is None:
+        os.environ.pop("VLLM_LOGGING_LEVEL", None)
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     mark_vllm_tests(items)

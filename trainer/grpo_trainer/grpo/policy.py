@@ -11,19 +11,38 @@ the model family's own logit scaling/soft-capping — the same numbers TRL train
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
-from typing import Literal, Optional, Sequence
+from typing import Callable, Literal, Optional, Sequence
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, PreTrainedModel
-from trl.trainer.utils import add_fused_lm_head
 
 from grpo_trainer.contract.hparams import TrainKwargs
 from grpo_trainer.grpo.samples import TrainSample
 
 log = logging.getLogger(__name__)
+
+VLLM_LOG_LEVEL_ENV = "VLLM_LOGGING_LEVEL"
+
+
+def _import_fused_lm_head() -> Callable[..., object]:
+    """TRL's fused head, without what importing TRL does to this process's environment: it sets
+    ``VLLM_LOGGING_LEVEL=ERROR`` where unset (trl/_compat.py), and every vLLM server started afterwards from
+    this process or its children then logged errors only (adapter loads, warnings and start-up were missing
+    from vllm.log: a notebook's served result, every local run started from a test session)."""
+    unset = VLLM_LOG_LEVEL_ENV not in os.environ
+    try:
+        from trl.trainer.utils import add_fused_lm_head
+    finally:
+        if unset:
+            os.environ.pop(VLLM_LOG_LEVEL_ENV, None)
+    return add_fused_lm_head
+
+
+add_fused_lm_head = _import_fused_lm_head()
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 
