@@ -116,8 +116,9 @@ def vllm_command(spec: VLLMServerSpec) -> VLLMCommand:
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
-        # vLLM logs to stdout, which is block-buffered into a log file: a local run's server, stopped at the
-        # end, lost every line of its own (adapter loads included); a pod's env has it from its cache paths too.
+        # What vLLM prints outside its logger (stdout into a log file is block-buffered) reaches the log before
+        # the server is stopped or killed; a pod's env has it from its cache paths too. (vLLM's own logger lines
+        # going missing from local logs was TRL's doing: see grpo_trainer.grpo.policy.)
         "PYTHONUNBUFFERED": "1",
     }
     if spec.guard_dir is not None:
